@@ -1,0 +1,24 @@
+"""Metric names, defined once and imported everywhere (Ray Tune, MLflow, ASHA, reports)."""
+
+ITERATIONS = "iterations"  # Ray Tune time attribute for ASHA
+
+EVAL_RD_LOSS = "eval/rd_loss"  # λ·D + bpp on the held-out images (the ASHA metric)
+EVAL_BPP = "eval/bpp"  # bits per pixel from the likelihoods
+EVAL_PSNR = "eval/psnr"  # dB, RGB, on the unpadded area
+EVAL_MS_SSIM = "eval/ms_ssim"
+EVAL_MSE = "eval/mse"
+EVAL_ORTHO_LOSS = "eval/ortho_loss"  # orthogonality penalty of all OLPs (unweighted)
+EVAL_TOP10_ENERGY = "eval/energy_top10"  # share of latent energy in the top 10% channels
+EVAL_AUXT_ENERGY = "eval/auxt_energy_share"  # share of latent energy from the AuxT branch
+
+TRAIN_LOSS = "train/loss"
+TRAIN_RD_LOSS = "train/rd_loss"
+TRAIN_BPP = "train/bpp"
+TRAIN_DISTORTION = "train/distortion"
+TRAIN_ORTHO_LOSS = "train/ortho_loss"
+TRAIN_AUX_LOSS = "train/aux_loss"
+TRAIN_LR = "train/lr"
+TRAIN_ITERS_PER_S = "train/iters_per_s"
+
+DEFAULT_METRIC = EVAL_RD_LOSS
+DEFAULT_MODE = "min"
