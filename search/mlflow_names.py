@@ -1,0 +1,27 @@
+"""Names of MLflow tags and artifacts lic-search writes, defined once (readers import them too).
+
+Layout: one MLflow experiment per search (named after the search), one parent run for the
+search itself (``ROLE = "search"``) and one child run per Ray Tune trial (``ROLE = "trial"``),
+linked with MLflow's own ``mlflow.parentRunId`` tag. Trial params are the flattened config
+(``model.auxt.lambda_orth``); metrics are stepped by training iteration.
+"""
+
+TAG_ROLE = "lic_search.role"  # "search" | "trial"
+ROLE_SEARCH = "search"
+ROLE_TRIAL = "trial"
+TAG_TRIAL_ID = "lic_search.trial_id"  # Ray Tune trial id, the key that makes resume idempotent
+TAG_SEARCH_DIR = "lic_search.experiment_dir"  # Ray Tune experiment folder (what `resume` takes)
+TAG_BACKBONE = "lic_search.backbone"
+TAG_AUXT = "lic_search.auxt"  # "off" or the placement ("both", "analysis", "synthesis")
+TAG_STATUS = "lic_search.status"  # "running" | "completed" | "stopped" | "errored"
+TAG_STATUS_DETAIL = "lic_search.status_detail"  # e.g. "stopped by ASHA at iteration 200"
+TAG_FAMILY = "lic_search.family"  # hash of the config without the R-D λ (rate family)
+TAG_PARENT = "mlflow.parentRunId"
+
+ARTIFACT_TRIAL_CONFIG = "trial_config.yaml"
+ARTIFACT_SPACE = "space.yaml"
+
+STATUS_RUNNING = "running"
+STATUS_COMPLETED = "completed"
+STATUS_STOPPED = "stopped"
+STATUS_ERRORED = "errored"
