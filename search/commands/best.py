@@ -1,0 +1,62 @@
+"""`lic-search best EXPERIMENT`: the best trials of a search, from MLflow."""
+
+from __future__ import annotations
+
+import json
+
+from search.errors import LicSearchError
+from trainables import metrics as M
+
+SHOWN_PARAMS = ("model.backbone", "model.auxt.enabled", "model.auxt.lambda_orth", "loss.lmbda", "schedule.lr",
+                "schedule.iterations")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("best", help="print the best trials of a search and their configs")
+    parser.add_argument("experiment", help="search name (the MLflow experiment)")
+    parser.add_argument("--metric", default=M.EVAL_RD_LOSS, help="rank by this metric (default: %(default)s)")
+    parser.add_argument("--mode", choices=("min", "max"), default="min")
+    parser.add_argument("--top", type=int, default=None, help="show only the best N")
+    parser.add_argument("--where", action="append", default=[], metavar="PARAM=VALUE",
+                        help="keep trials whose flattened param equals VALUE (repeatable), "
+                             "e.g. --where model.auxt.enabled=True")
+    parser.add_argument("--status", choices=("completed", "stopped", "errored", "running"), default=None)
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list (run_id, params, metrics, ...)")
+    parser.set_defaults(func=_best)
+
+
+def _parse_where(items: list[str]) -> dict[str, str]:
+    where = {}
+    for item in items:
+        if "=" not in item:
+            raise LicSearchError(f"--where takes PARAM=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        where[key] = value
+    return where
+
+
+def _best(args) -> int:
+    from search.queries import best_trials
+
+    rows = best_trials(args.experiment, metric=args.metric, mode=args.mode, top=args.top,
+                       tracking_uri=args.tracking_uri, where=_parse_where(args.where), status=args.status)
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print("no trials match")
+        return 0
+    header = ["rank", args.metric, M.EVAL_BPP, M.EVAL_PSNR, "iters", "status"] + [p.split(".")[-1] for p in SHOWN_PARAMS]
+    lines = []
+    for rank, row in enumerate(rows, 1):
+        m = row["metrics"]
+        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        lines.append([str(rank), fmt(m.get(args.metric)), fmt(m.get(M.EVAL_BPP)), fmt(m.get(M.EVAL_PSNR)),
+                      fmt(m.get(M.ITERATIONS)), row["status"] or "-"]
+                     + [row["params"].get(p, "-") for p in SHOWN_PARAMS])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    for line in [header] + lines:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+    print(f"\nrun ids: {', '.join(r['run_id'] for r in rows[:3])}{' ...' if len(rows) > 3 else ''}")
+    return 0

@@ -1,0 +1,31 @@
+"""`lic-search run SPACE.yaml`: validate a space and run its search on Ray Tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.commands._shared import add_cluster_options, print_summary
+
+DEFAULT_STORAGE = "lic_search_results"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="run a search from a YAML space file")
+    parser.add_argument("space", type=Path, help="search-space YAML file (see spaces/)")
+    parser.add_argument("--storage-path", default=DEFAULT_STORAGE,
+                        help="where Ray Tune keeps trial checkpoints and state (default: ./%(default)s); "
+                             "a shared or cloud path for multi-node clusters")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: sqlite store ./mlflow.db, what `mlflow ui` opens)")
+    parser.add_argument("--name", default=None, help="override the search name from the space file")
+    add_cluster_options(parser)
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from search.tuner import run_search
+
+    results, folder = run_search(args.space, Path(args.storage_path), tracking_uri=args.tracking_uri,
+                                 address=args.address, name=args.name)
+    print_summary(results, folder)
+    return 0

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny configs on the shipped sample crops, and ../shared when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples" / "kodak-crops"
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def tiny_trial(**overrides) -> dict:
+    """A trial config small enough to train a few iterations in well under a second each."""
+    config = {
+        "model": {"backbone": "mbt2018-mean", "N": 8, "M": 8, "auxt": {"enabled": True}},
+        "data": {"train": str(SAMPLES / "train"), "eval": str(SAMPLES / "eval"), "crop_size": 64,
+                 "batch_size": 2, "num_workers": 0, "max_eval_images": 2},
+        "loss": {"lmbda": 0.013},
+        "schedule": {"iterations": 6, "eval_every": 3, "lr": 1e-3, "seed": 0},
+    }
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"needs the shared material beside the checkout ({SHARED}), absent here")
+    return SHARED

@@ -1,0 +1,96 @@
+"""Training engine: exact resume, atomic checkpoints, NaN detection, LR schedule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_trial
+from trainables import metrics as M
+from trainables.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from trainables.config import ScheduleConfig, TrialConfig
+from trainables.engine import Trainer, lr_factor
+from trainables.errors import TrainingDivergedError
+
+
+def _trainer(**overrides) -> Trainer:
+    torch.set_num_threads(1)
+    return Trainer(TrialConfig.model_validate(tiny_trial(**overrides)), device=torch.device("cpu"))
+
+
+def test_evaluation_reports_the_required_metrics():
+    results = list(_trainer().train())
+    assert [r[M.ITERATIONS] for r in results] == [3, 6]
+    last = results[-1]
+    for name in (M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_PSNR, M.EVAL_TOP10_ENERGY, M.EVAL_AUXT_ENERGY,
+                 M.TRAIN_LOSS, M.TRAIN_ORTHO_LOSS):
+        assert math.isfinite(last[name]), name
+    assert last[M.EVAL_RD_LOSS] == pytest.approx(0.013 * 255**2 * last[M.EVAL_MSE] + last[M.EVAL_BPP])
+    assert 0.0 < last[M.EVAL_TOP10_ENERGY] <= 1.0
+    assert 0.0 <= last[M.EVAL_AUXT_ENERGY] <= 1.0
+    assert last[M.EVAL_BPP] > 0 and 0 < last[M.EVAL_PSNR] < 60
+
+
+def test_restored_run_continues_exactly(tmp_path: Path):
+    uninterrupted = list(_trainer().train())
+
+    first = _trainer()
+    stream = first.train()
+    halfway = next(stream)
+    assert halfway[M.ITERATIONS] == 3
+    save_checkpoint(first.state_dict(), tmp_path)
+    # Disturb the global RNG as a fresh process would have it different.
+    torch.manual_seed(12345)
+    restored = _trainer()
+    restored.load_state_dict(load_checkpoint(tmp_path))
+    continued = list(restored.train())
+
+    assert halfway[M.TRAIN_LOSS] == uninterrupted[0][M.TRAIN_LOSS]
+    assert len(continued) == 1 and continued[0][M.ITERATIONS] == 6
+    for name in (M.TRAIN_LOSS, M.TRAIN_BPP, M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_PSNR):
+        assert continued[0][name] == uninterrupted[1][name], name
+
+
+def test_checkpoint_holds_everything_and_loads_weights_only(tmp_path: Path):
+    trainer = _trainer()
+    next(trainer.train())
+    save_checkpoint(trainer.state_dict(), tmp_path)
+    state = torch.load(tmp_path / STATE_FILE, weights_only=True)
+    assert state["iteration"] == 3
+    assert {"model", "optimizer", "aux_optimizer", "scheduler", "rng", "config"} <= set(state)
+    assert (tmp_path / "trial_config.yaml").read_text().startswith("model:")
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch):
+    trainer = _trainer()
+    save_checkpoint(trainer.state_dict(), tmp_path)
+    before = (tmp_path / STATE_FILE).read_bytes()
+
+    def crash_midway(obj, stream, *args, **kwargs):
+        stream.write(b"partial garbage")
+        raise KeyboardInterrupt("killed during save")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(trainer.state_dict(), tmp_path)
+    assert (tmp_path / STATE_FILE).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert load_checkpoint(tmp_path)["iteration"] == 0
+
+
+def test_non_finite_loss_names_iteration_and_term():
+    trainer = _trainer(**{"loss.lmbda": 1e38})  # λ·255²·MSE overflows float32 to inf
+    with pytest.raises(TrainingDivergedError, match=r"iteration 1: .*train/rd_loss=inf"):
+        list(trainer.train())
+
+
+def test_lr_schedule_warmup_and_decay_at_fractions():
+    schedule = ScheduleConfig(iterations=100, milestones=[0.5, 0.9], gamma=0.1, warmup=10)
+    assert lr_factor(0, schedule) == pytest.approx(0.1)
+    assert lr_factor(9, schedule) == pytest.approx(1.0)
+    assert lr_factor(49, schedule) == pytest.approx(1.0)
+    assert lr_factor(50, schedule) == pytest.approx(0.1)
+    assert lr_factor(90, schedule) == pytest.approx(0.01)
