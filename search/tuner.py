@@ -16,6 +16,8 @@ import yaml
 
 from search import tracking
 from search.errors import LicSearchError
+from search.schedulers import build_scheduler
+from search.searchers import build_search_algorithm
 from search.space import SearchSpec, load_space
 from trainables import metrics as M
 
@@ -42,32 +44,6 @@ class SearchState:
             raise LicSearchError(f"{folder} is not a lic-search experiment folder (no {STATE_FILE}); "
                                  "pass the folder `lic-search run` printed, e.g. lic_search_results/<name>")
         return cls(**json.loads(path.read_text()))
-
-
-def _scheduler(spec: SearchSpec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    config = spec.file.scheduler
-    if config.type == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr=M.ITERATIONS, metric=spec.file.search.metric, mode=spec.file.search.mode,
-        max_t=spec.budget(), grace_period=config.grace_period,
-        reduction_factor=config.reduction_factor, brackets=config.brackets,
-    )
-
-
-def _search_algorithm(spec: SearchSpec):
-    search = spec.file.search
-    if search.algorithm == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
-        algorithm = OptunaSearch(metric=search.metric, mode=search.mode, seed=search.seed)
-        return ConcurrencyLimiter(algorithm, max_concurrent=search.max_concurrent) if search.max_concurrent else algorithm
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
 
 
 def _init_ray(address: Optional[str]) -> None:
@@ -100,8 +76,8 @@ def _tuner(spec: SearchSpec, experiment_dir: Path, state: SearchState, restore: 
     )
     tune_config = tune.TuneConfig(
         num_samples=spec.file.search.num_samples,
-        scheduler=_scheduler(spec),
-        search_alg=_search_algorithm(spec),
+        scheduler=build_scheduler(spec),
+        search_alg=build_search_algorithm(spec),
     )
     return tune.Tuner(trainable, param_space=spec.param_space(), tune_config=tune_config, run_config=run_config)
 
