@@ -15,6 +15,7 @@ TAG_BACKBONE = "lic_search.backbone"
 TAG_AUXT = "lic_search.auxt"  # "off" or the placement ("both", "analysis", "synthesis")
 TAG_STATUS = "lic_search.status"  # "running" | "completed" | "stopped" | "errored"
 TAG_STATUS_DETAIL = "lic_search.status_detail"  # e.g. "stopped by ASHA at iteration 200"
+TAG_NODE = "lic_search.node_id"  # Ray node of the trial's latest result
 TAG_FAMILY = "lic_search.family"  # hash of the config without the R-D λ (rate family)
 TAG_PARENT = "mlflow.parentRunId"
 

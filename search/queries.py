@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 from search import mlflow_names as T
@@ -58,3 +59,28 @@ def best_trials(experiment: str, metric: str = M.EVAL_RD_LOSS, mode: str = "min"
 
     rows.sort(key=key)
     return rows[:top] if top else rows
+
+
+def export_space(experiment: str, run_id: str, target: Path, tracking_uri: Optional[str] = None,
+                 iterations: Optional[int] = None) -> Path:
+    """Write a space file that trains exactly one trial's config again, at full (or given) budget."""
+    import tempfile
+
+    import yaml
+
+    client = tracking.client_for(tracking_uri or tracking.default_tracking_uri())
+    with tempfile.TemporaryDirectory() as folder:
+        local = client.download_artifacts(run_id, T.ARTIFACT_TRIAL_CONFIG, folder)
+        config = yaml.safe_load(Path(local).read_text())
+    if iterations:
+        config["schedule"]["iterations"] = iterations
+    space = {
+        "name": f"{experiment}-best",
+        "description": f"re-run of MLflow run {run_id} from search {experiment!r}",
+        "trial": config,
+        "search": {"algorithm": "random", "num_samples": 1},
+        "scheduler": {"type": "fifo"},
+    }
+    target = Path(target)
+    target.write_text(yaml.safe_dump(space, sort_keys=False))
+    return target

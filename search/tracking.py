@@ -174,6 +174,8 @@ class MlflowTrialLogger(tune.Callback):
                   and isinstance(value, (int, float)) and not isinstance(value, bool)]
         self.client.log_batch(run_id, metrics=values)
         self._last_step[trial.trial_id] = step
+        if M.NODE_ID in result:
+            self.client.set_tag(run_id, T.TAG_NODE, str(result[M.NODE_ID]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)

@@ -20,5 +20,7 @@ TRAIN_AUX_LOSS = "train/aux_loss"
 TRAIN_LR = "train/lr"
 TRAIN_ITERS_PER_S = "train/iters_per_s"
 
+NODE_ID = "node_id"  # Ray node that ran the result (a string; recorded as an MLflow tag)
+
 DEFAULT_METRIC = EVAL_RD_LOSS
 DEFAULT_MODE = "min"

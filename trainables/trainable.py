@@ -16,6 +16,7 @@ import torch
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
 from trainables.engine import Trainer
+from trainables.metrics import NODE_ID
 
 
 def _threads_for_trial() -> int:
@@ -29,6 +30,12 @@ def _threads_for_trial() -> int:
     return max(1, int(cpus))
 
 
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def train_lic(config: dict) -> None:
     """Ray Tune entry point. ``config`` is a nested dict shaped like :class:`TrialConfig`."""
     from ray import tune
@@ -40,7 +47,9 @@ def train_lic(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(load_checkpoint(Path(folder), map_location=trainer.device))
+    node = _node_id()
     for result in trainer.train():
+        result[NODE_ID] = node
         with tempfile.TemporaryDirectory(prefix="lic-ckpt-") as folder:
             save_checkpoint(trainer.state_dict(), Path(folder))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))

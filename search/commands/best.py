@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from search.errors import LicSearchError
 from trainables import metrics as M
@@ -23,6 +24,10 @@ def register(subparsers) -> None:
     parser.add_argument("--status", choices=("completed", "stopped", "errored", "running"), default=None)
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db)")
     parser.add_argument("--json", action="store_true", help="print a JSON list (run_id, params, metrics, ...)")
+    parser.add_argument("--export", type=Path, default=None, metavar="BEST.yaml",
+                        help="write a space file that re-runs the best trial's config at full budget")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="with --export: the budget of the re-run (default: the trial's own budget)")
     parser.set_defaults(func=_best)
 
 
@@ -41,6 +46,13 @@ def _best(args) -> int:
 
     rows = best_trials(args.experiment, metric=args.metric, mode=args.mode, top=args.top,
                        tracking_uri=args.tracking_uri, where=_parse_where(args.where), status=args.status)
+    if args.export and rows:
+        from search.queries import export_space
+
+        export_space(args.experiment, rows[0]["run_id"], args.export, tracking_uri=args.tracking_uri,
+                     iterations=args.iterations)
+        print(f"wrote {args.export} (re-runs run {rows[0]['run_id']}; run it with: lic-search run {args.export})",
+              file=__import__("sys").stderr)
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0

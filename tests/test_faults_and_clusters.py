@@ -1,0 +1,233 @@
+"""Real processes: a two-node Ray cluster on loopback, an `mlflow server` over HTTP, a driver
+killed with SIGKILL and resumed, and a trial process killed mid-training and retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from search import mlflow_names as T
+from search.cli import main
+from search.tracking import client_for
+from tests.test_search_e2e import write_space
+from trainables import metrics as M
+
+pytestmark = pytest.mark.slow
+LIC_SEARCH = [sys.executable, "-m", "search.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    """Start a process in its own session so the test can kill it and all it spawned."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env, **kwargs)
+
+
+def kill_session(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def result_iterations(experiment_dir: Path) -> dict[str, list[int]]:
+    """Per trial folder, the `iterations` of every result Ray recorded (result.json lines)."""
+    found = {}
+    for result_file in experiment_dir.glob("*/result.json"):
+        lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        found[lines[0]["trial_id"] if lines else result_file.parent.name] = [int(r[M.ITERATIONS]) for r in lines]
+    return found
+
+
+def trial_runs(uri: str, experiment: str) -> list:
+    client = client_for(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], filter_string=f"tags.`{T.TAG_ROLE}` = '{T.ROLE_TRIAL}'")
+
+
+def test_unreachable_tracking_server_is_reported_before_ray_starts(tmp_path: Path, capsys):
+    import ray
+
+    space = write_space(tmp_path, "unreachable", {}, {}, {"type": "fifo"})
+    code = main(["run", str(space), "--storage-path", str(tmp_path / "r"),
+                 "--tracking-uri", f"http://127.0.0.1:{free_port()}"])
+    assert code == 2
+    assert "unreachable" in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "r").exists()
+
+
+def test_two_node_cluster_on_loopback_runs_trials_on_both_nodes(tmp_path: Path):
+    port = free_port()
+    head = start(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                  "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                  f"--temp-dir={tmp_path / 'ray'}"], tmp_path / "head.log")
+    worker = None
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), 60, "the head node")
+        worker = start(["ray", "start", "--block", f"--address={address}", "--num-cpus=1",
+                        "--node-ip-address=127.0.0.1"], tmp_path / "worker.log")
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 60, "the worker node")
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        space = write_space(tmp_path, "cluster", {"schedule.iterations": 4}, {"max_concurrent": 2}, {"type": "fifo"})
+        driver = subprocess.run(LIC_SEARCH + ["run", str(space), "--address", address, "--storage-path",
+                                              str(tmp_path / "results"), "--tracking-uri", uri],
+                                capture_output=True, text=True, timeout=300)
+        assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+        runs = trial_runs(uri, "cluster")
+        assert len(runs) == 2
+        assert all(r.data.tags[T.TAG_STATUS] == "completed" for r in runs)
+        assert len({r.data.tags[T.TAG_NODE] for r in runs}) == 2  # one trial on each node
+    finally:
+        for process in (worker, head):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    kill_session(process)
+
+
+def test_search_over_http_to_a_real_mlflow_server(tmp_path: Path):
+    port = free_port()
+    server = start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                    "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                    "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                   tmp_path / "server.log")
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _healthy(uri), 90, "mlflow server")
+        space = write_space(tmp_path, "http", {"schedule.iterations": 4}, {"max_concurrent": 2}, {"type": "fifo"})
+        driver = subprocess.run(LIC_SEARCH + ["run", str(space), "--storage-path", str(tmp_path / "results"),
+                                              "--tracking-uri", uri], capture_output=True, text=True, timeout=300)
+        assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+        client = client_for(uri)
+        experiment = client.get_experiment_by_name("http")
+        runs = client.search_runs([experiment.experiment_id])
+        parents = [r for r in runs if r.data.tags.get(T.TAG_ROLE) == T.ROLE_SEARCH]
+        children = [r for r in runs if r.data.tags.get(T.TAG_ROLE) == T.ROLE_TRIAL]
+        assert len(parents) == 1 and len(children) == 2
+        assert parents[0].info.status == "FINISHED"
+        for child in children:
+            assert child.data.tags[T.TAG_PARENT] == parents[0].info.run_id
+            assert child.data.tags[T.TAG_BACKBONE] == "mbt2018-mean"
+            assert child.data.tags[T.TAG_AUXT] in ("both", "off")
+            assert child.data.tags[T.TAG_STATUS] == "completed"
+            assert child.data.params["model.auxt.enabled"] in ("True", "False")
+            history = client.get_metric_history(child.info.run_id, M.EVAL_PSNR)
+            assert [m.step for m in history] == [2, 4]
+            config_path = client.download_artifacts(child.info.run_id, T.ARTIFACT_TRIAL_CONFIG, str(tmp_path))
+            assert "backbone: mbt2018-mean" in Path(config_path).read_text()
+    finally:
+        kill_session(server)
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        return requests.get(uri + "/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_work(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = write_space(tmp_path, "killed", {"schedule.iterations": 12, "schedule.lr": {"grid": [1e-3, 2e-3]}},
+                        {"max_concurrent": 2}, {"type": "fifo"})
+    results = tmp_path / "results"
+    command = LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri]
+    driver = start(command, tmp_path / "driver.log")
+
+    def progress():
+        done = [r for r in trial_runs(uri, "killed") if r.data.tags.get(T.TAG_STATUS) == "completed"]
+        partial = [r for r in trial_runs(uri, "killed") if r.data.tags.get(T.TAG_STATUS) == "running"
+                   and r.data.metrics.get(M.ITERATIONS, 0) >= 2]
+        return done and partial
+
+    try:
+        wait_for(progress, 240, "one finished and one half-trained trial")
+    finally:
+        kill_session(driver)
+    before = result_iterations(results / "killed")
+    finished_before = {t for t, its in before.items() if its and its[-1] == 12}
+    assert finished_before, before
+
+    resumed = subprocess.run(LIC_SEARCH + ["resume", str(results / "killed")], capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = result_iterations(results / "killed")
+    assert len(after) == 4
+    for trial, iterations in after.items():
+        assert iterations == sorted(set(iterations)) and iterations[-1] == 12, (trial, iterations)
+        if trial in finished_before:
+            assert iterations == before[trial]  # not one more result: never retrained
+    runs = trial_runs(uri, "killed")
+    assert len(runs) == 4  # exactly one MLflow run per trial
+    client = client_for(uri)
+    for run in runs:
+        assert run.data.tags[T.TAG_STATUS] == "completed"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)]
+        assert steps == [2, 4, 6, 8, 10, 12]
+
+
+def test_trial_process_killed_mid_training_is_retried_from_its_checkpoint(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = write_space(tmp_path, "retry", {"schedule.iterations": 40, "model.auxt.enabled": True},
+                        {"max_concurrent": 1}, {"type": "fifo"})
+    text = space.read_text().replace("max_failures: 0", "max_failures: 2")
+    space.write_text(text)
+    results = tmp_path / "results"
+    driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri],
+                   tmp_path / "driver.log")
+    try:
+        def trial_worker():
+            runs = trial_runs(uri, "retry")
+            if not runs or runs[0].data.metrics.get(M.ITERATIONS, 0) < 6:
+                return None
+            for process in psutil.process_iter(["cmdline"]):
+                title = " ".join(process.info["cmdline"] or [])
+                if "ImplicitFunc" in title and "train" in title:
+                    return process
+            return None
+
+        victim = wait_for(trial_worker, 240, "a trial process past its first checkpoints")
+        victim.kill()
+        assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        kill_session(driver)
+    iterations = next(iter(result_iterations(results / "retry").values()))
+    # Restarting from zero would report iteration 2 again; from the checkpoint, no step repeats.
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 40
+    state = json.loads(next((results / "retry").glob("experiment_state-*.json")).read_text())
+    assert "num_failures" in json.dumps(state) and '"num_failures": 0' not in json.dumps(state).replace(" ", " ")
+    run = trial_runs(uri, "retry")[0]
+    assert run.data.tags[T.TAG_STATUS] == "completed"
