@@ -1,0 +1,127 @@
+"""Registry-driven tests: every backbone, with and without AuxT, at tiny widths (STYLE.md 5)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainables.auxt import AugmentedTransform
+from trainables.backbones import BACKBONES, BackboneError, get_backbone, register_backbone
+from trainables.config import ModelConfig
+from trainables.model import InputShapeError, LICModel, count_parameters, create_model
+
+NAMES = sorted(BACKBONES)
+
+
+def _tiny(name: str, auxt: bool) -> LICModel:
+    N, M = BACKBONES[name].test_widths
+    torch.manual_seed(0)
+    return create_model(ModelConfig(backbone=name, N=N, M=M, auxt={"enabled": auxt}))
+
+
+def _bpp(likelihoods: dict, num_pixels: int) -> torch.Tensor:
+    return sum(-torch.log2(t).sum() for t in likelihoods.values()) / num_pixels
+
+
+def test_registry_holds_the_papers_backbones() -> None:
+    assert {"mbt2018-mean"} <= set(BACKBONES)
+
+
+def test_duplicate_registration_is_an_error() -> None:
+    spec = BACKBONES["mbt2018-mean"]
+    with pytest.raises(BackboneError, match="already registered"):
+        register_backbone(
+            "mbt2018-mean", N=spec.N, M=spec.M, widths=spec.widths,
+            analysis_positions=spec.analysis_positions, synthesis_positions=spec.synthesis_positions,
+            down_layers=spec.down_layers, up_layers=spec.up_layers,
+        )(spec.build)
+
+
+def test_unknown_backbone_names_the_allowed_ones() -> None:
+    with pytest.raises(BackboneError, match="mbt2018-mean"):
+        get_backbone("mbt2019")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("auxt", [False, True], ids=["plain", "auxt"])
+def test_forward_shapes_bpp_and_gradients(name: str, auxt: bool) -> None:
+    model = _tiny(name, auxt)
+    model.train()
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x)
+    assert out["x_hat"].shape == x.shape
+    assert out["y"].shape == (2, model.M, 4, 4)
+    if auxt:
+        assert out["y_auxt"] is not None and out["y_auxt"].shape == out["y"].shape
+        assert isinstance(model.backbone.g_a, AugmentedTransform)
+        assert isinstance(model.backbone.g_s, AugmentedTransform)
+    else:
+        assert out["y_auxt"] is None
+    bpp = _bpp(out["likelihoods"], 2 * 64 * 64)
+    assert torch.isfinite(bpp) and bpp.item() > 0
+    ortho = model.ortho_loss()
+    assert (ortho.item() > 0) is auxt
+    loss = torch.mean((out["x_hat"] - x) ** 2) + 0.01 * bpp + 0.1 * ortho + model.aux_loss()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:10]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    if auxt:
+        for n, p in model.named_parameters():
+            if ".branch." in n:
+                assert p.grad.abs().sum() > 0, f"AuxT parameter {n} got a zero gradient"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("auxt", [False, True], ids=["plain", "auxt"])
+def test_compress_decompress_round_trip(name: str, auxt: bool) -> None:
+    model = _tiny(name, auxt).eval()
+    model.update(force=True)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(x)["x_hat"].clamp(0, 1)  # forward reconstruction of the quantized latent
+    encoded = model.compress(x)
+    assert set(encoded) >= {"strings", "shape"}
+    num_bytes = sum(len(s) for group in encoded["strings"] for s in group)
+    assert num_bytes > 0
+    decoded = model.decompress(encoded["strings"], encoded["shape"])
+    assert decoded["x_hat"].shape == x.shape
+    torch.testing.assert_close(decoded["x_hat"], reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_split_is_disjoint_and_complete(name: str) -> None:
+    model = _tiny(name, True)
+    aux = {id(p) for p in model.aux_parameters()}
+    main = {id(p) for p in model.main_parameters()}
+    assert aux and not aux & main
+    assert aux | main == {id(p) for p in model.parameters()}
+
+
+def test_input_not_multiple_of_pad_is_a_user_error() -> None:
+    model = _tiny("mbt2018-mean", False)
+    with pytest.raises(InputShapeError, match="multiples of 64"):
+        model(torch.rand(1, 3, 64, 96))
+
+
+# Table 1 (#Params, M): anchor and + AuxT, at default widths; ELIC gains "about 1 M".
+TABLE_1 = {
+    "mbt2018-mean": (17.6, 18.6),
+    "elic": (33.8, 34.8),
+    "tcm-small": (45.2, 45.8),
+    "tcm-large": (76.6, 78.2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(set(TABLE_1) & set(BACKBONES)))
+def test_table1_parameter_counts(name: str) -> None:
+    expected_plain, expected_auxt = TABLE_1[name]
+    # counting needs no forward pass: construction only
+    plain = count_parameters(create_model(ModelConfig(backbone=name)))
+    auxt = count_parameters(create_model(ModelConfig(backbone=name, auxt={"enabled": True})))
+    assert plain / 1e6 == pytest.approx(expected_plain, rel=0.02)
+    assert auxt / 1e6 == pytest.approx(expected_auxt, rel=0.02)
+    if name == "elic":
+        assert 0.9e6 < auxt - plain < 1.2e6
