@@ -1,0 +1,53 @@
+"""`lic-search report EXPERIMENT`: Markdown + PNG report of a search, attached to its MLflow parent run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from search.bdrate import METHODS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write a Markdown report (R-D curves, BD-rate per rate family, convergence, AuxT speed, energy)",
+        description="Reads the search's trials from MLflow and writes DIR/report.md with PNG plots, report.json "
+                    "and each rate family's R-D curve (CompressAI results JSON); attaches the folder to the "
+                    "search's parent run under 'report/'.",
+    )
+    parser.add_argument("experiment", help="search name (the MLflow experiment)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="output folder (default: reports/<experiment>)")
+    parser.add_argument("--anchor", type=Path, action="append", default=[], metavar="ANCHOR.json",
+                        help="extra anchor curve in CompressAI results format (repeatable); "
+                             "VTM on Kodak is always included")
+    parser.add_argument("--method", choices=METHODS, default="pchip", help="BD-rate interpolation (default: pchip)")
+    parser.add_argument("--include-stopped", action="store_true",
+                        help="also build rate families from trials the scheduler stopped early "
+                             "(default: completed trials only, so under-trained points do not bend the curves)")
+    parser.add_argument("--no-attach", action="store_true", help="do not attach the report to the MLflow parent run")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.report import ARTIFACT_PATH, generate_report
+
+    report = generate_report(args.experiment, tracking_uri=args.tracking_uri, out=args.out,
+                             anchor_files=args.anchor, include_stopped=args.include_stopped, method=args.method,
+                             attach=not args.no_attach)
+    families = report.data["families"]
+    ranked = [f for f in families if f["rank"] is not None]
+    print(f"report: {report.markdown}")
+    print(f"{len(report.data['trials'])} trials, {len(families)} rate families ({len(ranked)} with a BD-rate)")
+    if ranked:
+        best = ranked[0]
+        value = best["bd_rate"].get(f"{report.data['anchors'][0]} psnr")
+        print(f"best family: {best['label']} (BD-rate {value:+.2f}% vs {report.data['anchors'][0]})")
+    summaries = [s for s in report.data["speed"] if s["lmbda"] is None and s["speedup"] is not None]
+    for summary in summaries:
+        print(f"AuxT speed-up {summary['auxt_family']} vs {summary['no_auxt_family']}: {summary['speedup']:.2f}x")
+    if report.attached_to:
+        print(f"attached to MLflow run {report.attached_to} under '{ARTIFACT_PATH}/'")
+    return 0
