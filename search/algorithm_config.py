@@ -1,0 +1,338 @@
+"""The ``search`` and ``scheduler`` sections of a space file, and the checks that span sections.
+
+The models are strict (unknown keys are errors). :func:`check_search_setup` checks what
+one section alone cannot: combinations with the ``trial`` template (which keys are grids
+or sampled) and with each other. ``search.space.load_space`` calls it, so every problem is
+reported with the file and key path before Ray starts.
+
+Why ``stratify_by``: the R-D loss ``λ·D + R`` (paper Eq. 6 without the OLP term) has a
+different scale at each λ and for each distortion, so a low-rate trial always "beats" a
+high-rate one. ASHA, PBT and the Optuna studies therefore compare a trial only with trials
+whose values at the ``stratify_by`` keys (default ``loss.lmbda``, ``loss.distortion``) are
+the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainables import metrics as M
+from trainables.config import TrialConfig
+
+#: Every metric a trial reports that a search may optimise (``eval/...`` and ``train/...``).
+KNOWN_METRICS: tuple[str, ...] = tuple(sorted({
+    value for name, value in vars(M).items()
+    if name.isupper() and isinstance(value, str) and value.startswith(("eval/", "train/"))
+}))
+
+#: Metrics where larger is better; every other known metric is minimised.
+MAXIMISED_METRICS: frozenset[str] = frozenset({M.EVAL_PSNR, M.EVAL_MS_SSIM, M.TRAIN_ITERS_PER_S})
+
+DEFAULT_STRATIFY_BY: tuple[str, ...] = ("loss.lmbda", "loss.distortion")
+DEFAULT_OBJECTIVES: tuple[str, ...] = (M.EVAL_BPP, M.EVAL_MSE)
+
+_PRIMITIVES = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
+_CONTINUOUS = ("uniform", "loguniform", "randint", "quniform")
+
+
+def default_mode(metric: str) -> Literal["min", "max"]:
+    """The natural direction of a metric: PSNR and MS-SSIM up, losses, bpp and MSE down."""
+    return "max" if metric in MAXIMISED_METRICS else "min"
+
+
+def _check_metric(name: str, where: str) -> str:
+    if name not in KNOWN_METRICS:
+        raise ValueError(f"{where}: unknown metric {name!r}; allowed: {', '.join(KNOWN_METRICS)}")
+    return name
+
+
+def trial_key_exists(dotted: str) -> bool:
+    """Whether ``dotted`` names a leaf of :class:`TrialConfig` (``loss.lmbda``, ``schedule.lr``)."""
+    model: Any = TrialConfig
+    parts = dotted.split(".")
+    for index, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        is_last = index == len(parts) - 1
+        if is_last:
+            return not (isinstance(annotation, type) and issubclass(annotation, BaseModel))
+        model = annotation
+    return False
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchAlgorithmConfig(_Strict):
+    """How trial configs are proposed."""
+
+    algorithm: Literal["random", "optuna"] = Field(
+        "random",
+        description="random: every grid point x num_samples random draws (Ray BasicVariantGenerator). "
+        "optuna: one Optuna study per grid point, num_samples trials each, sampling the non-grid primitives.",
+    )
+    sampler: Literal["tpe", "nsga2"] = Field(
+        "tpe", description="Optuna sampler: tpe (single or multi-objective) or nsga2 (needs `objectives`)."
+    )
+    objectives: Optional[list[str]] = Field(
+        None,
+        description="Multi-objective Optuna search over these metrics, e.g. [eval/bpp, eval/mse] "
+        "(a Pareto front over rate and distortion); null = single objective `metric`.",
+    )
+    modes: Optional[list[Literal["min", "max"]]] = Field(
+        None, description="Direction of each objective; null = natural (bpp, mse: min; psnr, ms_ssim: max)."
+    )
+    startup_trials: Optional[int] = Field(
+        None, ge=1,
+        description="TPE: random trials per study before TPE (Optuna default 10); "
+        "NSGA-II: population size (Optuna default 50).",
+    )
+    num_samples: int = Field(1, ge=1, description="Samples per grid point (Ray Tune num_samples).")
+    max_concurrent: Optional[int] = Field(None, ge=1, description="At most this many trials at once.")
+    metric: str = Field(M.DEFAULT_METRIC, description="Metric of the schedulers and of single-objective Optuna.")
+    mode: Literal["min", "max"] = M.DEFAULT_MODE
+    seed: Optional[int] = None
+    stratify_by: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STRATIFY_BY),
+        description="Trial keys whose values must match for two trials to be compared "
+        "(ASHA rungs, PBT quantiles, Optuna studies). R-D losses at different λ are not comparable.",
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, name: str) -> str:
+        return _check_metric(name, "metric")
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, names: Optional[list[str]]) -> Optional[list[str]]:
+        if names is None:
+            return names
+        if len(names) < 2:
+            raise ValueError(f"a multi-objective search needs at least two objectives, got {names}; "
+                             "for one objective set `metric` instead")
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives must be distinct, got {names}")
+        for name in names:
+            _check_metric(name, "objectives")
+        return names
+
+    @field_validator("stratify_by")
+    @classmethod
+    def _trial_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not trial_key_exists(key):
+                raise ValueError(f"stratify_by: {key!r} is not a trial config key "
+                                 "(dotted path to a value, e.g. loss.lmbda, loss.distortion, schedule.iterations)")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"stratify_by keys must be distinct, got {keys}")
+        return keys
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SearchAlgorithmConfig":
+        if self.modes is not None and self.objectives is None:
+            raise ValueError("modes: only with objectives (multi-objective search); "
+                             "a single objective takes `mode`")
+        if self.objectives is not None and self.modes is not None and len(self.modes) != len(self.objectives):
+            raise ValueError(f"modes: one per objective, got {len(self.modes)} modes for "
+                             f"{len(self.objectives)} objectives {self.objectives}")
+        if self.objectives is not None and self.algorithm != "optuna":
+            raise ValueError("objectives: a multi-objective search needs algorithm optuna, "
+                             f"got algorithm {self.algorithm!r}")
+        if self.sampler == "nsga2" and self.objectives is None:
+            raise ValueError("sampler: nsga2 is a multi-objective sampler; set `objectives` "
+                             "(e.g. [eval/bpp, eval/mse]) or use sampler tpe")
+        return self
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objectives is not None
+
+    def objective_modes(self) -> list[str]:
+        """Directions of the multi-objective metrics (explicit or natural)."""
+        if self.objectives is None:
+            return []
+        return list(self.modes) if self.modes is not None else [default_mode(m) for m in self.objectives]
+
+
+class PBTMutations(_Strict):
+    """What PBT may change in ``schedule`` when a weak trial clones a strong one."""
+
+    lr: Optional[tuple[float, float]] = Field(
+        None, description="[low, high]: schedule.lr is resampled log-uniformly in it or multiplied by a "
+        "perturbation factor and clipped to it.",
+    )
+    milestones: Optional[list[list[float]]] = Field(
+        None, description="Candidate schedule.milestones (each a list of increasing fractions in (0, 1)); "
+        "PBT moves to a neighbouring candidate or resamples one.",
+    )
+    gamma: Optional[list[float]] = Field(
+        None, description="Candidate decay factors schedule.gamma, each in (0, 1].",
+    )
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_range(cls, bounds: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
+        if bounds is not None:
+            low, high = bounds
+            if not 0 < low < high:
+                raise ValueError(f"lr: `0 < low < high` must hold, but got (low={low}, high={high})")
+        return bounds
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestone_lists(cls, candidates: Optional[list[list[float]]]) -> Optional[list[list[float]]]:
+        if candidates is None:
+            return None
+        if len(candidates) < 2:
+            raise ValueError(f"milestones: PBT needs at least two candidates to move between, got {candidates}")
+        for values in candidates:
+            if any(not 0.0 < v < 1.0 for v in values) or list(values) != sorted(set(values)):
+                raise ValueError(f"milestones: each candidate is a list of increasing fractions of the budget "
+                                 f"in (0, 1), got {values}")
+        return candidates
+
+    @field_validator("gamma")
+    @classmethod
+    def _gammas(cls, values: Optional[list[float]]) -> Optional[list[float]]:
+        if values is None:
+            return None
+        if len(values) < 2 or any(not 0.0 < v <= 1.0 for v in values):
+            raise ValueError(f"gamma: at least two candidates in (0, 1], got {values}")
+        return values
+
+    @model_validator(mode="after")
+    def _something(self) -> "PBTMutations":
+        if self.lr is None and self.milestones is None and self.gamma is None:
+            raise ValueError("mutations: name at least one of lr, milestones, gamma for PBT to change")
+        return self
+
+
+class PBTConfig(_Strict):
+    """Population-based training of the learning-rate schedule (Jaderberg et al. 2017)."""
+
+    perturbation_interval: int = Field(
+        ..., ge=1, description="Iterations between exploit/explore steps (results come every eval_every)."
+    )
+    burn_in_period: int = Field(0, ge=0, description="Iterations before the first perturbation.")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="Bottom share that clones the top share.")
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0)
+    perturbation_factors: tuple[float, float] = Field((1.2, 0.8), description="Multipliers for schedule.lr.")
+    mutations: PBTMutations
+
+    @field_validator("perturbation_factors")
+    @classmethod
+    def _positive(cls, factors: tuple[float, float]) -> tuple[float, float]:
+        if any(f <= 0 for f in factors):
+            raise ValueError(f"perturbation_factors must be positive, got {factors}")
+        return factors
+
+
+class SchedulerConfig(_Strict):
+    """When trials are stopped early (ASHA), mutated (PBT) or run to their budget (FIFO)."""
+
+    type: Literal["asha", "fifo", "pbt"] = Field(
+        "asha", description="asha: asynchronous successive halving per stratum; fifo: no early stopping; "
+        "pbt: population-based schedule search per stratum.",
+    )
+    grace_period: int = Field(1, ge=1, description="ASHA: iterations before a trial may be stopped.")
+    reduction_factor: float = Field(2.0, gt=1.0, description="ASHA: keep the best 1/reduction_factor per rung.")
+    brackets: int = Field(1, ge=1, description="ASHA: number of brackets.")
+    max_t: Optional[int] = Field(
+        None, ge=1, description="ASHA: the last rung's iteration; null = the space's largest budget."
+    )
+    pbt: Optional[PBTConfig] = Field(None, description="PBT settings; required with type pbt.")
+
+    @model_validator(mode="after")
+    def _pbt_section(self) -> "SchedulerConfig":
+        if self.type == "pbt" and self.pbt is None:
+            raise ValueError("pbt: type pbt needs a `pbt` section with perturbation_interval and mutations")
+        if self.type != "pbt" and self.pbt is not None:
+            raise ValueError(f"pbt: a `pbt` section only goes with type pbt, got type {self.type!r}")
+        if self.max_t is not None and self.max_t < self.grace_period:
+            raise ValueError(f"max_t: must be at least grace_period ({self.grace_period}), got {self.max_t}")
+        return self
+
+
+# --------------------------------------------------------------------------- cross-section checks
+def _primitive(node: Any) -> Optional[str]:
+    if isinstance(node, dict) and len(node) == 1:
+        (key,) = node
+        if key in _PRIMITIVES:
+            return key
+    return None
+
+
+def template_primitives(template: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, primitive kind) of every sampling primitive in a ``trial`` template."""
+    kind = _primitive(template)
+    if kind is not None:
+        yield path, kind
+    elif isinstance(template, dict):
+        for key, value in template.items():
+            yield from template_primitives(value, f"{path}.{key}" if path else key)
+
+
+class SetupError(ValueError):
+    """A combination of sections that cannot work; ``key_path`` is where to fix it."""
+
+    def __init__(self, key_path: str, message: str):
+        self.key_path = key_path
+        super().__init__(message)
+
+
+def check_search_setup(search: SearchAlgorithmConfig, scheduler: SchedulerConfig, trial: dict,
+                       budget: int, file: str = "<space>") -> None:
+    """Raise :class:`search.errors.SpaceError` (file, key path, rule) for combinations that cannot work.
+
+    ``budget`` is the largest ``schedule.iterations`` a trial can get. Call before Ray starts.
+    """
+    from search.errors import SpaceError
+
+    try:
+        _check(search, scheduler, trial, budget)
+    except SetupError as error:
+        raise SpaceError(file, error.key_path, str(error)) from None
+
+
+def _check(search: SearchAlgorithmConfig, scheduler: SchedulerConfig, trial: dict, budget: int) -> None:
+    primitives = dict(template_primitives(trial))
+    sampled = {key: kind for key, kind in primitives.items() if kind != "grid"}
+    if search.algorithm == "optuna":
+        if not sampled:
+            raise SetupError("search.algorithm", "optuna needs at least one sampled primitive "
+                             "(choice, uniform, loguniform, randint, quniform) in `trial`; grids are "
+                             "enumerated (one Optuna study per grid point). With grids only, use algorithm random")
+        if not search.multi_objective:
+            for key in search.stratify_by:
+                if key in sampled:
+                    raise SetupError(f"trial.{key}", f"optuna compares {search.metric} across trials, which "
+                                     f"is not comparable across different {key}; give {key} as a fixed value "
+                                     f"or a `grid` (one study per value), not `{sampled[key]}`, or set "
+                                     "search.objectives for a multi-objective (bpp, distortion) search")
+    if scheduler.type == "pbt" and search.algorithm != "random":
+        raise SetupError("scheduler.type", "pbt changes trial configs itself and cannot be combined with "
+                         f"search.algorithm {search.algorithm!r}; use algorithm random")
+    if scheduler.type in ("asha", "pbt"):
+        for key in search.stratify_by:
+            if primitives.get(key) in _CONTINUOUS:
+                raise SetupError(f"trial.{key}", f"scheduler {scheduler.type} compares trials only at equal "
+                                 f"{key} (search.stratify_by), so a continuous `{primitives[key]}` leaves every "
+                                 "trial alone in its stratum; use a grid or choice, or scheduler fifo")
+    if scheduler.type == "asha":
+        max_t = scheduler.max_t or budget
+        if scheduler.grace_period > max_t:
+            where = "scheduler.grace_period"
+            raise SetupError(where, f"must not exceed the iteration budget ({max_t}), got {scheduler.grace_period}")
+    if scheduler.type == "pbt" and scheduler.pbt is not None:
+        pbt = scheduler.pbt
+        if max(pbt.perturbation_interval, pbt.burn_in_period) >= budget:
+            raise SetupError("scheduler.pbt.perturbation_interval",
+                             f"PBT never perturbs before the budget ends: perturbation_interval "
+                             f"({pbt.perturbation_interval}) and burn_in_period ({pbt.burn_in_period}) must "
+                             f"stay below the iteration budget ({budget})")

@@ -1,0 +1,326 @@
+"""Schedulers: stratified ASHA (rungs per λ, persisted across restore), stratified PBT, the builder.
+
+Unit tests drive the schedulers with real ``ray.tune.experiment.Trial`` objects and
+``on_trial_result`` calls, exactly as Ray's TuneController does; the ``ray_cluster`` tests run
+real Ray Tune searches (a restore after an interrupt, PBT with checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from search.algorithm_config import PBTMutations, SchedulerConfig, SearchAlgorithmConfig
+from search.schedulers import STATE_FILE, StratifiedASHA, StratifiedPBT, build_scheduler, stratum_key
+from trainables import metrics as M
+from trainables.config import TrialConfig
+from trainables.errors import LicSearchError
+
+from tests.conftest import tiny_trial
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+def make_trial(trial_id: str, lmbda: float = 0.013, distortion: str = "mse", **overrides) -> Trial:
+    config = tiny_trial(**{"loss.lmbda": lmbda, "loss.distortion": distortion, **overrides})
+    return Trial("lic", config=config, trial_id=trial_id, stub=True)
+
+
+def result(iteration: int, loss: float) -> dict:
+    return {M.ITERATIONS: iteration, M.EVAL_RD_LOSS: loss}
+
+
+def asha(**kwargs) -> StratifiedASHA:
+    defaults = dict(metric=M.EVAL_RD_LOSS, mode="min", max_t=8, grace_period=1, reduction_factor=2)
+    return StratifiedASHA(**{**defaults, **kwargs})
+
+
+def feed(scheduler, trial: Trial, losses: dict[int, float]) -> list[str]:
+    """Report ``{iteration: loss}`` in order; stop reporting at the first STOP, like Ray."""
+    decisions = []
+    for iteration, loss in sorted(losses.items()):
+        decision = scheduler.on_trial_result(None, trial, result(iteration, loss))
+        decisions.append(decision)
+        if decision == STOP:
+            break
+    return decisions
+
+
+def test_stratum_key_separates_lambda_and_distortion():
+    low, high = make_trial("a", 0.0025), make_trial("b", 0.0483)
+    keys = ("loss.lmbda", "loss.distortion")
+    assert stratum_key(low.config, keys) == 'loss.lmbda=0.0025, loss.distortion="mse"'
+    assert stratum_key(low.config, keys) != stratum_key(high.config, keys)
+    assert stratum_key(make_trial("c", 0.0025, "ms-ssim").config, keys) != stratum_key(low.config, keys)
+    # other keys (the things being searched) do not split strata
+    assert stratum_key(make_trial("d", 0.0025, **{"schedule.lr": 5e-4}).config, keys) == stratum_key(low.config, keys)
+
+
+def test_one_stratum_decides_exactly_like_ray_asha():
+    """Within a stratum the rung rule is Ray's: same decisions on the same result stream."""
+    rng = random.Random(0)
+    ours, ray_asha = asha(), ASHAScheduler(time_attr=M.ITERATIONS, metric=M.EVAL_RD_LOSS, mode="min",
+                                          max_t=8, grace_period=1, reduction_factor=2)
+    decisions = {"ours": [], "ray": []}
+    for index in range(12):
+        trial = make_trial(f"t{index}")
+        losses = {it: rng.uniform(0.5, 2.0) / it for it in range(1, 9)}
+        for name, scheduler in (("ours", ours), ("ray", ray_asha)):
+            scheduler.on_trial_add(None, trial)
+            decisions[name].append(feed(scheduler, trial, losses))
+    assert decisions["ours"] == decisions["ray"]
+    assert sum(d[-1] == STOP and len(d) < 8 for d in decisions["ours"]) >= 4  # it did prune
+
+
+def test_high_lambda_trial_is_never_stopped_by_low_lambda_results():
+    """The issue's requirement: a high-rate trial (larger λ, much larger R-D loss) is compared
+    only with high-rate trials, so the low-rate rungs never stop it."""
+    ours = asha()
+    stock = ASHAScheduler(time_attr=M.ITERATIONS, metric=M.EVAL_RD_LOSS, mode="min", max_t=8,
+                          grace_period=1, reduction_factor=2)
+    for index in range(4):  # ever better low-λ trials fill every rung with losses around 0.3
+        low = make_trial(f"low{index}", 0.0025)
+        losses = {it: loss - index / 100 for it, loss in {1: 0.5, 2: 0.4, 4: 0.35, 8: 0.3}.items()}
+        for scheduler in (ours, stock):
+            scheduler.on_trial_add(None, low)
+            assert feed(scheduler, low, losses) == [CONTINUE, CONTINUE, CONTINUE, STOP]  # STOP = max_t
+            scheduler.on_trial_complete(None, low, result(8, losses[8]))
+    high = make_trial("high", 0.0483)
+    high_losses = {1: 6.0, 2: 5.0, 4: 4.0, 8: 3.5}
+    for scheduler in (ours, stock):
+        scheduler.on_trial_add(None, high)
+    # Ray's ASHA compares across λ and kills the high-rate trial at its first rung ...
+    assert feed(stock, high, high_losses) == [STOP]
+    # ... ours runs it to its budget (STOP at max_t only)
+    assert feed(ours, high, high_losses) == [CONTINUE, CONTINUE, CONTINUE, STOP]
+    assert "high" not in ours.stopped
+    assert ours.stratum_of("high") != ours.stratum_of("low0")
+    # and within the high-λ stratum ASHA still prunes: a worse high-λ trial is stopped at rung 1
+    worse = make_trial("worse", 0.0483)
+    ours.on_trial_add(None, worse)
+    assert feed(ours, worse, {1: 9.0, 2: 8.0}) == [STOP]
+    assert ours.stopped == {"worse": 1.0}
+    # a low-λ trial is likewise judged only against low-λ records
+    late_low = make_trial("late-low", 0.0025)
+    ours.on_trial_add(None, late_low)
+    assert feed(ours, late_low, {1: 0.9}) == [STOP]
+
+
+def test_every_stratum_gets_its_own_rungs():
+    ours = asha(stratify_by=("loss.lmbda",))
+    for lmbda in (0.0025, 0.013, 0.0483):
+        for index in range(3):
+            trial = make_trial(f"{lmbda}-{index}", lmbda)
+            ours.on_trial_add(None, trial)
+            ours.on_trial_result(None, trial, result(1, 100 * lmbda + index))
+    strata = ours.strata()
+    assert sorted(strata) == ["loss.lmbda=0.0025", "loss.lmbda=0.013", "loss.lmbda=0.0483"]
+    for key, brackets in strata.items():
+        rung_1 = dict(brackets[0])[1.0]
+        assert len(rung_1) == 3 and all(tid.startswith(key.split("=")[1]) for tid in rung_1)
+
+
+def test_rungs_survive_a_restore_from_the_state_file(tmp_path: Path):
+    state = tmp_path / "experiment" / STATE_FILE
+    first = asha(state_path=str(state))
+    pickled_at_start = pickle.dumps(first)  # what Tuner stores in tuner.pkl before fit()
+    for index in range(3):
+        good = make_trial(f"good{index}")
+        first.on_trial_add(None, good)
+        feed(first, good, {1: 0.5, 2: 0.4, 4: 0.3})
+    saved = json.loads(state.read_text())
+    assert saved["assignment"].keys() == {"good0", "good1", "good2"}
+    (records,) = saved["strata"].values()
+    assert {rung["milestone"]: sorted(rung["recorded"]) for rung in records[0]} == {
+        8: [], 4: ["good0", "good1", "good2"], 2: ["good0", "good1", "good2"], 1: ["good0", "good1", "good2"]}
+
+    restored = pickle.loads(pickled_at_start)  # Tuner.restore unpickles the pre-fit scheduler
+    assert restored.strata() == {}
+    bad = make_trial("bad")
+    restored.on_trial_add(None, bad)  # the first trial added after restore loads the records
+    assert dict(restored.strata()[stratum_key(bad.config, restored._stratify_by)][0])[1.0].keys() == {
+        "good0", "good1", "good2"}
+    assert feed(restored, bad, {1: 2.0}) == [STOP]  # stopped on records taken before the restore
+
+    fresh = asha()  # without the records (Ray's behaviour, issue 30838) the same trial runs on
+    fresh.on_trial_add(None, bad)
+    assert feed(fresh, bad, {1: 2.0, 2: 1.9}) == [CONTINUE, CONTINUE]
+
+
+def test_a_stop_decision_is_replayed_when_the_trial_resumes_from_an_older_checkpoint(tmp_path: Path):
+    state = tmp_path / STATE_FILE
+    first = asha(state_path=str(state))
+    good, bad = make_trial("good"), make_trial("bad")
+    for trial in (good, bad):
+        first.on_trial_add(None, trial)
+    feed(first, good, {1: 0.5, 2: 0.4})
+    assert feed(first, bad, {1: 0.6}) == [STOP]
+    second = asha(state_path=str(state))
+    second.on_trial_add(None, bad)  # the driver died before Ray saved the STOP: bad runs again from iteration 0
+    assert second.on_trial_result(None, bad, result(1, 0.1)) == STOP
+    assert second.on_trial_result(None, good, result(4, 0.3)) == CONTINUE
+
+
+def test_restore_refuses_a_different_stratification(tmp_path: Path):
+    state = tmp_path / STATE_FILE
+    first = asha(state_path=str(state))
+    trial = make_trial("a")
+    first.on_trial_add(None, trial)
+    feed(first, trial, {1: 1.0})
+    other = asha(state_path=str(state), stratify_by=("loss.lmbda",))
+    with pytest.raises(LicSearchError, match="keep search.stratify_by unchanged"):
+        other.on_trial_add(None, make_trial("b"))
+
+
+def test_asha_needs_metric_and_valid_arguments():
+    with pytest.raises(ValueError, match="grace_period <= max_t"):
+        StratifiedASHA(max_t=4, grace_period=5)
+    with pytest.raises(ValueError, match="reduction_factor"):
+        StratifiedASHA(max_t=4, reduction_factor=1.0)
+    scheduler = StratifiedASHA(max_t=4)
+    with pytest.raises(LicSearchError, match="needs a metric and a mode"):
+        scheduler.on_trial_add(None, make_trial("a"))
+    assert scheduler.set_search_properties(M.EVAL_RD_LOSS, "min")
+    scheduler.on_trial_add(None, make_trial("a"))
+
+
+# ----------------------------------------------------------------------------- PBT (unit)
+class _Controller:
+    """The two attributes PBT's on_trial_add reads from the TuneController."""
+
+    search_alg = None
+
+    def __init__(self, trials):
+        self._trials = trials
+
+    def get_trials(self):
+        return self._trials
+
+
+def pbt(**kwargs) -> StratifiedPBT:
+    mutations = PBTMutations(lr=(1e-5, 1e-2), milestones=[[0.5], [0.5, 0.9], [0.8]], gamma=[0.1, 0.5])
+    defaults = dict(metric=M.EVAL_RD_LOSS, mode="min", perturbation_interval=2, mutations=mutations,
+                    quantile_fraction=0.5)
+    return StratifiedPBT(**{**defaults, **kwargs})
+
+
+def test_pbt_ranks_trials_only_within_their_stratum():
+    scheduler = pbt()
+    trials = [make_trial(f"low{i}", 0.0025) for i in range(2)] + [make_trial(f"high{i}", 0.0483) for i in range(2)]
+    for trial in trials:
+        scheduler.on_trial_add(_Controller(trials), trial)
+    scores = {"low0": 0.3, "low1": 0.4, "high0": 3.0, "high1": 4.0}
+    for trial in trials:
+        scheduler._trial_state[trial].last_score = -scores[trial.trial_id]  # Ray stores mode-adjusted scores
+    for current, (lower, upper) in (("low", ("low1", "low0")), ("high", ("high1", "high0"))):
+        scheduler._current_stratum = scheduler.stratum_of(trials[0 if current == "low" else 2])
+        bottom, top = scheduler._quantiles()
+        assert [t.trial_id for t in bottom] == [lower] and [t.trial_id for t in top] == [upper]
+    scheduler._current_stratum = None
+    with pytest.raises(LicSearchError, match="strata must match"):
+        scheduler._get_new_config(trials[0], trials[2])
+
+
+def test_pbt_mutations_always_give_valid_configs_within_bounds():
+    random.seed(1)
+    scheduler = pbt(resample_probability=0.3, perturbation_factors=(3.0, 0.2))
+    parent = make_trial("parent", 0.0025, **{"schedule.lr": 9e-3, "schedule.milestones": [0.5, 0.9]})
+    child = make_trial("child", 0.0025)
+    seen = set()
+    for _ in range(200):
+        config, operations = scheduler._get_new_config(child, parent)
+        checked = TrialConfig.model_validate(config)
+        assert 1e-5 <= checked.schedule.lr <= 1e-2
+        assert checked.schedule.milestones in ([0.5], [0.5, 0.9], [0.8])
+        assert checked.schedule.gamma in (0.1, 0.5)
+        assert checked.loss.lmbda == 0.0025 and checked.model.N == 8
+        seen.add((round(checked.schedule.lr, 8), tuple(checked.schedule.milestones)))
+        parent.config = config
+    assert len(seen) > 20  # it does explore
+
+
+# ----------------------------------------------------------------------------- builder
+def spec_of(search: dict, scheduler: dict, budget: int = 6):
+    file = SimpleNamespace(search=SearchAlgorithmConfig(**search), scheduler=SchedulerConfig(**scheduler),
+                           trial=tiny_trial())
+    return SimpleNamespace(file=file, budget=lambda: budget)
+
+
+def test_build_scheduler_from_space_sections():
+    fifo = build_scheduler(spec_of({}, {"type": "fifo"}))
+    assert type(fifo) is FIFOScheduler
+    built = build_scheduler(spec_of({"stratify_by": ["loss.lmbda"]},
+                                    {"type": "asha", "grace_period": 2, "reduction_factor": 3}, budget=18))
+    assert isinstance(built, StratifiedASHA)
+    assert (built._max_t, built._grace_period, built._reduction_factor) == (18, 2, 3.0)
+    assert built._stratify_by == ("loss.lmbda",) and built.metric == M.EVAL_RD_LOSS
+    capped = build_scheduler(spec_of({}, {"type": "asha", "max_t": 4}, budget=18))
+    assert capped._max_t == 4
+    population = build_scheduler(spec_of({}, {"type": "pbt", "pbt": {
+        "perturbation_interval": 2, "mutations": {"lr": [1e-5, 1e-3]}}}))
+    assert isinstance(population, StratifiedPBT)
+    assert population._perturbation_interval == 2 and population._time_attr == M.ITERATIONS
+    assert set(population._hyperparam_mutations["schedule"]) == {"lr"}
+
+
+# ----------------------------------------------------------------------------- scheduler section
+@pytest.mark.parametrize("section, message", [
+    ({"type": "pbt"}, "type pbt needs a `pbt` section"),
+    ({"type": "fifo", "pbt": {"perturbation_interval": 2, "mutations": {"gamma": [0.1, 0.5]}}},
+     "only goes with type pbt"),
+    ({"type": "pbt", "pbt": {"perturbation_interval": 2, "mutations": {}}}, "name at least one of lr"),
+    ({"type": "pbt", "pbt": {"perturbation_interval": 2, "mutations": {"lr": [1e-3, 1e-5]}}},
+     r"`0 < low < high` must hold, but got \(low=0.001, high=1e-05\)"),
+    ({"type": "pbt", "pbt": {"perturbation_interval": 2, "mutations": {"milestones": [[0.9, 0.5], [0.8]]}}},
+     "increasing fractions"),
+    ({"type": "pbt", "pbt": {"perturbation_interval": 2, "mutations": {"milestones": [[0.5]]}}},
+     "at least two candidates"),
+    ({"type": "pbt", "pbt": {"perturbation_interval": 0, "mutations": {"gamma": [0.1, 0.5]}}},
+     "greater than or equal to 1"),
+    ({"type": "asha", "grace_period": 4, "max_t": 2}, "must be at least grace_period"),
+    ({"type": "hyperband"}, "'asha', 'fifo' or 'pbt'"),
+    ({"type": "asha", "reduction_factor": 1}, "greater than 1"),
+    ({"type": "asha", "grace": 1}, "Extra inputs are not permitted"),
+])
+def test_scheduler_section_errors_name_the_rule(section: dict, message: str):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        SchedulerConfig(**section)
+
+
+@pytest.mark.parametrize("search, scheduler, trial_overrides, key_path, message", [
+    ({"algorithm": "optuna"}, {"type": "pbt", "pbt": {"perturbation_interval": 2, "mutations": {"gamma": [0.1, 1]}}},
+     {"schedule.lr": {"loguniform": [1e-5, 1e-3]}}, "scheduler.type", "cannot be combined with search.algorithm"),
+    ({}, {"type": "asha"}, {"loss.lmbda": {"loguniform": [1e-3, 1e-1]}}, "trial.loss.lmbda",
+     "continuous `loguniform` leaves every trial alone"),
+    ({}, {"type": "asha", "grace_period": 7}, {}, "scheduler.grace_period", "must not exceed the iteration budget (6)"),
+    ({}, {"type": "pbt", "pbt": {"perturbation_interval": 6, "mutations": {"gamma": [0.1, 1]}}}, {},
+     "scheduler.pbt.perturbation_interval", "PBT never perturbs"),
+])
+def test_cross_section_checks_name_the_key_path(search, scheduler, trial_overrides, key_path, message):
+    from search.algorithm_config import check_search_setup
+    from search.errors import SpaceError
+
+    with pytest.raises(SpaceError) as caught:
+        check_search_setup(SearchAlgorithmConfig(**search), SchedulerConfig(**scheduler),
+                           tiny_trial(**trial_overrides), budget=6, file="space.yaml")
+    assert caught.value.key_path == key_path and caught.value.file == "space.yaml"
+    assert message in str(caught.value)
+
+
+def test_cross_section_checks_accept_a_stratified_lambda_grid():
+    from search.algorithm_config import check_search_setup
+
+    for scheduler in ({"type": "asha", "grace_period": 2}, {"type": "fifo"},
+                      {"type": "pbt", "pbt": {"perturbation_interval": 2, "mutations": {"lr": [1e-5, 1e-2]}}}):
+        check_search_setup(SearchAlgorithmConfig(), SchedulerConfig(**scheduler),
+                           tiny_trial(**{"loss.lmbda": {"grid": [0.0025, 0.0483]},
+                                         "schedule.lr": {"choice": [1e-4, 1e-3]}}), budget=6)
