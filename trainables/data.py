@@ -403,6 +403,9 @@ def make_train_loader(cfg: DataConfig, seed: int, start_iteration: int = 0,
         pin_memory=on_cuda,
         persistent_workers=on_cuda and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        # A private generator: iterating a DataLoader otherwise draws its base seed from the
+        # global torch RNG, which would shift the training noise of a restored run.
+        generator=torch.Generator().manual_seed(derive_seed(seed, start_iteration)),
     )
     return iter(loader)
 
