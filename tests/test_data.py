@@ -33,6 +33,15 @@ from trainables.data import (
 from trainables.errors import DataError
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the suite shares two cores with DataLoader workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _rgb(height: int = 24, width: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
@@ -328,7 +337,6 @@ def _take(stream, count: int) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resumed_stream_equals_the_uninterrupted_one(workers: int):
-    torch.set_num_threads(1)
     reference = _take(make_train_loader(_config(0), seed=7), 12)
     assert all(b.shape == (4, 3, 48, 48) for b in reference)
     for start in (0, 5, 9):
