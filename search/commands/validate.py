@@ -1,0 +1,38 @@
+"""`lic-search validate SPACE.yaml`: check a space file without starting Ray, and show what it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.errors import LicSearchError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "validate", help="check a space file and print the resolved space, trial count and budget",
+        description="Validate a search-space file (every error names the file, the key path and the allowed "
+                    "values) and print the resolved trial template, the number of trials, the iteration budget "
+                    "and the search/scheduler settings. Nothing is trained; Ray is not started.",
+    )
+    parser.add_argument("space", type=Path, nargs="?", help="search-space YAML file (see spaces/)")
+    parser.add_argument("--no-data-check", action="store_true",
+                        help="do not require the data folders to exist (e.g. on a machine without the data)")
+    parser.add_argument("--keys", action="store_true",
+                        help="print every key a space file may set, with its type, default and meaning")
+    parser.set_defaults(func=_validate)
+
+
+def _validate(args) -> int:
+    from search.space import describe_schema, load_space
+
+    if args.keys:
+        print(describe_schema())
+        if args.space is None:
+            return 0
+    if args.space is None:
+        raise LicSearchError("validate needs a SPACE.yaml file (or --keys)")
+    spec = load_space(args.space, check_data=not args.no_data_check)
+    print(spec.describe())
+    print(f"\nOK: {args.space} is valid ({spec.trial_count()} trials"
+          f"{'' if not args.no_data_check else '; data folders not checked'})")
+    return 0
