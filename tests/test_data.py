@@ -231,6 +231,16 @@ def test_unreadable_file_raises_image_decode_error_naming_it(tmp_path: Path):
         load_rgb8(good)
 
 
+@pytest.mark.parametrize("fmt,suffix", [("PNG", ".png"), ("JPEG", ".jpg"), ("TIFF", ".tif"), ("BMP", ".bmp"),
+                                        ("WEBP", ".webp")])
+def test_truncated_files_of_every_format_are_decode_errors(tmp_path: Path, fmt: str, suffix: str):
+    path = tmp_path / f"cut{suffix}"
+    Image.fromarray(_rgb(64, 64)).save(path, format=fmt)
+    _truncate(path)
+    with pytest.raises(ImageDecodeError, match=f"cannot read image {path}"):
+        load_rgb8(path)
+
+
 # --------------------------------------------------------------- skip-and-count
 def _folder_with_two_bad_files(folder: Path) -> None:
     for index in range(3):
@@ -344,6 +354,16 @@ def test_resumed_stream_equals_the_uninterrupted_one(workers: int):
         resumed = _take(make_train_loader(_config(workers), seed=7, start_iteration=start), 12 - start)
         for offset, batch in enumerate(resumed):
             assert torch.equal(batch, reference[start + offset]), (start, offset)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_making_and_reading_the_loader_leaves_the_global_rng_alone(workers: int):
+    # The engine checkpoints the global RNG (quantization noise); the loader must not draw from it.
+    torch.manual_seed(0)
+    before = torch.get_rng_state().clone()
+    stream = make_train_loader(_config(workers), seed=1, start_iteration=4)
+    _take(stream, 2)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_batches_depend_on_the_seed_not_on_caching():
