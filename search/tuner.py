@@ -78,6 +78,8 @@ def _tuner(spec: SearchSpec, experiment_dir: Path, state: SearchState, restore: 
         num_samples=spec.file.search.num_samples,
         scheduler=build_scheduler(spec),
         search_alg=build_search_algorithm(spec),
+        # Importing torch + CompressAI costs seconds per process: keep trial actors warm.
+        reuse_actors=True,
     )
     return tune.Tuner(trainable, param_space=spec.param_space(), tune_config=tune_config, run_config=run_config)
 

@@ -86,6 +86,7 @@ def test_asha_search_records_every_trial_in_mlflow(tmp_path: Path, ray_cluster, 
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
         assert T.ARTIFACT_TRIAL_CONFIG in artifacts
 
+    capsys.readouterr()  # drop what the search printed
     assert main(["best", "e2e", "--tracking-uri", uri, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert len(listed) == 4 and {"run_id", "params", "metrics"} <= set(listed[0])

@@ -148,7 +148,7 @@ class Trainer:
         finite = torch.isfinite(values)
         if not bool(finite.all()):
             bad = [name for name, ok in zip(terms, finite.tolist()) if not ok]
-            shown = ", ".join(f"{name}={float(terms[name]):g}" for name in bad)
+            shown = ", ".join(f"{name}={float(terms[name].detach()):g}" for name in bad)
             raise TrainingDivergedError(f"non-finite loss at iteration {iteration}: {shown}")
 
     def train(self) -> Iterator[dict[str, float]]:
