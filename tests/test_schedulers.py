@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from ray.tune.experiment import Trial
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search.algorithm_config import PBTMutations, SchedulerConfig, SearchAlgorithmConfig
@@ -324,3 +325,97 @@ def test_cross_section_checks_accept_a_stratified_lambda_grid():
         check_search_setup(SearchAlgorithmConfig(), SchedulerConfig(**scheduler),
                            tiny_trial(**{"loss.lmbda": {"grid": [0.0025, 0.0483]},
                                          "schedule.lr": {"choice": [1e-4, 1e-3]}}), budget=6)
+
+
+# ----------------------------------------------------------------------------- real Ray Tune searches
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def synthetic_trainable(config: dict) -> None:
+    """A stand-in for train_lic with a known loss: ``1000·λ·(quality + 1/iteration)``, checkpointed
+    every iteration so a restored trial continues where it was. Only the scheduler is under test."""
+    import os
+    import tempfile
+
+    from ray import tune
+
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start = json.loads(Path(folder, "state.json").read_text())["iteration"]
+    lmbda, quality = config["loss"]["lmbda"], config["quality"]
+    for iteration in range(start + 1, config["schedule"]["iterations"] + 1):
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, "state.json").write_text(json.dumps({"iteration": iteration}))
+            tune.report({M.ITERATIONS: iteration, M.EVAL_RD_LOSS: 1000 * lmbda * (quality + 1 / iteration),
+                         "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+class _InterruptAfter:
+    """A Tune callback that interrupts the driver (SIGUSR1, as Ctrl+C would) after N finished trials."""
+
+    def __new__(cls, count: int):
+        from ray import tune
+
+        class Interrupt(tune.Callback):
+            def __init__(self):
+                self.finished = 0
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                import os
+                import signal
+
+                self.finished += 1
+                if self.finished == count:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+
+        return Interrupt()
+
+
+def test_asha_rungs_survive_tuner_restore(tmp_path: Path, ray_cluster):
+    """ray#30838: after Tuner.restore the scheduler still holds the rungs recorded before the
+    interruption, and stops a bad trial on them (stock ASHA would see an empty rung and let it run)."""
+    from ray import tune
+
+    space = {"loss": {"lmbda": 0.013, "distortion": "mse"}, "schedule": {"iterations": 8},
+             "quality": tune.grid_search([1.1, 1.0, 5.0])}  # two ever better trials, then a bad one
+    scheduler = asha(state_path=None)
+    tuner = tune.Tuner(
+        synthetic_trainable, param_space=space,
+        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=BasicVariantGenerator(max_concurrent=1),
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name="restore", storage_path=str(tmp_path), callbacks=[_InterruptAfter(2)],
+                                  verbose=0),
+    )
+    first = tuner.fit()
+    finished = {r.config["quality"]: r.metrics[M.ITERATIONS] for r in first if r.metrics}
+    assert finished == {1.1: 8, 1.0: 8}  # interrupted before the bad trial reported anything
+    saved = json.loads((tmp_path / "restore" / STATE_FILE).read_text())
+    ((_, brackets),) = saved["strata"].items()
+    assert {rung["milestone"]: len(rung["recorded"]) for rung in brackets[0]} == {8: 2, 4: 2, 2: 2, 1: 2}
+
+    restored_tuner = tune.Tuner.restore(str(tmp_path / "restore"), trainable=synthetic_trainable,
+                                        resume_unfinished=True)
+    restored = restored_tuner._local_tuner._tune_config.scheduler
+    assert restored is not scheduler and isinstance(restored, StratifiedASHA)
+    second = restored_tuner.fit()
+    reached = {r.config["quality"]: r.metrics[M.ITERATIONS] for r in second}
+    assert reached == {1.1: 8, 1.0: 8, 5.0: 1}  # the bad trial stopped at the first rung
+    ((_, rungs),) = restored.strata().items()
+    rung_1 = dict(rungs[0])[1.0]
+    assert len(rung_1) == 3 and set(restored.stopped) == {next(r.metrics["trial_id"] for r in second
+                                                               if r.config["quality"] == 5.0)}

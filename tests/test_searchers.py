@@ -248,3 +248,71 @@ def test_optuna_setup_accepts_lambda_grids_and_multi_objective_lambda_sampling()
     check_search_setup(SearchAlgorithmConfig(algorithm="optuna", objectives=[M.EVAL_BPP, M.EVAL_MSE]),
                        SchedulerConfig(type="fifo"), tiny_trial(**{"loss.lmbda": {"loguniform": [1e-3, 1e-1]}, **lr}),
                        budget=6)
+
+
+# ----------------------------------------------------------------------------- a real Ray Tune search
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def lr_trainable(config: dict) -> None:
+    """A stand-in for train_lic with a known loss ``1000·λ·(1 + |log10(lr) + 3| + 1/iteration)``
+    (best lr 1e-3, scale set by λ). Only the searcher and the scheduler are under test."""
+    import math as _math
+
+    from ray import tune as _tune
+
+    lmbda, lr = config["loss"]["lmbda"], config["schedule"]["lr"]
+    for iteration in range(1, config["schedule"]["iterations"] + 1):
+        loss = 1000 * lmbda * (1 + abs(_math.log10(lr) + 3) + 1 / iteration)
+        _tune.report({M.ITERATIONS: iteration, M.EVAL_RD_LOSS: loss, M.EVAL_BPP: 1 / (1 + lr), M.EVAL_MSE: lr})
+
+
+def test_asha_with_optuna_prunes_stopped_trials_per_lambda(tmp_path: Path, ray_cluster):
+    from ray import tune as ray_tune
+
+    from search.schedulers import StratifiedASHA, build_scheduler
+
+    spec = spec_of({"algorithm": "optuna", "num_samples": 3, "max_concurrent": 1, "seed": 3})
+    spec.file.scheduler = SchedulerConfig(type="asha", grace_period=2, reduction_factor=2)
+    scheduler, search_alg = build_scheduler(spec), build_search_algorithm(spec)
+    assert isinstance(scheduler, StratifiedASHA)
+    tuner = ray_tune.Tuner(
+        lr_trainable, param_space=tuner_param_space(spec),
+        tune_config=ray_tune.TuneConfig(scheduler=scheduler, search_alg=search_alg, num_samples=tune_num_samples(spec),
+                                        reuse_actors=True),
+        run_config=ray_tune.RunConfig(name="optuna-asha", storage_path=str(tmp_path), verbose=0),
+    )
+    results = tuner.fit()
+    assert len(results) == 6 and not any(r.error for r in results)
+    searcher = search_alg.searcher
+    reached = {r.metrics["trial_id"]: r.metrics[M.ITERATIONS] for r in results}
+    states: dict[str, optuna.trial.TrialState] = {}
+    for cell, study in searcher.studies():
+        for trial_id, ot_trial in searcher._searchers[searcher.cells.index(cell)]._ot_trials.items():
+            states[trial_id] = study.trials[ot_trial.number].state
+            assert searcher.cell_of(trial_id) == cell
+    assert set(states) == set(reached)
+    for trial_id, iterations in reached.items():  # stopped -> PRUNED, ran its budget -> COMPLETE
+        assert states[trial_id] == (COMPLETE if iterations == 6 else PRUNED), (trial_id, iterations)
+    assert PRUNED in states.values() and COMPLETE in states.values()
+    # strata: the first trial of each λ is compared with nothing and runs its budget, although the
+    # high-λ one (second overall) has a 20x larger loss than the low-λ trial before it
+    by_id = {r.metrics["trial_id"]: r for r in results}
+    order = list(searcher._trial_config)  # suggestion order: low, high, low, high, ...
+    first_low, first_high = by_id[order[0]], by_id[order[1]]
+    assert (first_low.config["loss"]["lmbda"], first_high.config["loss"]["lmbda"]) == (0.0025, 0.0483)
+    assert first_high.metrics[M.EVAL_RD_LOSS] > 5 * first_low.metrics[M.EVAL_RD_LOSS]
+    assert first_low.metrics[M.ITERATIONS] == first_high.metrics[M.ITERATIONS] == 6
