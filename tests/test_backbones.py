@@ -92,6 +92,22 @@ def test_compress_decompress_round_trip(name: str, auxt: bool) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_state_dict_after_update_loads_into_a_fresh_model(name: str) -> None:
+    model = _tiny(name, True).eval()
+    model.update(force=True)
+    x = torch.rand(1, 3, 64, 64)
+    encoded = model.compress(x)
+    fresh = _tiny(name, True).eval()
+    torch.manual_seed(1)
+    fresh = create_model(fresh.config)  # different random weights until loaded
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    assert fresh.compress(x)["strings"] == encoded["strings"]
+    decoded = fresh.decompress(encoded["strings"], encoded["shape"])
+    torch.testing.assert_close(decoded["x_hat"], model.decompress(encoded["strings"], encoded["shape"])["x_hat"])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_parameter_split_is_disjoint_and_complete(name: str) -> None:
     model = _tiny(name, True)
     aux = {id(p) for p in model.aux_parameters()}

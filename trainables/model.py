@@ -7,18 +7,21 @@ own ``compress`` / ``decompress``).
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
+from compressai.models.utils import update_registered_buffers
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from trainables.auxt import OLP, AugmentedTransform, attach_auxt
 from trainables.backbones import BackboneSpec, get_backbone
 from trainables.config import ModelConfig
 from trainables.errors import LicSearchError
 
-__all__ = ["LICModel", "InputShapeError", "create_model", "count_parameters"]
+__all__ = ["LICModel", "InputShapeError", "create_model", "count_parameters", "count_macs"]
 
 
 class InputShapeError(LicSearchError):
@@ -98,6 +101,24 @@ class LICModel(nn.Module):
         """Refresh the entropy coders' CDF tables (needed before compress / decompress)."""
         return bool(self.backbone.update(force=force))
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Like ``nn.Module.load_state_dict``, first resizing the entropy coders' CDF buffers.
+
+        Their size is only known after ``update()``, so a checkpoint saved after it would
+        not load into a fresh model otherwise (CompressAI's ``CompressionModel`` does the
+        same; the wrapper must too since it owns the backbone).
+        """
+        state_dict = dict(state_dict)
+        for name, module in self.named_modules():
+            names = ["_quantized_cdf", "_offset", "_cdf_length"]
+            if isinstance(module, GaussianConditional):
+                names.append("scale_table")
+            elif not isinstance(module, EntropyBottleneck):
+                continue
+            if all(f"{name}.{b}" in state_dict for b in names):
+                update_registered_buffers(module, name, names, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     @torch.no_grad()
     def compress(self, x: Tensor) -> dict[str, Any]:
         self.check_input(x)
@@ -115,3 +136,31 @@ def create_model(cfg: ModelConfig) -> LICModel:
     backbone = spec.build(N, M)
     attach_auxt(backbone, spec, cfg.auxt, N, M)
     return LICModel(backbone, spec, cfg, N, M)
+
+
+@torch.no_grad()
+def count_macs(model: LICModel, height: int = 512, width: int = 768, probe: Optional[int] = None) -> int:
+    """Multiply-accumulates of one forward pass on a ``height`` x ``width`` image (FLOPs / 2).
+
+    Counted with ``torch.utils.flop_counter`` (convolutions, linear layers, attention
+    matmuls; elementwise ops are not MACs). With ``probe``, the pass runs on a
+    ``probe`` x ``probe`` image and is scaled by the pixel ratio: exact for the registered
+    backbones, whose every counted op costs a fixed amount per pixel (convolutions,
+    fixed-size attention windows), as long as the probe needs no window padding (128 and
+    256 are safe for all of them) — it makes the count of a 76 M-parameter model take
+    seconds on a CPU.
+    """
+    was_training = model.training
+    model.eval()
+    size = (probe, probe) if probe else (height, width)
+    device = next(model.parameters()).device
+    x = torch.zeros(1, 3, *size, device=device)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    macs = counter.get_total_flops() / 2
+    if probe:
+        macs *= (height * width) / (probe * probe)
+    return int(round(macs))

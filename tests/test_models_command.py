@@ -1,0 +1,57 @@
+"""`lic-search models`: sizes of the registered backbones, as a user sees them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from search.cli import main
+from trainables.backbones import BACKBONES
+
+# Table 1 of the paper (#Params, M): anchor, + AuxT. ELIC "+ about 1 M".
+TABLE_1 = {"mbt2018-mean": (17.6, 18.6), "elic": (33.8, 34.8), "tcm-small": (45.2, 45.8), "tcm-large": (76.6, 78.2)}
+
+
+def _run_json(capsys, *args: str) -> list[dict]:
+    assert main(["models", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_lists_every_backbone_with_table1_parameter_counts(capsys) -> None:
+    rows = _run_json(capsys, "--params-only")
+    assert [r["name"] for r in rows] == sorted(BACKBONES)
+    for row in rows:
+        assert set(row) == {"name", "params", "params_auxt", "macs", "macs_auxt"}
+        assert row["macs"] is None and row["macs_auxt"] is None
+        assert row["params_auxt"] > row["params"]
+    by_name = {r["name"]: r for r in rows}
+    for name, (plain, auxt) in TABLE_1.items():
+        assert by_name[name]["params"] / 1e6 == pytest.approx(plain, rel=0.02)
+        assert by_name[name]["params_auxt"] / 1e6 == pytest.approx(auxt, rel=0.02)
+
+
+def test_auxt_macs_equal_the_analytic_count_of_its_shortcuts(capsys) -> None:
+    (row,) = _run_json(capsys, "--backbone", "mbt2018-mean")
+    # Per stage k (C_k -> C_k+1 channels, P_k+1 output pixels of 768x512 / 4^(k+1)):
+    # WLS = Haar DWT (16 C_k P) + OLP (4 C_k C_k+1 P); iWLS the same with roles mirrored.
+    widths = (3, 192, 192, 192, 320)
+    expected = 0
+    for k in range(4):
+        pixels = 768 * 512 // 4 ** (k + 1)
+        expected += 2 * (4 * widths[k] * widths[k + 1] + 16 * widths[k]) * pixels
+    assert row["macs_auxt"] - row["macs"] == expected
+    # Table 1 reports about 44 (enc) + 43 (dec) GMACs, with the hyper-decoder in both
+    assert 75e9 < row["macs"] < 90e9
+
+
+def test_table_output_names_backbones_and_sizes(capsys) -> None:
+    assert main(["models", "--params-only", "--backbone", "mbt2018-mean", "--backbone", "tcm-small"]) == 0
+    out = capsys.readouterr().out
+    assert "mbt2018-mean" in out and "tcm-small" in out and "tcm-large" not in out
+    assert "17.6" in out and "45.2" in out
+
+
+def test_unknown_backbone_is_a_user_error(capsys) -> None:
+    assert main(["models", "--backbone", "nope"]) == 2
+    assert "allowed: " in capsys.readouterr().err
