@@ -22,9 +22,9 @@ from trainables.metrics import NODE_ID
 def _threads_for_trial() -> int:
     """Use the CPUs Ray granted this trial, so packed trials do not oversubscribe the cores."""
     try:
-        from ray import train
+        from ray import tune
 
-        cpus = train.get_context().get_trial_resources().required_resources.get("CPU", 1)
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     except Exception:
         cpus = os.cpu_count() or 1
     return max(1, int(cpus))
