@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -10,9 +9,18 @@ import torch
 from trainables.auxt import AugmentedTransform
 from trainables.backbones import BACKBONES, BackboneError, get_backbone, register_backbone
 from trainables.config import ModelConfig
-from trainables.model import InputShapeError, LICModel, count_parameters, create_model
+from trainables.model import InputShapeError, LICModel, create_model
 
 NAMES = sorted(BACKBONES)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes 2 threads ~30x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _tiny(name: str, auxt: bool) -> LICModel:
@@ -74,6 +82,29 @@ def test_forward_shapes_bpp_and_gradients(name: str, auxt: bool) -> None:
                 assert p.grad.abs().sum() > 0, f"AuxT parameter {n} got a zero gradient"
 
 
+VARIANTS = {
+    "replace-resampling": {"replace_resampling": True},                      # Appendix A.2
+    "stages-1-2": {"stages": [1, 2]},
+    "a4-gdn-analysis": {"placement": "analysis", "downsample": "strided_conv", "nonlinearity": "gdn"},
+    "db4-synthesis": {"placement": "synthesis", "wavelet": "db4"},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_auxt_variants_fit_every_backbone(name: str, variant: str) -> None:
+    N, M = BACKBONES[name].test_widths
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(backbone=name, N=N, M=M, auxt={"enabled": True, **VARIANTS[variant]}))
+    x = torch.rand(1, 3, 64, 64)
+    out = model(x)
+    assert out["x_hat"].shape == x.shape and out["y"].shape == (1, M, 4, 4)
+    loss = torch.mean((out["x_hat"] - x) ** 2) + _bpp(out["likelihoods"], 64 * 64) + model.ortho_loss()
+    (loss + model.aux_loss()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:10]}"
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("auxt", [False, True], ids=["plain", "auxt"])
 def test_compress_decompress_round_trip(name: str, auxt: bool) -> None:
@@ -121,23 +152,4 @@ def test_input_not_multiple_of_pad_is_a_user_error() -> None:
     with pytest.raises(InputShapeError, match="multiples of 64"):
         model(torch.rand(1, 3, 64, 96))
 
-
-# Table 1 (#Params, M): anchor and + AuxT, at default widths; ELIC gains "about 1 M".
-TABLE_1 = {
-    "mbt2018-mean": (17.6, 18.6),
-    "elic": (33.8, 34.8),
-    "tcm-small": (45.2, 45.8),
-    "tcm-large": (76.6, 78.2),
-}
-
-
-@pytest.mark.parametrize("name", sorted(TABLE_1))
-def test_table1_parameter_counts(name: str) -> None:
-    expected_plain, expected_auxt = TABLE_1[name]
-    # counting needs no forward pass: construction only
-    plain = count_parameters(create_model(ModelConfig(backbone=name)))
-    auxt = count_parameters(create_model(ModelConfig(backbone=name, auxt={"enabled": True})))
-    assert plain / 1e6 == pytest.approx(expected_plain, rel=0.02)
-    assert auxt / 1e6 == pytest.approx(expected_auxt, rel=0.02)
-    if name == "elic":
-        assert 0.9e6 < auxt - plain < 1.2e6
+# Table 1 parameter counts are asserted on what `lic-search models --json` prints: tests/test_models_command.py

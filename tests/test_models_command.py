@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from search.cli import main
 from trainables.backbones import BACKBONES
 
 # Table 1 of the paper (#Params, M): anchor, + AuxT. ELIC "+ about 1 M".
 TABLE_1 = {"mbt2018-mean": (17.6, 18.6), "elic": (33.8, 34.8), "tcm-small": (45.2, 45.8), "tcm-large": (76.6, 78.2)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes 2 threads ~30x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _run_json(capsys, *args: str) -> list[dict]:
@@ -29,6 +39,8 @@ def test_json_lists_every_backbone_with_table1_parameter_counts(capsys) -> None:
     for name, (plain, auxt) in TABLE_1.items():
         assert by_name[name]["params"] / 1e6 == pytest.approx(plain, rel=0.02)
         assert by_name[name]["params_auxt"] / 1e6 == pytest.approx(auxt, rel=0.02)
+    elic_gain = by_name["elic"]["params_auxt"] - by_name["elic"]["params"]
+    assert 0.9e6 < elic_gain < 1.2e6  # "about 1 M"
 
 
 def test_auxt_macs_equal_the_analytic_count_of_its_shortcuts(capsys) -> None:
