@@ -277,7 +277,12 @@ def _bd_cell(curve: RDCurve, anchor: RDCurve, metric: str, method: str) -> tuple
         return f"{value:+.2f}%", value, None
     except CurveError as error:
         text = str(error)
-        return "n/a", None, text[len(curve.source) + 2:] if text.startswith(f"{curve.source}: ") else text
+        pair, own = f"{curve.source} and {anchor.source}: ", f"{curve.source}: "
+        if text.startswith(pair):
+            text = f"vs {anchor.name}: {text[len(pair):]}"
+        elif text.startswith(own):
+            text = text[len(own):]
+        return "n/a", None, text
 
 
 def build_report(search: SearchRecord, out: Path, anchors: Sequence[RDCurve] = (), include_stopped: bool = False,
@@ -340,9 +345,27 @@ def build_report(search: SearchRecord, out: Path, anchors: Sequence[RDCurve] = (
 
     # --- training speed
     speed_rows, speed_data = [], []
+    pair_rows, pair_data = [], []
     for with_auxt, without in auxt_pairs(ordered):
         speed: FamilySpeed = family_speed(with_auxt, without)
         pair = f"{labels[with_auxt.key]} vs {labels[without.key]}"
+        curve_on = _labelled_curve(with_auxt, labels[with_auxt.key])
+        curve_off = _labelled_curve(without, labels[without.key])
+        pair_cells, pair_bd, pair_notes = [], {}, []
+        for metric in ("psnr", "ms-ssim"):
+            if metric == "ms-ssim" and (curve_on.ms_ssim is None or curve_off.ms_ssim is None):
+                pair_cells.append("-")
+                continue
+            text, value, reason = _bd_cell(curve_on, curve_off, metric, method)
+            pair_cells.append(text)
+            pair_bd[metric] = value
+            if reason:
+                pair_notes.append(reason)
+        pair_rows.append([pair, *pair_cells, _fmt(None if speed.fraction is None else 100 * speed.fraction, ".1f", "%"),
+                          _fmt(speed.speedup, ".2f", "×"), "; ".join(dict.fromkeys(pair_notes))])
+        pair_data.append({"auxt_family": labels[with_auxt.key], "no_auxt_family": labels[without.key],
+                          "bd_rate": pair_bd, "fraction": speed.fraction, "speedup": speed.speedup,
+                          "notes": list(dict.fromkeys(pair_notes))})
         for lmbda, result in speed.per_lambda.items():
             speed_rows.append([pair, f"{lmbda:g}", _fmt(result.test_final_loss), _fmt(result.anchor_final_loss),
                                _fmt(result.test_reaches_anchor_final, ".0f"), _fmt(result.anchor_iterations, ".0f"),
@@ -356,11 +379,10 @@ def build_report(search: SearchRecord, out: Path, anchors: Sequence[RDCurve] = (
                                "no_auxt_iterations_to_auxt_final": result.anchor_reaches_test_final,
                                "fraction": result.fraction, "speedup": result.speedup})
         if speed.per_lambda:
-            speed_rows.append([pair, "all (geometric mean)", "", "", "", "",
-                               _fmt(None if speed.fraction is None else 100 * speed.fraction, ".1f", "%"),
-                               _fmt(speed.speedup, ".2f", "×"), ""])
             speed_data.append({"auxt_family": labels[with_auxt.key], "no_auxt_family": labels[without.key],
                                "lmbda": None, "fraction": speed.fraction, "speedup": speed.speedup})
+    pair_table = _table(["AuxT vs no AuxT", "BD-rate (PSNR)", "BD-rate (MS-SSIM)", "share of iterations",
+                         "speed-up", "notes"], pair_rows)
     speed_table = _table(["AuxT vs no AuxT", "λ", "AuxT final R-D loss", "no-AuxT final R-D loss",
                           "AuxT iterations to no-AuxT final loss", "no-AuxT iterations", "share", "speed-up",
                           "no-AuxT iterations to AuxT final loss"], speed_rows)
@@ -431,10 +453,21 @@ def build_report(search: SearchRecord, out: Path, anchors: Sequence[RDCurve] = (
         "Figure 1b and Table 1). The family summary is the geometric mean over λ, given only when every λ "
         "reached the other's loss.",
         "",
-        speed_table if speed_rows else "_No pair of families differing only in the AuxT settings, with eval R-D "
-                                       "loss histories at a shared λ._",
-        "",
     ]
+    if pair_rows:
+        lines += [
+            "BD-rate of each AuxT family against its no-AuxT counterpart (its own anchor: meaningful even when "
+            "short runs are far from VTM), and the speed-up summarised over λ:",
+            "",
+            pair_table,
+            "",
+            "Per λ:",
+            "",
+            speed_table if speed_rows else "_No shared λ with eval R-D loss histories._",
+            "",
+        ]
+    else:
+        lines += ["_No pair of families differing only in the AuxT settings (`model.auxt.*`)._", ""]
     if plots[PLOT_CONVERGENCE]:
         lines += [f"![Eval R-D loss against iterations]({PLOT_CONVERGENCE})", ""]
     lines += [
@@ -455,7 +488,8 @@ def build_report(search: SearchRecord, out: Path, anchors: Sequence[RDCurve] = (
     markdown.write_text("\n".join(lines))
     data = {"experiment": search.experiment, "tracking_uri": search.tracking_uri,
             "parent_run_id": search.parent_run_id, "generated": now, "method": method,
-            "anchors": [a.name for a in anchors], "families": family_data, "speed": speed_data,
+            "anchors": [a.name for a in anchors], "families": family_data, "auxt_pairs": pair_data,
+            "speed": speed_data,
             "trials": trial_data, "plots": {k: v for k, v in plots.items() if v}}
     data_file = out / DATA_FILE
     data_file.write_text(json.dumps(data, indent=2) + "\n")

@@ -129,6 +129,14 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     assert "+10.00%" in f1_row and f"{expected_vtm:+.2f}%" in f1_row and "| yes |" in f1_row
     assert "+25.00%" in next(line for line in markdown.splitlines() if line.startswith("| F2 |"))
 
+    # AuxT family against its no-AuxT counterpart: rates 1.10 / 1.25 of the same qualities = -12%
+    (pair,) = data["auxt_pairs"]
+    assert (pair["auxt_family"], pair["no_auxt_family"]) == ("F1", "F2")
+    assert pair["bd_rate"]["psnr"] == pytest.approx((AUXT_RATE / NO_AUXT_RATE - 1) * 100, abs=1e-6)
+    assert pair["bd_rate"]["ms-ssim"] == pytest.approx(-12.0, abs=1e-6) and pair["speedup"] == pytest.approx(2.0)
+    pair_row = next(line for line in markdown.splitlines() if line.startswith("| F1 vs F2 | -12.00% |"))
+    assert "| -12.00% | 50.0% | 2.00× |" in pair_row
+
     # speed: AuxT reaches the no-AuxT final loss at iteration 200 of 400 at every λ
     per_lambda = [s for s in data["speed"] if s["lmbda"] is not None]
     assert [s["lmbda"] for s in per_lambda] == list(LAMBDAS)
@@ -137,8 +145,8 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
         assert row["fraction"] == pytest.approx(0.5) and row["no_auxt_iterations_to_auxt_final"] is None
     summary = next(s for s in data["speed"] if s["lmbda"] is None)
     assert summary["speedup"] == pytest.approx(2.0)
-    speed_rows = [line for line in markdown.splitlines() if line.startswith("| F1 vs F2 |")]
-    assert len(speed_rows) == 5 and all("50.0%" in row and "2.00×" in row for row in speed_rows)
+    speed_rows = [line for line in markdown.splitlines() if line.startswith("| F1 vs F2 | 0.0")]
+    assert len(speed_rows) == 4 and all("| 200 | 400 | 50.0% | 2.00× |" in row for row in speed_rows)
 
     trials = {t["trial_id"]: t for t in data["trials"]}
     assert trials["stopped_0"]["family"] is None and trials["stopped_0"]["iterations"] == 100
