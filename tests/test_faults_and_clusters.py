@@ -32,9 +32,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(command: list[str], log: Path, **kwargs) -> subprocess.Popen:
+def start(command: list[str], log: Path, extra_env: dict | None = None, **kwargs) -> subprocess.Popen:
     """Start a process in its own session so the test can kill it and all it spawned."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", **(extra_env or {})}
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                             env=env, **kwargs)
 
@@ -87,22 +87,26 @@ def test_unreachable_tracking_server_is_reported_before_ray_starts(tmp_path: Pat
 
 
 def test_two_node_cluster_on_loopback_runs_trials_on_both_nodes(tmp_path: Path):
+    import secrets
+
     port = free_port()
+    # Ray's token authentication: every node and the driver share one token.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     head = start(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
-                  "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                  f"--temp-dir={tmp_path / 'ray'}"], tmp_path / "head.log")
+                  "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
+                 tmp_path / "head.log", auth)
     worker = None
     try:
         address = f"127.0.0.1:{port}"
         wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), 60, "the head node")
         worker = start(["ray", "start", "--block", f"--address={address}", "--num-cpus=1",
-                        "--node-ip-address=127.0.0.1"], tmp_path / "worker.log")
+                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], tmp_path / "worker.log", auth)
         wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 60, "the worker node")
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         space = write_space(tmp_path, "cluster", {"schedule.iterations": 4}, {"max_concurrent": 2}, {"type": "fifo"})
         driver = subprocess.run(LIC_SEARCH + ["run", str(space), "--address", address, "--storage-path",
                                               str(tmp_path / "results"), "--tracking-uri", uri],
-                                capture_output=True, text=True, timeout=300)
+                                capture_output=True, text=True, timeout=300, env={**os.environ, **auth})
         assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
         runs = trial_runs(uri, "cluster")
         assert len(runs) == 2
