@@ -102,6 +102,37 @@ def test_iwls_inverts_wls_with_square_orthogonal_projection(basis: str) -> None:
     assert wls.olp.ortho_loss("frobenius").item() == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("cls", [WLS, IWLS])
+@pytest.mark.parametrize("scaling", [True, False])
+def test_fused_haar_path_equals_three_step_form(cls: type, scaling: bool) -> None:
+    torch.manual_seed(0)
+    module = (cls(5, 7, scaling=scaling) if cls is WLS else cls(7, 5, scaling=scaling)).double()
+    assert module.fuse  # Haar, linear: runs as one (transposed) 2x2 stride-2 convolution
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_()
+    x = torch.randn(2, module.in_channels, 8, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(module(x).shape, dtype=torch.float64)
+    results = []
+    for fuse in (True, False):
+        module.fuse = fuse
+        module.zero_grad()
+        x.grad = None
+        y = module(x)
+        (y * weights).sum().backward()
+        results.append((y.detach(), x.grad.clone(), [p.grad.clone() for p in module.parameters()]))
+    (y1, gx1, gp1), (y2, gx2, gp2) = results
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(gx1, gx2)
+    for a, b in zip(gp1, gp2):
+        torch.testing.assert_close(a, b)
+
+
+def test_longer_bases_and_nonlinear_iwls_are_not_fused() -> None:
+    assert not WLS(3, 4, wavelet="db2").fuse and not IWLS(4, 3, wavelet="db2").fuse
+    assert not IWLS(4, 3, nonlinearity="relu").fuse and WLS(3, 4, nonlinearity="relu").fuse
+
+
 def test_subband_scaling_multiplies_each_band_by_exp_s() -> None:
     scaling = SubbandScaling(2, (1.0, 0.5, 0.5, 0.0))
     coefficients = torch.ones(1, 8, 2, 2)

@@ -138,29 +138,33 @@ def create_model(cfg: ModelConfig) -> LICModel:
     return LICModel(backbone, spec, cfg, N, M)
 
 
+def _forward_macs(model: LICModel, height: int, width: int) -> float:
+    device = next(model.parameters()).device
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, height, width, device=device))
+    return counter.get_total_flops() / 2
+
+
 @torch.no_grad()
 def count_macs(model: LICModel, height: int = 512, width: int = 768, probe: Optional[int] = None) -> int:
     """Multiply-accumulates of one forward pass on a ``height`` x ``width`` image (FLOPs / 2).
 
     Counted with ``torch.utils.flop_counter`` (convolutions, linear layers, attention
-    matmuls; elementwise ops are not MACs). With ``probe``, the pass runs on a
-    ``probe`` x ``probe`` image and is scaled by the pixel ratio: exact for the registered
-    backbones, whose every counted op costs a fixed amount per pixel (convolutions,
-    fixed-size attention windows), as long as the probe needs no window padding (128 and
-    256 are safe for all of them) — it makes the count of a 76 M-parameter model take
-    seconds on a CPU.
+    matmuls; elementwise ops are not MACs). With ``probe``, the pass runs on
+    ``probe`` x ``probe`` and ``probe`` x ``2 probe`` images and the count is extrapolated
+    as a + b·pixels: exact for the registered backbones, whose counted ops cost a fixed
+    amount per pixel (convolutions, fixed-size attention windows) plus a constant (AuxT's
+    fused kernels), as long as the probes need no window padding (128 is safe for all of
+    them). It makes the count of a 76 M-parameter model take seconds on a CPU.
     """
     was_training = model.training
     model.eval()
-    size = (probe, probe) if probe else (height, width)
-    device = next(model.parameters()).device
-    x = torch.zeros(1, 3, *size, device=device)
     try:
-        with FlopCounterMode(display=False) as counter:
-            model(x)
+        if not probe:
+            return int(round(_forward_macs(model, height, width)))
+        small = _forward_macs(model, probe, probe)
+        large = _forward_macs(model, probe, 2 * probe)
     finally:
         model.train(was_training)
-    macs = counter.get_total_flops() / 2
-    if probe:
-        macs *= (height * width) / (probe * probe)
-    return int(round(macs))
+    per_pixel = (large - small) / (probe * probe)
+    return int(round(small + per_pixel * (height * width - probe * probe)))

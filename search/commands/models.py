@@ -7,14 +7,17 @@ backbone's default widths.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 from search.errors import LicSearchError
 
 WIDTH, HEIGHT = 768, 512
-PROBE = 128  # MACs are measured at 128x128 and scaled: exact, see trainables.model.count_macs
+PROBE = 128  # MACs measured at 128x128 and 128x256, extrapolated exactly: see trainables.model.count_macs
 
 
 def register(subparsers) -> None:
@@ -26,6 +29,8 @@ def register(subparsers) -> None:
                         help="only this backbone (repeatable); default: all registered")
     parser.add_argument("--params-only", action="store_true",
                         help="skip the MAC count (no forward pass; macs fields are null)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="recount instead of reading $XDG_CACHE_HOME/lic-search/models.json")
     parser.set_defaults(func=_models)
 
 
@@ -42,6 +47,49 @@ def backbone_summary(name: str, with_macs: bool = True) -> dict[str, Optional[in
     return {key: row[key] for key in ("name", "params", "params_auxt", "macs", "macs_auxt")}
 
 
+def _cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "lic-search" / "models.json"
+
+
+def _code_key(name: str) -> str:
+    """Changes whenever the code that defines the models (or torch / CompressAI) changes."""
+    import compressai
+    import torch
+
+    import trainables
+
+    digest = hashlib.sha256(f"{name}|{WIDTH}x{HEIGHT}|{torch.__version__}|{compressai.__version__}".encode())
+    package = Path(trainables.__file__).parent
+    for path in sorted([*package.glob("backbones/*.py"), *package.glob("auxt/*.py"),
+                        package / "model.py", package / "config.py"]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _cached_summary(name: str, with_macs: bool, use_cache: bool) -> dict[str, Optional[int]]:
+    """:func:`backbone_summary`, from the cache when the code has not changed since it was counted."""
+    if not use_cache:
+        return backbone_summary(name, with_macs)
+    file = _cache_file()
+    try:
+        cache = json.loads(file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    key = _code_key(name)
+    hit = cache.get(key)
+    if hit and (hit["macs"] is not None or not with_macs):
+        return hit if with_macs else {**hit, "macs": None, "macs_auxt": None}
+    row = backbone_summary(name, with_macs)
+    cache[key] = row
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps(cache, indent=1))
+    except OSError:
+        pass  # a read-only home only costs a recount next time
+    return row
+
+
 def _fmt(value: Optional[int], unit: float, digits: int = 1) -> str:
     return "-" if value is None else f"{value / unit:.{digits}f}"
 
@@ -56,7 +104,7 @@ def _models(args) -> int:
             f"--backbone must name a registered backbone, but got {', '.join(unknown)}; "
             f"allowed: {', '.join(sorted(BACKBONES))}"
         )
-    rows = [backbone_summary(name, with_macs=not args.params_only) for name in names]
+    rows = [_cached_summary(name, not args.params_only, not args.no_cache) for name in names]
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()

@@ -6,6 +6,12 @@ Every ablation of Figure 8 and Appendix A.2 is one constructor argument that swa
 one of these parts: ``constrained`` (A1), ``scaling`` (A2), ``downsample`` (A3 avgpool,
 A4 strided conv; both also drop the scaling, as the paper does), ``nonlinearity``
 (Figure 8d).
+
+Speed: with the Haar basis (the paper's choice), DWT -> scaling -> OLP is one linear map
+per 2x2 block, so it runs as a single dense 2x2 stride-2 convolution whose kernel is
+computed from (W, s, b) on every call (iWLS: one 2x2 stride-2 transposed convolution).
+The function and its gradients are those of the three-step form (``fuse = False`` runs
+that form; tests compare both); the 4C-channel subband tensor is never materialised.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch.nn.functional as F
 from compressai.layers import GDN
 from torch import Tensor, nn
 
-from trainables.auxt.wavelets import DWT2d, IDWT2d
+from trainables.auxt.wavelets import DWT2d, IDWT2d, check_even_size
 
 __all__ = ["OLP", "SubbandScaling", "WLS", "IWLS", "orthogonality_penalty"]
 
@@ -138,8 +144,21 @@ class WLS(nn.Module):
         )
         self.olp = OLP(expanded, out_channels, constrained=constrained)
         self.act = _nonlinearity(nonlinearity, out_channels, inverse=False)
+        self.fuse = isinstance(self.down, DWT2d) and self.down.length == 2
+
+    def fused_kernel(self) -> Tensor:
+        """(D, C, 2, 2) kernel of OLP ∘ scaling ∘ Haar DWT."""
+        C, D = self.in_channels, self.out_channels
+        weight = self.olp.proj.weight.reshape(D, C, 4)  # input channel 4c + band
+        if isinstance(self.scaling, SubbandScaling):
+            weight = weight * torch.exp(self.scaling.s.t()).unsqueeze(0)
+        bands = self.down.kernel[:4, 0]  # (4, 2, 2), identical for every channel
+        return torch.einsum("dcb,bij->dcij", weight, bands.to(weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fuse:
+            check_even_size(x)
+            return self.act(F.conv2d(x, self.fused_kernel(), self.olp.proj.bias, stride=2))
         return self.act(self.olp(self.scaling(self.down(x))))
 
 
@@ -177,6 +196,25 @@ class IWLS(nn.Module):
         self.scaling: nn.Module = (
             SubbandScaling(out_channels, scaling_init, inverse=True) if use_scaling else nn.Identity()
         )
+        self.fuse = isinstance(self.up, IDWT2d) and self.up.length == 2 and isinstance(self.act, nn.Identity)
+
+    def fused_kernel_and_bias(self) -> tuple[Tensor, Tensor]:
+        """(D, C, 2, 2) transposed-conv kernel and (C, 2, 2) bias pattern of IDWT ∘ scaling⁻¹ ∘ OLP."""
+        C, D = self.out_channels, self.in_channels
+        weight = self.olp.proj.weight.reshape(C, 4, D)  # output channel 4c + band
+        bias = self.olp.proj.bias.reshape(C, 4)
+        if isinstance(self.scaling, SubbandScaling):
+            inverse_scale = torch.exp(-self.scaling.s.t())  # (C, 4)
+            weight = weight * inverse_scale.unsqueeze(-1)
+            bias = bias * inverse_scale
+        bands = self.up.kernel[:4, 0].to(weight.dtype)  # (4, 2, 2)
+        kernel = torch.einsum("cbd,bij->dcij", weight, bands)
+        return kernel, torch.einsum("cb,bij->cij", bias, bands)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fuse:
+            kernel, bias = self.fused_kernel_and_bias()
+            out = F.conv_transpose2d(x, kernel, stride=2)
+            # the OLP bias passes the IDWT as a 2x2 pattern tiled over the output
+            return out + bias.repeat(1, x.shape[-2], x.shape[-1]).to(out.dtype)
         return self.up(self.scaling(self.act(self.olp(x))))

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from trainables.errors import LicSearchError
 
-__all__ = ["DWT2d", "IDWT2d", "split_subbands", "merge_subbands", "wavelet_filters"]
+__all__ = ["DWT2d", "IDWT2d", "check_even_size", "split_subbands", "merge_subbands", "wavelet_filters"]
 
 
 class WaveletError(LicSearchError):
@@ -65,7 +65,8 @@ def _periodic_index(size: int, length: int, device: torch.device) -> Tensor:
     return (torch.arange(-left, size + length - 2 - left, device=device) % size)
 
 
-def _check_even(x: Tensor) -> None:
+def check_even_size(x: Tensor) -> None:
+    """The critically sampled DWT halves both sides: they must be even."""
     if x.shape[-2] % 2 or x.shape[-1] % 2:
         raise WaveletError(f"the DWT needs even height and width, but got {tuple(x.shape[-2:])}")
 
@@ -87,7 +88,7 @@ class DWT2d(nn.Module):
         self.length = int(kernel.shape[-1])
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_even(x)
+        check_even_size(x)
         if self.length > 2:
             x = x.index_select(-2, _periodic_index(x.shape[-2], self.length, x.device))
             x = x.index_select(-1, _periodic_index(x.shape[-1], self.length, x.device))
