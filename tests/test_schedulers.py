@@ -338,7 +338,7 @@ def ray_cluster():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield
     if started:
         ray.shutdown()
@@ -419,3 +419,68 @@ def test_asha_rungs_survive_tuner_restore(tmp_path: Path, ray_cluster):
     rung_1 = dict(rungs[0])[1.0]
     assert len(rung_1) == 3 and set(restored.stopped) == {next(r.metrics["trial_id"] for r in second
                                                                if r.config["quality"] == 5.0)}
+
+
+def schedule_trainable(config: dict, log: str = "") -> None:
+    """A stand-in for train_lic under PBT: progress ``w`` grows by ``lr``-dependent steps, the loss is
+    ``1000·λ/(1 + w)``. The checkpoint carries the λ and lr it was written with, and every report is
+    also appended to ``log``, so a clone (weights of another trial) is visible."""
+    import tempfile
+    import time
+
+    from ray import tune
+
+    log = Path(log)
+    lmbda, lr = config["loss"]["lmbda"], config["schedule"]["lr"]
+    state = {"iteration": 0, "w": 0.0, "lmbda": lmbda, "lr": lr}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = json.loads(Path(folder, "state.json").read_text())
+    else:  # a barrier, so that the whole population trains at the same time on a busy machine
+        Path(log.parent, f"started-{lmbda}-{lr}").touch(exist_ok=True)
+        deadline = time.time() + 60
+        while len(list(log.parent.glob("started-*"))) < 4 and time.time() < deadline:
+            time.sleep(0.1)
+    restored_from = {"lmbda": state["lmbda"], "lr": state["lr"], "iteration": state["iteration"]}
+    for iteration in range(state["iteration"] + 1, config["schedule"]["iterations"] + 1):
+        time.sleep(0.2)
+        state.update(iteration=iteration, w=state["w"] + 1e3 * lr, lmbda=lmbda, lr=lr)
+        with log.open("a") as handle:
+            handle.write(json.dumps({"lmbda": lmbda, "lr": lr, "iteration": iteration,
+                                     "restored_from": restored_from}) + "\n")
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, "state.json").write_text(json.dumps(state))
+            tune.report({M.ITERATIONS: iteration, M.EVAL_RD_LOSS: 1000 * lmbda / (1 + state["w"])},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def test_pbt_clones_and_perturbs_only_within_a_lambda_stratum(tmp_path: Path, ray_cluster):
+    """Two λ x two lr, all running at once. Stock PBT would rank the 20x larger high-λ losses last
+    and clone low-λ weights into them; ours clones and perturbs only within each λ."""
+    from ray import tune
+
+    spec = spec_of({}, {"type": "pbt", "pbt": {"perturbation_interval": 2, "quantile_fraction": 0.5,
+                                               "mutations": {"lr": [1e-5, 1e-2]}}}, budget=8)
+    scheduler = build_scheduler(spec)
+    log = tmp_path / "population" / "reports.jsonl"
+    log.parent.mkdir()
+    space = tiny_trial(**{"loss.lmbda": tune.grid_search([0.0025, 0.0483]),
+                          "schedule.lr": tune.grid_search([1e-5, 1e-3]), "schedule.iterations": 8})
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(schedule_trainable, log=str(log)), {"cpu": 0.5}),
+        param_space=space,
+        tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
+        run_config=tune.RunConfig(name="pbt", storage_path=str(tmp_path), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),
+    )
+    results = tuner.fit()
+    assert len(results) == 4 and not any(r.error for r in results)
+    reports = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all(r["restored_from"]["lmbda"] == r["lmbda"] for r in reports)  # never another λ's weights
+    clones = [r for r in reports if r["restored_from"]["iteration"] > 0 and r["restored_from"]["lr"] != r["lr"]]
+    assert clones  # a weak trial took a strong one's checkpoint with a perturbed learning rate
+    assert {r["lr"] for r in reports} - {1e-5, 1e-3}  # new learning rates were explored
+    for outcome in results:
+        checked = TrialConfig.model_validate(outcome.config)
+        assert 1e-5 <= checked.schedule.lr <= 1e-2 and checked.loss.lmbda in (0.0025, 0.0483)

@@ -261,7 +261,7 @@ def ray_cluster():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield
     if started:
         ray.shutdown()
