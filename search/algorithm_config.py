@@ -64,6 +64,22 @@ def trial_key_exists(dotted: str) -> bool:
     return False
 
 
+def trial_default(dotted: str) -> Any:
+    """The :class:`TrialConfig` default at ``dotted`` (None when it has none), for keys a space leaves out."""
+    model: Any = TrialConfig
+    parts = dotted.split(".")
+    for index, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        field = fields[part]
+        if index == len(parts) - 1:
+            default = field.get_default(call_default_factory=True)
+            return None if type(default).__name__ == "PydanticUndefinedType" else default
+        model = field.annotation
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

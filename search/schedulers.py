@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
-from search.algorithm_config import DEFAULT_STRATIFY_BY
+from search.algorithm_config import DEFAULT_STRATIFY_BY, trial_default
 from trainables import metrics as M
 from trainables.errors import LicSearchError
 
@@ -52,8 +52,16 @@ def config_value(config: dict, dotted: str) -> Any:
 
 
 def stratum_key(config: dict, keys: Sequence[str]) -> str:
-    """A stable text key of the values that must match for two trials to be compared."""
-    return ", ".join(f"{key}={json.dumps(config_value(config, key), sort_keys=True)}" for key in keys)
+    """A stable text key of the values that must match for two trials to be compared.
+
+    A key the config leaves out takes its :class:`TrialConfig` default, so ``loss.distortion``
+    unset and ``mse`` are one stratum."""
+    parts = []
+    for key in keys:
+        value = config_value(config, key)
+        value = trial_default(key) if value is None else value
+        parts.append(f"{key}={json.dumps(value, sort_keys=True)}")
+    return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------- ASHA

@@ -60,6 +60,9 @@ def test_stratum_key_separates_lambda_and_distortion():
     assert stratum_key(low.config, keys) == 'loss.lmbda=0.0025, loss.distortion="mse"'
     assert stratum_key(low.config, keys) != stratum_key(high.config, keys)
     assert stratum_key(make_trial("c", 0.0025, "ms-ssim").config, keys) != stratum_key(low.config, keys)
+    # a key left out takes its TrialConfig default
+    implicit = tiny_trial(**{"loss.lmbda": 0.0025})
+    assert stratum_key(implicit, keys) == stratum_key(low.config, keys)
     # other keys (the things being searched) do not split strata
     assert stratum_key(make_trial("d", 0.0025, **{"schedule.lr": 5e-4}).config, keys) == stratum_key(low.config, keys)
 
@@ -484,3 +487,37 @@ def test_pbt_clones_and_perturbs_only_within_a_lambda_stratum(tmp_path: Path, ra
     for outcome in results:
         checked = TrialConfig.model_validate(outcome.config)
         assert 1e-5 <= checked.schedule.lr <= 1e-2 and checked.loss.lmbda in (0.0025, 0.0483)
+
+
+def test_real_two_lambda_search_never_stops_the_high_rate_trial_on_low_rate_rungs(tmp_path: Path, ray_cluster):
+    """train_lic at λ=0.0025 then at λ=0.0483 (one at a time): the high-rate trial's R-D loss is far
+    above the low-rate rung records, which would stop it under Ray's ASHA; ours runs it to its budget."""
+    from ray import tune
+
+    from trainables.trainable import train_lic
+
+    spec = spec_of({}, {"type": "asha", "grace_period": 2, "reduction_factor": 2}, budget=6)
+    scheduler = build_scheduler(spec)
+    space = tiny_trial(**{"loss.lmbda": tune.grid_search([0.0025, 0.0483]), "schedule.eval_every": 2,
+                          "model.auxt.enabled": False})
+    tuner = tune.Tuner(
+        train_lic, param_space=space,
+        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=BasicVariantGenerator(max_concurrent=1),
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name="two-lambda", storage_path=str(tmp_path), verbose=0),
+    )
+    results = {r.config["loss"]["lmbda"]: r for r in tuner.fit()}
+    assert not any(r.error for r in results.values())
+    low, high = results[0.0025], results[0.0483]
+    assert low.metrics[M.ITERATIONS] == high.metrics[M.ITERATIONS] == 6  # both ran their budget
+    low_history, high_history = low.metrics_dataframe, high.metrics_dataframe
+    at_rung_2 = {name: float(h.loc[h[M.ITERATIONS] == 2, M.EVAL_RD_LOSS].iloc[0])
+                 for name, h in (("low", low_history), ("high", high_history))}
+    assert at_rung_2["high"] > 2 * at_rung_2["low"]  # stock ASHA (cutoff = the low record) would stop it
+    strata = scheduler.strata()
+    assert len(strata) == 2 and scheduler.stopped == {}
+    for key, lmbda in (('loss.lmbda=0.0025, loss.distortion="mse"', 0.0025),
+                       ('loss.lmbda=0.0483, loss.distortion="mse"', 0.0483)):
+        rung_2 = dict(strata[key][0])[2.0]
+        assert list(rung_2) == [results[lmbda].metrics["trial_id"]]
+        assert rung_2[results[lmbda].metrics["trial_id"]] == pytest.approx(-at_rung_2["low" if lmbda < 0.01 else "high"])
