@@ -316,3 +316,42 @@ def test_asha_with_optuna_prunes_stopped_trials_per_lambda(tmp_path: Path, ray_c
     assert (first_low.config["loss"]["lmbda"], first_high.config["loss"]["lmbda"]) == (0.0025, 0.0483)
     assert first_high.metrics[M.EVAL_RD_LOSS] > 5 * first_low.metrics[M.EVAL_RD_LOSS]
     assert first_low.metrics[M.ITERATIONS] == first_high.metrics[M.ITERATIONS] == 6
+
+
+def test_a_restored_optuna_search_continues_its_studies(tmp_path: Path, ray_cluster):
+    """Interrupt after two trials, Tuner.restore: the studies keep the trials told before the
+    interruption, the search proposes only the remaining ones, and every trial is told once."""
+    import os
+    import signal
+
+    from ray import tune as ray_tune
+
+    class InterruptAfterTwo(ray_tune.Callback):
+        def __init__(self):
+            self.finished = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.finished += 1
+            if self.finished == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)  # what Ctrl+C does: Ray saves the state and stops
+
+    spec = spec_of({"algorithm": "optuna", "num_samples": 3, "max_concurrent": 1, "seed": 0},
+                   **{"loss.lmbda": 0.013})
+    search_alg = build_search_algorithm(spec)
+    tuner = ray_tune.Tuner(
+        lr_trainable, param_space=tuner_param_space(spec),
+        tune_config=ray_tune.TuneConfig(search_alg=search_alg, num_samples=tune_num_samples(spec), reuse_actors=True),
+        run_config=ray_tune.RunConfig(name="optuna-resume", storage_path=str(tmp_path), verbose=0,
+                                      callbacks=[InterruptAfterTwo()]),
+    )
+    first = tuner.fit()
+    assert sum(1 for r in first if r.metrics.get(M.ITERATIONS) == 6) == 2
+    restored_tuner = ray_tune.Tuner.restore(str(tmp_path / "optuna-resume"), trainable=lr_trainable,
+                                            param_space=tuner_param_space(spec), resume_unfinished=True)
+    results = restored_tuner.fit()
+    assert len(results) == 3 and all(r.metrics[M.ITERATIONS] == 6 for r in results)
+    restored = restored_tuner._local_tuner._tune_config.search_alg.searcher
+    ((_, study),) = restored.studies()
+    assert [t.state for t in study.trials] == [COMPLETE, COMPLETE, COMPLETE]
+    told = sorted(t.value for t in study.trials)
+    assert told == pytest.approx(sorted(r.metrics[M.EVAL_RD_LOSS] for r in results))
