@@ -389,6 +389,7 @@ class _InterruptAfter:
         return Interrupt()
 
 
+@pytest.mark.slow
 def test_asha_rungs_survive_tuner_restore(tmp_path: Path, ray_cluster):
     """ray#30838: after Tuner.restore the scheduler still holds the rungs recorded before the
     interruption, and stops a bad trial on them (stock ASHA would see an empty rung and let it run)."""
@@ -458,6 +459,7 @@ def schedule_trainable(config: dict, log: str = "") -> None:
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+@pytest.mark.slow
 def test_pbt_clones_and_perturbs_only_within_a_lambda_stratum(tmp_path: Path, ray_cluster):
     """Two λ x two lr, all running at once. Stock PBT would rank the 20x larger high-λ losses last
     and clone low-λ weights into them; ours clones and perturbs only within each λ."""
@@ -489,6 +491,7 @@ def test_pbt_clones_and_perturbs_only_within_a_lambda_stratum(tmp_path: Path, ra
         assert 1e-5 <= checked.schedule.lr <= 1e-2 and checked.loss.lmbda in (0.0025, 0.0483)
 
 
+@pytest.mark.slow
 def test_real_two_lambda_search_never_stops_the_high_rate_trial_on_low_rate_rungs(tmp_path: Path, ray_cluster):
     """train_lic at λ=0.0025 then at λ=0.0483 (one at a time): the high-rate trial's R-D loss is far
     above the low-rate rung records, which would stop it under Ray's ASHA; ours runs it to its budget."""

@@ -280,6 +280,7 @@ def lr_trainable(config: dict) -> None:
         _tune.report({M.ITERATIONS: iteration, M.EVAL_RD_LOSS: loss, M.EVAL_BPP: 1 / (1 + lr), M.EVAL_MSE: lr})
 
 
+@pytest.mark.slow
 def test_asha_with_optuna_prunes_stopped_trials_per_lambda(tmp_path: Path, ray_cluster):
     from ray import tune as ray_tune
 
@@ -318,6 +319,7 @@ def test_asha_with_optuna_prunes_stopped_trials_per_lambda(tmp_path: Path, ray_c
     assert first_low.metrics[M.ITERATIONS] == first_high.metrics[M.ITERATIONS] == 6
 
 
+@pytest.mark.slow
 def test_a_restored_optuna_search_continues_its_studies(tmp_path: Path, ray_cluster):
     """Interrupt after two trials, Tuner.restore: the studies keep the trials told before the
     interruption, the search proposes only the remaining ones, and every trial is told once."""
