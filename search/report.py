@@ -518,9 +518,32 @@ def generate_report(experiment: str, tracking_uri: Optional[str] = None, out: Op
     return report
 
 
+def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None,
+                             anchor_file: Optional[Path] = None, metric: str = "psnr", method: str = "pchip",
+                             include_stopped: bool = False) -> list[dict[str, Any]]:
+    """Rate families of a search ranked by BD-rate (for ``lic-search best --by family``).
+
+    One JSON-ready row per family, best first; families without a BD-rate (fewer than 4
+    points, no overlap with the anchor) come last with ``bd_rate`` None and a ``reason``.
+    """
+    anchor = load_curve(anchor_file if anchor_file is not None else shipped_anchor())
+    search = load_search(experiment, tracking_uri)
+    statuses = _family_statuses(include_stopped)
+    families = group_families(t.point() for t in search.trials if t.status in statuses)
+    ranking = rank_families(families, anchor, metric, method)
+    differ = distinguishing_params([entry.family for entry in ranking])
+    return [{"rank": entry.rank, "family": entry.family.key, "auxt": entry.family.auxt,
+             "bd_rate": entry.bd_rate, "anchor": anchor.name, "metric": metric, "method": method,
+             "reason": entry.reason, "points": len(entry.family.curve()),
+             "lambdas": [l for l in entry.family.lambdas if l is not None],
+             "trials": [t.trial_id for t in entry.family.trials], "params": differ[entry.family.key]}
+            for entry in ranking]
+
+
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "search"
 
 
 __all__ = ["TrialRecord", "SearchRecord", "Report", "load_search", "build_report", "generate_report",
+           "rank_experiment_families",
            "REPORT_FILE", "DATA_FILE", "ARTIFACT_PATH"]

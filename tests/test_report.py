@@ -172,6 +172,15 @@ def test_include_stopped_adds_the_stopped_trial_to_its_family(search):
     assert report.attached_to is None
 
 
+def test_rank_experiment_families_for_best_by_family(search):
+    from search.report import rank_experiment_families
+
+    rows = rank_experiment_families("ablation", search["uri"], anchor_file=search["anchor"])
+    assert [(r["rank"], r["auxt"]) for r in rows] == [(1, True), (2, False)]
+    assert [r["bd_rate"] for r in rows] == pytest.approx([10.0, 25.0], abs=1e-6)
+    assert rows[0]["points"] == 4 and rows[0]["lambdas"] == list(LAMBDAS) and rows[0]["anchor"] == "four-point anchor"
+
+
 def test_unknown_experiment_is_an_error(search, capsys):
     assert main(["report", "nope", "--tracking-uri", search["uri"], "--out", str(search["tmp"] / "x")]) == 2
     assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
