@@ -34,7 +34,7 @@ DEFAULT_STRATIFY_BY: tuple[str, ...] = ("loss.lmbda", "loss.distortion")
 DEFAULT_OBJECTIVES: tuple[str, ...] = (M.EVAL_BPP, M.EVAL_MSE)
 
 _PRIMITIVES = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
-_CONTINUOUS = ("uniform", "loguniform", "randint", "quniform")
+_CONTINUOUS = ("uniform", "loguniform")  # infinitely many values; quniform and randint give finite strata
 
 
 def default_mode(metric: str) -> Literal["min", "max"]:

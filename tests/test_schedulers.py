@@ -320,14 +320,17 @@ def test_cross_section_checks_name_the_key_path(search, scheduler, trial_overrid
     assert message in str(caught.value)
 
 
-def test_cross_section_checks_accept_a_stratified_lambda_grid():
+def test_cross_section_checks_accept_finitely_many_lambda_strata():
     from search.algorithm_config import check_search_setup
 
     for scheduler in ({"type": "asha", "grace_period": 2}, {"type": "fifo"},
                       {"type": "pbt", "pbt": {"perturbation_interval": 2, "mutations": {"lr": [1e-5, 1e-2]}}}):
-        check_search_setup(SearchAlgorithmConfig(), SchedulerConfig(**scheduler),
-                           tiny_trial(**{"loss.lmbda": {"grid": [0.0025, 0.0483]},
-                                         "schedule.lr": {"choice": [1e-4, 1e-3]}}), budget=6)
+        for lmbda in ({"grid": [0.0025, 0.0483]}, {"choice": [0.0025, 0.0483]}, {"quniform": [0.01, 0.05, 0.01]}):
+            check_search_setup(SearchAlgorithmConfig(), SchedulerConfig(**scheduler),
+                               tiny_trial(**{"loss.lmbda": lmbda, "schedule.lr": {"choice": [1e-4, 1e-3]}}), budget=6)
+    # opting out of strata explicitly is allowed (one rung record for all λ, Ray's behaviour)
+    check_search_setup(SearchAlgorithmConfig(stratify_by=[]), SchedulerConfig(),
+                       tiny_trial(**{"loss.lmbda": {"loguniform": [1e-3, 1e-1]}}), budget=6)
 
 
 # ----------------------------------------------------------------------------- real Ray Tune searches
