@@ -352,3 +352,32 @@ def _check(search: SearchAlgorithmConfig, scheduler: SchedulerConfig, trial: dic
                              f"PBT never perturbs before the budget ends: perturbation_interval "
                              f"({pbt.perturbation_interval}) and burn_in_period ({pbt.burn_in_period}) must "
                              f"stay below the iteration budget ({budget})")
+
+
+def describe_setup(search: SearchAlgorithmConfig, scheduler: SchedulerConfig, budget: int) -> list[str]:
+    """The ``search`` and ``scheduler`` lines of ``lic-search validate``."""
+    if search.multi_objective:
+        goal = "objectives " + ", ".join(f"{m} ({d})" for m, d in zip(search.objectives or [], search.objective_modes()))
+    else:
+        goal = f"metric {search.metric} ({search.mode})"
+    algorithm = f"optuna {search.sampler}, one study per grid point" if search.algorithm == "optuna" else "random"
+    strata = (f"trials are compared only at equal {', '.join(search.stratify_by)}" if search.stratify_by
+              else "none (every trial is compared with every other)")
+    lines = [
+        f"search: {algorithm}; num_samples {search.num_samples}, max_concurrent {search.max_concurrent or 'unlimited'}, "
+        f"{goal}, seed {search.seed}",
+        f"strata: {strata}",
+    ]
+    if scheduler.type == "asha":
+        lines.append(f"scheduler: asha per stratum, grace_period {scheduler.grace_period}, reduction_factor "
+                     f"{scheduler.reduction_factor:g}, brackets {scheduler.brackets}, max_t {scheduler.max_t or budget}; "
+                     "rungs persist across resume")
+    elif scheduler.type == "pbt" and scheduler.pbt is not None:
+        pbt = scheduler.pbt
+        mutations = pbt.mutations.model_dump(exclude_none=True)
+        lines.append(f"scheduler: pbt per stratum, every {pbt.perturbation_interval} iterations (burn-in "
+                     f"{pbt.burn_in_period}), the bottom {pbt.quantile_fraction:g} clones the top; mutates "
+                     + "; ".join(f"schedule.{k} {v}" for k, v in mutations.items()))
+    else:
+        lines.append("scheduler: fifo (every trial runs its full budget)")
+    return lines

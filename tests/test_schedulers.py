@@ -527,3 +527,22 @@ def test_real_two_lambda_search_never_stops_the_high_rate_trial_on_low_rate_rung
         rung_2 = dict(strata[key][0])[2.0]
         assert list(rung_2) == [results[lmbda].metrics["trial_id"]]
         assert rung_2[results[lmbda].metrics["trial_id"]] == pytest.approx(-at_rung_2["low" if lmbda < 0.01 else "high"])
+
+
+def test_describe_setup_lines():
+    from search.algorithm_config import describe_setup
+
+    lines = describe_setup(SearchAlgorithmConfig(algorithm="optuna", objectives=[M.EVAL_BPP, M.EVAL_PSNR]),
+                           SchedulerConfig(grace_period=2), budget=100)
+    assert lines == [
+        "search: optuna tpe, one study per grid point; num_samples 1, max_concurrent unlimited, "
+        "objectives eval/bpp (min), eval/psnr (max), seed None",
+        "strata: trials are compared only at equal loss.lmbda, loss.distortion",
+        "scheduler: asha per stratum, grace_period 2, reduction_factor 2, brackets 1, max_t 100; "
+        "rungs persist across resume",
+    ]
+    pbt_lines = describe_setup(SearchAlgorithmConfig(stratify_by=[]), SchedulerConfig(type="pbt", pbt={
+        "perturbation_interval": 5, "mutations": {"lr": [1e-5, 1e-3]}}), budget=100)
+    assert pbt_lines[1] == "strata: none (every trial is compared with every other)"
+    assert pbt_lines[2] == ("scheduler: pbt per stratum, every 5 iterations (burn-in 0), the bottom 0.25 clones "
+                            "the top; mutates schedule.lr (1e-05, 0.001)")
