@@ -52,7 +52,9 @@ def _init_ray(address: Optional[str]) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(address=address, log_to_driver=True, include_dashboard=False,
+    # address "local" starts a fresh single-node cluster even when `ray start` left one running
+    # on this machine; joining an existing cluster is what --address is for.
+    ray.init(address=address or "local", log_to_driver=True, include_dashboard=False,
              configure_logging=True, logging_level="WARNING")
 
 
