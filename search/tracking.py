@@ -18,6 +18,7 @@ from ray import tune
 
 from search import mlflow_names as T
 from search.errors import TrackingError
+from search.families import family_key
 from trainables import metrics as M
 from trainables.config import flatten
 
@@ -142,6 +143,7 @@ class MlflowTrialLogger(tune.Callback):
             T.TAG_BACKBONE: str(config.get("model", {}).get("backbone", "")),
             T.TAG_AUXT: auxt_tag(config),
             T.TAG_STATUS: T.STATUS_RUNNING,
+            T.TAG_FAMILY: family_key(config),
         }
         run = self.client.create_run(experiment_id, run_name=str(trial), tags=tags)
         run_id = run.info.run_id

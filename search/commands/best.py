@@ -24,6 +24,11 @@ def register(subparsers) -> None:
     parser.add_argument("--status", choices=("completed", "stopped", "errored", "running"), default=None)
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db)")
     parser.add_argument("--json", action="store_true", help="print a JSON list (run_id, params, metrics, ...)")
+    parser.add_argument("--by", choices=("trial", "family"), default="trial",
+                        help="rank single trials by --metric, or rate families (trials differing only in the "
+                             "R-D lambda) by BD-rate against --anchor (default: %(default)s)")
+    parser.add_argument("--anchor", type=Path, default=None,
+                        help="with --by family: anchor curve in CompressAI's results format (default: VTM on Kodak)")
     parser.add_argument("--export", type=Path, default=None, metavar="BEST.yaml",
                         help="write a space file that re-runs the best trial's config at full budget")
     parser.add_argument("--iterations", type=int, default=None,
@@ -41,8 +46,32 @@ def _parse_where(items: list[str]) -> dict[str, str]:
     return where
 
 
+def _best_families(args) -> int:
+    from search.report import rank_experiment_families
+
+    rows = rank_experiment_families(args.experiment, args.tracking_uri, args.anchor,
+                                    include_stopped=args.status == "stopped")
+    if args.top:
+        rows = rows[: args.top]
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print("no rate families (no completed trials)")
+        return 0
+    for row in rows:
+        value = "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%"
+        why = f"  ({row['reason']})" if row["reason"] else ""
+        print(f"{row['rank']:>3}  family {row['family']}  BD-rate vs {row['anchor']}: {value}  "
+              f"{row['points']} points, λ={row['lambdas']}  {row['params']}{why}")
+    return 0
+
+
 def _best(args) -> int:
     from search.queries import best_trials
+
+    if args.by == "family":
+        return _best_families(args)
 
     rows = best_trials(args.experiment, metric=args.metric, mode=args.mode, top=args.top,
                        tracking_uri=args.tracking_uri, where=_parse_where(args.where), status=args.status)
