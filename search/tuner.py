@@ -17,7 +17,7 @@ import yaml
 from search import tracking
 from search.errors import LicSearchError
 from search.schedulers import build_scheduler
-from search.searchers import build_search_algorithm
+from search.searchers import build_search_algorithm, tune_num_samples, tuner_param_space
 from search.space import SearchSpec, load_space
 from trainables import metrics as M
 
@@ -66,24 +66,25 @@ def _tuner(spec: SearchSpec, experiment_dir: Path, state: SearchState, restore: 
     trainable = tune.with_resources(train_lic, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
     callback = tracking.MlflowTrialLogger(state.tracking_uri, state.name, state.parent_run_id)
     if restore:
-        return tune.Tuner.restore(str(experiment_dir), trainable=trainable, param_space=spec.param_space(),
+        return tune.Tuner.restore(str(experiment_dir), trainable=trainable, param_space=tuner_param_space(spec),
                                   resume_unfinished=True, resume_errored=True, restart_errored=False)
     run_config = tune.RunConfig(
         name=experiment_dir.name,
         storage_path=str(experiment_dir.parent),
         callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # PBT restores clones from other trials' checkpoints: keep a few more of them.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if spec.file.scheduler.type == "pbt" else 2),
         verbose=1,
     )
     tune_config = tune.TuneConfig(
-        num_samples=spec.file.search.num_samples,
+        num_samples=tune_num_samples(spec),
         scheduler=build_scheduler(spec),
         search_alg=build_search_algorithm(spec),
         # Importing torch + CompressAI costs seconds per process: keep trial actors warm.
         reuse_actors=True,
     )
-    return tune.Tuner(trainable, param_space=spec.param_space(), tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable, param_space=tuner_param_space(spec), tune_config=tune_config, run_config=run_config)
 
 
 def _run(spec: SearchSpec, experiment_dir: Path, state: SearchState, restore: bool, address: Optional[str]):

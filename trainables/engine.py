@@ -111,6 +111,16 @@ class Trainer:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         restore_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
+        # The config wins over the checkpoint for the learning rates: PBT restores a clone's
+        # weights with its own, perturbed schedule. Same config -> the same LRs as before.
+        schedule = self.config.schedule
+        self.scheduler.base_lrs = [schedule.lr] * len(self.optimizer.param_groups)
+        factor = lr_factor(self.scheduler.last_epoch, schedule)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = schedule.lr
+            group["lr"] = schedule.lr * factor
+        for group in self.aux_optimizer.param_groups:
+            group["lr"] = schedule.aux_lr
 
     # ------------------------------------------------------------------ loop
     def _step(self, batch: Tensor) -> dict[str, Tensor]:
