@@ -97,7 +97,7 @@ def ray_trainable(config: dict, cpus: float, gpus: float) -> tuple[float, float]
     finally:
         ray.shutdown()
     rates = history[M.TRAIN_ITERS_PER_S].tolist()[1:]  # the first interval includes warm-up
-    stamps = history["timestamp"].tolist()
+    stamps = history["time_total_s"].tolist()
     its = history[M.ITERATIONS].tolist()
     wall = (its[-1] - its[1]) / max(stamps[-1] - stamps[1], 1e-9) if len(its) > 2 else float("nan")
     return sum(rates) / len(rates), wall

@@ -47,6 +47,25 @@ def kill_session(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
+def ray_daemons() -> set[int]:
+    names = ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env")
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        line = " ".join(process.info["cmdline"] or [])
+        if "ray" in line and any(name in line for name in names):
+            found.add(process.pid)
+    return found
+
+
+def kill_orphaned_ray(before: set[int]) -> None:
+    """A driver killed with SIGKILL leaves its local Ray instance behind: clean it up."""
+    for pid in ray_daemons() - before:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -176,6 +195,7 @@ def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_work(tmp
                         {"max_concurrent": 2}, {"type": "fifo"})
     results = tmp_path / "results"
     command = LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri]
+    daemons = ray_daemons()
     driver = start(command, tmp_path / "driver.log")
 
     def progress():
@@ -188,6 +208,7 @@ def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_work(tmp
         wait_for(progress, 300, "one finished and one half-trained trial", interval=0.2)
     finally:
         kill_session(driver)
+        kill_orphaned_ray(daemons)
     # Ray's result.json may lose its last lines to SIGKILL; checkpoints are written before the
     # result is reported, so the newest checkpoint index tells how far each trial trained.
     finished_before = {r.data.tags[T.TAG_TRIAL_ID] for r in trial_runs(uri, "killed")
