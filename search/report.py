@@ -221,7 +221,7 @@ def _plot_convergence(path: Path, trials: Sequence[TrialRecord]) -> bool:
         _auxt_legend(ax)
     for ax in axes[len(lambdas):]:
         ax.set_visible(False)
-    figure.suptitle("Eval R-D loss during training (dotted: stopped or unfinished trials)")
+    figure.suptitle("Eval R-D loss during training\n(dotted: stopped or unfinished trials)")
     figure.savefig(path, dpi=110)
     return True
 
