@@ -108,3 +108,35 @@ def test_non_finite_trial_errors_and_the_search_goes_on(tmp_path: Path, ray_clus
     assert "non-finite loss at iteration 1" in runs["1e+38"].data.tags[T.TAG_STATUS_DETAIL]
     assert runs["0.013"].data.tags[T.TAG_STATUS] == "completed"
     assert M.EVAL_RD_LOSS not in runs["1e+38"].data.metrics
+
+
+def test_report_of_a_real_search_has_plots_tables_and_mlflow_artifacts(tmp_path: Path, ray_cluster):
+    from search.tracking import client_for
+    from search.tuner import run_search
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Two rate families (AuxT on/off) of four λ each: BD-rate curves and an AuxT speed pair.
+    space = write_space(tmp_path, "fam", {"loss.lmbda": {"grid": [0.0067, 0.013, 0.025, 0.0483]},
+                                          "schedule.iterations": 4},
+                        {"max_concurrent": 2}, {"type": "fifo"})
+    results, _ = run_search(space, tmp_path / "results", tracking_uri=uri)
+    assert len(results) == 8 and not any(r.error for r in results)
+
+    out = tmp_path / "report"
+    assert main(["report", "fam", "--tracking-uri", uri, "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "8 trials: 8 completed" in text
+    assert "## Rate families and BD-rate" in text and "## Training speed: AuxT against no AuxT" in text
+    family_rows = [line for line in text.splitlines() if line.startswith("| F")]
+    assert len(family_rows) >= 2 and all("| 4 |" in row for row in family_rows[:2])
+    assert "_No pair of families" not in text  # the AuxT pair was found
+    pictures = sorted(p.name for p in out.glob("*.png"))
+    assert pictures == ["convergence.png", "energy.png", "rd_ms_ssim.png", "rd_psnr.png"]
+    for picture in pictures:
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    client = client_for(uri)
+    parent = client.search_runs([client.get_experiment_by_name("fam").experiment_id],
+                                filter_string=f"tags.`{T.TAG_ROLE}` = '{T.ROLE_SEARCH}'")[0]
+    attached = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {f"report/{name}" for name in pictures + ["report.md"]} <= attached
