@@ -94,3 +94,40 @@ def test_lr_schedule_warmup_and_decay_at_fractions():
     assert lr_factor(49, schedule) == pytest.approx(1.0)
     assert lr_factor(50, schedule) == pytest.approx(0.1)
     assert lr_factor(90, schedule) == pytest.approx(0.01)
+
+
+def test_bf16_autocast_keeps_entropy_models_and_likelihoods_in_fp32():
+    trainer = _trainer(**{"performance.amp": "bf16"})
+    seen: list[torch.dtype] = []
+    from compressai.entropy_models import EntropyModel
+
+    for module in trainer.model.modules():
+        if isinstance(module, EntropyModel):
+            # outputs are (y_hat, likelihoods); without the fp32 guard, autocast makes them bf16
+            module.register_forward_hook(lambda m, args, out: seen.append(out[1].dtype))
+    terms = trainer._step(next(__import__("trainables.data", fromlist=["x"]).make_train_loader(
+        trainer.config.data, seed=0)))
+    assert seen and set(seen) == {torch.float32}
+    assert all(torch.isfinite(v) for v in terms.values())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = trainer.model(torch.rand(1, 3, 64, 64))
+    assert all(v.dtype == torch.float32 for v in out["likelihoods"].values())
+
+
+def test_guarded_entropy_model_computes_exactly_as_without_autocast():
+    from compressai.entropy_models import EntropyBottleneck
+
+    from trainables.engine import keep_entropy_models_in_fp32
+
+    torch.manual_seed(0)
+    bottleneck = EntropyBottleneck(8).eval()
+    z = torch.randn(1, 8, 4, 4) * 3
+    _, reference = bottleneck(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, unguarded = bottleneck(z)
+    assert not torch.equal(unguarded.float(), reference)  # autocast really changes the rate term
+    assert keep_entropy_models_in_fp32(bottleneck, "cpu") == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, guarded = bottleneck(z.bfloat16())
+    assert guarded.dtype == torch.float32
+    assert torch.allclose(guarded, bottleneck(z.bfloat16().float())[1], rtol=0, atol=0)

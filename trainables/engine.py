@@ -24,6 +24,10 @@ from trainables.config import TrialConfig
 from trainables.errors import TrainingDivergedError
 
 
+# On GPU the NaN/Inf check syncs with the host only this often (and at every evaluation).
+FINITE_CHECK_EVERY = 50
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,6 +43,33 @@ def lr_factor(iteration: int, schedule) -> float:
         if iteration >= int(round(fraction * schedule.iterations)):
             factor *= schedule.gamma
     return factor
+
+
+def keep_entropy_models_in_fp32(model: torch.nn.Module, device_type: str) -> int:
+    """Run every CompressAI entropy model outside autocast, on fp32 inputs.
+
+    Likelihoods are products of CDF differences and quantile offsets; in bf16/fp16 they lose
+    the precision the rate term needs, so only the transforms run in reduced precision.
+    Returns how many entropy models were wrapped.
+    """
+    from compressai.entropy_models import EntropyModel
+
+    wrapped = 0
+    for module in model.modules():
+        if isinstance(module, EntropyModel) and not getattr(module, "_lic_fp32", False):
+            inner = module.forward
+
+            def forward(*args, _inner=inner, **kwargs):
+                args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+                kwargs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+                          for k, v in kwargs.items()}
+                with torch.autocast(device_type, enabled=False):
+                    return _inner(*args, **kwargs)
+
+            module.forward = forward
+            module._lic_fp32 = True
+            wrapped += 1
+    return wrapped
 
 
 @dataclass
@@ -85,8 +116,14 @@ class Trainer:
         self.criterion = RateDistortionLoss(config.loss.distortion, config.loss.lmbda)
         self.iteration = 0
         self._eval_images: Optional[list] = None
+        self._first_bad: Optional[Tensor] = None
+        self._first_bad_values: Optional[Tensor] = None
+        self._term_names: list[str] = []
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(perf.amp)
-        self.autocast_dtype = amp if self.device.type == "cuda" else None
+        # fp16 autocast is a CUDA feature; bf16 also runs (slowly, but testably) on CPU.
+        self.autocast_dtype = amp if (self.device.type == "cuda" or amp == torch.bfloat16) else None
+        if self.autocast_dtype is not None:
+            keep_entropy_models_in_fp32(self.model, self.device.type)
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=perf.amp == "fp16" and self.device.type == "cuda")
 
     # ----------------------------------------------------------------- state
@@ -152,14 +189,25 @@ class Trainer:
             M.TRAIN_DISTORTION: rd["distortion"], M.TRAIN_ORTHO_LOSS: ortho, M.TRAIN_AUX_LOSS: aux,
         }
 
-    @staticmethod
-    def _check_finite(terms: dict[str, Tensor], iteration: int) -> None:
+    def _watch_finite(self, terms: dict[str, Tensor], iteration: int) -> None:
+        """Remember the first iteration with a NaN/Inf loss term, without a host sync."""
         values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
-        finite = torch.isfinite(values)
-        if not bool(finite.all()):
-            bad = [name for name, ok in zip(terms, finite.tolist()) if not ok]
-            shown = ", ".join(f"{name}={float(terms[name].detach()):g}" for name in bad)
-            raise TrainingDivergedError(f"non-finite loss at iteration {iteration}: {shown}")
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=values.device)
+            self._first_bad_values = torch.zeros_like(values)
+        newly_bad = (~torch.isfinite(values).all()) & (self._first_bad < 0)
+        self._first_bad = torch.where(newly_bad, torch.full_like(self._first_bad, iteration), self._first_bad)
+        self._first_bad_values = torch.where(newly_bad, values, self._first_bad_values)
+        self._term_names = list(terms)
+
+    def _raise_if_diverged(self) -> None:
+        """One host sync: checked every step on CPU, every ``FINITE_CHECK_EVERY`` steps on GPU."""
+        if self._first_bad is None or int(self._first_bad) < 0:
+            return
+        values = self._first_bad_values.tolist()
+        shown = ", ".join(f"{name}={value:g}" for name, value in zip(self._term_names, values)
+                          if not math.isfinite(value))
+        raise TrainingDivergedError(f"non-finite loss at iteration {int(self._first_bad)}: {shown}")
 
     def train(self) -> Iterator[dict[str, float]]:
         """Train to the budget, yielding the metrics of each evaluation (every ``eval_every``)."""
@@ -178,9 +226,12 @@ class Trainer:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             terms = self._step(batch)
             self.iteration += 1
-            self._check_finite(terms, self.iteration)
+            self._watch_finite(terms, self.iteration)
             stats.add(terms)
-            if self.iteration % schedule.eval_every == 0 or self.iteration >= schedule.iterations:
+            evaluate = self.iteration % schedule.eval_every == 0 or self.iteration >= schedule.iterations
+            if evaluate or self.device.type != "cuda" or self.iteration % FINITE_CHECK_EVERY == 0:
+                self._raise_if_diverged()
+            if evaluate:
                 elapsed = time.perf_counter() - started
                 result = {f"{k}": v for k, v in stats.means().items()}
                 result[M.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
