@@ -59,7 +59,7 @@ def ensure_experiment(client, name: str) -> str:
     return client.create_experiment(name)
 
 
-def start_search_run(tracking_uri: str, experiment: str, experiment_dir: Path, space_file: Path) -> str:
+def start_search_run(tracking_uri: str, experiment: str, experiment_dir: str, space_file: Path) -> str:
     """Create (or find again) the parent run of a search; returns its run id."""
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, experiment)

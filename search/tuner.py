@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,7 @@ from search.errors import LicSearchError
 from search.schedulers import build_scheduler
 from search.searchers import build_search_algorithm, tune_num_samples, tuner_param_space
 from search.space import SearchSpec, load_space
+from search.storage import ExperimentStore
 from trainables import metrics as M
 
 STATE_FILE = "lic_search.json"
@@ -32,18 +34,19 @@ class SearchState:
     name: str
     tracking_uri: str
     parent_run_id: str
-    space_file: str  # the resolved copy inside the experiment folder
+    space_file: str = SPACE_COPY  # the resolved copy, relative to the experiment folder
 
-    def save(self, folder: Path) -> None:
-        (folder / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+    def save(self, store: ExperimentStore) -> None:
+        store.write_text(STATE_FILE, json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, folder: Path) -> "SearchState":
-        path = folder / STATE_FILE
-        if not path.is_file():
-            raise LicSearchError(f"{folder} is not a lic-search experiment folder (no {STATE_FILE}); "
+    def load(cls, store: ExperimentStore) -> "SearchState":
+        if not store.exists(STATE_FILE):
+            raise LicSearchError(f"{store} is not a lic-search experiment folder (no {STATE_FILE}); "
                                  "pass the folder `lic-search run` printed, e.g. lic_search_results/<name>")
-        return cls(**json.loads(path.read_text()))
+        state = json.loads(store.read_text(STATE_FILE))
+        state["space_file"] = Path(state.get("space_file", SPACE_COPY)).name
+        return cls(**state)
 
 
 def _init_ray(address: Optional[str]) -> None:
@@ -58,7 +61,7 @@ def _init_ray(address: Optional[str]) -> None:
              configure_logging=True, logging_level="WARNING")
 
 
-def _tuner(spec: SearchSpec, experiment_dir: Path, state: SearchState, restore: bool):
+def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool):
     from ray import tune
     from trainables.trainable import train_lic
 
@@ -66,11 +69,11 @@ def _tuner(spec: SearchSpec, experiment_dir: Path, state: SearchState, restore: 
     trainable = tune.with_resources(train_lic, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
     callback = tracking.MlflowTrialLogger(state.tracking_uri, state.name, state.parent_run_id)
     if restore:
-        return tune.Tuner.restore(str(experiment_dir), trainable=trainable, param_space=tuner_param_space(spec),
+        return tune.Tuner.restore(store.location, trainable=trainable, param_space=tuner_param_space(spec),
                                   resume_unfinished=True, resume_errored=True, restart_errored=False)
     run_config = tune.RunConfig(
-        name=experiment_dir.name,
-        storage_path=str(experiment_dir.parent),
+        name=store.name,
+        storage_path=store.parent,
         callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=resources.max_failures),
         # PBT restores clones from other trials' checkpoints: keep a few more of them.
@@ -87,10 +90,10 @@ def _tuner(spec: SearchSpec, experiment_dir: Path, state: SearchState, restore: 
     return tune.Tuner(trainable, param_space=tuner_param_space(spec), tune_config=tune_config, run_config=run_config)
 
 
-def _run(spec: SearchSpec, experiment_dir: Path, state: SearchState, restore: bool, address: Optional[str]):
+def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, address: Optional[str]):
     tracking.check_reachable(state.tracking_uri)
     _init_ray(address)
-    tuner = _tuner(spec, experiment_dir, state, restore)
+    tuner = _tuner(spec, store, state, restore)
     status = "FAILED"
     try:
         results = tuner.fit()
@@ -100,7 +103,7 @@ def _run(spec: SearchSpec, experiment_dir: Path, state: SearchState, restore: bo
         tracking.end_search_run(state.tracking_uri, state.parent_run_id, status)
 
 
-def run_search(space_path: Path, storage_path: Path, tracking_uri: Optional[str] = None,
+def run_search(space_path: Path, storage_path: str | Path, tracking_uri: Optional[str] = None,
                address: Optional[str] = None, name: Optional[str] = None):
     """Validate the space, record the parent run, then run the Tuner. Returns (results, folder)."""
     spec = load_space(space_path)
@@ -108,26 +111,32 @@ def run_search(space_path: Path, storage_path: Path, tracking_uri: Optional[str]
         spec.file.name = name
     tracking_uri = tracking_uri or tracking.default_tracking_uri()
     tracking.check_reachable(tracking_uri)
-    experiment_dir = (Path(storage_path) / spec.name).resolve()
-    if (experiment_dir / STATE_FILE).exists():
-        raise LicSearchError(f"{experiment_dir} already holds a search named {spec.name!r}: "
-                             f"continue it with `lic-search resume {experiment_dir}` or pass --name")
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    space_copy = experiment_dir / SPACE_COPY
-    space_copy.write_text(yaml.safe_dump(spec.file.model_dump(mode="json"), sort_keys=False))
-    parent = tracking.start_search_run(tracking_uri, spec.name, experiment_dir, space_copy)
-    state = SearchState(spec.name, tracking_uri, parent, str(space_copy))
-    state.save(experiment_dir)
-    return _run(spec, experiment_dir, state, restore=False, address=address), experiment_dir
+    store = ExperimentStore.under(storage_path, spec.name)
+    if store.exists(STATE_FILE):
+        raise LicSearchError(f"{store} already holds a search named {spec.name!r}: "
+                             f"continue it with `lic-search resume {store}` or pass --name")
+    store.create()
+    space_text = yaml.safe_dump(spec.file.model_dump(mode="json"), sort_keys=False)
+    store.write_text(SPACE_COPY, space_text)
+    with tempfile.TemporaryDirectory() as folder:
+        local_copy = Path(folder) / SPACE_COPY
+        local_copy.write_text(space_text)
+        parent = tracking.start_search_run(tracking_uri, spec.name, store.location, local_copy)
+    state = SearchState(spec.name, tracking_uri, parent)
+    state.save(store)
+    return _run(spec, store, state, restore=False, address=address), store.location
 
 
-def resume_search(experiment_dir: Path, address: Optional[str] = None):
-    """Continue an interrupted search: finished trials stay, unfinished ones restart from checkpoints."""
-    experiment_dir = Path(experiment_dir).resolve()
-    state = SearchState.load(experiment_dir)
+def resume_search(experiment_dir: str | Path, address: Optional[str] = None):
+    """Continue an interrupted search: finished trials stay, unfinished ones go on from checkpoints."""
+    store = ExperimentStore(experiment_dir)
+    state = SearchState.load(store)
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(experiment_dir)):
-        raise LicSearchError(f"{experiment_dir} has no Ray Tune state to restore (was the search started?)")
-    spec = load_space(Path(state.space_file))
-    return _run(spec, experiment_dir, state, restore=True, address=address), experiment_dir
+    if not tune.Tuner.can_restore(store.location):
+        raise LicSearchError(f"{store} has no Ray Tune state to restore (was the search started?)")
+    with tempfile.TemporaryDirectory() as folder:
+        local_copy = Path(folder) / SPACE_COPY
+        local_copy.write_text(store.read_text(state.space_file))
+        spec = load_space(local_copy)
+    return _run(spec, store, state, restore=True, address=address), store.location

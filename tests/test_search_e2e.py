@@ -140,3 +140,18 @@ def test_report_of_a_real_search_has_plots_tables_and_mlflow_artifacts(tmp_path:
                                 filter_string=f"tags.`{T.TAG_ROLE}` = '{T.ROLE_SEARCH}'")[0]
     attached = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {f"report/{name}" for name in pictures + ["report.md"]} <= attached
+
+
+def test_storage_uri_and_resuming_a_finished_search_changes_nothing(tmp_path: Path, ray_cluster):
+    from search.tuner import resume_search, run_search
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = write_space(tmp_path, "uri", {"schedule.iterations": 2}, {"max_concurrent": 2}, {"type": "fifo"})
+    storage = f"file://{tmp_path / 'remote'}"  # any pyarrow filesystem URI: s3://, gs://, ...
+    results, location = run_search(space, storage, tracking_uri=uri)
+    assert location == f"{storage}/uri" and len(results) == 2
+    assert (tmp_path / "remote" / "uri" / "lic_search.json").is_file()
+    again, _ = resume_search(location)
+    assert len(again) == 2 and not any(r.error for r in again)
+    runs = trial_runs("uri", uri)
+    assert len(runs) == 2 and {r.data.tags[T.TAG_STATUS] for r in runs} == {"completed"}

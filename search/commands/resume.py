@@ -9,7 +9,7 @@ from search.commands._shared import add_cluster_options, print_summary
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("resume", help="continue an interrupted search from its experiment folder")
-    parser.add_argument("experiment_dir", type=Path, help="the folder `run` printed, e.g. lic_search_results/quickstart")
+    parser.add_argument("experiment_dir", help="the folder `run` printed, e.g. lic_search_results/quickstart")
     add_cluster_options(parser)
     parser.set_defaults(func=_resume)
 

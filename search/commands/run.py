@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from search.tuner import run_search
 
-    results, folder = run_search(args.space, Path(args.storage_path), tracking_uri=args.tracking_uri,
+    results, folder = run_search(args.space, args.storage_path, tracking_uri=args.tracking_uri,
                                  address=args.address, name=args.name)
     print_summary(results, folder)
     return 0

@@ -1,0 +1,59 @@
+"""The experiment folder, local or remote: a path, or a URI pyarrow understands (s3://, gs://, file://...).
+
+Ray Tune keeps trial checkpoints and its own state there (``storage_path``), so a multi-node
+search needs a location every node can reach; lic-search keeps its few small files beside
+Ray's, through the same pyarrow filesystem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.fs
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+class ExperimentStore:
+    """Small text files in one experiment folder."""
+
+    def __init__(self, location: str | Path):
+        location = str(location)
+        self.location = location.rstrip("/") if is_uri(location) else str(Path(location).resolve())
+        if is_uri(self.location):
+            self.fs, self.path = pyarrow.fs.FileSystem.from_uri(self.location)
+        else:
+            self.fs, self.path = pyarrow.fs.LocalFileSystem(), self.location
+
+    @classmethod
+    def under(cls, storage_path: str | Path, name: str) -> "ExperimentStore":
+        storage = str(storage_path)
+        return cls(f"{storage.rstrip('/')}/{name}" if is_uri(storage) else Path(storage) / name)
+
+    @property
+    def name(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> str:
+        """The ``storage_path`` Ray Tune is given (the experiment folder is ``parent/name``)."""
+        return self.location.rstrip("/").rsplit("/", 1)[0]
+
+    def create(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    def exists(self, file: str) -> bool:
+        return self.fs.get_file_info(f"{self.path}/{file}").type == pyarrow.fs.FileType.File
+
+    def read_text(self, file: str) -> str:
+        with self.fs.open_input_stream(f"{self.path}/{file}") as stream:
+            return stream.read().decode()
+
+    def write_text(self, file: str, text: str) -> None:
+        with self.fs.open_output_stream(f"{self.path}/{file}") as stream:
+            stream.write(text.encode())
+
+    def __str__(self) -> str:
+        return self.location
