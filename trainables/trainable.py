@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -19,15 +20,33 @@ from trainables.engine import Trainer
 from trainables.metrics import NODE_ID
 
 
-def _threads_for_trial() -> int:
-    """Use the CPUs Ray granted this trial, so packed trials do not oversubscribe the cores."""
+def _trial_resources() -> dict[str, float]:
     try:
         from ray import tune
 
-        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    except Exception:
-        cpus = os.cpu_count() or 1
-    return max(1, int(cpus))
+        return dict(tune.get_context().get_trial_resources().required_resources)
+    except Exception:  # called outside a Tune trial (tests, benchmarks)
+        return {"CPU": float(os.cpu_count() or 1)}
+
+
+def threads_for(resources: dict[str, float]) -> int:
+    """Use the CPUs Ray granted this trial, so packed trials do not oversubscribe the cores."""
+    return max(1, int(resources.get("CPU", 1)))
+
+
+def gpu_memory_fraction(resources: dict[str, float]) -> Optional[float]:
+    """The share of one GPU's memory a fractional-GPU trial may use (Ray does not enforce it)."""
+    share = resources.get("GPU", 0.0)
+    return share if 0.0 < share < 1.0 else None
+
+
+def apply_resource_limits(resources: dict[str, float]) -> None:
+    torch.set_num_threads(threads_for(resources))
+    fraction = gpu_memory_fraction(resources)
+    if fraction is not None and torch.cuda.is_available():
+        # Trials packed on one GPU (gpus_per_trial: 0.25) each get at most their share of its
+        # memory; an over-eager trial then fails alone instead of taking its neighbours down.
+        torch.cuda.set_per_process_memory_fraction(fraction)
 
 
 def _node_id() -> str:
@@ -40,7 +59,7 @@ def train_lic(config: dict) -> None:
     """Ray Tune entry point. ``config`` is a nested dict shaped like :class:`TrialConfig`."""
     from ray import tune
 
-    torch.set_num_threads(_threads_for_trial())
+    apply_resource_limits(_trial_resources())
     trial_config = TrialConfig.model_validate(config)
     trainer = Trainer(trial_config)
     checkpoint = tune.get_checkpoint()
