@@ -37,6 +37,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from search.algorithm_config import SchedulerConfig, SearchAlgorithmConfig, check_search_setup, describe_setup
 from search.errors import SpaceError
 from trainables.config import AuxTConfig, TrialConfig
 from trainables.metrics import DEFAULT_METRIC, DEFAULT_MODE
@@ -53,32 +54,6 @@ _EDGE_CAP = 2048  # most edge-value combinations checked for interactions (every
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class SearchAlgorithmConfig(_Strict):
-    """How trial configs are drawn from the space (Ray Tune search algorithm)."""
-
-    algorithm: Literal["random", "optuna"] = Field(
-        "random", description="random: every grid point x num_samples random draws; optuna: TPE over the "
-        "non-grid primitives (grid is not allowed with optuna)."
-    )
-    num_samples: int = Field(1, ge=1, description="Samples per grid point (Ray Tune num_samples).")
-    max_concurrent: Optional[int] = Field(None, ge=1, description="At most this many trials at once; null = "
-                                          "as many as the resources allow.")
-    metric: str = Field(DEFAULT_METRIC, description="Metric the searcher and scheduler optimise.")
-    mode: Literal["min", "max"] = Field(DEFAULT_MODE, description="Whether `metric` is minimised or maximised.")
-    seed: Optional[int] = Field(None, description="Seed of the random draws; null = different every run.")
-
-
-class SchedulerConfig(_Strict):
-    """Early stopping (Ray Tune trial scheduler); time attribute `iterations`, max = the budget."""
-
-    type: Literal["asha", "fifo"] = Field(
-        "asha", description="asha: stop weak trials at rungs; fifo: every trial runs its full budget."
-    )
-    grace_period: int = Field(1, ge=1, description="Iterations before ASHA may stop a trial (<= the budget).")
-    reduction_factor: float = Field(2.0, gt=1.0, description="ASHA keeps 1/reduction_factor of trials per rung.")
-    brackets: int = Field(1, ge=1, description="Number of ASHA brackets.")
 
 
 class ResourcesConfig(_Strict):
@@ -616,6 +591,30 @@ def _check_models(file: str, trials: list[TrialConfig]) -> None:
             except LicSearchError as error:
                 raise SpaceError(file, "trial.model.auxt.stages", f"{error} (backbone {name!r} has "
                                  f"{BACKBONES[name].num_stages} stages)") from None
+    built: set[str] = set()
+    for trial in trials:
+        model = trial.model
+        key = model.model_dump_json()
+        if (model.N is None and model.M is None) or key in built:
+            continue  # registered default widths are tested with the registry
+        built.add(key)
+        _try_build(file, model)
+
+
+def _try_build(file: str, model: Any) -> None:
+    """Build a model at user-set widths once on the CPU, so a width the backbone cannot take
+    (e.g. TCM's M must be a multiple of its 5 slices) fails here, not inside a trial."""
+    import torch
+
+    from trainables.model import create_model
+
+    try:
+        with torch.no_grad():
+            create_model(model)
+    except Exception as error:  # noqa: BLE001  (any builder failure is a property of the config)
+        widths = f"N={model.N}, M={model.M}"
+        raise SpaceError(file, "trial.model", f"backbone {model.backbone!r} cannot be built with {widths}"
+                         f"{' and AuxT' if model.auxt.enabled else ''}: {error}") from None
 
 
 def _check_data(file: str, trials: list[TrialConfig]) -> None:
@@ -643,14 +642,7 @@ def _check_data(file: str, trials: list[TrialConfig]) -> None:
 
 def _check_search(file: str, spec: SearchSpec, trials: list[TrialConfig]) -> None:
     search, scheduler = spec.file.search, spec.file.scheduler
-    if search.algorithm == "optuna":
-        grids = [keys for keys, kind, _ in _sites(spec.file.trial) if kind == "grid"]
-        if grids:
-            raise SpaceError(file, _dotted(grids[0]), "`grid` is not supported with search.algorithm optuna "
-                             "(TPE draws values; it cannot enumerate a grid): use `choice`, or algorithm random")
-    if scheduler.type == "asha" and scheduler.grace_period > spec.budget():
-        raise SpaceError(file, "scheduler.grace_period",
-                         f"must not exceed the iteration budget ({spec.budget()}), but got {scheduler.grace_period}")
+    check_search_setup(search, scheduler, spec.file.trial, spec.budget(), file)
     random_sites = [s for s in _sites(spec.template) if s[1] != "grid"]
     if search.num_samples > 1 and not random_sites:
         spec.warnings.append(f"search.num_samples is {search.num_samples} but nothing is random: each grid "
@@ -739,15 +731,7 @@ def _describe_spec(spec: SearchSpec) -> str:
         decay = ", ".join(str(int(round(m * iterations))) for m in milestones)
         shown.append(f"{iterations}" + (f" (lr decay at {decay})" if decay else ""))
     lines.append(f"iteration budget: {spec.budget()} (max); per trial: {'; '.join(shown)}")
-    s = file.search
-    lines.append(f"search: {s.algorithm}, num_samples {s.num_samples}, max_concurrent {s.max_concurrent or 'unlimited'}, "
-                 f"metric {s.metric} ({s.mode}), seed {s.seed}")
-    sch = file.scheduler
-    if sch.type == "asha":
-        lines.append(f"scheduler: asha, grace_period {sch.grace_period}, reduction_factor {sch.reduction_factor}, "
-                     f"brackets {sch.brackets}, max_t {spec.budget()}")
-    else:
-        lines.append("scheduler: fifo (every trial runs its full budget)")
+    lines.extend(describe_setup(file.search, file.scheduler, spec.budget()))
     r = file.resources
     lines.append(f"resources: {r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU per trial; "
                  f"{r.max_failures} retries from checkpoint")

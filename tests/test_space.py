@@ -48,11 +48,12 @@ CASES = {
     "auxt_knob_when_off": ("trial.model.auxt.wavelet", ["has no effect", "AuxT is off", "db4",
                                                         "set model.auxt.enabled to true"]),
     "grid_value_invalid": ("trial.data.crop_size", ["must be an integer >= 16", "got 8", "grid value 8"]),
-    "optuna_with_grid": ("trial.schedule.lr", ["`grid` is not supported with search.algorithm optuna", "`choice`"]),
+    "optuna_with_grid": ("search.algorithm", ["optuna needs at least one sampled primitive", "use algorithm random"]),
     "stages_out_of_range": ("trial.model.auxt.stages", ["stage indices in 0..3", "[0, 7]", "'mbt2018-mean' has 4 stages"]),
     "primitive_mixed_keys": ("trial.schedule.lr", ["exactly one key (`grid`)", "also has 'choice'"]),
     "missing_iterations": ("trial.schedule.iterations", ["required key missing", "Iteration budget"]),
     "randint_floats": ("trial.schedule.seed", ["`randint` takes integers", "[0.5, 4]"]),
+    "bad_widths": ("trial.model", ["backbone 'tcm-small' cannot be built with N=8, M=16"]),
 }
 
 
@@ -135,8 +136,8 @@ def test_validate_prints_resolved_space_count_budget_and_settings(tmp_path, caps
     assert "crop_size: 64" in out and "batch_size: 8" in out  # defaults filled in
     assert "trials: 4 grid point(s) x 3 sample(s) = 12" in out
     assert "iteration budget: 40 (max); per trial: 20 (lr decay at 10); 40 (lr decay at 20)" in out
-    assert "scheduler: asha, grace_period 10, reduction_factor 2.0, brackets 1, max_t 40" in out
-    assert "search: random, num_samples 3" in out
+    assert "scheduler: asha per stratum, grace_period 10, reduction_factor 2, brackets 1, max_t 40" in out
+    assert "search: random; num_samples 3" in out
 
 
 def test_every_primitive_becomes_its_ray_domain(tmp_path):
