@@ -36,6 +36,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import metrics as M
+from trainables.config import flatten
 from trainables.errors import LicSearchError
 
 logger = logging.getLogger(__name__)
@@ -245,15 +246,8 @@ class StratifiedOptunaSearch(Searcher):
             self.__dict__.update(pickle.load(handle))
 
 
-def _flatten(params: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "/"))
-        else:
-            flat[name] = value
-    return flat
+def _flatten(params: dict) -> dict[str, Any]:
+    return flatten(params, separator="/")
 
 
 # ----------------------------------------------------------------------------- builders

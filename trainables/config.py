@@ -169,13 +169,16 @@ class TrialConfig(_Strict):
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    """Dotted-key view of a nested config (``model.auxt.lambda_orth``), as MLflow params."""
+def flatten(config: dict, prefix: str = "", separator: str = ".") -> dict[str, object]:
+    """Dotted-key view of a nested config (``model.auxt.lambda_orth``), as MLflow params.
+
+    ``separator="/"`` gives Ray Tune's spelling of the same keys (``model/auxt/lambda_orth``).
+    """
     flat: dict[str, object] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
+            flat.update(flatten(value, name + separator, separator))
         else:
             flat[name] = value
     return flat
