@@ -12,6 +12,12 @@ SAMPLES = REPO / "samples" / "kodak-crops"
 SHARED = REPO.parent / "shared"
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import torch  # noqa: E402
+
+# Tiny models on 2 cores: a second intra-op thread only adds contention (tiny TCM passes ran
+# ~35x slower with 2 threads on a loaded machine). Ray trials set their own thread count.
+torch.set_num_threads(1)
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
