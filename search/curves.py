@@ -131,6 +131,25 @@ def curve_from_dict(data: Any, source: str = "<memory>") -> RDCurve:
     )
 
 
+def evaluation_curve(results: Sequence[Any], name: str, description: str = "") -> RDCurve:
+    """One point per evaluated checkpoint (``trainables.evaluation.EvalResult``: means over its images), by rate."""
+    ordered = sorted(results, key=lambda r: r.mean("bpp") or 0.0)
+    ms_ssim = [r.mean("ms_ssim") for r in ordered]
+    return RDCurve(
+        name=name,
+        description=description or "lic-search eval (CompressAI range coder)",
+        bpp=[r.mean("bpp") for r in ordered],
+        psnr=[r.mean("psnr") for r in ordered],
+        ms_ssim=ms_ssim if all(v is not None for v in ms_ssim) else None,
+        extra={
+            "encoding_time": [r.mean("encoding_time") for r in ordered],
+            "decoding_time": [r.mean("decoding_time") for r in ordered],
+            "likelihood_bpp": [r.mean("likelihood_bpp") for r in ordered],
+            "lmbda": [r.lmbda for r in ordered],
+        },
+    )
+
+
 def load_curve(path: Path | str) -> RDCurve:
     """Read a CompressAI results JSON file."""
     path = Path(path)
@@ -151,5 +170,5 @@ def save_curve(curve: RDCurve, path: Path | str) -> Path:
     return path
 
 
-__all__ = ["RDCurve", "CurveError", "curve_from_dict", "load_curve", "save_curve", "shipped_anchor",
+__all__ = ["RDCurve", "CurveError", "curve_from_dict", "evaluation_curve", "load_curve", "save_curve", "shipped_anchor",
            "METRIC_KEYS", "PSNR_KEYS", "MS_SSIM_KEYS", "BPP_KEY"]

@@ -11,7 +11,7 @@ import torch
 
 from search.cli import main
 from search.curves import load_curve
-from search.evaluate import DECODE_TOLERANCE, evaluate_checkpoint, psnr_8bit
+from trainables.evaluation import DECODE_TOLERANCE, evaluate_checkpoint, psnr_8bit
 from tests.conftest import SAMPLES, SHARED, tiny_trial
 from trainables.checkpoint import load_trained_model, save_checkpoint
 from trainables.config import TrialConfig

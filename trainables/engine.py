@@ -21,17 +21,12 @@ from torch import Tensor
 from trainables import metrics as M
 from trainables.checkpoint import capture_rng_state, restore_rng_state
 from trainables.config import TrialConfig
+from trainables.device import resolve_device
 from trainables.errors import TrainingDivergedError
 
 
 # On GPU the NaN/Inf check syncs with the host only this often (and at every evaluation).
 FINITE_CHECK_EVERY = 50
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def lr_factor(iteration: int, schedule) -> float:

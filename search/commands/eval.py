@@ -48,7 +48,8 @@ def _print_table(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.evaluate import DECODE_TOLERANCE, EvaluationError, evaluate_checkpoint, results_curve
+    from search.curves import evaluation_curve
+    from trainables.evaluation import DECODE_TOLERANCE, EvaluationError, evaluate_checkpoint
 
     if args.max_images is not None and args.max_images < 1:
         raise EvaluationError(f"--max-images must be >= 1, got {args.max_images}")
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             failed.append(checkpoint)
     if args.json is not None:
         name = args.name or args.checkpoints[0].resolve().name
-        curve = results_curve(results, name, f"lic-search eval on {args.data} (CompressAI range coder)")
+        curve = evaluation_curve(results, name, f"lic-search eval on {args.data} (CompressAI range coder)")
         payload = curve.to_dict()
         payload["lic_search"] = {"evaluations": [r.to_dict() for r in results]}
         args.json.parent.mkdir(parents=True, exist_ok=True)

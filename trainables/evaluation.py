@@ -20,8 +20,9 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from search.curves import RDCurve
+from trainables.device import resolve_device
 from trainables.errors import LicSearchError
+from trainables.losses import bpp as bits_per_pixel
 
 DECODE_TOLERANCE = 1e-3  # max |decoded − forward x_hat| on [0, 1]; well under one 8-bit level (1/255)
 MS_SSIM_MIN_SIDE = 161  # pytorch_msssim's 5 scales with an 11-tap window need a side > 160
@@ -79,8 +80,17 @@ class EvalResult:
     def decoded_matches(self) -> bool:
         return self.max_decode_error < DECODE_TOLERANCE
 
+    def image_set(self) -> dict[str, Any]:
+        """Which images this ran on (folder, count, ``WxH`` sizes): BD-rate needs the anchor's set."""
+        sizes: dict[str, int] = {}
+        for r in self.images:
+            key = f"{r.width}x{r.height}"
+            sizes[key] = sizes.get(key, 0) + 1
+        return {"folder": self.data, "count": len(self.images), "sizes": sizes}
+
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "data": self.data, "lmbda": self.lmbda,
+                "image_set": self.image_set(),
                 "rate_overhead": self.rate_overhead, "max_decode_error": self.max_decode_error,
                 "decoded_matches": self.decoded_matches,
                 "images": [asdict(r) | {"rate_overhead": r.rate_overhead} for r in self.images]}
@@ -107,10 +117,6 @@ def ms_ssim_8bit(x: Tensor, x_hat: Tensor) -> Optional[float]:
     if min(x.shape[-2:]) < MS_SSIM_MIN_SIDE:
         return None
     return float(ms_ssim(_to_8bit(x).float(), _to_8bit(x_hat).float(), data_range=255.0))
-
-
-def likelihood_bits(likelihoods: dict[str, Tensor]) -> float:
-    return float(sum(torch.log2(l).sum().neg() for l in likelihoods.values()))
 
 
 def bitstream_bytes(strings: Sequence[Sequence[bytes]]) -> int:
@@ -148,21 +154,13 @@ def evaluate_image(model: Any, x: Tensor, name: str = "image") -> ImageResult:
         height=int(height),
         width=int(width),
         bpp=bitstream_bytes(encoded["strings"]) * 8.0 / pixels,
-        likelihood_bpp=likelihood_bits(forward["likelihoods"]) / pixels,
+        likelihood_bpp=float(bits_per_pixel(forward["likelihoods"], pixels)),
         psnr=psnr_8bit(x, x_decoded),
         ms_ssim=ms_ssim_8bit(x, x_decoded),
         encoding_time=encoding_time,
         decoding_time=decoding_time,
         max_decode_error=float((x_decoded - x_forward).abs().max()),
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def evaluate_model(model: Any, data: Path, device: torch.device, checkpoint: str = "<model>",
@@ -193,25 +191,6 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, device: str = "auto",
                           max_images=max_images)
 
 
-def results_curve(results: Sequence[EvalResult], name: str, description: str = "") -> RDCurve:
-    """CompressAI results format: one point per checkpoint (means over the images), sorted by rate."""
-    ordered = sorted(results, key=lambda r: r.mean("bpp") or 0.0)
-    ms_ssim = [r.mean("ms_ssim") for r in ordered]
-    return RDCurve(
-        name=name,
-        description=description or "lic-search eval (CompressAI range coder)",
-        bpp=[r.mean("bpp") for r in ordered],
-        psnr=[r.mean("psnr") for r in ordered],
-        ms_ssim=ms_ssim if all(v is not None for v in ms_ssim) else None,
-        extra={
-            "encoding_time": [r.mean("encoding_time") for r in ordered],
-            "decoding_time": [r.mean("decoding_time") for r in ordered],
-            "likelihood_bpp": [r.mean("likelihood_bpp") for r in ordered],
-            "lmbda": [r.lmbda for r in ordered],
-        },
-    )
-
-
 __all__ = ["ImageResult", "EvalResult", "EvaluationError", "evaluate_image", "evaluate_model",
-           "evaluate_checkpoint", "results_curve", "psnr_8bit", "ms_ssim_8bit", "bitstream_bytes",
-           "likelihood_bits", "DECODE_TOLERANCE"]
+           "evaluate_checkpoint", "psnr_8bit", "ms_ssim_8bit", "bitstream_bytes",
+           "DECODE_TOLERANCE"]
