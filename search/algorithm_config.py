@@ -18,6 +18,7 @@ from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from search.keypath import dotted, primitive_sites
 from trainables import metrics as M
 from trainables.config import TrialConfig
 
@@ -33,7 +34,6 @@ MAXIMISED_METRICS: frozenset[str] = frozenset({M.EVAL_PSNR, M.EVAL_MS_SSIM, M.TR
 DEFAULT_STRATIFY_BY: tuple[str, ...] = ("loss.lmbda", "loss.distortion")
 DEFAULT_OBJECTIVES: tuple[str, ...] = (M.EVAL_BPP, M.EVAL_MSE)
 
-_PRIMITIVES = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
 _CONTINUOUS = ("uniform", "loguniform")  # infinitely many values; quniform and randint give finite strata
 
 
@@ -276,22 +276,10 @@ class SchedulerConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- cross-section checks
-def _primitive(node: Any) -> Optional[str]:
-    if isinstance(node, dict) and len(node) == 1:
-        (key,) = node
-        if key in _PRIMITIVES:
-            return key
-    return None
-
-
-def template_primitives(template: Any, path: str = "") -> Iterator[tuple[str, str]]:
+def template_primitives(template: Any) -> Iterator[tuple[str, str]]:
     """(dotted key, primitive kind) of every sampling primitive in a ``trial`` template."""
-    kind = _primitive(template)
-    if kind is not None:
-        yield path, kind
-    elif isinstance(template, dict):
-        for key, value in template.items():
-            yield from template_primitives(value, f"{path}.{key}" if path else key)
+    for keys, kind, _ in primitive_sites(template):
+        yield dotted(keys, prefix=""), kind
 
 
 class SetupError(ValueError):

@@ -28,6 +28,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
 from search.algorithm_config import DEFAULT_STRATIFY_BY, trial_default
+from search.keypath import get_path
 from trainables import metrics as M
 from trainables.errors import LicSearchError
 
@@ -41,16 +42,6 @@ _STATE_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- strata
-def config_value(config: dict, dotted: str) -> Any:
-    """The value at ``loss.lmbda``-style path of a nested trial config (None when absent)."""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def stratum_key(config: dict, keys: Sequence[str]) -> str:
     """A stable text key of the values that must match for two trials to be compared.
 
@@ -58,7 +49,7 @@ def stratum_key(config: dict, keys: Sequence[str]) -> str:
     unset and ``mse`` are one stratum."""
     parts = []
     for key in keys:
-        value = config_value(config, key)
+        value = get_path(config, key)
         value = trial_default(key) if value is None else value
         parts.append(f"{key}={json.dumps(value, sort_keys=True)}")
     return ", ".join(parts)

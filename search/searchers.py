@@ -35,32 +35,15 @@ from typing import Any, Optional, Union
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search.keypath import get_path, set_path
 from trainables import metrics as M
 from trainables.config import flatten
 from trainables.errors import LicSearchError
 
 logger = logging.getLogger(__name__)
 
-Path_ = tuple  # a key path in a nested config, e.g. ("loss", "lmbda")
-
 
 # ----------------------------------------------------------------------------- helpers
-def _get(config: dict, path: Path_) -> Any:
-    node: Any = config
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def _set(config: dict, path: Path_, value: Any) -> None:
-    node = config
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-    node[path[-1]] = value
-
-
 def grid_cells(space: dict) -> list[tuple[dict, dict]]:
     """Every grid point of a Ray param space: (assignments {dotted key: value}, config with grids resolved).
 
@@ -75,11 +58,11 @@ def grid_cells(space: dict) -> list[tuple[dict, dict]]:
     cells = []
     for value in domain.categories:
         config = copy.deepcopy(space)
-        _set(config, tuple(path), copy.deepcopy(value))
+        set_path(config, tuple(path), copy.deepcopy(value))
         for assignments, resolved in grid_cells(config):
             # a grid value holding grids (the AuxT collapse) is labelled by its resolved value
             inner = {k: v for k, v in assignments.items() if not k.startswith(dotted + ".")}
-            cells.append(({dotted: _get(resolved, tuple(path)), **inner}, resolved))
+            cells.append(({dotted: get_path(resolved, tuple(path)), **inner}, resolved))
     return cells
 
 
@@ -203,8 +186,8 @@ class StratifiedOptunaSearch(Searcher):
         if searcher is not None:
             params = searcher.suggest(trial_id)
             for dotted, value in _flatten(params).items():
-                _set(config, tuple(dotted.split("/")), value)
-            budget = _get(config, ("schedule", "iterations"))
+                set_path(config, tuple(dotted.split("/")), value)
+            budget = get_path(config, ("schedule", "iterations"))
             if budget is not None:
                 searcher.budgets[trial_id] = int(budget)
         self._counts[index] += 1

@@ -1,0 +1,64 @@
+"""Key paths into nested trial configs and the sampling primitives a space template holds.
+
+One place for what the space loader, the algorithm checks, the searchers and the
+schedulers all need: reading and writing a value at ``("loss", "lmbda")`` (or the dotted
+``"loss.lmbda"``), and finding the one-key ``{grid: [...]}``-style primitives in a template.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+#: The sampling primitives of a space file's ``trial`` section (a mapping with one of these as its only key).
+PRIMITIVES: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
+
+Keys = tuple  # a key path inside a nested config, e.g. ("model", "auxt", "lambda_orth")
+KeyPath = Union[Keys, str]  # a tuple of keys, or the same keys joined by dots ("loss.lmbda")
+
+
+def as_keys(path: KeyPath) -> Keys:
+    """``"loss.lmbda"`` -> ``("loss", "lmbda")``; tuples pass through."""
+    return tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+
+
+def dotted(keys: Keys, prefix: str = "trial") -> str:
+    """``("loss", "lmbda")`` -> ``"trial.loss.lmbda"`` (the spelling of error messages)."""
+    return ".".join([prefix, *map(str, keys)]) if prefix else ".".join(map(str, keys))
+
+
+def get_path(config: Any, path: KeyPath, default: Any = None) -> Any:
+    """The value at ``path``, or ``default`` where a key is missing or a node is not a mapping."""
+    node = config
+    for key in as_keys(path):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def set_path(config: dict, path: KeyPath, value: Any) -> None:
+    """Set the value at ``path``, creating missing intermediate mappings."""
+    keys = as_keys(path)
+    node = config
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def primitive(node: Any) -> Optional[tuple[str, Any]]:
+    """``(kind, args)`` when ``node`` is a sampling primitive (``{grid: [...]}``), else None."""
+    if isinstance(node, dict) and len(node) == 1:
+        (key, value), = node.items()
+        if key in PRIMITIVES:
+            return key, value
+    return None
+
+
+def primitive_sites(node: Any, keys: Keys = ()) -> list[tuple[Keys, str, Any]]:
+    """Every primitive in a template: (key path, kind, args), in file order; not inside primitives."""
+    found = primitive(node)
+    if found is not None:
+        return [(keys, *found)]
+    if isinstance(node, dict):
+        return [site for key, value in node.items() for site in primitive_sites(value, keys + (key,))]
+    return []

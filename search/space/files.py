@@ -1,0 +1,36 @@
+"""The pydantic models of a space file's top level (``trial`` stays a plain template here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from search.algorithm_config import SchedulerConfig, SearchAlgorithmConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourcesConfig(_Strict):
+    """What one trial holds while it runs."""
+
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial (data loading).")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial; fractions pack small trials on one GPU.")
+    max_failures: int = Field(2, ge=0, description="Retries of a crashed trial from its last checkpoint.")
+
+
+class SpaceFile(_Strict):
+    """A search-space file (the YAML's top level)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$",
+                      description="Search name: MLflow experiment and results folder (letters, digits, _ . -).")
+    description: str = Field("", description="Free text; presets state their GPU budget here.")
+    trial: dict[str, Any] = Field(..., description="Trial config template (trainables.config.TrialConfig); any "
+                                  "value may be a sampling primitive.")
+    search: SearchAlgorithmConfig = Field(default_factory=SearchAlgorithmConfig,
+                                          description="Search algorithm settings.")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="Trial scheduler settings.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Per-trial resources.")
+

@@ -1,0 +1,125 @@
+"""Reading a space file: safe YAML with key paths, the top-level models, data paths; then validation.
+
+:func:`load_space` is the one entry point: it parses, resolves relative data folders against
+the file's folder and hands the spec to :mod:`search.space.validate`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from search import keypath as kp
+from search.errors import SpaceError
+from search.space.files import SpaceFile
+from search.space.spec import SearchSpec
+from search.space.validate import check_spec, check_structure, pydantic_error
+
+
+def load_yaml(file: str, text: str) -> Any:
+    """``safe_load`` plus two checks with key paths: no duplicate keys, no non-standard tags."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError as error:
+            raise _yaml_error(file, error) from None
+        if node is None:
+            return None
+        _check_nodes(file, node, ())
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError as error:
+            raise _yaml_error(file, error) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(file: str, error: yaml.YAMLError) -> SpaceError:
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(error, "problem", None) or str(error)
+    return SpaceError(file, "", f"invalid YAML{where}: {problem}")
+
+
+def _check_nodes(file: str, node: yaml.Node, keys: kp.Keys) -> None:
+    line = f"line {node.start_mark.line + 1}"
+    if node.tag not in yaml.SafeLoader.yaml_constructors:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise SpaceError(file, ".".join(map(str, keys)), f"YAML tag {tag} ({line}) is not allowed: space files are "
+                         "loaded safely, so tags like !!python/object that build Python objects are refused; "
+                         "write plain mappings, lists, strings, numbers and booleans")
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
+            if key in seen:
+                raise SpaceError(file, ".".join(map(str, keys + (key,))),
+                                 f"duplicate key (line {seen[key]} and line {key_node.start_mark.line + 1}); "
+                                 "a YAML mapping may set each key once")
+            seen[key] = key_node.start_mark.line + 1
+            _check_nodes(file, key_node, keys)
+            _check_nodes(file, value_node, keys + (key,))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_nodes(file, item, keys + (index,))
+
+
+
+def _resolve_path(file: str, where: str, value: Any, base: Path) -> Any:
+    if not isinstance(value, str):
+        return value
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        raise SpaceError(file, where, f"environment variable in {value!r} is not set")
+    path = Path(expanded)
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def resolve_paths(file: str, trial: dict, base: Path) -> None:
+    """Data folders relative to the space file (inside grid/choice values too)."""
+    data = trial.get("data")
+    datas = kp.primitive(data)[1] if kp.primitive(data) and isinstance(kp.primitive(data)[1], list) else [data]
+    for entry in datas:
+        if not isinstance(entry, dict):
+            continue
+        for key in ("train", "eval"):
+            value = entry.get(key)
+            where = f"trial.data.{key}"
+            primitive = kp.primitive(value)
+            if primitive is None:
+                entry[key] = _resolve_path(file, where, value, base)
+            elif primitive[0] in ("grid", "choice") and isinstance(primitive[1], list):
+                value[primitive[0]] = [_resolve_path(file, where, v, base) for v in primitive[1]]
+
+
+
+def load_space(path: str | Path, check_data: bool = True) -> SearchSpec:
+    """Read, validate and resolve a space file; raise :class:`SpaceError` on any problem."""
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise SpaceError(file, "", "file not found")
+    raw = load_yaml(file, path.read_text())
+    if not isinstance(raw, dict):
+        raise SpaceError(file, "", "a space file is a mapping with keys " + ", ".join(SpaceFile.model_fields)
+                         + f"; got {type(raw).__name__}")
+    try:
+        space = SpaceFile.model_validate(raw)
+    except ValidationError as error:
+        raise pydantic_error(file, SpaceFile, error, "") from None
+    if kp.primitive(space.trial) is not None:
+        raise SpaceError(file, "trial", "the trial section is a mapping of trial keys (model, data, loss, "
+                         "schedule, performance); put sampling primitives on its values")
+    check_structure(file, space.trial)
+    resolve_paths(file, space.trial, path.parent)
+    spec = SearchSpec(path.resolve(), space)
+    check_spec(file, spec, check_data)
+    return spec
+

@@ -1,0 +1,157 @@
+"""A validated space (:class:`SearchSpec`): the AuxT collapse, Ray Tune domains, edge configs.
+
+The edge configs are the plain trial configs validation must see: every value of every
+grid/choice and both ends of every range, alone and (up to ``EDGE_CAP``) in combination.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from search import keypath as kp
+from search.space.describe import describe_spec
+from search.space.files import SpaceFile
+
+AUXT_PATH = ("model", "auxt")
+EDGE_CAP = 2048  # most edge-value combinations checked for interactions (every single value is always checked)
+
+
+def edge_values(kind: str, args: list) -> list:
+    """Values a primitive can produce that validation must see: all of a grid/choice, the ends of a range."""
+    if kind in ("grid", "choice"):
+        return list(args)
+    if kind == "randint":
+        return [args[0], args[1] - 1]
+    if kind == "quniform":
+        low, high, q = args
+        return [round(low / q) * q, round(high / q) * q]
+    return [args[0], args[1]]
+
+
+
+def collapse_auxt(template: dict) -> tuple[dict, Optional[str]]:
+    """Vary AuxT knobs only where AuxT is on (module docstring). Returns (template, note or None).
+
+    ``enabled: {grid: [true, false]}`` beside other ``model.auxt`` keys becomes one grid over
+    whole ``auxt`` mappings: one per combination of the knobs' grid values with AuxT on, and
+    a single ``{enabled: false}`` (knobs at their defaults). Non-grid primitives stay inside
+    the AuxT-on mappings, where Ray resolves them.
+    """
+    auxt = kp.get_path(template, AUXT_PATH)
+    if not isinstance(auxt, dict) or kp.primitive(auxt) is not None:
+        return template, None
+    enabled = kp.primitive(auxt.get("enabled"))
+    knobs = {k: v for k, v in auxt.items() if k != "enabled"}
+    if enabled is None or enabled[0] != "grid" or not knobs:
+        return template, None
+    values = enabled[1]
+    if not (any(v is True for v in values) and any(v is False for v in values)):
+        return template, None
+    grid_knobs = [(k, v["grid"]) for k, v in knobs.items() if kp.primitive(v) and kp.primitive(v)[0] == "grid"]
+    on_variants = []
+    for combo in itertools.product(*(vals for _, vals in grid_knobs)):
+        variant = {"enabled": True, **copy.deepcopy(knobs)}
+        for (key, _), value in zip(grid_knobs, combo):
+            variant[key] = value
+        on_variants.append(variant)
+    variants = []
+    for value in values:
+        variants.extend(on_variants if value is True else [{"enabled": False}])
+    collapsed = copy.deepcopy(template)
+    kp.set_path(collapsed, AUXT_PATH, {"grid": variants})
+    naive = len(values) * len(on_variants)
+    note = (f"model.auxt: AuxT knobs vary only where AuxT is on: {len(on_variants)} AuxT-on + 1 AuxT-off "
+            f"grid points (not {naive})")
+    return collapsed, note
+
+
+
+class SearchSpec:
+    """A validated space: what the tuner needs, and the resolved template for display."""
+
+    def __init__(self, path: Path, file: SpaceFile):
+        self.path = path
+        self.file = file
+        self.template, self.collapse_note = collapse_auxt(file.trial)
+        self.warnings: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    def param_space(self) -> dict:
+        """The trial template (AuxT-collapsed) with primitives turned into Ray Tune domains."""
+        from ray import tune
+
+        def to_domain(node: Any) -> Any:
+            primitive = kp.primitive(node)
+            if primitive is None:
+                if isinstance(node, dict):
+                    return {k: to_domain(v) for k, v in node.items()}
+                return node
+            kind, args = primitive
+            if kind == "grid":
+                return tune.grid_search([to_domain(a) for a in args])
+            if kind == "choice":
+                return tune.choice(list(args))
+            if kind == "uniform":
+                return tune.uniform(*args)
+            if kind == "loguniform":
+                return tune.loguniform(*args)
+            if kind == "randint":
+                return tune.randint(*args)
+            return tune.quniform(*args)
+
+        return to_domain(self.template)
+
+    def grid_size(self) -> int:
+        """Grid points: the product of the grid sizes (after the AuxT collapse)."""
+        return math.prod(len(args) for _, kind, args in kp.primitive_sites(self.template) if kind == "grid")
+
+    def trial_count(self) -> int:
+        return self.grid_size() * self.file.search.num_samples
+
+    def configs(self) -> Iterator[dict]:
+        """Plain trial configs covering every value of every primitive (see :func:`_edge_configs`).
+
+        Drawn from the file's template, not the AuxT-collapsed one: the same values, but no
+        primitive sits inside another's values there."""
+        return edge_configs(self.file.trial)
+
+    def budget(self) -> int:
+        """The largest iteration budget any trial can get (ASHA's max_t)."""
+        return max(int(c["schedule"]["iterations"]) for c in self.configs())
+
+    def describe(self) -> str:
+        """What `lic-search validate` prints: resolved template, counts, budget and settings."""
+        return describe_spec(self)
+
+
+def edge_configs(template: dict) -> Iterator[dict]:
+    """Plain configs: the base (every primitive at its first edge value), each other edge value of
+    each primitive alone, then edge-value combinations (capped at ``EDGE_CAP``)."""
+    sites = [(keys, edge_values(kind, args)) for keys, kind, args in kp.primitive_sites(template)]
+
+    def build(values: list) -> dict:
+        config = copy.deepcopy(template)
+        for (keys, _), value in zip(sites, values):
+            if keys:
+                kp.set_path(config, keys, copy.deepcopy(value))
+            else:
+                config = copy.deepcopy(value)
+        return config
+
+    base = [values[0] for _, values in sites]
+    yield build(base)
+    for index, (_, values) in enumerate(sites):
+        for value in values[1:]:
+            yield build(base[:index] + [value] + base[index + 1:])
+    for count, combo in enumerate(itertools.product(*(values for _, values in sites))):
+        if count >= EDGE_CAP:
+            return
+        yield build(list(combo))
+
