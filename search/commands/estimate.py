@@ -1,0 +1,102 @@
+"""`lic-search estimate SPACE.yaml`: time a few real steps, print what the whole search will cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.errors import LicSearchError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "estimate", help="predict a search's device-hours and wall time from a few timed training steps",
+        description="Time a few real training steps (the training engine, on this machine's GPU if it has one, "
+                    "else its CPU) of each distinct model/batch/crop/precision configuration in the space, and "
+                    "print the device-hours of the whole search: as a grid (every trial its full budget) and "
+                    "under its ASHA schedule (from the rungs), and the wall time on --gpus GPUs.",
+    )
+    parser.add_argument("space", type=Path, help="search-space YAML file (see spaces/)")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per configuration (default 30)")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="untimed steps first; also the length of each timed interval (default 10)")
+    parser.add_argument("--gpus", type=int, default=1,
+                        help="GPUs the search will have, for the wall time (default 1); trials per GPU come "
+                             "from resources.gpus_per_trial")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="time on this image folder instead of the space's data (the step time depends on "
+                             "crop and batch size, not on the images), e.g. samples/kodak-crops/train")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to time the steps (default: a GPU if present, else the CPU)")
+    parser.set_defaults(func=_estimate)
+
+
+def _hours(value: float) -> str:
+    if value >= 10:
+        return f"{value:,.0f} h"
+    if value >= 1:
+        return f"{value:.1f} h"
+    return f"{value:.3g} h ({value * 60:.3g} min)"
+
+
+def _estimate(args) -> int:
+    import torch
+
+    from search.estimate import estimate, plan_trials
+    from search.space import load_space
+    from search.step_timing import device_label, seconds_per_iteration
+    from trainables.engine import resolve_device
+    from trainables.trainable import apply_resource_limits
+
+    if args.steps < 1 or args.warmup < 1 or args.gpus < 1:
+        raise LicSearchError(f"--steps, --warmup and --gpus must be at least 1, got {args.steps}, {args.warmup}, "
+                             f"{args.gpus}")
+    if args.data is not None and not args.data.is_dir():
+        raise LicSearchError(f"--data: {args.data} is not a folder of images")
+    spec = load_space(args.space, check_data=args.data is None)
+    file = spec.file
+    resources = file.resources
+    device = resolve_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LicSearchError("--device cuda: this machine has no CUDA GPU; use --device cpu or auto")
+    apply_resource_limits({"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial})
+    trials = plan_trials(spec.template, file.search.num_samples, file.search.stratify_by, seed=file.search.seed)
+    kind = "GPU" if device.type == "cuda" else "CPU"
+    print(f"space: {spec.path} ({file.name}): {len(trials)} trials, scheduler {file.scheduler.type}")
+    print(f"timed on: {device_label(device)}" + ("" if kind == "GPU" else
+          "  -- no GPU used: these are CPU timings, CPU-hours, not GPU-hours"))
+    seconds = {}
+    first = {}
+    for trial in trials:
+        first.setdefault(trial.step, trial.config)
+    for step, config in sorted(first.items()):
+        seconds[step] = seconds_per_iteration(config, steps=args.steps, warmup=args.warmup, data=args.data,
+                                              device=device)
+        count = sum(1 for t in trials if t.step == step)
+        print(f"  {step.label()}: {seconds[step]:.4g} s/iteration ({count} trial(s))", flush=True)
+    result = estimate(trials, seconds, file.scheduler, gpus=args.gpus, gpus_per_trial=resources.gpus_per_trial,
+                      max_concurrent=file.search.max_concurrent)
+    unit = f"{kind}-hours"
+    print(f"\ngrid (every trial its full budget): {result.grid_iterations:,} iterations, "
+          f"{_hours(result.grid_hours).replace(' h', ' ' + unit, 1)}")
+    if result.asha_hours is not None:
+        print(f"ASHA (grace_period {file.scheduler.grace_period}, reduction_factor {file.scheduler.reduction_factor:g}; "
+              f"per stratum ceil(n/{file.scheduler.reduction_factor:g}) pass each rung, the costliest kept): "
+              f"{result.asha_iterations:,} iterations, {_hours(result.asha_hours).replace(' h', ' ' + unit, 1)}")
+        for rung in result.rungs:
+            print(f"  rung {rung.milestone:g}: {rung.reach} trial(s) reach it, {rung.passed} go on")
+    else:
+        print(f"ASHA: none (scheduler {file.scheduler.type}: every trial runs its full budget, as the grid)")
+    if resources.gpus_per_trial > 0:
+        where = (f"{args.gpus} GPU(s), gpus_per_trial {resources.gpus_per_trial:g}: {result.concurrent} trial(s) "
+                 "at once")
+    else:
+        where = (f"CPU trials (gpus_per_trial 0; --gpus ignored): {result.concurrent} at once"
+                 + (" (search.max_concurrent)" if file.search.max_concurrent else ""))
+    wall = f"wall time on {where}: grid {_hours(result.grid_wall_hours)}"
+    if result.asha_wall_hours is not None:
+        wall += f", ASHA {_hours(result.asha_wall_hours)}"
+    print(wall)
+    if 0 < resources.gpus_per_trial < 1:
+        print("note: trials sharing a GPU are assumed to split it (no speed-up from packing); "
+              "bench/gpu_acceptance.py measures the real packing gain")
+    return 0

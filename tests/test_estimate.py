@@ -1,0 +1,150 @@
+"""`lic-search estimate`: the cost arithmetic (numbers worked out by hand), the trial plan of a
+space, the presets' stated GPU budgets, and the command on the quickstart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from search.cli import main
+from search.estimate import StepConfig, TrialPlan, asha_rungs, estimate, plan_trials
+from search.space import load_space
+
+REPO = Path(__file__).resolve().parents[1]
+X = StepConfig("mbt2018-mean", 8, 16, "off", 2, 64, "none", False, False)
+Y = StepConfig("mbt2018-mean", 8, 16, "on", 2, 64, "none", False, False)
+SECONDS = {X: 0.5, Y: 1.0}
+
+
+def _trial(step: StepConfig, iterations: int, eval_every: int, stratum: str) -> TrialPlan:
+    return TrialPlan(step, iterations, eval_every, (stratum,), {})
+
+
+def _trials() -> list[TrialPlan]:
+    """Stratum A: two cheap (X, reports every 150) and two dear (Y) trials of 1000 iterations;
+    stratum B: one X trial of 300 iterations."""
+    return [_trial(X, 1000, 150, "A"), _trial(X, 1000, 150, "A"), _trial(Y, 1000, 100, "A"),
+            _trial(Y, 1000, 100, "A"), _trial(X, 300, 100, "B")]
+
+
+def _asha(**overrides) -> SimpleNamespace:
+    values = dict(type="asha", grace_period=100, reduction_factor=2.0, brackets=1, max_t=None)
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def test_rungs_match_the_scheduler() -> None:
+    """grace 100, η 2, max_t 1000: rungs 100, 200, 400, 800, as StratifiedASHA builds them."""
+    from search.schedulers import _Bracket
+
+    assert asha_rungs(100, 1000, 2.0) == [100, 200, 400, 800]
+    for grace, max_t, eta, s in [(100, 600, 2.0, 0), (5000, 600000, 3.0, 0), (7, 1000, 4.0, 1)]:
+        assert asha_rungs(grace, max_t, eta, s) == sorted(m for m, _ in _Bracket(grace, max_t, eta, s).rungs)
+
+
+def test_grid_and_asha_arithmetic_by_hand() -> None:
+    result = estimate(_trials(), SECONDS, _asha(), gpus=2, gpus_per_trial=1.0)
+    assert result.trials == 5
+    # Grid: X 2*1000*0.5 + Y 2*1000*1.0 + B 300*0.5 = 3150 s.
+    assert result.grid_iterations == 4300
+    assert result.grid_hours == pytest.approx(3150 / 3600)
+    # ASHA, stratum A: rung 100 keeps the two Y (costliest); the X trials stop at their first
+    # report after 100, i.e. 150. Rung 200 keeps one Y, the other stops at 200; the last goes
+    # to 1000. Stratum B runs its whole 300 (no rung beyond 200 before its budget ends).
+    # Iterations 150+150+200+1000+300 = 1800; seconds 75+75+200+1000+150 = 1500.
+    assert result.asha_iterations == 1800
+    assert result.asha_hours == pytest.approx(1500 / 3600)
+    assert [(r.milestone, r.reach, r.passed) for r in result.rungs] == [
+        (100, 5, 3), (200, 3, 2), (400, 1, 1), (800, 1, 1)]
+    # Wall time on 2 GPUs, longest first: grid 1000|1000, +500|+500, +150 -> 1650 s;
+    # ASHA 1000 | 200+150+75+75 = 500 -> 1000 s.
+    assert result.concurrent == 2
+    assert result.grid_wall_hours == pytest.approx(1650 / 3600)
+    assert result.asha_wall_hours == pytest.approx(1000 / 3600)
+
+
+def test_fractional_multi_gpu_and_cpu_trials() -> None:
+    # 4 trials share 1 GPU (0.25 each), each 4x slower: durations 4000, 4000, 2000, 2000, 600 s
+    # on 4 slots -> 4000 s. Packing is assumed to give no speed-up: device-hours = trial-hours.
+    packed = estimate(_trials(), SECONDS, _asha(), gpus=1, gpus_per_trial=0.25)
+    assert packed.concurrent == 4
+    assert packed.grid_hours == pytest.approx(3150 / 3600)
+    assert packed.grid_wall_hours == pytest.approx(4000 / 3600)
+    # A 2-GPU trial on 4 GPUs: 2 at once, twice the device-hours.
+    wide = estimate(_trials(), SECONDS, _asha(), gpus=4, gpus_per_trial=2.0)
+    assert wide.concurrent == 2
+    assert wide.grid_hours == pytest.approx(2 * 3150 / 3600)
+    # CPU trials: --gpus is ignored, max_concurrent sets the slots: 1000 | 1000 | 500, +500 -> 1000, +150 -> 1150 s.
+    cpu = estimate(_trials(), SECONDS, _asha(), gpus=8, gpus_per_trial=0.0, max_concurrent=3)
+    assert cpu.concurrent == 3 and cpu.devices == 0
+    assert cpu.grid_wall_hours == pytest.approx(1150 / 3600)
+
+
+def test_fifo_has_no_early_stopping() -> None:
+    result = estimate(_trials(), SECONDS, _asha(type="fifo"), gpus=1)
+    assert result.asha_hours is None and result.asha_iterations is None and result.rungs == []
+    assert result.grid_hours == pytest.approx(3150 / 3600)
+
+
+def test_plan_of_a_space_with_known_counts(tmp_path: Path) -> None:
+    """AuxT on/off x 2 λ x 3 samples = 12 trials: 2 step configurations, 2 strata of 6."""
+    data = (REPO / "samples" / "kodak-crops" / "train").as_posix()
+    space = tmp_path / "space.yaml"
+    space.write_text(f"""
+name: known
+trial:
+  model: {{backbone: mbt2018-mean, N: 8, M: 16, auxt: {{enabled: {{grid: [true, false]}}}}}}
+  data: {{train: {data}, eval: {data}, crop_size: 64, batch_size: 2}}
+  loss: {{lmbda: {{grid: [0.0067, 0.013]}}}}
+  schedule: {{iterations: 400, eval_every: 50, lr: {{loguniform: [0.0001, 0.001]}}}}
+search: {{num_samples: 3, seed: 1}}
+scheduler: {{type: asha, grace_period: 50, reduction_factor: 2}}
+""")
+    spec = load_space(space)
+    trials = plan_trials(spec.template, spec.file.search.num_samples, spec.file.search.stratify_by, seed=1)
+    assert len(trials) == spec.trial_count() == 12
+    assert sorted({t.step.auxt for t in trials}) == ["off", "on"]
+    assert sum(t.step.auxt == "on" for t in trials) == 6
+    assert len({t.stratum for t in trials}) == 2
+    assert {t.iterations for t in trials} == {400}
+    assert len({t.config["schedule"]["lr"] for t in trials}) == 12  # drawn per trial
+    # Rungs 50, 100, 200 (400 = max_t is the end): per stratum 6 -> 3 -> 2 -> 1.
+    result = estimate(trials, {t.step: 0.01 for t in trials}, spec.file.scheduler, gpus=1)
+    assert [(r.reach, r.passed) for r in result.rungs] == [(12, 6), (6, 4), (4, 2)]
+    assert result.asha_iterations == 2 * (3 * 50 + 1 * 100 + 1 * 200 + 1 * 400)
+
+
+# Paper Table 1: GPU-hours per 0.6M iterations on an RTX 4090-class GPU, without / with AuxT.
+TABLE1_HOURS = {"mbt2018-mean": (15, 18), "elic": (43, 46), "tcm-small": (72, 75), "tcm-large": (100, 105)}
+PRESETS = sorted((REPO / "spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in PRESETS if p.name != "quickstart.yaml"], ids=lambda p: p.stem)
+def test_preset_description_budget_matches_the_arithmetic(path: Path) -> None:
+    """Each full preset's "~N GPU-hours" total = its trials x budgets at the paper's per-iteration
+    GPU time (Table 1; no GPU here, so the presets' own assumption, not a measurement)."""
+    spec = load_space(path, check_data=False)
+    trials = plan_trials(spec.template, spec.file.search.num_samples, spec.file.search.stratify_by)
+    seconds = {t.step: TABLE1_HOURS[t.step.backbone][t.step.auxt != "off"] * 3600 / 600_000 for t in trials}
+    result = estimate(trials, seconds, spec.file.scheduler, gpus=1, gpus_per_trial=spec.file.resources.gpus_per_trial)
+    stated = re.findall(r"~([\d,]+) GPU-hours\.?\s*$", spec.file.description)
+    assert stated, f"{path.name}: description states no total '~N GPU-hours': {spec.file.description!r}"
+    total = float(stated[-1].replace(",", ""))
+    assert total == pytest.approx(result.grid_hours, rel=0.03), (path.name, result.grid_hours)
+    counted = re.findall(r"(\d+) trials", spec.file.description)
+    assert counted and int(counted[-1]) == spec.trial_count() == result.trials
+
+
+def test_estimate_command_on_the_quickstart(capsys) -> None:
+    assert main(["estimate", str(REPO / "spaces" / "quickstart.yaml"), "--steps", "4", "--warmup", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "no GPU used: these are CPU timings" in out or "timed on: NVIDIA" in out
+    grid = re.search(r"^grid \(every trial its full budget\): 5,400 iterations, ([\d.]+) (CPU|GPU)-hours", out, re.M)
+    asha = re.search(r"^ASHA .*: 2,400 iterations, ([\d.]+) (CPU|GPU)-hours", out, re.M)
+    assert grid and asha, out
+    assert 0 < float(asha.group(1)) < float(grid.group(1))
+    assert re.search(r"rung 100: 9 trial\(s\) reach it, 5 go on", out)
+    assert re.search(r"^wall time on .*: grid [\d.]+ h.*, ASHA [\d.]+ h", out, re.M)
