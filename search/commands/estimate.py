@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.errors import LicSearchError
-from trainables.device import DEVICE_NAMES
 
 
 def register(subparsers) -> None:
@@ -26,7 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="time on this image folder instead of the space's data (the step time depends on "
                              "crop and batch size, not on the images), e.g. samples/kodak-crops/train")
-    parser.add_argument("--device", choices=DEVICE_NAMES, default="auto",
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to time the steps (default: a GPU if present, else the CPU)")
     parser.set_defaults(func=_estimate)
 
