@@ -4,12 +4,25 @@ Logging happens on the Ray driver through a Tune callback, so trials on other no
 access to the tracking server. The callback is idempotent across ``lic-search resume``: a
 trial's child run is found again by its ``lic_search.trial_id`` tag and its metric history
 continues where MLflow has it (steps already logged are not logged twice).
+
+PBT branches: an exploit restarts a trial from another trial's checkpoint (at that trial's
+iteration) with a perturbed config. The logger sees this when the trial starts again: its
+checkpoint was written by another trial, or its config differs from the branch MLflow has.
+Then it opens a new *generation*: tags ``lic_search.pbt.branch``/``.generation``, metric
+``pbt/generation`` at every step, and the history is logged again from the cloned iteration
+on. A trial restarting from its own checkpoint with an unchanged config (a resume, a retry) is
+the same branch, so steps MLflow already has are still skipped. Hyperparameters that differ
+from the run's (immutable) params are shown as tags ``lic_search.hparam.<key>`` and, when
+numeric, as stepped metrics ``hparams/<key>``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +30,7 @@ import yaml
 from ray import tune
 
 from search import mlflow_names as T
+from search.algorithm_config import DEFAULT_STRATIFY_BY
 from search.errors import TrackingError
 from search.families import family_key
 from trainables import metrics as M
@@ -71,9 +85,17 @@ def start_search_run(tracking_uri: str, experiment: str, experiment_dir: str, sp
     if existing:
         return existing[0].info.run_id
     run = client.create_run(experiment_id, run_name=experiment,
-                            tags={T.TAG_ROLE: T.ROLE_SEARCH, T.TAG_SEARCH_DIR: str(experiment_dir)})
+                            tags={T.TAG_ROLE: T.ROLE_SEARCH, T.TAG_SEARCH_DIR: str(experiment_dir),
+                                  T.TAG_STRATIFY_BY: json.dumps(stratify_keys(space_file))})
     client.log_artifact(run.info.run_id, str(space_file))
     return run.info.run_id
+
+
+def stratify_keys(space_file: Path) -> list[str]:
+    """The ``search.stratify_by`` of a (resolved) space file: the keys that define a rate point."""
+    space = yaml.safe_load(Path(space_file).read_text()) or {}
+    keys = (space.get("search") or {}).get("stratify_by")
+    return list(DEFAULT_STRATIFY_BY) if keys is None else [str(k) for k in keys]
 
 
 def end_search_run(tracking_uri: str, run_id: str, status: str) -> None:
@@ -89,6 +111,50 @@ def _param_value(value: Any) -> str:
     return str(value)[:6000]
 
 
+def _param_strings(config: dict) -> dict[str, str]:
+    """A config as MLflow params hold it: flattened, every value ``str``-ed."""
+    return {key: _param_value(value) for key, value in flatten(config).items()}
+
+
+def _signature(params: dict[str, str]) -> str:
+    return hashlib.sha1(json.dumps(sorted(params.items())).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Branch:
+    """The PBT branch a trial's run is recording: generation 0 is the trial's own start."""
+
+    generation: int = 0
+    cloned_from: Optional[str] = None  # trial id whose checkpoint the branch started from
+    at_iteration: int = 0  # iteration of that checkpoint: the branch's history starts after it
+    checkpoint: Optional[str] = None
+    signature: str = ""  # of the config the branch trains with (see _signature)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The checkpoint a (re)started trial resumes from."""
+
+    trial_id: str
+    iteration: int
+    path: str
+
+
+def _checkpoint_origin(trial) -> Optional[Origin]:
+    """Where the trial's next start restores from: its own checkpoint or (after a PBT exploit) another's."""
+    latest = getattr(trial, "latest_checkpoint_result", None)
+    checkpoint = getattr(latest, "checkpoint", None)
+    if checkpoint is None:
+        return None
+    metrics = getattr(latest, "metrics", None) or {}
+    path = str(getattr(checkpoint, "path", ""))
+    writer = metrics.get("trial_id")
+    if not writer:  # older results: tell by the folder the checkpoint lies in
+        own = str(getattr(trial, "path", "") or "")
+        writer = trial.trial_id if own and path.startswith(own) else "another trial"
+    return Origin(str(writer), int(metrics.get(M.ITERATIONS, 0) or 0), path)
+
+
 class MlflowTrialLogger(tune.Callback):
     """Ray Tune callback writing each trial to its own child run."""
 
@@ -97,14 +163,25 @@ class MlflowTrialLogger(tune.Callback):
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self._client = None
+        self._reset()
+
+    def _reset(self) -> None:
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._last_iteration: dict[str, int] = {}
+        self._branches: dict[str, Branch] = {}
+        self._initial: dict[str, dict[str, str]] = {}  # the run's params: the trial's first config
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _last_step={}, _last_iteration={})
+        for key in ("_client", "_runs", "_last_step", "_last_iteration", "_branches", "_initial"):
+            state.pop(key, None)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._client = None
+        self._reset()
 
     @property
     def client(self):
@@ -124,15 +201,35 @@ class MlflowTrialLogger(tune.Callback):
             max_results=1,
         )
         if found:
-            run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, M.ITERATIONS)
-            self._last_step[trial_id] = max((m.step for m in history), default=0)
+            run = found[0]
+            run_id = run.info.run_id
+            self._initial[trial_id] = dict(run.data.params)
+            branch = self._recorded_branch(run)
+            self._branches[trial_id] = branch
+            self._last_step[trial_id] = self._branch_last_step(run_id, branch)
             self.client.update_run(run_id, status="RUNNING")
         else:
             run_id = self._create_run(trial, experiment_id)
+            self._initial[trial_id] = _param_strings(trial.config)
+            self._branches[trial_id] = Branch(signature=_signature(self._initial[trial_id]))
             self._last_step[trial_id] = 0
         self._runs[trial_id] = run_id
         return run_id
+
+    def _recorded_branch(self, run) -> Branch:
+        text = run.data.tags.get(T.TAG_BRANCH)
+        if text:
+            return Branch(**json.loads(text))
+        return Branch(signature=_signature(dict(run.data.params)))
+
+    def _branch_last_step(self, run_id: str, branch: Branch) -> int:
+        """The last step MLflow has of the current branch (steps of earlier branches do not count)."""
+        if branch.generation == 0:
+            history = self.client.get_metric_history(run_id, M.ITERATIONS)
+            return max((int(m.step) for m in history), default=0)
+        history = self.client.get_metric_history(run_id, T.METRIC_GENERATION)
+        mine = [int(m.step) for m in history if int(m.value) == branch.generation]
+        return max(mine + [branch.at_iteration])
 
     def _create_run(self, trial, experiment_id: str) -> str:
         config = trial.config
@@ -149,15 +246,58 @@ class MlflowTrialLogger(tune.Callback):
         run_id = run.info.run_id
         from mlflow.entities import Param
 
-        params = [Param(k, _param_value(v)) for k, v in sorted(flatten(config).items())]
+        params = [Param(k, v) for k, v in sorted(_param_strings(config).items())]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start:start + 100])
         self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), T.ARTIFACT_TRIAL_CONFIG)
         return run_id
 
+    # ------------------------------------------------------------ PBT branches
+    def _follow_branch(self, trial) -> None:
+        """Open a new generation when the trial starts on another trial's weights or another config."""
+        run_id = self._run_id(trial)
+        current = self._branches[trial.trial_id]
+        origin = _checkpoint_origin(trial)
+        signature = _signature(_param_strings(trial.config))
+        foreign = origin is not None and origin.trial_id != trial.trial_id
+        if foreign and (origin.trial_id, origin.iteration, origin.path) == (
+                current.cloned_from, current.at_iteration, current.checkpoint) and signature == current.signature:
+            return  # restarted before the branch's first result (e.g. a resume): the same branch
+        if not foreign and signature == current.signature:
+            return  # its own checkpoint, its own config: a resume or a retry of the same branch
+        branch = Branch(generation=current.generation + 1,
+                        cloned_from=origin.trial_id if origin else None,
+                        at_iteration=origin.iteration if origin else 0,
+                        checkpoint=origin.path if origin else None, signature=signature)
+        self._branches[trial.trial_id] = branch
+        self._last_step[trial.trial_id] = branch.at_iteration  # log the new branch from the cloned iteration on
+        self.client.set_tag(run_id, T.TAG_BRANCH, json.dumps(asdict(branch)))
+        self.client.set_tag(run_id, T.TAG_GENERATION, str(branch.generation))
+        for key, value in self._changed(trial).items():
+            self.client.set_tag(run_id, T.TAG_HPARAM_PREFIX + key, value[:5000])
+
+    def _changed(self, trial) -> dict[str, str]:
+        """Hyperparameters whose current value differs from the run's params (what PBT changed)."""
+        initial = self._initial.get(trial.trial_id, {})
+        return {k: v for k, v in _param_strings(trial.config).items() if initial.get(k) != v}
+
+    def _branch_metrics(self, trial, step: int, now: int) -> list:
+        from mlflow.entities import Metric
+
+        branch = self._branches.get(trial.trial_id)
+        if branch is None or branch.generation == 0:
+            return []
+        values = [Metric(T.METRIC_GENERATION, float(branch.generation), now, step)]
+        flat = flatten(trial.config)
+        for key in self._changed(trial):
+            value = flat.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.append(Metric(T.METRIC_HPARAM_PREFIX + key, float(value), now, step))
+        return values
+
     # ----------------------------------------------------------------- hooks
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_id(trial)
+        self._follow_branch(trial)
 
     def on_trial_restore(self, iteration, trials, trial, **info):
         self._run_id(trial)
@@ -167,20 +307,25 @@ class MlflowTrialLogger(tune.Callback):
 
         run_id = self._run_id(trial)
         step = int(result.get(M.ITERATIONS, 0))
-        self._last_iteration[trial.trial_id] = max(step, self._last_iteration.get(trial.trial_id, 0))
+        self._last_iteration[trial.trial_id] = step
         if step <= self._last_step.get(trial.trial_id, 0):
             return  # already in MLflow from before a resume: the restored trial recomputed it exactly
         now = int(time.time() * 1000)
         values = [Metric(key, float(value), now, step) for key, value in result.items()
                   if (key == M.ITERATIONS or key.startswith(("eval/", "train/")))
                   and isinstance(value, (int, float)) and not isinstance(value, bool)]
-        self.client.log_batch(run_id, metrics=values)
+        self.client.log_batch(run_id, metrics=values + self._branch_metrics(trial, step, now))
         self._last_step[trial.trial_id] = step
         if M.NODE_ID in result:
             self.client.set_tag(run_id, T.TAG_NODE, str(result[M.NODE_ID]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)
+        if (trial.last_result or {}).get(M.DIVERGED):  # ended by a non-finite loss: errored, never retried
+            self.client.set_tag(run_id, T.TAG_STATUS, T.STATUS_ERRORED)
+            self.client.set_tag(run_id, T.TAG_STATUS_DETAIL, str(trial.last_result.get(M.DIVERGED_REASON))[:5000])
+            self.client.set_terminated(run_id, status="FAILED")
+            return
         budget = int(trial.config.get("schedule", {}).get("iterations", 0))
         reached = self._last_iteration.get(trial.trial_id) or int((trial.last_result or {}).get(M.ITERATIONS, 0))
         if reached and reached < budget:

@@ -21,6 +21,7 @@ from search.schedulers import build_scheduler
 from search.searchers import build_search_algorithm, tune_num_samples, tuner_param_space
 from search.space import SearchSpec, load_space
 from search.storage import ExperimentStore
+from search.train_index import prepare_train_indexes
 from trainables import metrics as M
 
 STATE_FILE = "lic_search.json"
@@ -61,12 +62,30 @@ def _init_ray(address: Optional[str]) -> None:
              configure_logging=True, logging_level="WARNING")
 
 
+def _start_cluster(spec: SearchSpec, address: Optional[str], file: str) -> None:
+    """Start or join Ray, then fail fast if no node can ever run one trial (Ray would wait forever)."""
+    import ray
+
+    from search.resource_check import check_cluster
+
+    started = not ray.is_initialized()
+    _init_ray(address)
+    try:
+        check_cluster(spec.file.resources, file)
+    except LicSearchError:
+        if started:
+            ray.shutdown()
+        raise
+
+
 def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool):
     from ray import tune
-    from trainables.trainable import train_lic
+    from trainables.indexed_trainable import train_lic_indexed
 
     resources = spec.file.resources
-    trainable = tune.with_resources(train_lic, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+    # The training file lists, built once by the driver (kept as they are on resume).
+    trainable = tune.with_parameters(train_lic_indexed, train_indexes=prepare_train_indexes(spec, store))
+    trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
     callback = tracking.MlflowTrialLogger(state.tracking_uri, state.name, state.parent_run_id)
     if restore:
         return tune.Tuner.restore(store.location, trainable=trainable, param_space=tuner_param_space(spec),
@@ -106,7 +125,17 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
 def run_search(space_path: Path, storage_path: str | Path, tracking_uri: Optional[str] = None,
                address: Optional[str] = None, name: Optional[str] = None):
     """Validate the space, record the parent run, then run the Tuner. Returns (results, folder)."""
-    spec = load_space(space_path)
+    from trainables.file_index import remembered_walks
+
+    with remembered_walks():  # validation's walk of the training folders is the one the index uses
+        spec = load_space(space_path)
+        store, state = _prepare_search(spec, space_path, storage_path, tracking_uri, address, name)
+    return _run(spec, store, state, restore=False, address=address), store.location
+
+
+def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path, tracking_uri: Optional[str],
+                    address: Optional[str], name: Optional[str]) -> tuple[ExperimentStore, SearchState]:
+    """Everything before ``Tuner.fit``: cluster check, experiment folder, training index, parent run."""
     if name:
         spec.file.name = name
     tracking_uri = tracking_uri or tracking.default_tracking_uri()
@@ -115,7 +144,9 @@ def run_search(space_path: Path, storage_path: str | Path, tracking_uri: Optiona
     if store.exists(STATE_FILE):
         raise LicSearchError(f"{store} already holds a search named {spec.name!r}: "
                              f"continue it with `lic-search resume {store}` or pass --name")
+    _start_cluster(spec, address, str(space_path))
     store.create()
+    prepare_train_indexes(spec, store)
     space_text = yaml.safe_dump(spec.file.model_dump(mode="json"), sort_keys=False)
     store.write_text(SPACE_COPY, space_text)
     with tempfile.TemporaryDirectory() as folder:
@@ -124,7 +155,7 @@ def run_search(space_path: Path, storage_path: str | Path, tracking_uri: Optiona
         parent = tracking.start_search_run(tracking_uri, spec.name, store.location, local_copy)
     state = SearchState(spec.name, tracking_uri, parent)
     state.save(store)
-    return _run(spec, store, state, restore=False, address=address), store.location
+    return store, state
 
 
 def resume_search(experiment_dir: str | Path, address: Optional[str] = None):
@@ -138,5 +169,7 @@ def resume_search(experiment_dir: str | Path, address: Optional[str] = None):
     with tempfile.TemporaryDirectory() as folder:
         local_copy = Path(folder) / SPACE_COPY
         local_copy.write_text(store.read_text(state.space_file))
-        spec = load_space(local_copy)
+        # The training folders are not walked again: the search's index lists the files.
+        spec = load_space(local_copy, check_data=False)
+    _start_cluster(spec, address, f"{store}/{state.space_file}")
     return _run(spec, store, state, restore=True, address=address), store.location

@@ -233,6 +233,7 @@ class Trainer:
                 result[M.TRAIN_ITERS_PER_S] = stats.steps / max(elapsed, 1e-9)
                 result.update(self.evaluate())
                 result[M.ITERATIONS] = self.iteration
+                result.update(loader.data_metrics())  # training images listed / skipped
                 yield result
                 stats = _TrainStats()
                 started = time.perf_counter()

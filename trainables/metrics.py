@@ -20,6 +20,14 @@ TRAIN_AUX_LOSS = "train/aux_loss"
 TRAIN_LR = "train/lr"
 TRAIN_ITERS_PER_S = "train/iters_per_s"
 
+DATA_TRAIN_IMAGES = "data/train_images"  # training files listed (the index); unreadable ones included
+DATA_SKIPPED_IMAGES = "data/skipped_images"  # of those, found unreadable and skipped by this trial so far
+
+# The last result of a trial whose loss went non-finite: DIVERGED = 1, the reason, NaN scores.
+# The trial ends there (errored in MLflow); Ray neither retries nor resumes it (resume is exact).
+DIVERGED = "diverged"
+DIVERGED_REASON = "diverged_reason"
+
 NODE_ID = "node_id"  # Ray node that ran the result (a string; recorded as an MLflow tag)
 
 DEFAULT_METRIC = EVAL_RD_LOSS

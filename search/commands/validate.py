@@ -31,8 +31,17 @@ def _validate(args) -> int:
             return 0
     if args.space is None:
         raise LicSearchError("validate needs a SPACE.yaml file (or --keys)")
-    spec = load_space(args.space, check_data=not args.no_data_check)
+    from search.training_data import check_training_data
+    from trainables.config import TrialConfig
+    from trainables.file_index import remembered_walks
+
+    with remembered_walks():  # the data check's walk of the training folders serves the summary too
+        spec = load_space(args.space, check_data=not args.no_data_check)
+        summaries = [] if args.no_data_check else check_training_data(
+            str(args.space), [TrialConfig.model_validate(config).data for config in spec.configs()])
     print(spec.describe())
+    for summary in summaries:
+        print(summary.describe())
     print(f"\nOK: {args.space} is valid ({spec.trial_count()} trials"
           f"{'' if not args.no_data_check else '; data folders not checked'})")
     return 0

@@ -240,6 +240,7 @@ def _try_build(file: str, model: Any) -> None:
 
 
 def _check_data(file: str, trials: list[TrialConfig]) -> None:
+    from search.training_data import check_training_data
     from trainables.data import check_data_config
     from trainables.errors import DataError
 
@@ -260,6 +261,7 @@ def _check_data(file: str, trials: list[TrialConfig]) -> None:
             if "does not exist" in text:
                 text += " (relative paths are resolved against the space file's folder)"
             raise SpaceError(file, f"trial.data.{key}" if key else "trial.data", text) from None
+    check_training_data(file, [t.data for t in trials])  # image counts, crop_size against image sizes
 
 
 def _check_search(file: str, spec: SearchSpec, trials: list[TrialConfig]) -> None:
