@@ -14,11 +14,12 @@ the same.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from search.keypath import dotted, primitive_sites
+from search.keypath import as_keys, dotted, get_path, primitive_sites
 from trainables import metrics as M
 from trainables.config import TrialConfig
 
@@ -28,18 +29,51 @@ KNOWN_METRICS: tuple[str, ...] = tuple(sorted({
     if name.isupper() and isinstance(value, str) and value.startswith(("eval/", "train/"))
 }))
 
-#: Metrics where larger is better; every other known metric is minimised.
+#: Metrics where larger is better.
 MAXIMISED_METRICS: frozenset[str] = frozenset({M.EVAL_PSNR, M.EVAL_MS_SSIM, M.TRAIN_ITERS_PER_S})
+#: Metrics where smaller is better: rate, distortion and every loss.
+MINIMISED_METRICS: frozenset[str] = frozenset({
+    M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_MSE, M.EVAL_ORTHO_LOSS,
+    M.TRAIN_LOSS, M.TRAIN_RD_LOSS, M.TRAIN_BPP, M.TRAIN_DISTORTION, M.TRAIN_ORTHO_LOSS, M.TRAIN_AUX_LOSS,
+})
+# The rest (energy shares, train/lr) are diagnostics with no better direction: a search on them names its mode.
 
 DEFAULT_STRATIFY_BY: tuple[str, ...] = ("loss.lmbda", "loss.distortion")
 DEFAULT_OBJECTIVES: tuple[str, ...] = (M.EVAL_BPP, M.EVAL_MSE)
+#: Keys that set when a trial's learning rate decays (its budget, and the decay points as fractions of it).
+#: ASHA compares trials at equal iterations, which is fair only between trials that share them.
+BUDGET_KEYS: tuple[str, ...] = ("schedule.iterations", "schedule.milestones")
 
 _CONTINUOUS = ("uniform", "loguniform")  # infinitely many values; quniform and randint give finite strata
 
 
+def natural_mode(metric: str) -> Optional[Literal["min", "max"]]:
+    """The direction in which ``metric`` gets better, or None for diagnostics that have none."""
+    if metric in MAXIMISED_METRICS:
+        return "max"
+    return "min" if metric in MINIMISED_METRICS else None
+
+
 def default_mode(metric: str) -> Literal["min", "max"]:
     """The natural direction of a metric: PSNR and MS-SSIM up, losses, bpp and MSE down."""
-    return "max" if metric in MAXIMISED_METRICS else "min"
+    return natural_mode(metric) or "min"
+
+
+def check_mode(metric: str, mode: Optional[str], metric_key: str, mode_key: str = "mode") -> Literal["min", "max"]:
+    """``mode`` for ``metric``: its natural direction when left out; an error when it contradicts it.
+
+    ``metric_key`` is where the metric is set (``search.metric``), for the message."""
+    natural = natural_mode(metric)
+    if mode is None:
+        if natural is None:
+            raise ValueError(f"{metric_key} {metric} has no natural direction (a diagnostic, not a quality); "
+                             f"set {mode_key} to min or max")
+        return natural
+    if natural is not None and mode != natural:
+        better = "higher" if natural == "max" else "lower"
+        raise ValueError(f"{mode} contradicts {metric_key} {metric} ({better} is better); "
+                         f"use {natural} or leave {mode_key} out")
+    return mode  # type: ignore[return-value]
 
 
 def _check_metric(name: str, where: str) -> str:
@@ -111,7 +145,11 @@ class SearchAlgorithmConfig(_Strict):
     num_samples: int = Field(1, ge=1, description="Samples per grid point (Ray Tune num_samples).")
     max_concurrent: Optional[int] = Field(None, ge=1, description="At most this many trials at once.")
     metric: str = Field(M.DEFAULT_METRIC, description="Metric of the schedulers and of single-objective Optuna.")
-    mode: Literal["min", "max"] = M.DEFAULT_MODE
+    mode: Optional[Literal["min", "max"]] = Field(
+        None, validate_default=True,
+        description="Direction of `metric`; null = the metric's natural direction (rd_loss, bpp, mse, losses: "
+        "min; psnr, ms_ssim: max). A mode that contradicts the metric is an error.",
+    )
     seed: Optional[int] = None
     stratify_by: list[str] = Field(
         default_factory=lambda: list(DEFAULT_STRATIFY_BY),
@@ -138,6 +176,24 @@ class SearchAlgorithmConfig(_Strict):
             _check_metric(name, "objectives")
         return names
 
+    @field_validator("mode")
+    @classmethod
+    def _metric_direction(cls, mode: Optional[str], info: ValidationInfo) -> Optional[str]:
+        metric = info.data.get("metric")
+        if metric is None:  # the metric itself failed validation and is reported
+            return mode
+        return check_mode(metric, mode, "search.metric")
+
+    @field_validator("modes")
+    @classmethod
+    def _objective_directions(cls, modes: Optional[list[str]], info: ValidationInfo) -> Optional[list[str]]:
+        objectives = info.data.get("objectives")
+        if modes is None or not objectives or len(modes) != len(objectives):
+            return modes  # missing modes are natural; a count mismatch is reported by _consistent
+        for index, (metric, mode) in enumerate(zip(objectives, modes)):
+            check_mode(metric, mode, f"search.objectives[{index}]", "modes")
+        return modes
+
     @field_validator("stratify_by")
     @classmethod
     def _trial_keys(cls, keys: list[str]) -> list[str]:
@@ -160,6 +216,11 @@ class SearchAlgorithmConfig(_Strict):
         if self.objectives is not None and self.algorithm != "optuna":
             raise ValueError("objectives: a multi-objective search needs algorithm optuna, "
                              f"got algorithm {self.algorithm!r}")
+        if self.objectives is not None and self.modes is None:
+            for index, metric in enumerate(self.objectives):
+                if natural_mode(metric) is None:
+                    raise ValueError(f"modes: objective {metric} (search.objectives[{index}]) has no natural "
+                                     "direction; set `modes`, one min or max per objective")
         if self.sampler == "nsga2" and self.objectives is None:
             raise ValueError("sampler: nsga2 is a multi-objective sampler; set `objectives` "
                              "(e.g. [eval/bpp, eval/mse]) or use sampler tpe")
@@ -282,6 +343,34 @@ def template_primitives(template: Any) -> Iterator[tuple[str, str]]:
         yield dotted(keys, prefix=""), kind
 
 
+def varies(trial: dict, key: str) -> bool:
+    """Whether trials of the ``trial`` template can differ at ``key`` (a primitive at it or above it)."""
+    keys = as_keys(key)
+    for site, kind, args in primitive_sites(trial):
+        if site != keys[:len(site)]:
+            continue
+        rest = keys[len(site):]
+        if kind not in ("grid", "choice"):
+            return not rest  # a range at the key itself
+        values = [get_path(value, rest) if rest else value for value in args]
+        values = [trial_default(key) if value is None else value for value in values]
+        if len({json.dumps(value, sort_keys=True) for value in values}) > 1:
+            return True
+    return False
+
+
+def budget_strata(search: SearchAlgorithmConfig, scheduler: SchedulerConfig, trial: dict) -> list[str]:
+    """The :data:`BUDGET_KEYS` that vary in the space and that ASHA must add to ``stratify_by``."""
+    if scheduler.type != "asha":
+        return []
+    return [key for key in BUDGET_KEYS if key not in search.stratify_by and varies(trial, key)]
+
+
+def stratify_keys(search: SearchAlgorithmConfig, scheduler: SchedulerConfig, trial: dict) -> list[str]:
+    """The keys that define a stratum: ``search.stratify_by`` plus, under ASHA, the varying budget keys."""
+    return list(search.stratify_by) + budget_strata(search, scheduler, trial)
+
+
 class SetupError(ValueError):
     """A combination of sections that cannot work; ``key_path`` is where to fix it."""
 
@@ -342,15 +431,26 @@ def _check(search: SearchAlgorithmConfig, scheduler: SchedulerConfig, trial: dic
                              f"stay below the iteration budget ({budget})")
 
 
-def describe_setup(search: SearchAlgorithmConfig, scheduler: SchedulerConfig, budget: int) -> list[str]:
-    """The ``search`` and ``scheduler`` lines of ``lic-search validate``."""
+def describe_setup(search: SearchAlgorithmConfig, scheduler: SchedulerConfig, budget: int,
+                   trial: Optional[dict] = None) -> list[str]:
+    """The ``search`` and ``scheduler`` lines of ``lic-search validate`` (``trial``: the template, for strata)."""
     if search.multi_objective:
-        goal = "objectives " + ", ".join(f"{m} ({d})" for m, d in zip(search.objectives or [], search.objective_modes()))
+        source = "set in the space" if "modes" in search.model_fields_set else "the metrics' natural directions"
+        goal = ("objectives " + ", ".join(f"{m} {d}" for m, d in zip(search.objectives or [], search.objective_modes()))
+                + f" ({source})")
     else:
-        goal = f"metric {search.metric} ({search.mode})"
+        better = "higher" if search.mode == "max" else "lower"
+        source = "set in the space" if "mode" in search.model_fields_set else "the metric's natural direction"
+        goal = f"metric {search.metric}, mode {search.mode} ({better} is better; {source})"
     algorithm = f"optuna {search.sampler}, one study per grid point" if search.algorithm == "optuna" else "random"
-    strata = (f"trials are compared only at equal {', '.join(search.stratify_by)}" if search.stratify_by
+    added = budget_strata(search, scheduler, trial) if trial is not None else []
+    keys = list(search.stratify_by) + added
+    strata = (f"trials are compared only at equal {', '.join(keys)}" if keys
               else "none (every trial is compared with every other)")
+    if added:
+        strata += (f" ({', '.join(added)} added to search.stratify_by: {'they vary' if len(added) > 1 else 'it varies'}"
+                   " in this space, and ASHA compares trials at equal iterations, which is fair only at equal "
+                   "budget and learning-rate decay points)")
     lines = [
         f"search: {algorithm}; num_samples {search.num_samples}, max_concurrent {search.max_concurrent or 'unlimited'}, "
         f"{goal}, seed {search.seed}",

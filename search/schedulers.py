@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
-from search.algorithm_config import DEFAULT_STRATIFY_BY, trial_default
+from search.algorithm_config import DEFAULT_STRATIFY_BY, stratify_keys, trial_default
 from search.keypath import get_path
 from trainables import metrics as M
 from trainables.errors import LicSearchError
@@ -427,6 +427,7 @@ def build_scheduler(spec) -> TrialScheduler:
         )
     if config.type != "asha":
         raise LicSearchError(f"scheduler.type: unknown scheduler {config.type!r}; allowed: asha, fifo, pbt")
+    stratify_by = tuple(stratify_keys(search, config, spec.file.trial))  # plus the budget keys that vary
     return StratifiedASHA(
         metric=search.metric, mode=search.mode, max_t=getattr(config, "max_t", None) or spec.budget(),
         grace_period=config.grace_period, reduction_factor=config.reduction_factor, brackets=config.brackets,

@@ -274,6 +274,31 @@ def test_build_scheduler_from_space_sections():
     assert set(population._hyperparam_mutations["schedule"]) == {"lr"}
 
 
+def test_asha_compares_trials_only_at_equal_budget_when_budgets_vary():
+    """A space with schedule.iterations {grid: [8, 16]} and milestones [0.5]: the 8-iteration trials
+    decay their learning rate at 4, the 16-iteration one at 8, so at rung 4 the long trial's loss is
+    naturally higher. build_scheduler stratifies by the budget and lets it run; ranked with the short
+    trials (search.stratify_by alone) it is stopped at its first rung."""
+    trial = tiny_trial(**{"schedule.iterations": {"grid": [8, 16]}, "schedule.milestones": [0.5]})
+    file = SimpleNamespace(search=SearchAlgorithmConfig(), trial=trial,
+                           scheduler=SchedulerConfig(type="asha", grace_period=2, reduction_factor=2))
+    budgeted = build_scheduler(SimpleNamespace(file=file, budget=lambda: 16))
+    assert budgeted._stratify_by == ("loss.lmbda", "loss.distortion", "schedule.iterations")
+    blind = asha(max_t=16, grace_period=2)  # stratified by the default keys only
+    short_losses = {2: 1.0, 4: 0.6, 8: 0.4}  # decayed at 4
+    long_losses = {2: 1.1, 4: 0.9, 8: 0.5, 16: 0.3}  # decays at 8, ends best
+    for scheduler in (budgeted, blind):
+        for index in range(3):
+            short = make_trial(f"short{index}", **{"schedule.iterations": 8, "schedule.milestones": [0.5]})
+            scheduler.on_trial_add(None, short)
+            feed(scheduler, short, {it: loss - index / 100 for it, loss in short_losses.items()})
+        scheduler.on_trial_add(None, make_trial("long", **{"schedule.iterations": 16, "schedule.milestones": [0.5]}))
+    long = make_trial("long", **{"schedule.iterations": 16, "schedule.milestones": [0.5]})
+    assert feed(blind, long, long_losses) == [STOP]
+    assert feed(budgeted, long, long_losses) == [CONTINUE, CONTINUE, CONTINUE, STOP]  # STOP = max_t
+    assert budgeted.stratum_of("long") != budgeted.stratum_of("short0")
+
+
 # ----------------------------------------------------------------------------- scheduler section
 @pytest.mark.parametrize("section, message", [
     ({"type": "pbt"}, "type pbt needs a `pbt` section"),
@@ -536,7 +561,7 @@ def test_describe_setup_lines():
                            SchedulerConfig(grace_period=2), budget=100)
     assert lines == [
         "search: optuna tpe, one study per grid point; num_samples 1, max_concurrent unlimited, "
-        "objectives eval/bpp (min), eval/psnr (max), seed None",
+        "objectives eval/bpp min, eval/psnr max (the metrics' natural directions), seed None",
         "strata: trials are compared only at equal loss.lmbda, loss.distortion",
         "scheduler: asha per stratum, grace_period 2, reduction_factor 2, brackets 1, max_t 100; "
         "rungs persist across resume",

@@ -12,6 +12,7 @@ from search.cli import main
 from search.errors import SpaceError
 from search.space import describe_schema, load_space
 from tests.conftest import SAMPLES
+from trainables.backbones import BACKBONES
 from trainables.config import AuxTConfig, TrialConfig
 
 MALFORMED = Path(__file__).resolve().parent / "malformed_spaces"
@@ -36,7 +37,7 @@ CASES = {
     "empty_data_folder": ("trial.data.eval", ["empty_folder holds no image files", ".png"]),
     "loguniform_nonpositive": ("trial.schedule.lr", ["`loguniform` needs 0 < low < high", "low=0"]),
     "unknown_backbone": ("trial.model.backbone", ["unknown backbone 'tcm-smal'",
-                                                  "allowed: elic, mbt2018-mean, tcm-large, tcm-small",
+                                                  f"allowed: {', '.join(sorted(BACKBONES))}",
                                                   "did you mean 'tcm-small'?"]),
     "unknown_wavelet": ("trial.model.auxt.wavelet", ["unknown wavelet 'haarr'", "haar, db2, db4",
                                                      "did you mean 'haar'?"]),
@@ -59,7 +60,20 @@ CASES = {
 
 def test_every_malformed_fixture_has_a_case():
     assert sorted(p.stem for p in MALFORMED.glob("*.yaml")) == sorted(CASES)
-    assert len(CASES) >= 10
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (key, _) in CASES.items() if key != "<root>"))
+def test_error_key_path_names_a_key_of_the_file(name):
+    """The reported key path is where the fault is: its last key is written in the file (a missing
+    key is not), and every key above it too, so the path is not merely plausible but this file's."""
+    with pytest.raises(SpaceError) as caught:
+        load_space(MALFORMED / f"{name}.yaml")
+    text = (MALFORMED / f"{name}.yaml").read_text()
+    *parents, leaf = caught.value.key_path.split(".")
+    for key in parents:
+        assert f"{key}:" in text, (key, caught.value.key_path)
+    missing = "required key missing" in str(caught.value)
+    assert (f"{leaf}:" in text) != missing, (leaf, caught.value.key_path)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -138,6 +152,9 @@ def test_validate_prints_resolved_space_count_budget_and_settings(tmp_path, caps
     assert "iteration budget: 40 (max); per trial: 20 (lr decay at 10); 40 (lr decay at 20)" in out
     assert "scheduler: asha per stratum, grace_period 10, reduction_factor 2, brackets 1, max_t 40" in out
     assert "search: random; num_samples 3" in out
+    assert "metric eval/rd_loss, mode min (lower is better; the metric's natural direction)" in out
+    assert ("strata: trials are compared only at equal loss.lmbda, loss.distortion, schedule.iterations "
+            "(schedule.iterations added to search.stratify_by: it varies in this space") in out
 
 
 def test_every_primitive_becomes_its_ray_domain(tmp_path):
@@ -247,6 +264,26 @@ trial:
         load_space(path)
 
 
+def test_yaml_merge_keys_merge_values_and_local_keys_win(tmp_path):
+    """A grid over whole schedules, the second merged from the first with its own budget."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(f"""
+name: merge
+trial:
+  model: {{backbone: mbt2018-mean, N: 8, M: 8}}
+  data: {{train: {SAMPLES / 'train'}, eval: {SAMPLES / 'eval'}, crop_size: 64}}
+  schedule:
+    grid:
+      - &short {{iterations: 20, eval_every: 10, lr: 0.002, milestones: [0.5]}}
+      - {{<<: *short, iterations: 40}}
+""")
+    spec = load_space(path)
+    schedules = sorted((c["schedule"] for c in variants(spec)), key=lambda s: s["iterations"])
+    assert schedules == [{"iterations": 20, "eval_every": 10, "lr": 0.002, "milestones": [0.5]},
+                         {"iterations": 40, "eval_every": 10, "lr": 0.002, "milestones": [0.5]}]
+    assert spec.budget() == 40
+
+
 def test_schema_reference_lists_every_key():
     text = describe_schema()
 
@@ -259,3 +296,61 @@ def test_schema_reference_lists_every_key():
         assert f"\n{key}: " in text, key
     assert "trial.model.auxt.placement: one of both, analysis, synthesis, none; default both." in text
     assert main(["validate", "--keys"]) == 0
+
+
+# --------------------------------------------------------------------------- metric directions, strata
+
+@pytest.mark.parametrize("metric, mode", [("eval/psnr", "max"), ("eval/ms_ssim", "max"), ("eval/bpp", "min"),
+                                          ("eval/mse", "min"), ("train/loss", "min"), ("eval/rd_loss", "min")])
+def test_mode_follows_the_metric(tmp_path, capsys, metric, mode):
+    path = write(tmp_path, search={"metric": metric})
+    assert load_space(path, check_data=False).file.search.mode == mode
+    assert main(["validate", str(path)]) == 0
+    better = "higher" if mode == "max" else "lower"
+    assert f"metric {metric}, mode {mode} ({better} is better; the metric's natural direction)" in capsys.readouterr().out
+
+
+def test_mode_that_contradicts_the_metric_is_an_error(tmp_path, capsys):
+    path = write(tmp_path, search={"metric": "eval/psnr", "mode": "min"})
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lic-search: error: {path}: search.mode: min contradicts search.metric eval/psnr (higher is better); "
+        "use max or leave mode out")
+    path = write(tmp_path, search={"metric": "eval/psnr", "mode": "max"})
+    assert "mode max (higher is better; set in the space)" in load_space(path).describe()
+
+
+def test_objective_modes_are_checked_and_metrics_without_a_direction_need_one(tmp_path):
+    sampled = {"schedule.lr": {"loguniform": [1e-4, 1e-2]}}
+    path = write(tmp_path, sampled, search={"algorithm": "optuna", "objectives": ["eval/bpp", "eval/psnr"],
+                                            "modes": ["min", "min"]})
+    with pytest.raises(SpaceError) as caught:
+        load_space(path)
+    assert caught.value.key_path == "search.modes"
+    assert "min contradicts search.objectives[1] eval/psnr (higher is better); use max" in str(caught.value)
+    path = write(tmp_path, search={"metric": "eval/energy_top10"})
+    with pytest.raises(SpaceError, match="search.mode: search.metric eval/energy_top10 has no natural direction"):
+        load_space(path)
+    assert load_space(write(tmp_path, search={"metric": "eval/energy_top10", "mode": "max"})).file.search.mode == "max"
+
+
+@pytest.mark.parametrize("trial_extra, scheduler, search, added", [
+    ({"schedule.iterations": {"grid": [20, 40]}}, "asha", {}, ["schedule.iterations"]),
+    ({"schedule.milestones": {"choice": [[0.5], [0.8]]}}, "asha", {}, ["schedule.milestones"]),
+    ({"schedule": {"grid": [{"iterations": 20, "milestones": [0.5]}, {"iterations": 20, "milestones": [0.8]}]}},
+     "asha", {}, ["schedule.milestones"]),  # a grid over whole schedules that differ only in decay points
+    ({"schedule": {"grid": [{"iterations": 20, "lr": 1e-3}, {"iterations": 20, "lr": 1e-4}]}}, "asha", {}, []),
+    ({"schedule.iterations": {"grid": [20, 40]}, "schedule.milestones": {"grid": [[0.5], [0.8]]}}, "asha", {},
+     ["schedule.iterations", "schedule.milestones"]),
+    ({"schedule.iterations": {"grid": [20, 40]}}, "fifo", {}, []),
+    ({"schedule.iterations": {"grid": [20, 40]}}, "asha", {"stratify_by": ["loss.lmbda", "schedule.iterations"]}, []),
+    ({"schedule.lr": {"grid": [1e-3, 1e-4]}}, "asha", {}, []),
+])
+def test_asha_strata_add_the_budget_keys_that_vary(tmp_path, trial_extra, scheduler, search, added):
+    path = write(tmp_path, trial_extra, search=search, scheduler={"type": scheduler})
+    spec = load_space(path, check_data=False)
+    assert spec.stratify_by() == list(spec.file.search.stratify_by) + added
+    strata_line = next(line for line in spec.describe().splitlines() if line.startswith("strata: "))
+    assert (" added to search.stratify_by" in strata_line) == bool(added)
+    for key in added:
+        assert key in strata_line

@@ -131,7 +131,7 @@ def describe_spec(spec: SearchSpec) -> str:
         decay = ", ".join(str(int(round(m * iterations))) for m in milestones)
         shown.append(f"{iterations}" + (f" (lr decay at {decay})" if decay else ""))
     lines.append(f"iteration budget: {spec.budget()} (max); per trial: {'; '.join(shown)}")
-    lines.extend(describe_setup(file.search, file.scheduler, spec.budget()))
+    lines.extend(describe_setup(file.search, file.scheduler, spec.budget(), file.trial))
     r = file.resources
     lines.append(f"resources: {r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU per trial; "
                  f"{r.max_failures} retries from checkpoint")

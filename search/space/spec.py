@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from search import keypath as kp
+from search.algorithm_config import stratify_keys
 from search.space.describe import describe_spec
 from search.space.files import SpaceFile
 
@@ -125,6 +126,11 @@ class SearchSpec:
     def budget(self) -> int:
         """The largest iteration budget any trial can get (ASHA's max_t)."""
         return max(int(c["schedule"]["iterations"]) for c in self.configs())
+
+    def stratify_by(self) -> list[str]:
+        """Keys whose values must match for two trials to be compared (``search.stratify_by``, plus
+        ``schedule.iterations``/``milestones`` under ASHA where they vary)."""
+        return stratify_keys(self.file.search, self.file.scheduler, self.file.trial)
 
     def describe(self) -> str:
         """What `lic-search validate` prints: resolved template, counts, budget and settings."""
