@@ -25,7 +25,6 @@ use :func:`tuner_param_space` and :func:`tune_num_samples` when building the Tun
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import pickle
@@ -215,10 +214,6 @@ class StratifiedOptunaSearch(Searcher):
         return [(cell, searcher._ot_study) for cell, searcher in zip(self.cells, self._searchers)
                 if searcher is not None]
 
-    def cell_of(self, trial_id: str) -> Optional[dict]:
-        index = self._trial_cell.get(trial_id)
-        return None if index is None else self.cells[index]
-
     # ----------------------------------------------------------- persistence
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
@@ -269,17 +264,5 @@ def tune_num_samples(spec) -> int:
     return spec.trial_count() if _is_optuna(spec) else spec.file.search.num_samples
 
 
-def describe_cells(searcher: StratifiedOptunaSearch) -> str:
-    """One line per study: its grid point and its trials by state (for logs and reports)."""
-    lines = []
-    for cell, study in searcher.studies():
-        states: dict[str, int] = {}
-        for trial in study.trials:
-            states[trial.state.name] = states.get(trial.state.name, 0) + 1
-        label = json.dumps(cell, sort_keys=True) if cell else "(no grid)"
-        lines.append(f"{label}: {dict(sorted(states.items()))}")
-    return "\n".join(lines)
-
-
 __all__ = ["StratifiedOptunaSearch", "PrunedOptunaSearch", "build_search_algorithm", "tuner_param_space",
-           "tune_num_samples", "grid_cells", "make_sampler", "describe_cells"]
+           "tune_num_samples", "grid_cells", "make_sampler"]

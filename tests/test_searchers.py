@@ -19,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.algorithm_config import SchedulerConfig, SearchAlgorithmConfig, check_search_setup
 from search.errors import SpaceError
+from search.keypath import get_path
 from search.searchers import (PrunedOptunaSearch, StratifiedOptunaSearch, build_search_algorithm, grid_cells,
                               tune_num_samples, tuner_param_space)
 from trainables import metrics as M
@@ -301,10 +302,12 @@ def test_asha_with_optuna_prunes_stopped_trials_per_lambda(tmp_path: Path, ray_c
     searcher = search_alg.searcher
     reached = {r.metrics["trial_id"]: r.metrics[M.ITERATIONS] for r in results}
     states: dict[str, optuna.trial.TrialState] = {}
+    by_id_config = {r.metrics["trial_id"]: r.config for r in results}
     for cell, study in searcher.studies():
         for trial_id, ot_trial in searcher._searchers[searcher.cells.index(cell)]._ot_trials.items():
             states[trial_id] = study.trials[ot_trial.number].state
-            assert searcher.cell_of(trial_id) == cell
+            config = by_id_config[trial_id]  # the trial ran the grid point of the study it was told to
+            assert all(get_path(config, key) == value for key, value in cell.items()), (cell, config)
     assert set(states) == set(reached)
     for trial_id, iterations in reached.items():  # stopped -> PRUNED, ran its budget -> COMPLETE
         assert states[trial_id] == (COMPLETE if iterations == 6 else PRUNED), (trial_id, iterations)

@@ -183,14 +183,3 @@ def flatten(config: dict, prefix: str = "", separator: str = ".") -> dict[str, o
             flat[name] = value
     return flat
 
-
-def unflatten(flat: dict[str, object]) -> dict:
-    """Inverse of :func:`flatten`."""
-    nested: dict = {}
-    for dotted, value in flat.items():
-        node = nested
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested

@@ -34,10 +34,8 @@ __all__ = [
     "ms_ssim_levels",
     "multiscale_ssim",
     "ms_ssim",
-    "ms_ssim_db",
     "psnr",
     "top_channel_energy_share",
-    "channel_energy_groups",
     "branch_energy_share",
 ]
 
@@ -145,14 +143,6 @@ def ms_ssim(x: Tensor, y: Tensor, data_range: float = 1.0) -> Optional[float]:
         return None
     with torch.no_grad():
         return float(multiscale_ssim(x.float().clamp(0, data_range), y.float(), data_range))
-
-
-def ms_ssim_db(x: Tensor, y: Tensor, data_range: float = 1.0) -> Optional[float]:
-    """MS-SSIM in dB, −10·log10(1 − MS-SSIM), as the paper's MS-SSIM R-D curves plot it."""
-    value = ms_ssim(x, y, data_range)
-    if value is None:
-        return None
-    return math.inf if value >= 1.0 else -10.0 * math.log10(1.0 - value)
 
 
 # ------------------------------------------------------------------------- PSNR
@@ -265,18 +255,6 @@ def top_channel_energy_share(y: Tensor, fraction: float = 0.1) -> float:
         return math.nan
     count = max(1, math.ceil(fraction * energy.numel() - 1e-9))
     return float(torch.topk(energy, count).values.sum()) / total
-
-
-def channel_energy_groups(y: Tensor, groups: int = 10) -> list[float]:
-    """Energy shares of ``groups`` equal groups of channels sorted by energy (Figure 2):
-    the first group holds the highest-energy channels. Shares sum to 1 (NaN if all zero)."""
-    energy = torch.sort(_channel_energy(y), descending=True).values
-    if not 1 <= groups <= energy.numel():
-        raise LossError(f"groups must be in [1, {energy.numel()}] (the channel count), got {groups}")
-    total = float(energy.sum())
-    if total == 0.0:
-        return [math.nan] * groups
-    return [float(chunk.sum()) / total for chunk in torch.tensor_split(energy, groups)]
 
 
 def branch_energy_share(y: Tensor, y_branch: Tensor) -> float:

@@ -7,7 +7,7 @@ them to any registered backbone at its declared stage positions.
 
 from trainables.auxt.attach import AugmentedTransform, AuxTConfigError, attach_auxt, selected_stages
 from trainables.auxt.shortcuts import IWLS, OLP, WLS, SubbandScaling, orthogonality_penalty
-from trainables.auxt.wavelets import DWT2d, IDWT2d, merge_subbands, split_subbands
+from trainables.auxt.wavelets import DWT2d, IDWT2d, split_subbands
 
 __all__ = [
     "AugmentedTransform",
@@ -19,7 +19,6 @@ __all__ = [
     "SubbandScaling",
     "WLS",
     "attach_auxt",
-    "merge_subbands",
     "orthogonality_penalty",
     "selected_stages",
     "split_subbands",

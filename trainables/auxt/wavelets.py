@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from trainables.errors import LicSearchError
 
-__all__ = ["DWT2d", "IDWT2d", "check_even_size", "split_subbands", "merge_subbands", "wavelet_filters"]
+__all__ = ["DWT2d", "IDWT2d", "check_even_size", "split_subbands", "wavelet_filters"]
 
 
 class WaveletError(LicSearchError):
@@ -128,9 +128,3 @@ def split_subbands(coefficients: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor
     b, c4, h, w = coefficients.shape
     bands = coefficients.reshape(b, c4 // 4, 4, h, w).unbind(2)
     return bands[0], bands[1], bands[2], bands[3]
-
-
-def merge_subbands(ll: Tensor, lh: Tensor, hl: Tensor, hh: Tensor) -> Tensor:
-    """Inverse of :func:`split_subbands`: the (B, 4C, h, w) layout :class:`IDWT2d` reads."""
-    b, c, h, w = ll.shape
-    return torch.stack([ll, lh, hl, hh], dim=2).reshape(b, 4 * c, h, w)
