@@ -18,6 +18,12 @@ TAG_STATUS_DETAIL = "lic_search.status_detail"  # e.g. "stopped by ASHA at itera
 TAG_NODE = "lic_search.node_id"  # Ray node of the trial's latest result
 TAG_FAMILY = "lic_search.family"  # hash of the config without the R-D λ (rate family)
 TAG_PARENT = "mlflow.parentRunId"
+TAG_STRATIFY_BY = "lic_search.stratify_by"  # parent run: JSON list of the search's stratify keys (rate points)
+TAG_BRANCH = "lic_search.pbt.branch"  # trial run: JSON of its current PBT branch (generation, cloned from, at)
+TAG_GENERATION = "lic_search.pbt.generation"  # trial run: PBT generation (0 = never exploited)
+TAG_HPARAM_PREFIX = "lic_search.hparam."  # trial run: current value of a hyperparameter PBT changed
+METRIC_GENERATION = "pbt/generation"  # stepped: the PBT branch each logged step belongs to
+METRIC_HPARAM_PREFIX = "hparams/"  # stepped: current value of a numeric hyperparameter PBT changed
 
 ARTIFACT_TRIAL_CONFIG = "trial_config.yaml"
 ARTIFACT_SPACE = "space.yaml"

@@ -1,11 +1,13 @@
-"""`lic-search best EXPERIMENT`: the best trials of a search, from MLflow."""
+"""`lic-search best EXPERIMENT`: the best trial of each rate point of a search, from MLflow."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from search.errors import LicSearchError
+from search.ranking import stratum_label
 from trainables import metrics as M
 
 SHOWN_PARAMS = ("model.backbone", "model.auxt.enabled", "model.auxt.lambda_orth", "loss.lmbda", "schedule.lr",
@@ -13,26 +15,39 @@ SHOWN_PARAMS = ("model.backbone", "model.auxt.enabled", "model.auxt.lambda_orth"
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("best", help="print the best trials of a search and their configs")
+    parser = subparsers.add_parser(
+        "best", help="print the best trial of each rate point (or the best rate family) of a search",
+        description="Trials are ranked only against trials of the same rate point: equal values at the "
+                    "search's search.stratify_by keys (loss.lmbda and loss.distortion by default), because "
+                    "R-D losses at different λ are not comparable. Reads the latest search of the name "
+                    "unless --run-id or --all.")
     parser.add_argument("experiment", help="search name (the MLflow experiment)")
     parser.add_argument("--metric", default=M.EVAL_RD_LOSS, help="rank by this metric (default: %(default)s)")
-    parser.add_argument("--mode", choices=("min", "max"), default="min")
-    parser.add_argument("--top", type=int, default=None, help="show only the best N")
+    parser.add_argument("--mode", choices=("min", "max"), default=None,
+                        help="direction of --metric (default: the metric's own: psnr, ms_ssim max; others min)")
+    parser.add_argument("--top", type=int, default=None, help="show only the best N of each rate point")
     parser.add_argument("--where", action="append", default=[], metavar="PARAM=VALUE",
                         help="keep trials whose flattened param equals VALUE (repeatable), "
                              "e.g. --where model.auxt.enabled=True")
     parser.add_argument("--status", choices=("completed", "stopped", "errored", "running"), default=None)
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list (run_id, params, metrics, ...)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--run-id", default=None, metavar="PARENT",
+                       help="read the search whose MLflow parent run is PARENT (default: the latest search)")
+    which.add_argument("--all", action="store_true", dest="all_searches",
+                       help="read every search recorded under this name")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list of trials (run_id, stratum, rank, typed params, metrics, ...)")
     parser.add_argument("--by", choices=("trial", "family"), default="trial",
-                        help="rank single trials by --metric, or rate families (trials differing only in the "
-                             "R-D lambda) by BD-rate against --anchor (default: %(default)s)")
+                        help="rank single trials within each rate point by --metric, or rate families (trials "
+                             "differing only in the R-D lambda) by BD-rate against --anchor (default: %(default)s)")
     parser.add_argument("--anchor", type=Path, default=None,
                         help="with --by family: anchor curve in CompressAI's results format (default: VTM on Kodak)")
     parser.add_argument("--export", type=Path, default=None, metavar="BEST.yaml",
-                        help="write a space file that re-runs the best trial's config at full budget")
+                        help="write a space file that re-runs the best trial of every rate point (with --by "
+                             "family: every trial of the best family) at full budget")
     parser.add_argument("--iterations", type=int, default=None,
-                        help="with --export: the budget of the re-run (default: the trial's own budget)")
+                        help="with --export: the budget of the re-run (default: the trials' own budget)")
     parser.set_defaults(func=_best)
 
 
@@ -46,58 +61,88 @@ def _parse_where(items: list[str]) -> dict[str, str]:
     return where
 
 
-def _best_families(args) -> int:
+def _export(args, selection, run_ids: list[str], why: str) -> None:
+    from search.queries import export_space
+
+    written = export_space(args.experiment, run_ids, args.export, tracking_uri=selection.tracking_uri,
+                           iterations=args.iterations, why=why)
+    for path in written:
+        print(f"wrote {path} ({why}; run it with: lic-search run {path})", file=sys.stderr)
+    if len(written) > 1:
+        print("the winners differ in more than one config section, so one space per rate point "
+              "(a grid per section would also run combinations no search chose)", file=sys.stderr)
+
+
+def _best_families(args, selection) -> int:
     from search.report import rank_experiment_families
 
-    rows = rank_experiment_families(args.experiment, args.tracking_uri, args.anchor,
-                                    include_stopped=args.status == "stopped")
+    rows = rank_experiment_families(args.experiment, selection.tracking_uri, args.anchor,
+                                    include_stopped=args.status == "stopped", selection=selection)
     if args.top:
         rows = rows[: args.top]
+    if args.export:
+        ranked = [row for row in rows if row["rank"] == 1]
+        if not ranked:
+            raise LicSearchError("--export --by family: no family has a BD-rate (each needs at least 4 rate "
+                                 "points overlapping the anchor); see the reasons with lic-search best --by family")
+        _export(args, selection, ranked[0]["run_ids"], f"every rate point of the best family {ranked[0]['family']}")
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
     if not rows:
         print("no rate families (no completed trials)")
         return 0
-    for row in rows:
-        value = "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%"
-        why = f"  ({row['reason']})" if row["reason"] else ""
-        print(f"{row['rank']:>3}  family {row['family']}  BD-rate vs {row['anchor']}: {value}  "
-              f"{row['points']} points, λ={row['lambdas']}  {row['params']}{why}")
+    header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['anchor']}", "points", "λ", "differs in", "why no BD-rate"]
+    lines = [[str(row["rank"]) if row["rank"] is not None else "-", row["family"], "yes" if row["auxt"] else "no",
+              "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%", str(row["points"]),
+              ", ".join(f"{v:g}" for v in row["lambdas"]) or "-",
+              ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "-", row["reason"] or ""]
+             for row in rows]
+    _print_table(header, lines)
     return 0
 
 
+def _print_table(header: list[str], lines: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    for line in [header] + lines:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+
+
 def _best(args) -> int:
-    from search.queries import best_trials
+    from search.algorithm_config import default_mode
+    from search.queries import best_trials, select_search, winners
 
+    selection = select_search(args.experiment, args.tracking_uri, run_id=args.run_id, all_searches=args.all_searches)
+    print(selection.describe(), file=sys.stderr)
     if args.by == "family":
-        return _best_families(args)
+        return _best_families(args, selection)
 
-    rows = best_trials(args.experiment, metric=args.metric, mode=args.mode, top=args.top,
-                       tracking_uri=args.tracking_uri, where=_parse_where(args.where), status=args.status)
-    if args.export and rows:
-        from search.queries import export_space
-
-        export_space(args.experiment, rows[0]["run_id"], args.export, tracking_uri=args.tracking_uri,
-                     iterations=args.iterations)
-        print(f"wrote {args.export} (re-runs run {rows[0]['run_id']}; run it with: lic-search run {args.export})",
-              file=__import__("sys").stderr)
+    mode = args.mode or default_mode(args.metric)
+    rows = best_trials(args.experiment, metric=args.metric, mode=mode, top=args.top,
+                       where=_parse_where(args.where), status=args.status, selection=selection)
+    if args.export:
+        best = winners(rows)
+        if not best:
+            raise LicSearchError(f"--export: no trial has a finite {args.metric}; nothing to re-run")
+        _export(args, selection, [r["run_id"] for r in best], f"the best trial of each of {len(best)} rate points")
     if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
+        print(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return 0
     if not rows:
         print("no trials match")
         return 0
-    header = ["rank", args.metric, M.EVAL_BPP, M.EVAL_PSNR, "iters", "status"] + [p.split(".")[-1] for p in SHOWN_PARAMS]
+    print(f"ranked by {args.metric} ({mode}) within each rate point ({', '.join(selection.stratify_by) or 'none'})")
+    header = ["rate point", "rank", args.metric, M.EVAL_BPP, M.EVAL_PSNR, "iters", "status"] + \
+        [p.split(".")[-1] for p in SHOWN_PARAMS]
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     lines = []
-    for rank, row in enumerate(rows, 1):
+    for row in rows:
         m = row["metrics"]
-        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-        lines.append([str(rank), fmt(m.get(args.metric)), fmt(m.get(M.EVAL_BPP)), fmt(m.get(M.EVAL_PSNR)),
+        lines.append([stratum_label(row["stratum"]), "-" if row["rank"] is None else str(row["rank"]),
+                      fmt(m.get(args.metric)), fmt(m.get(M.EVAL_BPP)), fmt(m.get(M.EVAL_PSNR)),
                       fmt(m.get(M.ITERATIONS)), row["status"] or "-"]
-                     + [row["params"].get(p, "-") for p in SHOWN_PARAMS])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    for line in [header] + lines:
-        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
-    print(f"\nrun ids: {', '.join(r['run_id'] for r in rows[:3])}{' ...' if len(rows) > 3 else ''}")
+                     + [str(row["params"].get(p, "-")) for p in SHOWN_PARAMS])
+    _print_table(header, lines)
+    best = winners(rows)
+    print("\nbest per rate point: " + "; ".join(f"{stratum_label(r['stratum'])}: run {r['run_id']}" for r in best))
     return 0

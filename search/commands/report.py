@@ -28,19 +28,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also build rate families from trials the scheduler stopped early "
                              "(default: completed trials only, so under-trained points do not bend the curves)")
     parser.add_argument("--no-attach", action="store_true", help="do not attach the report to the MLflow parent run")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--run-id", default=None, metavar="PARENT",
+                       help="report the search whose MLflow parent run is PARENT (default: the latest search)")
+    which.add_argument("--all", action="store_true", dest="all_searches",
+                       help="report every search recorded under this name together")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from search.queries import select_search
+    from search.ranking import stratum_label
     from search.report import ARTIFACT_PATH, generate_report
 
+    selection = select_search(args.experiment, args.tracking_uri, run_id=args.run_id, all_searches=args.all_searches)
+    print(selection.describe())
     report = generate_report(args.experiment, tracking_uri=args.tracking_uri, out=args.out,
                              anchor_files=args.anchor, include_stopped=args.include_stopped, method=args.method,
-                             attach=not args.no_attach)
+                             attach=not args.no_attach, selection=selection)
     families = report.data["families"]
     ranked = [f for f in families if f["rank"] is not None]
     print(f"report: {report.markdown}")
     print(f"{len(report.data['trials'])} trials, {len(families)} rate families ({len(ranked)} with a BD-rate)")
+    for best in report.data["best_per_rate_point"]:
+        print(f"best at {stratum_label(best['stratum'])}: trial {best['trial_id']} "
+              f"({report.data['metric']} {best['value']:.4g}, of {best['of']})")
     if ranked:
         best = ranked[0]
         value = best["bd_rate"].get(f"{report.data['anchors'][0]} psnr")

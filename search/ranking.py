@@ -1,0 +1,118 @@
+"""Best trial per rate point: ranking trials only within their stratum.
+
+R-D losses at different λ (or distortions) are not comparable: ``λ·D + R`` has another scale
+at every λ, so a flat ranking always puts the lowest λ first. The schedulers compare trials
+only within a stratum (their values at ``search.stratify_by``); ``best``, the end-of-search
+summary, ``report`` and ``best --export`` rank the same way, so the answer is one best trial
+per rate point. Everything here works on plain values (typed params, nested or flat configs),
+so it serves MLflow runs and Ray results alike.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
+
+from search.algorithm_config import DEFAULT_STRATIFY_BY, trial_default
+from search.keypath import get_path
+
+Row = TypeVar("Row")
+Stratum = dict[str, Any]
+
+
+def parse_param(text: str) -> Any:
+    """An MLflow param string back to its value: ``"4"`` -> 4, ``"True"`` -> True, ``"[0.9]"`` -> [0.9].
+
+    MLflow stores ``str(value)``, which for numbers, booleans, None, lists and tuples is the
+    Python literal; anything else (a backbone name, a path) stays the string it is.
+    """
+    if not isinstance(text, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset, bytes, complex)):
+        return str(value)
+    return value
+
+
+def typed_params(params: Mapping[str, str]) -> dict[str, Any]:
+    """Every MLflow param parsed with :func:`parse_param`."""
+    return {key: parse_param(value) for key, value in params.items()}
+
+
+def stratum_of(config: Mapping[str, Any], keys: Sequence[str] = DEFAULT_STRATIFY_BY) -> Stratum:
+    """The values of ``config`` (nested, or flat with dotted keys) at the stratify keys.
+
+    A key the config leaves out takes its :class:`TrialConfig` default, as in
+    :func:`search.schedulers.stratum_key`, so ``loss.distortion`` unset and ``mse`` are one stratum.
+    """
+    stratum: Stratum = {}
+    for key in keys:
+        value = config[key] if key in config else get_path(dict(config), key)
+        stratum[key] = trial_default(key) if value is None else value
+    return stratum
+
+
+def stratum_label(stratum: Mapping[str, Any]) -> str:
+    """``λ=0.0035, distortion=mse``-style text (last key component; 'all trials' when unstratified)."""
+    if not stratum:
+        return "all trials"
+    names = {"loss.lmbda": "λ"}
+    return ", ".join(f"{names.get(k, k.split('.')[-1])}={_show(v)}" for k, v in stratum.items())
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _order_key(stratum: Mapping[str, Any]) -> tuple:
+    """Rate points in a stable, natural order: numbers by value, then everything else as text."""
+    return tuple((0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 else (1, 0.0, json.dumps(v, sort_keys=True, default=str)) for v in stratum.values())
+
+
+def finite(value: Any) -> Optional[float]:
+    """``value`` as a float when it is a finite number, else None (missing, NaN, inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def rank_within_strata(rows: Iterable[Row], stratum: Callable[[Row], Stratum],
+                       score: Callable[[Row], Any], mode: str) -> list[tuple[Row, Stratum, Optional[int]]]:
+    """``(row, stratum, rank)`` grouped by stratum (natural order), best first inside each.
+
+    ``rank`` is 1 for the best row of its stratum; rows without a finite score come last in
+    their stratum with rank None (they cannot be compared)."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    groups: dict[str, tuple[Stratum, list[Row]]] = {}
+    for row in rows:
+        values = stratum(row)
+        key = json.dumps(values, sort_keys=True, default=str)
+        groups.setdefault(key, (values, []))[1].append(row)
+    ranked: list[tuple[Row, Stratum, Optional[int]]] = []
+    for values, members in sorted(groups.values(), key=lambda group: _order_key(group[0])):
+        scored = [(finite(score(row)), row) for row in members]
+        good = sorted(((v, r) for v, r in scored if v is not None), key=lambda item: item[0] if mode == "min"
+                      else -item[0])
+        ranked += [(row, values, position) for position, (_, row) in enumerate(good, 1)]
+        ranked += [(row, values, None) for v, row in scored if v is None]
+    return ranked
+
+
+__all__ = ["parse_param", "typed_params", "stratum_of", "stratum_label", "rank_within_strata", "finite"]
