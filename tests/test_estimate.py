@@ -118,7 +118,8 @@ scheduler: {{type: asha, grace_period: 50, reduction_factor: 2}}
 
 
 # Paper Table 1: GPU-hours per 0.6M iterations on an RTX 4090-class GPU, without / with AuxT.
-TABLE1_HOURS = {"mbt2018-mean": (15, 18), "elic": (43, 46), "tcm-small": (72, 75), "tcm-large": (100, 105)}
+TABLE1_HOURS = {"mbt2018-mean": (15, 18), "elic": (43, 46), "stf": (35, 36), "tcm-small": (72, 75),
+                "tcm-large": (100, 105)}
 PRESETS = sorted((REPO / "spaces").glob("*.yaml"))
 
 

@@ -14,15 +14,6 @@ from trainables.backbones import BACKBONES
 TABLE_1 = {"mbt2018-mean": (17.6, 18.6), "elic": (33.8, 34.8), "tcm-small": (45.2, 45.8), "tcm-large": (76.6, 78.2)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes 2 threads ~30x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -46,6 +37,15 @@ def test_json_lists_every_backbone_with_table1_parameter_counts(capsys) -> None:
         assert by_name[name]["params_auxt"] / 1e6 == pytest.approx(auxt, rel=0.02)
     elic_gain = by_name["elic"]["params_auxt"] - by_name["elic"]["params"]
     assert 0.9e6 < elic_gain < 1.2e6  # "about 1 M"
+
+
+def test_stf_matches_the_release_and_the_auxt_channel_plan(capsys) -> None:
+    # 99,855,639 counted on the official SymmetricalTransFormer(); + AuxT's four WLS / iWLS
+    # pairs on widths (3, 48, 96, 192, 384) gives 100.64 M (Table 1: 99.8 M / 100.6 M).
+    (row,) = _run_json(capsys, "--params-only", "--backbone", "stf")
+    assert row["name"] == "stf"
+    assert row["params"] / 1e6 == pytest.approx(99.86, rel=0.01)
+    assert row["params_auxt"] / 1e6 == pytest.approx(100.64, rel=0.01)
 
 
 def test_auxt_macs_equal_the_analytic_count_of_its_shortcuts(capsys) -> None:
