@@ -188,6 +188,10 @@ class StratifiedASHA(FIFOScheduler):
         if self._time_attr not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         time = float(result[self._time_attr])
+        if not math.isfinite(float(result[self._metric])):  # NaN/inf at any rung: nothing to compare, stop
+            self._stopped[trial.trial_id] = time
+            self._save()
+            return TrialScheduler.STOP
         if trial.trial_id in self._stopped and time >= self._stopped[trial.trial_id]:
             return TrialScheduler.STOP  # decided before a restore; the trial came back from an older checkpoint
         if time >= self._max_t:
@@ -203,6 +207,8 @@ class StratifiedASHA(FIFOScheduler):
 
     def on_trial_complete(self, tune_controller, trial: "Trial", result: dict) -> None:
         if not result or self._time_attr not in result or self._metric not in result:
+            return
+        if not math.isfinite(float(result[self._metric])):
             return
         self._bracket_of(trial).on_result(trial.trial_id, float(result[self._time_attr]),
                                           self._metric_op * float(result[self._metric]))

@@ -104,6 +104,7 @@ class PrunedOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        error = error or bool((result or {}).get(M.DIVERGED))  # a diverged trial is FAILED, not PRUNED
         budget = self.budgets.get(trial_id)
         reached = (result or {}).get(M.ITERATIONS)
         if error or not result or budget is None or not _finite(reached) or int(reached) >= budget:

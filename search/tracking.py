@@ -306,6 +306,8 @@ class MlflowTrialLogger(tune.Callback):
         from mlflow.entities import Metric
 
         run_id = self._run_id(trial)
+        if result.get(M.DIVERGED):
+            return  # NaN scores, not measurements: on_trial_complete records the reason
         step = int(result.get(M.ITERATIONS, 0))
         self._last_iteration[trial.trial_id] = step
         if step <= self._last_step.get(trial.trial_id, 0):

@@ -7,6 +7,7 @@ continues from its last evaluation (``tune.get_checkpoint``).
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Optional
 
 import torch
 
+from trainables import metrics as M
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
 from trainables.engine import Trainer
-from trainables.metrics import NODE_ID
+from trainables.errors import TrainingDivergedError
 
 
 def _trial_resources() -> dict[str, float]:
@@ -55,6 +57,17 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def diverged_result(error: TrainingDivergedError, iteration: int) -> dict:
+    """The last result of a diverged trial: the reason, and NaN for every score a scheduler or searcher may read.
+
+    Reported instead of raising: a raised error is retried ``max_failures`` times and restarted
+    by ``resume``, and since resume is exact each retry diverges again at the same iteration.
+    """
+    scores = {name: math.nan for name in vars(M).values()
+              if isinstance(name, str) and name.startswith(("eval/", "train/"))}
+    return scores | {M.ITERATIONS: iteration, M.DIVERGED: 1, M.DIVERGED_REASON: f"{type(error).__name__}: {error}"}
+
+
 def train_lic(config: dict) -> None:
     """Ray Tune entry point. ``config`` is a nested dict shaped like :class:`TrialConfig`."""
     from ray import tune
@@ -67,8 +80,13 @@ def train_lic(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(load_checkpoint(Path(folder), map_location=trainer.device))
     node = _node_id()
-    for result in trainer.train():
-        result[NODE_ID] = node
-        with tempfile.TemporaryDirectory(prefix="lic-ckpt-") as folder:
-            save_checkpoint(trainer.state_dict(), Path(folder))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+    try:
+        for result in trainer.train():
+            result[M.NODE_ID] = node
+            with tempfile.TemporaryDirectory(prefix="lic-ckpt-") as folder:
+                save_checkpoint(trainer.state_dict(), Path(folder))
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+    except TrainingDivergedError as error:
+        # Terminal, unlike a crash: the trial ends here (no checkpoint of the NaN state) and
+        # Ray records it as finished, so neither FailureConfig nor `resume` runs it again.
+        tune.report(diverged_result(error, trainer.iteration) | {M.NODE_ID: node})
