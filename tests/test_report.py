@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import pytest
 from PIL import Image
 
 from search import mlflow_names as T
-from search.bdrate import bd_rate
 from search.cli import main
 from search.curves import RDCurve, load_curve, save_curve, shipped_anchor
 from search.report import ARTIFACT_PATH, DATA_FILE, REPORT_FILE
@@ -85,6 +85,20 @@ def search(tmp_path_factory):
     return {"uri": uri, "client": client, "parent": parent, "anchor": anchor, "tmp": tmp_path}
 
 
+def _independent_bd_rate(anchor_bpp, anchor_quality, test_bpp, test_quality) -> float:
+    """BD-rate (pchip) from the bjontegaard package itself, points sorted by quality."""
+    import bjontegaard
+
+    def by_quality(bpp, quality):
+        pairs = sorted(zip(quality, bpp))
+        return [b for _, b in pairs], [q for q, _ in pairs]
+
+    rate_a, quality_a = by_quality(anchor_bpp, anchor_quality)
+    rate_t, quality_t = by_quality(test_bpp, test_quality)
+    return float(bjontegaard.bd_rate(rate_a, quality_a, rate_t, quality_t, "pchip",
+                                     require_matching_points=False, min_overlap=0.0))
+
+
 def _valid_png(path: Path) -> tuple[int, int]:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as image:
@@ -117,13 +131,18 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     # against the extra anchor the curves are exact rate scalings: +10% and +25%
     assert families["F1"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(10.0, abs=1e-6)
     assert families["F2"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(25.0, abs=1e-6)
-    # against the shipped VTM curve: what bd_rate computes on the family's curve file
+    # against the shipped VTM curve: recomputed here from the logged points with the bjontegaard
+    # package directly (not lic-search's bd_rate), MS-SSIM converted to dB by hand
     f1_curve = load_curve(out / "curves" / "F1.json")
-    assert f1_curve.bpp == pytest.approx([b * AUXT_RATE for b in load_curve(search["anchor"]).bpp])
-    expected_vtm = bd_rate(f1_curve, load_curve(shipped_anchor())).bd_rate
-    assert families["F1"]["bd_rate"]["VTM psnr"] == pytest.approx(expected_vtm)
+    four = load_curve(search["anchor"])
+    f1_bpp = [b * AUXT_RATE for b in four.bpp]
+    assert f1_curve.bpp == pytest.approx(f1_bpp)
+    vtm = load_curve(shipped_anchor())
+    expected_vtm = _independent_bd_rate(vtm.bpp, vtm.psnr, f1_bpp, four.psnr)
+    assert families["F1"]["bd_rate"]["VTM psnr"] == pytest.approx(expected_vtm, abs=1e-9)
+    in_db = lambda values: [-10 * math.log10(1 - v) for v in values]  # noqa: E731
     assert families["F1"]["bd_rate"]["VTM ms-ssim"] == pytest.approx(
-        bd_rate(f1_curve, load_curve(shipped_anchor()), "ms-ssim").bd_rate)
+        _independent_bd_rate(vtm.bpp, in_db(vtm.ms_ssim), f1_bpp, in_db(four.ms_ssim)), abs=1e-9)
     # the BD-rate table as printed in the Markdown
     f1_row = next(line for line in markdown.splitlines() if line.startswith("| F1 |"))
     assert "+10.00%" in f1_row and f"{expected_vtm:+.2f}%" in f1_row and "| yes |" in f1_row
@@ -147,6 +166,15 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     assert summary["speedup"] == pytest.approx(2.0)
     speed_rows = [line for line in markdown.splitlines() if line.startswith("| F1 vs F2 | 0.0")]
     assert len(speed_rows) == 4 and all("| 200 | 400 | 50.0% | 2.00× |" in row for row in speed_rows)
+
+    # best per rate point: AuxT wins at every λ (R-D loss 0.45·scale < 0.6·scale); the stopped trial (5.0 at
+    # λ=0.0067) is compared but loses; the errored one has no loss and is not counted
+    best = data["best_per_rate_point"]
+    assert [(b["stratum"]["loss.lmbda"], b["trial_id"], b["of"]) for b in best] == [
+        (0.0067, "auxt_0", 3), (0.013, "auxt_1", 2), (0.025, "auxt_2", 2), (0.0483, "auxt_3", 2)]
+    assert [b["value"] for b in best] == pytest.approx([0.45 * (1 + i) for i in range(4)])
+    assert "## Best trial per rate point" in markdown and "| λ=0.0483, distortion=mse | auxt_3 | F1 |" in markdown
+    assert "best at λ=0.013, distortion=mse: trial auxt_1" in printed
 
     trials = {t["trial_id"]: t for t in data["trials"]}
     assert trials["stopped_0"]["family"] is None and trials["stopped_0"]["iterations"] == 100
