@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny configs on the shipped sample crops, and ../shared when present."""
+"""Shared fixtures: tiny configs on the shipped sample crops, one torch thread per test, a local
+Ray instance per module (``ray_cluster``), the Ray CLI of this interpreter, and ../shared when present."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,41 @@ SHARED = REPO.parent / "shared"
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 import torch  # noqa: E402
 
-# Tiny models on 2 cores: a second intra-op thread only adds contention (tiny TCM passes ran
-# ~35x slower with 2 threads on a loaded machine). Ray trials set their own thread count.
-torch.set_num_threads(1)
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+#: The ``ray`` CLI installed beside this interpreter: tests pass from an unactivated venv
+#: (``venv/bin/python -m pytest``), where ``ray`` is not on PATH.
+RAY_CLI = str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on 2 cores: a second intra-op thread only adds contention (tiny TCM passes ran
+    ~35x slower with 2 threads on a loaded machine). Set before every test, so a test that changes
+    it (resource limits) cannot slow the rest. Ray trials set their own thread count."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request):
+    """A local 2-CPU Ray instance for the tests of one module (started unless one is running).
+
+    The test module is pickled by value: Ray workers cannot import test modules, so trainables
+    defined in a test file reach the workers this way."""
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(request.module)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
 
 
 def tiny_trial(**overrides) -> dict:

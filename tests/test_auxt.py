@@ -26,13 +26,6 @@ from trainables.model import create_model
 BASES = ["haar", "db2", "db4", "sym4", "coif1", "bior2.2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes 2 threads ~30x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 ORTHOGONAL = [b for b in BASES if pywt.Wavelet(b).orthogonal]
 
 

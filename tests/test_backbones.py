@@ -14,15 +14,6 @@ from trainables.model import InputShapeError, LICModel, create_model
 NAMES = sorted(BACKBONES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes 2 threads ~30x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _tiny(name: str, auxt: bool) -> LICModel:
     N, M = BACKBONES[name].test_widths
     torch.manual_seed(0)

@@ -17,7 +17,6 @@ from trainables.errors import TrainingDivergedError
 
 
 def _trainer(**overrides) -> Trainer:
-    torch.set_num_threads(1)
     return Trainer(TrialConfig.model_validate(tiny_trial(**overrides)), device=torch.device("cpu"))
 
 

@@ -23,7 +23,6 @@ KODAK = SHARED / "data" / "kodak"
 
 
 def _train(folder: Path, iterations: int, **overrides) -> Path:
-    torch.set_num_threads(1)
     config = tiny_trial(**{"model.N": 16, "model.M": 16, "data.batch_size": 8, "data.max_eval_images": 1,
                            "schedule.iterations": iterations, "schedule.eval_every": max(iterations, 1),
                            **overrides})

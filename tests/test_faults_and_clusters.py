@@ -19,6 +19,7 @@ import requests
 from search import mlflow_names as T
 from search.cli import main
 from search.tracking import client_for
+from tests.conftest import RAY_CLI
 from tests.test_search_e2e import write_space
 from trainables import metrics as M
 
@@ -116,14 +117,14 @@ def test_two_node_cluster_on_loopback_runs_trials_on_both_nodes(tmp_path: Path):
     port = free_port()
     # Ray's token authentication: every node and the driver share one token.
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    head = start(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+    head = start([RAY_CLI, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
                   "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
                  tmp_path / "head.log", auth)
     worker = None
     try:
         address = f"127.0.0.1:{port}"
         wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), 60, "the head node")
-        worker = start(["ray", "start", "--block", f"--address={address}", "--num-cpus=1",
+        worker = start([RAY_CLI, "start", "--block", f"--address={address}", "--num-cpus=1",
                         "--node-ip-address=127.0.0.1", "--disable-usage-stats"], tmp_path / "worker.log", auth)
         wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 60, "the worker node")
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -27,15 +27,6 @@ from trainables.losses import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the suite shares two cores; MS-SSIM convolutions slow down 20× oversubscribed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model_output(target: torch.Tensor, offset: float = 0.1) -> dict:
     likelihoods = {"y": torch.full((target.shape[0], 4, 2, 2), 0.5, requires_grad=True),
                    "z": torch.full((target.shape[0], 2, 1, 1), 0.25, requires_grad=True)}

@@ -23,15 +23,6 @@ pytestmark = pytest.mark.slow
 SMOKE = REPO / "spaces" / "smoke"
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("preset, varied", [
     ("ablation_wavelets.yaml", "model.auxt.wavelet"),
     ("backbones_conv.yaml", "model.backbone"),

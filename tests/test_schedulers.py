@@ -359,22 +359,6 @@ def test_cross_section_checks_accept_finitely_many_lambda_strata():
 
 
 # ----------------------------------------------------------------------------- real Ray Tune searches
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import sys
-
-    import ray
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def synthetic_trainable(config: dict) -> None:
     """A stand-in for train_lic with a known loss: ``1000·λ·(quality + 1/iteration)``, checkpointed
     every iteration so a restored trial continues where it was. Only the scheduler is under test."""

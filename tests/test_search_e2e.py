@@ -18,15 +18,6 @@ from trainables import metrics as M
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def write_space(folder: Path, name: str, trial_overrides: dict, search: dict, scheduler: dict) -> Path:
     space = {
         "name": name,

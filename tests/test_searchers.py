@@ -252,22 +252,6 @@ def test_optuna_setup_accepts_lambda_grids_and_multi_objective_lambda_sampling()
 
 
 # ----------------------------------------------------------------------------- a real Ray Tune search
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import sys
-
-    import ray
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def lr_trainable(config: dict) -> None:
     """A stand-in for train_lic with a known loss ``1000·λ·(1 + |log10(lr) + 3| + 1/iteration)``
     (best lr 1e-3, scale set by λ). Only the searcher and the scheduler are under test."""
