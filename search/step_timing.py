@@ -15,14 +15,15 @@ import copy
 import math
 import platform
 from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 
 from trainables import metrics as M
 from trainables.config import TrialConfig
 
-__all__ = ["device_label", "seconds_per_iteration"]
+__all__ = ["device_label", "TimedRun", "timed_run", "seconds_per_iteration"]
 
 
 def device_label(device: torch.device) -> str:
@@ -32,13 +33,25 @@ def device_label(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
 
 
-def seconds_per_iteration(config: dict, steps: int = 30, warmup: int = 10, data: Optional[Path] = None,
-                          device: Optional[torch.device] = None) -> float:
-    """Mean seconds per iteration of the trial ``config`` (a plain trial dict) over at least
-    ``steps`` timed iterations (rounded up to whole intervals of ``warmup``).
+@dataclass
+class TimedRun:
+    """A short real training run: its seconds per iteration, the trainer and every evaluation."""
+
+    seconds_per_iteration: float
+    trainer: Any
+    results: list[dict[str, float]]
+
+
+def timed_run(config: dict, steps: int = 30, warmup: int = 10, data: Optional[Path] = None,
+              device: Optional[torch.device] = None, before_train: Optional[Callable[[], None]] = None,
+              eval_images: int = 1) -> TimedRun:
+    """Train ``config`` (a plain trial dict) for ``warmup`` + at least ``steps`` iterations
+    (rounded up to whole intervals of ``warmup``), evaluating every ``warmup`` on ``eval_images`` image(s).
 
     ``data``: train (and evaluate) on this image folder instead of the config's; the step
-    time depends on crop and batch size, not on which images are cropped.
+    time depends on crop and batch size, not on which images are cropped. ``before_train``
+    runs after the model and optimizers are built, just before the first step (a barrier
+    for trials started together).
     """
     from trainables.engine import Trainer
 
@@ -46,11 +59,20 @@ def seconds_per_iteration(config: dict, steps: int = 30, warmup: int = 10, data:
     schedule = plain.setdefault("schedule", {})
     intervals = max(1, math.ceil(steps / warmup))
     schedule.update(iterations=warmup * (1 + intervals), eval_every=warmup, warmup=0)
-    plain.setdefault("data", {})["max_eval_images"] = 1
+    plain.setdefault("data", {})["max_eval_images"] = eval_images
     if data is not None:
         plain["data"]["train"] = str(data)
         plain["data"]["eval"] = str(data)
     trainer = Trainer(TrialConfig.model_validate(plain), device=device)
-    timed = list(trainer.train())[1:]
-    # Total time over total steps: intervals are equally long, so the mean of 1/rate.
-    return sum(1.0 / r[M.TRAIN_ITERS_PER_S] for r in timed) / len(timed)
+    if before_train is not None:
+        before_train()
+    results = list(trainer.train())
+    # Total time over total steps: the timed intervals are equally long, so the mean of 1/rate.
+    seconds = sum(1.0 / r[M.TRAIN_ITERS_PER_S] for r in results[1:]) / len(results[1:])
+    return TimedRun(seconds, trainer, results)
+
+
+def seconds_per_iteration(config: dict, steps: int = 30, warmup: int = 10, data: Optional[Path] = None,
+                          device: Optional[torch.device] = None) -> float:
+    """Mean seconds per iteration of the trial ``config`` over at least ``steps`` timed iterations."""
+    return timed_run(config, steps, warmup, data, device).seconds_per_iteration
