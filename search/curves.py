@@ -5,13 +5,20 @@ CompressAI (``compressai.utils.eval_model``) and its published anchors
 ``{"name", "description", "results": {"bpp": [...], "psnr-rgb": [...], "ms-ssim-rgb": [...], ...}}``
 with one list entry per rate point. Older files say ``psnr`` / ``ms-ssim``; both are read,
 the ``-rgb`` spelling is written, so lic-search output plots beside the published curves.
+
+A BD-rate only means something when both curves were measured on the same images. Curves
+written by ``lic-search eval`` record their image set (folder, count, sizes) and how their
+rate was measured (bitstream bytes, or the likelihood estimate training reports as
+``eval/bpp``) under a ``lic_search`` key; the shipped anchors are for the images their
+folder names (``anchors/kodak``: the 24 Kodak images). :func:`check_comparable` refuses a
+BD-rate across image sets and labels likelihood rates.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -27,6 +34,36 @@ _ANCHOR_DIR = Path(__file__).resolve().parent / "anchors"
 
 class CurveError(LicSearchError):
     """An R-D curve file is missing, malformed, or lacks what a computation needs."""
+
+
+RATE_BITSTREAM = "bitstream"  # bytes the range coder wrote (lic-search eval, published anchors)
+RATE_LIKELIHOOD = "likelihood"  # −log2 of the likelihoods: training-time eval/bpp, an estimate
+RATE_SOURCES = (RATE_BITSTREAM, RATE_LIKELIHOOD)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """The images a curve was measured on: count and ``WxH`` sizes decide comparability, the folder is shown."""
+
+    count: int
+    sizes: dict[str, int]  # "768x512" -> number of images of that size
+    folder: str = ""
+
+    def same_images_as(self, other: "ImageSet") -> bool:
+        return self.count == other.count and self.sizes == other.sizes
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{n} x {size}" for size, n in sorted(self.sizes.items(), key=lambda kv: -kv[1]))
+        where = f" in {self.folder}" if self.folder else ""
+        return f"{self.count} images ({sizes}){where}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"folder": self.folder, "count": self.count, "sizes": dict(self.sizes)}
+
+
+# The Kodak set: 24 images, 18 landscape 768x512 and 6 portrait 512x768.
+KODAK = ImageSet(count=24, sizes={"768x512": 18, "512x768": 6}, folder="Kodak (kodim01-24)")
+SHIPPED_ANCHOR_SETS = {"kodak": KODAK}  # anchors/<dataset>/ -> the images its curves were measured on
 
 
 def shipped_anchor(dataset: str = "kodak", codec: str = "vtm") -> Path:
@@ -49,6 +86,8 @@ class RDCurve:
     description: str = ""
     extra: dict[str, list[Any]] = field(default_factory=dict)  # other result lists (e.g. encoding_time)
     source: str = "<memory>"  # file it came from, named in error messages
+    image_set: Optional[ImageSet] = None  # None: the file does not say
+    rate: Optional[str] = None  # RATE_BITSTREAM or RATE_LIKELIHOOD; None: the file does not say
 
     def __len__(self) -> int:
         return len(self.bpp)
@@ -71,7 +110,12 @@ class RDCurve:
             results[MS_SSIM_KEYS[0]] = list(self.ms_ssim)
         results[BPP_KEY] = list(self.bpp)
         results.update({k: list(v) for k, v in self.extra.items()})
-        return {"name": self.name, "description": self.description, "results": results}
+        data: dict[str, Any] = {"name": self.name, "description": self.description, "results": results}
+        provenance = {k: v for k, v in (("image_set", self.image_set and self.image_set.to_dict()),
+                                        ("rate", self.rate)) if v is not None}
+        if provenance:
+            data["lic_search"] = provenance
+        return data
 
 
 def _number_list(values: Any, source: str, key: str, *, positive: bool = False) -> list[float]:
@@ -98,6 +142,34 @@ def _metric_list(results: Mapping[str, Any], keys: Sequence[str], source: str, n
     return None
 
 
+def _image_set(value: Any, source: str) -> Optional[ImageSet]:
+    if value is None:
+        return None
+    key = "lic_search.image_set"
+    if not isinstance(value, dict):
+        raise CurveError(f"{source}: {key} must be an object with count and sizes, got {type(value).__name__}")
+    count, sizes = value.get("count"), value.get("sizes")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise CurveError(f"{source}: {key}.count must be a positive integer, got {count!r}")
+    counts = list(sizes.values()) if isinstance(sizes, dict) else []
+    if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts) or sum(counts) != count:
+        raise CurveError(f"{source}: {key}.sizes must map \"WxH\" to image counts that add up to count ({count}), "
+                         f"got {sizes!r}")
+    return ImageSet(count=count, sizes={str(k): int(n) for k, n in sizes.items()}, folder=str(value.get("folder", "")))
+
+
+def _provenance(data: dict, source: str) -> tuple[Optional[ImageSet], Optional[str]]:
+    extra = data.get("lic_search")
+    if extra is None:
+        return None, None
+    if not isinstance(extra, dict):
+        raise CurveError(f"{source}: lic_search must be an object, got {type(extra).__name__}")
+    rate = extra.get("rate")
+    if rate is not None and rate not in RATE_SOURCES:
+        raise CurveError(f"{source}: lic_search.rate must be one of {', '.join(RATE_SOURCES)}, got {rate!r}")
+    return _image_set(extra.get("image_set"), source), rate
+
+
 def curve_from_dict(data: Any, source: str = "<memory>") -> RDCurve:
     """Validate a CompressAI results dict; ``source`` names the file in error messages."""
     if not isinstance(data, dict):
@@ -120,6 +192,7 @@ def curve_from_dict(data: Any, source: str = "<memory>") -> RDCurve:
     known = {BPP_KEY, *PSNR_KEYS, *MS_SSIM_KEYS}
     extra = {k: v for k, v in results.items() if k not in known and isinstance(v, list)}
     name = data.get("name")
+    image_set, rate = _provenance(data, source)
     return RDCurve(
         name=str(name) if name else Path(source).stem,
         bpp=bpp,
@@ -128,6 +201,8 @@ def curve_from_dict(data: Any, source: str = "<memory>") -> RDCurve:
         description=str(data.get("description", "")),
         extra=extra,
         source=source,
+        image_set=image_set,
+        rate=rate,
     )
 
 
@@ -135,6 +210,8 @@ def evaluation_curve(results: Sequence[Any], name: str, description: str = "") -
     """One point per evaluated checkpoint (``trainables.evaluation.EvalResult``: means over its images), by rate."""
     ordered = sorted(results, key=lambda r: r.mean("bpp") or 0.0)
     ms_ssim = [r.mean("ms_ssim") for r in ordered]
+    sets = {json.dumps(r.image_set(), sort_keys=True) for r in ordered}
+    image_set = _image_set(json.loads(sets.pop()), "lic-search eval") if len(sets) == 1 else None
     return RDCurve(
         name=name,
         description=description or "lic-search eval (CompressAI range coder)",
@@ -147,6 +224,8 @@ def evaluation_curve(results: Sequence[Any], name: str, description: str = "") -
             "likelihood_bpp": [r.mean("likelihood_bpp") for r in ordered],
             "lmbda": [r.lmbda for r in ordered],
         },
+        image_set=image_set,
+        rate=RATE_BITSTREAM,
     )
 
 
@@ -159,7 +238,40 @@ def load_curve(path: Path | str) -> RDCurve:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CurveError(f"{path}: not valid JSON ({error})") from None
-    return curve_from_dict(data, str(path))
+    curve = curve_from_dict(data, str(path))
+    if curve.image_set is None and path.resolve().parent.parent == _ANCHOR_DIR:
+        curve = replace(curve, image_set=SHIPPED_ANCHOR_SETS.get(path.resolve().parent.name))
+        if curve.rate is None:
+            curve = replace(curve, rate=RATE_BITSTREAM)
+    return curve
+
+
+def check_comparable(test: RDCurve, anchor: RDCurve, allow_other_set: bool = False) -> Optional[str]:
+    """May a BD-rate compare ``test`` with ``anchor``? None: yes, nothing to say; a string: yes, with this note.
+
+    Raises :class:`CurveError` when both curves say which images they were measured on and the
+    sets differ (unless ``allow_other_set``: then the mismatch is the returned warning). A curve
+    that does not say is compared with a note; so is a likelihood rate (training's ``eval/bpp``).
+    """
+    notes = []
+    anchor_images = anchor.image_set.describe() if anchor.image_set is not None else None
+    if test.rate == RATE_LIKELIHOOD:
+        notes.append(f"{test.name}: bpp is training-time eval/bpp, a likelihood estimate on the trial's eval images, "
+                     "not bitstream bytes" + (f" on the anchor's {anchor_images}" if anchor_images else "")
+                     + " (lic-search eval measures those)")
+    if anchor.image_set is not None and test.image_set is None and test.rate != RATE_LIKELIHOOD:
+        notes.append(f"{test.name} does not record its images; {anchor.name} was measured on {anchor_images}: "
+                     "compare only curves measured on those images")
+    if anchor.image_set is not None and test.image_set is not None \
+            and not test.image_set.same_images_as(anchor.image_set):
+        message = (f"{test.source}: {test.name} was measured on {test.image_set.describe()}, but the anchor "
+                   f"{anchor.name} ({anchor.source}) on {anchor_images}; a BD-rate across image sets compares "
+                   "the images, not the codecs")
+        if not allow_other_set:
+            raise CurveError(f"{message}. Evaluate on the anchor's images (lic-search eval CHECKPOINT --data DIR) "
+                             "or pass --allow-other-set to compute it anyway")
+        notes.append(f"warning: {message}")
+    return "; ".join(notes) or None
 
 
 def save_curve(curve: RDCurve, path: Path | str) -> Path:
@@ -170,5 +282,6 @@ def save_curve(curve: RDCurve, path: Path | str) -> Path:
     return path
 
 
-__all__ = ["RDCurve", "CurveError", "curve_from_dict", "evaluation_curve", "load_curve", "save_curve", "shipped_anchor",
+__all__ = ["RDCurve", "CurveError", "ImageSet", "KODAK", "RATE_BITSTREAM", "RATE_LIKELIHOOD", "check_comparable",
+           "curve_from_dict", "evaluation_curve", "load_curve", "save_curve", "shipped_anchor",
            "METRIC_KEYS", "PSNR_KEYS", "MS_SSIM_KEYS", "BPP_KEY"]

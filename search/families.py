@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 from search.bdrate import MIN_POINTS, BDResult, bd_rate
-from search.curves import CurveError, RDCurve
+from search.curves import RATE_LIKELIHOOD, CurveError, RDCurve
 from trainables.config import flatten
 
 LAMBDA_KEY = "loss.lmbda"
@@ -136,7 +136,8 @@ class Family:
             bpp=[float(t.bpp) for t in points],
             psnr=[float(t.psnr) for t in points],
             ms_ssim=[float(t.ms_ssim) for t in points] if with_ms_ssim else None,
-            description=f"lic-search rate family {self.key}",
+            description=f"lic-search rate family {self.key} (training-time eval metrics)",
+            rate=RATE_LIKELIHOOD,  # eval/bpp: −log2 likelihoods on the trial's eval images, not a bitstream
             extra={"lmbda": [t.lmbda for t in points], "trial_id": [t.trial_id for t in points]},
             source=f"family {self.key}",
         )

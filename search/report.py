@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 from search import mlflow_names as T
 from search.algorithm_config import DEFAULT_STRATIFY_BY, default_mode
 from search.bdrate import bd_rate
-from search.curves import CurveError, RDCurve, load_curve, shipped_anchor
+from search.curves import CurveError, RDCurve, check_comparable, load_curve, shipped_anchor
 from search.families import (
     AUXT_ENABLED_KEY,
     Family,
@@ -192,7 +192,8 @@ def _labelled_curve(family: Family, label: str) -> RDCurve:
 def _bd(curve: RDCurve, anchor: RDCurve, metric: str, method: str) -> tuple[Optional[float], Optional[str]]:
     """BD-rate of ``curve`` against ``anchor``, or None and the short reason it has none."""
     try:
-        return bd_rate(curve, anchor, metric, method).bd_rate, None
+        note = check_comparable(curve, anchor)  # refuses across image sets; labels training-time eval/bpp
+        return bd_rate(curve, anchor, metric, method).bd_rate, note
     except CurveError as error:
         text = str(error)
         pair, own = f"{curve.source} and {anchor.source}: ", f"{curve.source}: "

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 
 from search.bdrate import bd_rate, quality_db
 from search.cli import main
-from search.curves import CurveError, RDCurve, curve_from_dict, load_curve, save_curve, shipped_anchor
+from search.curves import CurveError, RDCurve, check_comparable, curve_from_dict, load_curve, save_curve, shipped_anchor
 from trainables.errors import LicSearchError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -151,3 +152,81 @@ def test_too_few_points_and_disjoint_ranges_are_errors():
 def test_curve_from_dict_uses_file_stem_when_unnamed():
     curve = curve_from_dict({"results": {"bpp": [0.5], "psnr-rgb": [30.0]}}, "/x/my-codec.json")
     assert curve.name == "my-codec"
+
+
+# ------------------------------------------------------------------ which images a curve was measured on
+def _vtm_scaled(tmp_path: Path, name: str, factor: float, lic_search: Optional[dict] = None) -> Path:
+    """VTM's own points at ``factor`` times its rate: BD-rate (factor - 1) * 100 % by construction."""
+    vtm = json.loads(shipped_anchor().read_text())["results"]
+    payload = {"name": name, "results": {"bpp": [b * factor for b in vtm["bpp"]], "psnr-rgb": vtm["psnr-rgb"]}}
+    if lic_search is not None:
+        payload["lic_search"] = lic_search
+    return _write(tmp_path, f"{name}.json", payload)
+
+
+CROPS = {"image_set": {"folder": "samples/kodak-crops/eval", "count": 4, "sizes": {"192x128": 4}},
+         "rate": "bitstream"}
+KODAK_24 = {"image_set": {"folder": "/data/kodak", "count": 24, "sizes": {"512x768": 6, "768x512": 18}},
+            "rate": "bitstream"}
+
+
+def test_shipped_anchor_knows_it_is_the_24_kodak_images():
+    vtm = load_curve(shipped_anchor())
+    assert (vtm.image_set.count, vtm.image_set.sizes, vtm.rate) == (24, {"768x512": 18, "512x768": 6}, "bitstream")
+
+
+def test_bd_rate_refuses_a_curve_measured_on_other_images_than_the_kodak_anchor(tmp_path, capsys):
+    crops = _vtm_scaled(tmp_path, "crops", 0.9, CROPS)
+    assert main(["bd-rate", str(crops)]) == 2
+    err = capsys.readouterr().err
+    assert str(crops) in err and "4 images (4 x 192x128)" in err and "24 images (18 x 768x512, 6 x 512x768)" in err
+    assert "--allow-other-set" in err
+    # With the flag: computed, and the mismatch is a warning on stderr and in the JSON.
+    assert main(["bd-rate", str(crops), "--allow-other-set", "--json"]) == 0
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    assert payload["bd_rate"] == pytest.approx(-10.0, abs=1e-6)
+    assert payload["note"].startswith("warning: ") and "4 images" in payload["note"]
+    assert payload["test_images"]["count"] == 4 and payload["anchor_images"]["count"] == 24
+    assert "warning:" in captured.err
+
+
+def test_bd_rate_accepts_the_same_set_in_another_folder_and_notes_unrecorded_sets(tmp_path, capsys):
+    kodak = _vtm_scaled(tmp_path, "kodak", 1.25, KODAK_24)  # same count and sizes, other folder, other key order
+    assert main(["bd-rate", str(kodak)]) == 0
+    captured = capsys.readouterr()
+    assert _printed_bd_rate(captured.out) == pytest.approx(25.0, abs=0.005)
+    assert captured.err == "" and "24 images (18 x 768x512, 6 x 512x768) in /data/kodak" in captured.out
+    # A CompressAI-published curve says nothing about its images: compared, with a note.
+    unknown = _vtm_scaled(tmp_path, "published", 1.25)
+    assert main(["bd-rate", str(unknown)]) == 0
+    assert "published does not record its images" in capsys.readouterr().err
+
+
+def test_likelihood_rates_are_labelled_wherever_a_bd_rate_uses_them(tmp_path, capsys):
+    training = _vtm_scaled(tmp_path, "training", 1.25, {"rate": "likelihood"})
+    assert main(["bd-rate", str(training), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["test_rate"] == "likelihood" and "training-time eval/bpp, a likelihood estimate" in payload["note"]
+    # A rate family's curve (report, best --by family) is training-time eval/bpp, labelled so.
+    from search.families import Family, TrialPoint
+
+    points = [TrialPoint(f"t{i}", {"loss.lmbda": l}, bpp=b, psnr=p)
+              for i, (l, b, p) in enumerate(zip((0.002, 0.004, 0.008, 0.016), (0.1, 0.2, 0.4, 0.8),
+                                                (28.0, 30.0, 32.0, 34.0)))]
+    curve = Family("F", {}, points).curve()
+    assert curve.rate == "likelihood"
+    assert "likelihood estimate" in check_comparable(curve, load_curve(shipped_anchor()))
+    assert load_curve(save_curve(curve, tmp_path / "family.json")).rate == "likelihood"
+
+
+def test_provenance_round_trips_and_malformed_sets_name_the_key(tmp_path):
+    curve = load_curve(_vtm_scaled(tmp_path, "kodak", 1.0, KODAK_24))
+    again = load_curve(save_curve(curve, tmp_path / "again.json"))
+    assert again.image_set == curve.image_set and again.rate == "bitstream"
+    bad = _vtm_scaled(tmp_path, "bad", 1.0, {"image_set": {"count": 24, "sizes": {"768x512": 18}}})
+    with pytest.raises(CurveError, match=r"bad.json: lic_search.image_set.sizes .* add up to count \(24\)"):
+        load_curve(bad)
+    rate = _vtm_scaled(tmp_path, "rate", 1.0, {"rate": "guessed"})
+    with pytest.raises(CurveError, match=r"rate.json: lic_search.rate must be one of bitstream, likelihood"):
+        load_curve(rate)

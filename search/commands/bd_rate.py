@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from search.bdrate import LOW_OVERLAP, METHODS, METRICS, bd_rate
-from search.curves import load_curve, shipped_anchor
+from search.curves import RATE_BITSTREAM, RATE_LIKELIHOOD, RDCurve, check_comparable, load_curve, shipped_anchor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,24 +25,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metric", choices=METRICS, default="psnr",
                         help="quality axis; ms-ssim is compared in dB, -10*log10(1-MS-SSIM) (default: psnr)")
     parser.add_argument("--method", choices=METHODS, default="pchip", help="interpolation (default: pchip)")
+    parser.add_argument("--allow-other-set", action="store_true",
+                        help="compute the BD-rate even when CURVE was measured on other images than ANCHOR "
+                             "(e.g. not the 24 Kodak images of the shipped VTM anchor); only warn")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(func=run)
+
+
+def _provenance(curve: RDCurve) -> str:
+    images = curve.image_set.describe() if curve.image_set else "images not recorded"
+    rate = {RATE_BITSTREAM: "bpp from the bitstream", RATE_LIKELIHOOD: "bpp from the likelihoods (an estimate)"}
+    return f"{images}; {rate.get(curve.rate, 'rate source not recorded')}"
 
 
 def run(args: argparse.Namespace) -> int:
     anchor_path = args.anchor if args.anchor is not None else shipped_anchor("kodak", "vtm")
     test = load_curve(args.curve)
     anchor = load_curve(anchor_path)
+    note = check_comparable(test, anchor, allow_other_set=args.allow_other_set)  # refuses across image sets
     result = bd_rate(test, anchor, metric=args.metric, method=args.method)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         payload = result.to_dict()
-        payload.update(test_file=str(args.curve), anchor_file=str(anchor_path))
+        payload.update(test_file=str(args.curve), anchor_file=str(anchor_path), note=note,
+                       test_images=test.image_set and test.image_set.to_dict(),
+                       anchor_images=anchor.image_set and anchor.image_set.to_dict(), test_rate=test.rate)
         print(json.dumps(payload, indent=2))
         return 0
     unit = "PSNR" if args.metric == "psnr" else "MS-SSIM (dB)"
-    print(f"test:    {test.name} ({args.curve}, {result.test_points} points)")
+    print(f"test:    {test.name} ({args.curve}, {result.test_points} points; {_provenance(test)})")
     print(f"anchor:  {anchor.name} ({'shipped VTM on Kodak' if args.anchor is None else anchor_path}, "
-          f"{result.anchor_points} points)")
+          f"{result.anchor_points} points; {_provenance(anchor)})")
     print(f"metric:  {args.metric}, {args.method} interpolation, curves overlap on {result.overlap:.0%} "
           f"of the {unit} range")
     print(f"BD-rate: {result.bd_rate:+.2f}%")

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(checkpoint, args.data, device=args.device, max_images=args.max_images)
         results.append(result)
         lmbda = "" if result.lmbda is None else f", λ = {result.lmbda:g}"
-        print(f"\ncheckpoint {checkpoint}{lmbda}: {len(result.images)} images from {args.data}")
+        sizes = ", ".join(f"{n} x {size}" for size, n in result.image_set()["sizes"].items())
+        print(f"\ncheckpoint {checkpoint}{lmbda}: {len(result.images)} images ({sizes}) from {args.data}")
         _print_table(result)
         verdict = "ok" if result.decoded_matches else "FAILED"
         print(f"check: decoded image == forward reconstruction (max |diff| {result.max_decode_error:.1e}, "
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         name = args.name or args.checkpoints[0].resolve().name
         curve = evaluation_curve(results, name, f"lic-search eval on {args.data} (CompressAI range coder)")
         payload = curve.to_dict()
-        payload["lic_search"] = {"evaluations": [r.to_dict() for r in results]}
+        payload.setdefault("lic_search", {})["evaluations"] = [r.to_dict() for r in results]
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.json}")
