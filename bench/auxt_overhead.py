@@ -14,24 +14,18 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import command_line, interleaved  # noqa: E402
 
 from trainables.backbones import BACKBONES  # noqa: E402
 from trainables.config import ModelConfig  # noqa: E402
 from trainables.model import LICModel, count_macs, count_parameters, create_model  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _step(model: LICModel, x: torch.Tensor, amp: Optional[torch.dtype]) -> None:
@@ -44,20 +38,13 @@ def _step(model: LICModel, x: torch.Tensor, amp: Optional[torch.dtype]) -> None:
     loss.backward()
 
 
-def _time(model: LICModel, x: torch.Tensor, amp: Optional[torch.dtype]) -> float:
-    _sync(x.device)
-    start = time.perf_counter()
-    _step(model, x, amp)
-    _sync(x.device)
-    return time.perf_counter() - start
-
-
 def measure(name: str, size: int, batch: int, repeats: int, warmup: int, device: torch.device,
-            amp: Optional[torch.dtype], channels_last: bool) -> dict:
+            amp: Optional[torch.dtype], channels_last: bool, N: Optional[int] = None, M: Optional[int] = None) -> dict:
+    """Plain and AuxT models of backbone ``name`` (widths N, M; None = defaults), timed interleaved."""
     models = {}
     for key, enabled in (("plain", False), ("auxt", True)):
         torch.manual_seed(0)
-        model = create_model(ModelConfig(backbone=name, auxt={"enabled": enabled})).to(device).train()
+        model = create_model(ModelConfig(backbone=name, N=N, M=M, auxt={"enabled": enabled})).to(device).train()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         models[key] = model
@@ -70,14 +57,8 @@ def measure(name: str, size: int, batch: int, repeats: int, warmup: int, device:
     x = torch.rand(batch, 3, size, size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    for _ in range(warmup):
-        for model in models.values():
-            _step(model, x, amp)
-    times: dict[str, list[float]] = {"plain": [], "auxt": []}
-    for r in range(repeats):
-        order = ("plain", "auxt") if r % 2 == 0 else ("auxt", "plain")  # alternate who goes first
-        for key in order:
-            times[key].append(_time(models[key], x, amp))
+    times = interleaved({key: (lambda m=model: _step(m, x, amp)) for key, model in models.items()},
+                        repeats, warmup, device)
     row["time"] = statistics.median(times["plain"])
     row["time_auxt"] = statistics.median(times["auxt"])
     row["ratio"] = row["time_auxt"] / row["time"]
@@ -138,8 +119,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix() if argv is None else "bench/auxt_overhead.py",
-                                     *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("bench/auxt_overhead.py", argv)
     rows = []
     for name in args.backbone or sorted(BACKBONES):
         row = measure(name, args.size, args.batch, args.repeats, args.warmup, device, amp, args.channels_last)

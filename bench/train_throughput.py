@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _timing import sync  # noqa: E402
 from dataloader_throughput import measure  # noqa: E402
 
 from trainables import metrics as M  # noqa: E402
@@ -59,8 +60,7 @@ def bare_loop(config: TrialConfig, iterations: int, warmup: int = 10) -> float:
     started = 0.0
     for step in range(warmup + iterations):
         if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             started = time.perf_counter()
         batch = next(stream).to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -73,8 +73,7 @@ def bare_loop(config: TrialConfig, iterations: int, warmup: int = 10) -> float:
         aux = model.aux_loss()
         aux.backward()
         aux_optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return iterations / (time.perf_counter() - started)
 
 
