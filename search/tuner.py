@@ -69,7 +69,10 @@ def _start_cluster(spec: SearchSpec, address: Optional[str], file: str) -> None:
     from search.resource_check import check_cluster
 
     started = not ray.is_initialized()
-    _init_ray(address)
+    try:
+        _init_ray(address)
+    except ConnectionError as error:
+        raise LicSearchError(f"--address {address}: cannot join the Ray cluster: {error}") from None
     try:
         check_cluster(spec.file.resources, file)
     except LicSearchError:
