@@ -83,7 +83,7 @@ def test_asha_search_records_every_trial_in_mlflow(tmp_path: Path, ray_cluster, 
     assert len(listed) == 4 and {"run_id", "params", "metrics"} <= set(listed[0])
     values = [row["metrics"][M.EVAL_RD_LOSS] for row in listed]
     assert values == sorted(values)
-    assert best_trials("e2e", tracking_uri=uri, top=1)[0]["params"]["schedule.lr"] == "0.003"
+    assert best_trials("e2e", tracking_uri=uri, top=1)[0]["params"]["schedule.lr"] == 0.003  # typed, not "0.003"
 
 
 def test_report_of_a_real_search_has_plots_tables_and_mlflow_artifacts(tmp_path: Path, ray_cluster):
@@ -131,3 +131,82 @@ def test_storage_uri_and_resuming_a_finished_search_changes_nothing(tmp_path: Pa
     assert len(again) == 2 and not any(r.error for r in again)
     runs = trial_runs("uri", uri)
     assert len(runs) == 2 and {r.data.tags[T.TAG_STATUS] for r in runs} == {"completed"}
+
+
+@pytest.fixture(scope="module")
+def two_lambda(tmp_path_factory, ray_cluster):
+    """A real search (AuxT on/off × λ ∈ {0.0035, 0.0483}) run through the CLI, then a second search
+    with the same name (another results folder) so that the name holds two searches."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("two-lambda")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    space = write_space(folder, "rate", {"loss.lmbda": {"grid": [0.0035, 0.0483]}, "schedule.iterations": 4},
+                        {"max_concurrent": 2}, {"type": "fifo"})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", str(space), "--storage-path", str(folder / "results"), "--tracking-uri", uri]) == 0
+    first = printed.getvalue()
+    again = write_space(folder, "rate", {"schedule.iterations": 2, "model.auxt.enabled": False},
+                        {"max_concurrent": 1}, {"type": "fifo"})
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["run", str(again), "--storage-path", str(folder / "elsewhere"), "--tracking-uri", uri]) == 0
+    return {"uri": uri, "summary": first, "folder": folder}
+
+
+def test_summary_prints_one_best_line_per_rate_point(two_lambda):
+    lines = [line for line in two_lambda["summary"].splitlines() if line.startswith("best at ")]
+    assert [line.split(":")[0] for line in lines] == ["best at λ=0.0035, distortion=mse",
+                                                      "best at λ=0.0483, distortion=mse"]
+    assert all(f"{M.EVAL_RD_LOSS} = " in line and "at 4 iterations" in line for line in lines)
+
+
+def test_best_json_has_a_rank_1_trial_per_lambda_of_the_latest_search_only(two_lambda, capsys):
+    from search.queries import select_search
+
+    capsys.readouterr()
+    assert main(["best", "rate", "--tracking-uri", two_lambda["uri"], "--json", "--all"]) == 0
+    everything = json.loads(capsys.readouterr().out)
+    first = [r for r in everything if r["params"]["schedule.iterations"] == 4]
+    assert len(everything) == 5 and len(first) == 4
+    winners = sorted((r["stratum"]["loss.lmbda"], r["stratum"]["loss.distortion"]) for r in first if r["rank"] == 1)
+    assert winners == [(0.0035, "mse"), (0.0483, "mse")]
+    for row in first:  # the rank-1 trial of each λ has the lowest R-D loss of that λ
+        rivals = [r["metrics"][M.EVAL_RD_LOSS] for r in first if r["stratum"] == row["stratum"]]
+        assert (row["rank"] == 1) == (row["metrics"][M.EVAL_RD_LOSS] == min(rivals))
+        assert isinstance(row["params"]["model.auxt.enabled"], bool)
+
+    capsys.readouterr()
+    assert main(["best", "rate", "--tracking-uri", two_lambda["uri"], "--json"]) == 0
+    captured = capsys.readouterr()
+    latest = json.loads(captured.out)
+    assert [(r["params"]["schedule.iterations"], r["rank"]) for r in latest] == [(2, 1)]
+    parent = select_search("rate", two_lambda["uri"]).parent_run_id
+    assert f"parent run {parent}; 1 earlier search" in captured.err and latest[0]["parent_run_id"] == parent
+    assert {r["parent_run_id"] for r in first} != {parent}
+
+
+def test_best_by_family_on_single_point_families_prints_a_table(two_lambda, capsys):
+    searches = client_parents(two_lambda["uri"], "rate")
+    capsys.readouterr()
+    assert main(["best", "rate", "--tracking-uri", two_lambda["uri"], "--by", "family", "--run-id",
+                 searches[-1]]) == 0  # the first search: two families of two λ each
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("rank") and len(out) == 3
+    assert all("2 rate points; BD-rate needs at least 4" in line for line in out[1:])
+    assert main(["best", "rate", "--tracking-uri", two_lambda["uri"], "--by", "family"]) == 0  # one 1-point family
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "1 rate points; BD-rate needs at least 4" in out[1]
+
+
+def client_parents(uri: str, name: str) -> list[str]:
+    """Parent run ids of the searches named ``name``, latest first."""
+    from search.tracking import client_for
+
+    client = client_for(uri)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id],
+                              filter_string=f"tags.`{T.TAG_ROLE}` = '{T.ROLE_SEARCH}'",
+                              order_by=["attributes.start_time DESC"])
+    return [r.info.run_id for r in runs]
+
