@@ -314,7 +314,7 @@ class MlflowTrialLogger(tune.Callback):
             return  # already in MLflow from before a resume: the restored trial recomputed it exactly
         now = int(time.time() * 1000)
         values = [Metric(key, float(value), now, step) for key, value in result.items()
-                  if (key == M.ITERATIONS or key.startswith(("eval/", "train/")))
+                  if (key == M.ITERATIONS or key.startswith(("eval/", "train/", "data/")))
                   and isinstance(value, (int, float)) and not isinstance(value, bool)]
         self.client.log_batch(run_id, metrics=values + self._branch_metrics(trial, step, now))
         self._last_step[trial.trial_id] = step
