@@ -336,3 +336,27 @@ def test_skipped_images_summary_per_trial_and_total():
 def test_training_files_without_an_index_walks(tree: Path):
     with use_train_indexes({"/elsewhere": "/nonexistent.idx"}):
         assert len(training_files(tree)) == 15
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_search_on_an_imagenet_shaped_tree_reports_images_used_and_skipped(tmp_path: Path, tree: Path, capsys):
+    import ray
+
+    from search.cli import main
+    from search.tracking import client_for
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = _space(tmp_path, tree)
+    try:
+        assert main(["run", str(space), "--storage-path", str(tmp_path / "results"), "--tracking-uri", uri]) == 0
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    assert "unreadable training images skipped: 2 in total over 1 trial(s)" in out
+    assert (tmp_path / "results" / "tree" / MANIFEST).is_file()
+    client = client_for(uri)
+    experiment = client.get_experiment_by_name("tree")
+    (run,) = [r for r in client.search_runs([experiment.experiment_id]) if M.DATA_SKIPPED_IMAGES in r.data.metrics]
+    assert run.data.metrics[M.DATA_TRAIN_IMAGES] == 15 and run.data.metrics[M.DATA_SKIPPED_IMAGES] == 2
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.DATA_SKIPPED_IMAGES)] == [3, 6]
