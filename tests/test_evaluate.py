@@ -6,20 +6,21 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from search.cli import main
 from search.curves import load_curve
-from trainables.evaluation import DECODE_TOLERANCE, evaluate_checkpoint, psnr_8bit
-from tests.conftest import SAMPLES, SHARED, tiny_trial
+from trainables.evaluation import DECODE_TOLERANCE, evaluate_checkpoint
+from tests.conftest import SAMPLES, tiny_trial
 from trainables.checkpoint import load_trained_model, save_checkpoint
 from trainables.config import TrialConfig
-from trainables.data import crop_to, list_images, load_rgb8, pad_to_multiple
+from trainables.data import list_images, load_rgb8, pad_to_multiple
 from trainables.engine import Trainer
 
 EVAL_CROPS = SAMPLES / "eval"  # four 192x128 Kodak crops shipped in the repo
-KODAK = SHARED / "data" / "kodak"
 
 
 def _train(folder: Path, iterations: int, **overrides) -> Path:
@@ -74,35 +75,88 @@ def test_eval_cli_writes_compressai_results_from_the_bitstream(trained, tmp_path
     # shows: measured +4-5% here, against about +1% on full Kodak images (next test).
     assert 0.0 < evaluation["rate_overhead"] < 0.08
 
-    # Independent recomputation of the first image: bits are the bytes of the strings, PSNR is
-    # that of the decoded 8-bit image on the unpadded area.
+    # Independent recomputation of the first image: bits are the bytes of the strings, PSNR comes
+    # from the decoded image rounded to 8 bits with numpy against the file's own 8-bit pixels.
     model, _ = load_trained_model(trained)
     first = list_images(EVAL_CROPS)[0]
-    x = torch.from_numpy(load_rgb8(first)).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    padded, size = pad_to_multiple(x, model.pad_multiple)
+    original = np.asarray(Image.open(first).convert("RGB"), dtype=np.float64)  # H x W x 3
+    height, width = original.shape[:2]
+    x = torch.from_numpy(original.astype(np.float32) / 255).permute(2, 0, 1).unsqueeze(0)
+    padded = torch.nn.functional.pad(x, (0, -width % model.pad_multiple, 0, -height % model.pad_multiple))
     encoded = model.compress(padded)
     n_bytes = sum(len(s) for strings in encoded["strings"] for s in strings)
-    assert images[0]["bpp"] == pytest.approx(n_bytes * 8 / (x.shape[-2] * x.shape[-1]))
-    decoded = crop_to(model.decompress(encoded["strings"], encoded["shape"])["x_hat"], size)
-    assert images[0]["psnr"] == pytest.approx(psnr_8bit(x, decoded))
+    assert images[0]["bpp"] == pytest.approx(n_bytes * 8 / (height * width))
+    decoded = model.decompress(encoded["strings"], encoded["shape"])["x_hat"][0, :, :height, :width]
+    decoded8 = np.rint(np.clip(decoded.permute(1, 2, 0).numpy().astype(np.float64), 0, 1) * 255)
+    psnr = 10 * np.log10(255.0**2 / np.mean((decoded8 - original) ** 2))
+    assert images[0]["psnr"] == pytest.approx(psnr, abs=1e-6)
     with torch.no_grad():
         likelihoods = model(padded)["likelihoods"]
-    estimate = sum(float(-torch.log2(l).sum()) for l in likelihoods.values()) / (x.shape[-2] * x.shape[-1])
+    estimate = sum(float(-torch.log2(l).sum()) for l in likelihoods.values()) / (height * width)
     assert images[0]["likelihood_bpp"] == pytest.approx(estimate, rel=1e-5)
+
+    # Which images the curve was measured on (lic-search bd-rate compares this with the anchor's set).
+    sizes: dict[str, int] = {}
+    for path in list_images(EVAL_CROPS):
+        w, h = Image.open(path).size
+        sizes[f"{w}x{h}"] = sizes.get(f"{w}x{h}", 0) + 1
+    assert payload["lic_search"]["image_set"] == {"folder": str(EVAL_CROPS), "count": 4, "sizes": sizes}
+    assert payload["lic_search"]["rate"] == "bitstream" and curve.image_set.count == 4
+
+def table_scale_bits(model, padded: torch.Tensor) -> float:
+    """Bits the likelihoods give when the Gaussian's scales are those the range coder uses.
+
+    CompressAI codes y with a CDF from a 64-entry scale table (``build_indexes`` picks the
+    tabulated scale for each exact one); the likelihood estimate uses the exact scale. z's
+    entropy bottleneck has no table. So these bits are what the coder is *meant* to spend.
+    """
+    conditional = model.backbone.gaussian_conditional
+    seen = {}
+    forward = conditional.forward
+
+    def capture(y, scales, means=None, training=None):
+        seen.update(y=y, scales=scales, means=means)
+        return forward(y, scales, means=means, training=training)
+
+    conditional.forward = capture
+    try:
+        with torch.no_grad():
+            z_likelihoods = model(padded)["likelihoods"]["z"]
+            y_hat = conditional.quantize(seen["y"], "dequantize", seen["means"])
+            table = conditional.scale_table[conditional.build_indexes(seen["scales"])]
+            y_likelihoods = conditional.likelihood_lower_bound(conditional._likelihood(y_hat, table, seen["means"]))
+    finally:
+        conditional.forward = forward
+    return float(-torch.log2(z_likelihoods).sum() - torch.log2(y_likelihoods).sum())
 
 
 @pytest.mark.shared
-def test_every_kodak_image_round_trips_within_2_percent_of_the_likelihood(trained):
-    if not KODAK.is_dir():
-        pytest.skip(f"{KODAK} absent (../shared is not beside this checkout)")
-    result = evaluate_checkpoint(trained, KODAK, device="auto")
+def test_kodak_bitstreams_match_the_likelihood_of_the_coders_scale_table(trained, shared_dir):
+    """The bitstream's excess over the likelihood estimate is the scale table's quantisation.
+
+    Against the exact-scale likelihood the overhead of this barely trained model ranges from
+    -1.3% to +2.9% per Kodak image (+1.1% to +2.2% over all 24, depending on the training run),
+    so no tight bound on it holds. Against the likelihood at the coder's tabulated scales the
+    range coder measured +0.09% to +0.38% per image (16-bit CDFs, string flushes): the bound
+    below says the coder spends what its tables say, and the rest is the table.
+    """
+    kodak = shared_dir / "data" / "kodak"
+    if not kodak.is_dir():
+        pytest.skip(f"{kodak} absent")
+    result = evaluate_checkpoint(trained, kodak, device="cpu")
     assert len(result.images) == 24
     assert all(r.max_decode_error < DECODE_TOLERANCE for r in result.images), \
         [(r.name, r.max_decode_error) for r in result.images if r.max_decode_error >= DECODE_TOLERANCE]
-    assert all(r.height * r.width >= 500 * 500 for r in result.images)
-    # Measured about +1% (seeds 0-2: +0.8% to +1.1%); nearly all of it is CompressAI's 64-level scale
-    # table (the coder uses the next tabulated Gaussian scale, the likelihood the exact one).
-    assert abs(result.rate_overhead) < 0.02, result.rate_overhead
+    assert sorted(f"{r.width}x{r.height}" for r in result.images) == ["512x768"] * 6 + ["768x512"] * 18
+    model, _ = load_trained_model(trained)
+    total_bits = total_table = 0.0
+    for r in result.images:
+        x = torch.from_numpy(load_rgb8(kodak / r.name)).permute(2, 0, 1).float().div(255).unsqueeze(0)
+        padded, _ = pad_to_multiple(x, model.pad_multiple)
+        bits, table = r.bpp * r.height * r.width, table_scale_bits(model, padded)
+        assert 0.0 <= bits / table - 1 < 0.01, (r.name, bits / table - 1)
+        total_bits, total_table = total_bits + bits, total_table + table
+    assert 0.0 <= total_bits / total_table - 1 < 0.005
     assert result.mean("ms_ssim") is not None and 0.0 < result.mean("ms_ssim") < 1.0
     assert math.isfinite(result.mean("psnr"))
 
