@@ -6,12 +6,10 @@ import json
 import sys
 from pathlib import Path
 
+from search import run_names
 from search.errors import LicSearchError
 from search.ranking import stratum_label
 from trainables import metrics as M
-
-SHOWN_PARAMS = ("model.backbone", "model.auxt.enabled", "model.auxt.lambda_orth", "loss.lmbda", "schedule.lr",
-                "schedule.iterations")
 
 
 def register(subparsers) -> None:
@@ -37,7 +35,8 @@ def register(subparsers) -> None:
     which.add_argument("--all", action="store_true", dest="all_searches",
                        help="read every search recorded under this name")
     parser.add_argument("--json", action="store_true",
-                        help="print a JSON list of trials (run_id, stratum, rank, typed params, metrics, ...)")
+                        help="print a JSON list of trials (run_id, stratum, rank, typed params, metrics, and "
+                             "'varying': the table's columns under their full dotted keys)")
     parser.add_argument("--by", choices=("trial", "family"), default="trial",
                         help="rank single trials within each rate point by --metric, or rate families (trials "
                              "differing only in the R-D lambda) by BD-rate against --anchor (default: %(default)s)")
@@ -125,24 +124,32 @@ def _best(args) -> int:
         if not best:
             raise LicSearchError(f"--export: no trial has a finite {args.metric}; nothing to re-run")
         _export(args, selection, [r["run_id"] for r in best], f"the best trial of each of {len(best)} rate points")
+    keys = run_names.column_keys(row["params"] for row in rows)
     if args.json:
+        rows = [{**row, "varying": run_names.described(row["params"], keys)} for row in rows]
         print(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return 0
     if not rows:
         print("no trials match")
         return 0
     print(f"ranked by {args.metric} ({mode}) within each rate point ({', '.join(selection.stratify_by) or 'none'})")
-    header = ["rate point", "rank", args.metric, M.EVAL_BPP, M.EVAL_PSNR, "iters", "status"] + \
-        [p.split(".")[-1] for p in SHOWN_PARAMS]
+    _print_table(*trial_table(rows, args.metric, keys))
+    best = winners(rows)
+    print("\nbest per rate point: " + "; ".join(f"{stratum_label(r['stratum'])}: run {r['run_id']}" for r in best))
+    return 0
+
+
+def trial_table(rows: list[dict], metric: str, keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and lines of ``best``'s table: scores, then one column per key that varies (see
+    :func:`search.run_names.column_keys`), headed ``λ``, ``auxt``, ``lr``, ``auxt.downsample``..."""
+    header = ["rate point", "rank", metric, M.EVAL_BPP, M.EVAL_PSNR, "iters", "status"] + \
+        [run_names.label(k, keys) for k in keys]
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     lines = []
     for row in rows:
         m = row["metrics"]
         lines.append([stratum_label(row["stratum"]), "-" if row["rank"] is None else str(row["rank"]),
-                      fmt(m.get(args.metric)), fmt(m.get(M.EVAL_BPP)), fmt(m.get(M.EVAL_PSNR)),
+                      fmt(m.get(metric)), fmt(m.get(M.EVAL_BPP)), fmt(m.get(M.EVAL_PSNR)),
                       fmt(m.get(M.ITERATIONS)), row["status"] or "-"]
-                     + [str(row["params"].get(p, "-")) for p in SHOWN_PARAMS])
-    _print_table(header, lines)
-    best = winners(rows)
-    print("\nbest per rate point: " + "; ".join(f"{stratum_label(r['stratum'])}: run {r['run_id']}" for r in best))
-    return 0
+                     + [run_names.value(row["params"], k) for k in keys])
+    return header, lines
