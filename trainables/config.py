@@ -10,9 +10,9 @@ default (the timm ``set_defaults(**yaml)`` trap).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Paper Section 4.1: s_ll, s_lh, s_hl, s_hh initialised to (1, 0.5, 0.5, 0); the authors'
 # released code uses (0.5, 0.5, 0.5, 0).
@@ -101,10 +101,35 @@ class ModelConfig(_Strict):
     auxt: AuxTConfig = Field(default_factory=AuxTConfig)
 
 
+CROP_MIN = 16  # smallest training crop (data.crop_size and every crop_schedule stage)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class CropStage(_Strict):
+    """One stage of ``data.crop_schedule``: from fraction ``at`` of the budget, crops of ``crop``."""
+
+    at: float = Field(..., ge=0.0, lt=1.0, description="Start of the stage, a fraction of schedule.iterations.")
+    crop: int = Field(..., ge=CROP_MIN, description="Training crop size of the stage (pixels).")
+    batch_size: Optional[int] = Field(None, ge=1, description="Batch size of the stage; null = data.batch_size.")
+
+    @staticmethod
+    def normalise(stage: Any) -> Any:
+        """``[at, crop]`` / ``[at, crop, batch_size]`` → the mapping form; anything else unchanged."""
+        if isinstance(stage, (list, tuple)) and len(stage) in (2, 3):
+            return dict(zip(("at", "crop", "batch_size"), stage))
+        if isinstance(stage, CropStage):
+            return stage.model_dump()
+        return stage
+
+
 class DataConfig(_Strict):
     train: Path = Field(..., description="Folder of training images.")
     eval: Path = Field(..., description="Folder of held-out evaluation images.")
-    crop_size: int = Field(256, ge=16, description="Random training crop size (pixels).")
+    crop_size: int = Field(256, ge=CROP_MIN, description="Random training crop size (pixels); with a "
+                           "crop_schedule, the first stage's crop.")
     small_images: Literal["pad", "resize"] = Field(
         "pad", description="Images smaller than the crop: reflect-pad or upscale to fit."
     )
@@ -114,6 +139,58 @@ class DataConfig(_Strict):
         "auto", description="Keep decoded images in memory (auto: when the set is small)."
     )
     max_eval_images: Optional[int] = Field(None, ge=1)
+    crop_schedule: Optional[list[CropStage]] = Field(
+        None, description="Patch-size stages over the budget: [[0.0, 256], [0.8, 512]] trains 256 crops until "
+        "80% of the iterations, then 512; a third value per stage sets its batch size "
+        "([[0.0, 256, 16], [0.8, 512, 4]]); mapping form {at, crop, batch_size}. null = crop_size throughout.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _crop_size_from_schedule(cls, data: Any) -> Any:
+        """With a crop_schedule and no crop_size, crop_size is the first stage's crop."""
+        if isinstance(data, dict) and data.get("crop_schedule") and "crop_size" not in data:
+            first = CropStage.normalise(data["crop_schedule"][0]) if isinstance(data["crop_schedule"], list) else None
+            if isinstance(first, dict) and isinstance(first.get("crop"), int) and first["crop"] >= CROP_MIN:
+                data = {**data, "crop_size": first["crop"]}
+        return data
+
+    @field_validator("crop_schedule", mode="before")
+    @classmethod
+    def _stages(cls, stages: Any, info: ValidationInfo) -> Any:
+        if stages is None:
+            return None
+        if not isinstance(stages, list) or not stages:
+            raise ValueError(f"must be a non-empty list of stages [fraction, crop] or [fraction, crop, batch_size], "
+                             f"got {stages!r}")
+        normalised = [CropStage.normalise(stage) for stage in stages]
+        for index, (raw, stage) in enumerate(zip(stages, normalised)):
+            if not isinstance(stage, dict):
+                raise ValueError(f"stage {index} ({raw!r}): a stage is [fraction, crop], [fraction, crop, batch_size] "
+                                 "or a mapping with keys at, crop, batch_size")
+            at, crop, batch = stage.get("at"), stage.get("crop"), stage.get("batch_size")
+            if not _is_number(at) or not 0.0 <= at < 1.0:
+                raise ValueError(f"stage {index} ({raw!r}): its start {at!r} must be a fraction of the budget in [0, 1)")
+            if not isinstance(crop, int) or isinstance(crop, bool) or crop < CROP_MIN:
+                raise ValueError(f"stage {index} ({raw!r}): crop {crop!r} must be an integer >= {CROP_MIN} "
+                                 "(the limit of data.crop_size)")
+            if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+                raise ValueError(f"stage {index} ({raw!r}): batch_size {batch!r} must be an integer >= 1")
+        starts = [stage["at"] for stage in normalised]
+        if starts[0] != 0.0:
+            raise ValueError(f"the first stage must start at 0.0 (the start of training), got {starts[0]}")
+        if any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"stage start fractions must increase, got {starts}")
+        crop_size = info.data.get("crop_size")
+        if crop_size is not None and crop_size != normalised[0]["crop"]:
+            raise ValueError(f"the first stage's crop ({normalised[0]['crop']}) differs from data.crop_size "
+                             f"({crop_size}); with a crop_schedule, crop_size is the first stage's crop: leave "
+                             "crop_size out or make the two equal")
+        return normalised
+
+    def stage_crops(self) -> list[int]:
+        """Every crop size training uses: the stages' crops, or crop_size alone."""
+        return [stage.crop for stage in self.crop_schedule] if self.crop_schedule else [self.crop_size]
 
 
 class LossConfig(_Strict):
@@ -121,34 +198,106 @@ class LossConfig(_Strict):
     lmbda: float = Field(0.0130, gt=0.0, description="R-D trade-off λ (paper's MSE set 0.0025-0.0483).")
 
 
+PLATEAU_PATIENCE = 4  # schedule.patience with decay plateau when left out (STF's ReduceLROnPlateau setting)
+
+
 class ScheduleConfig(_Strict):
+    """Learning-rate schedule of a trial: linear warm-up, then one decay shape (``decay``).
+
+    Keys that only one decay reads are errors with the others (``patience`` only with plateau,
+    ``milestones`` only with step, ``min_lr`` not with step, a non-default ``gamma`` not with
+    cosine), so a space never carries a knob its trials ignore. The factors are computed in
+    :mod:`trainables.lr_schedule`.
+    """
+
     iterations: int = Field(..., ge=1, description="Iteration budget of the trial.")
     eval_every: int = Field(100, ge=1, description="Evaluate (and checkpoint) every K iterations.")
     lr: float = Field(1e-4, gt=0.0)
     aux_lr: float = Field(1e-3, gt=0.0, description="Entropy-bottleneck quantile optimizer learning rate.")
-    milestones: list[float] = Field(
-        default_factory=list, description="Fractions of the budget where lr is multiplied by `gamma`."
+    decay: Literal["step", "cosine", "plateau"] = Field(
+        "step", description="step: lr x gamma at each milestone; cosine: from lr after warm-up down to min_lr "
+        "at the end of the budget; plateau: lr x gamma after `patience` evaluations without a lower "
+        "eval/rd_loss, not below min_lr.",
     )
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    milestones: list[float] = Field(
+        default_factory=list, description="decay step: fractions of the budget where lr is multiplied by `gamma`."
+    )
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay step and plateau: the decay factor.")
+    min_lr: Optional[float] = Field(
+        None, ge=0.0, validate_default=True,
+        description="decay cosine and plateau: the lowest lr (null = 0); not with step.",
+    )
+    patience: Optional[int] = Field(
+        None, ge=1, validate_default=True,
+        description=f"decay plateau: evaluations without improvement before lr x gamma (null = {PLATEAU_PATIENCE}); "
+        "only with plateau.",
+    )
     warmup: int = Field(0, ge=0, description="Linear warm-up iterations.")
     clip_grad_norm: Optional[float] = Field(1.0, gt=0.0)
     seed: int = 0
 
     @field_validator("milestones")
     @classmethod
-    def _fractions(cls, values: list[float]) -> list[float]:
+    def _fractions(cls, values: list[float], info: ValidationInfo) -> list[float]:
         for v in values:
             if not 0.0 < v < 1.0:
                 raise ValueError(f"milestones are fractions of the budget in (0, 1), got {v}")
         if list(values) != sorted(values):
             raise ValueError(f"milestones must be increasing, got {values}")
+        decay = info.data.get("decay")
+        if values and decay not in (None, "step"):
+            raise ValueError(f"only decay step has milestones, but decay is {decay!r} ({_DECAY_SHAPES[decay]}); "
+                             "remove milestones or set schedule.decay to step")
         return values
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma_used(cls, gamma: float, info: ValidationInfo) -> float:
+        decay = info.data.get("decay")
+        if decay == "cosine" and gamma != cls.model_fields["gamma"].default:
+            raise ValueError(f"decay cosine has no gamma ({_DECAY_SHAPES['cosine']}); remove gamma, or use "
+                             "decay step or plateau")
+        return gamma
+
+    @field_validator("min_lr")
+    @classmethod
+    def _min_lr_used(cls, min_lr: Optional[float], info: ValidationInfo) -> Optional[float]:
+        decay, lr = info.data.get("decay"), info.data.get("lr")
+        if decay == "step":
+            if min_lr is not None:
+                raise ValueError("only decay cosine and plateau have min_lr, but decay is 'step' "
+                                 f"({_DECAY_SHAPES['step']}); remove min_lr or set schedule.decay to cosine or plateau")
+            return None
+        if decay is None:
+            return min_lr
+        min_lr = 0.0 if min_lr is None else min_lr
+        if lr is not None and min_lr >= lr:
+            raise ValueError(f"must be below schedule.lr ({lr:g}), got {min_lr:g}")
+        return min_lr
+
+    @field_validator("patience")
+    @classmethod
+    def _patience_used(cls, patience: Optional[int], info: ValidationInfo) -> Optional[int]:
+        decay = info.data.get("decay")
+        if decay == "plateau":
+            return PLATEAU_PATIENCE if patience is None else patience
+        if patience is not None and decay is not None:
+            raise ValueError(f"only decay plateau has patience, but decay is {decay!r} ({_DECAY_SHAPES[decay]}); "
+                             "remove patience or set schedule.decay to plateau")
+        return patience
 
     @model_validator(mode="after")
     def _eval_within_budget(self) -> "ScheduleConfig":
         if self.eval_every > self.iterations:
             self.eval_every = self.iterations
         return self
+
+
+_DECAY_SHAPES = {
+    "step": "lr x gamma at each milestone",
+    "cosine": "lr follows a half cosine down to min_lr",
+    "plateau": "lr x gamma when eval/rd_loss stops improving",
+}
 
 
 class PerformanceConfig(_Strict):

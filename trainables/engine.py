@@ -2,9 +2,9 @@
 
 Recipe (paper Section 5.1 and the authors' code): Adam on the main parameters with loss
 ``λ·D + bpp + λ_orth·L_orth`` (Eq. 6); a second Adam on the entropy bottleneck's quantiles
-with CompressAI's auxiliary loss; learning-rate decay by ``gamma`` at fractions of the budget
-(the paper decays ×0.1 at 0.55M of 0.6M, 0.9M of 1M, 1.8M of 2M) after an optional linear
-warm-up; gradient clipping. Batches are a pure function of ``(seed, iteration)`` and the
+with CompressAI's auxiliary loss; learning-rate decay (:mod:`trainables.lr_schedule`: by
+``gamma`` at fractions of the budget as in the paper, ×0.1 at 0.55M of 0.6M, 0.9M of 1M, 1.8M
+of 2M; or cosine, or on plateau) after an optional linear warm-up; gradient clipping. Batches are a pure function of ``(seed, iteration)`` and the
 RNG states are checkpointed, so a restored trial continues exactly.
 """
 
@@ -23,21 +23,11 @@ from trainables.checkpoint import capture_rng_state, restore_rng_state
 from trainables.config import TrialConfig
 from trainables.device import resolve_device
 from trainables.errors import TrainingDivergedError
+from trainables.lr_schedule import LrSchedule, lr_factor  # noqa: F401  (lr_factor: the engine's API before)
 
 
 # On GPU the NaN/Inf check syncs with the host only this often (and at every evaluation).
 FINITE_CHECK_EVERY = 50
-
-
-def lr_factor(iteration: int, schedule) -> float:
-    """Multiplier of the base LR at ``iteration``: linear warm-up, then step decay at fractions."""
-    factor = 1.0
-    if schedule.warmup and iteration < schedule.warmup:
-        factor = (iteration + 1) / schedule.warmup
-    for fraction in schedule.milestones:
-        if iteration >= int(round(fraction * schedule.iterations)):
-            factor *= schedule.gamma
-    return factor
 
 
 def keep_entropy_models_in_fp32(model: torch.nn.Module, device_type: str) -> int:
@@ -105,8 +95,9 @@ class Trainer:
         schedule = config.schedule
         self.optimizer = torch.optim.Adam(self.model.main_parameters(), lr=schedule.lr)
         self.aux_optimizer = torch.optim.Adam(self.model.aux_parameters(), lr=schedule.aux_lr)
+        self.lr_schedule = LrSchedule(schedule)  # step / cosine / plateau (plateau state checkpointed)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: lr_factor(it, schedule)
+            self.optimizer, lambda it: self.lr_schedule.factor(it)
         )
         self.criterion = RateDistortionLoss(config.loss.distortion, config.loss.lmbda)
         self.iteration = 0
@@ -128,6 +119,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "aux_optimizer": self.aux_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
             "rng": capture_rng_state(),
             "iteration": self.iteration,
@@ -139,6 +131,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "lr_schedule" in state:  # checkpoints before plateau decay have no schedule state
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
         if state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         restore_rng_state(state["rng"])
@@ -147,7 +141,7 @@ class Trainer:
         # weights with its own, perturbed schedule. Same config -> the same LRs as before.
         schedule = self.config.schedule
         self.scheduler.base_lrs = [schedule.lr] * len(self.optimizer.param_groups)
-        factor = lr_factor(self.scheduler.last_epoch, schedule)
+        factor = self.lr_schedule.factor(self.scheduler.last_epoch)
         for group in self.optimizer.param_groups:
             group["initial_lr"] = schedule.lr
             group["lr"] = schedule.lr * factor
@@ -232,6 +226,9 @@ class Trainer:
                 result[M.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
                 result[M.TRAIN_ITERS_PER_S] = stats.steps / max(elapsed, 1e-9)
                 result.update(self.evaluate())
+                if self.lr_schedule.observe(result[M.EVAL_RD_LOSS]):  # plateau decayed: from the next step on
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = group["initial_lr"] * self.lr_schedule.factor(self.scheduler.last_epoch)
                 result[M.ITERATIONS] = self.iteration
                 result.update(loader.data_metrics())  # training images listed / skipped
                 yield result
