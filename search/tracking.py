@@ -30,6 +30,7 @@ import yaml
 from ray import tune
 
 from search import mlflow_names as T
+from search import run_names
 from search.algorithm_config import DEFAULT_STRATIFY_BY
 from search.errors import TrackingError
 from search.families import family_key
@@ -158,10 +159,13 @@ def _checkpoint_origin(trial) -> Optional[Origin]:
 class MlflowTrialLogger(tune.Callback):
     """Ray Tune callback writing each trial to its own child run."""
 
-    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str):
+    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str,
+                 name_keys: Optional[list[str]] = None):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
+        # What tells this search's trials apart (search.run_names.column_keys of the space): run names.
+        self.name_keys = list(name_keys or (run_names.LAMBDA_KEY, run_names.AUXT_KEY))
         self._client = None
         self._reset()
 
@@ -241,8 +245,9 @@ class MlflowTrialLogger(tune.Callback):
             T.TAG_AUXT: auxt_tag(config),
             T.TAG_STATUS: T.STATUS_RUNNING,
             T.TAG_FAMILY: family_key(config),
+            T.TAG_FAMILY_NAME: run_names.family_name(config, self.name_keys),
         }
-        run = self.client.create_run(experiment_id, run_name=str(trial), tags=tags)
+        run = self.client.create_run(experiment_id, run_name=run_names.trial_name(config, self.name_keys), tags=tags)
         run_id = run.info.run_id
         from mlflow.entities import Param
 

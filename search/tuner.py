@@ -15,7 +15,7 @@ from typing import Optional
 
 import yaml
 
-from search import tracking
+from search import run_names, tracking
 from search.errors import LicSearchError
 from search.schedulers import build_scheduler
 from search.searchers import build_search_algorithm, tune_num_samples, tuner_param_space
@@ -89,7 +89,8 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore
     # The training file lists, built once by the driver (kept as they are on resume).
     trainable = tune.with_parameters(train_lic_indexed, train_indexes=prepare_train_indexes(spec, store))
     trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
-    callback = tracking.MlflowTrialLogger(state.tracking_uri, state.name, state.parent_run_id)
+    callback = tracking.MlflowTrialLogger(state.tracking_uri, state.name, state.parent_run_id,
+                                          name_keys=run_names.column_keys(spec.configs()))
     if restore:
         return tune.Tuner.restore(store.location, trainable=trainable, param_space=tuner_param_space(spec),
                                   resume_unfinished=True, resume_errored=True, restart_errored=False)
