@@ -55,7 +55,8 @@ def _read_manifest(store: ExperimentStore) -> dict[str, IndexEntry]:
     return {source: IndexEntry(**entry) for source, entry in raw.get("indexes", {}).items()}
 
 
-def _build(store: ExperimentStore, source: str) -> IndexEntry:
+def build_index(store: ExperimentStore, source: str) -> IndexEntry:
+    """List ``source`` (walk the folder or read the list file) and write its index into the experiment."""
     started = time.perf_counter()
     try:
         files = list_training_files(Path(source))
@@ -78,7 +79,7 @@ def prepare_train_indexes(spec, store: ExperimentStore) -> dict[str, str]:
     added = False
     for source in train_sources(spec):
         if source not in manifest:
-            manifest[source] = _build(store, source)
+            manifest[source] = build_index(store, source)
             added = True
     if added:
         store.write_text(MANIFEST, json.dumps(

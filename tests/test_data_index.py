@@ -360,3 +360,14 @@ def test_search_on_an_imagenet_shaped_tree_reports_images_used_and_skipped(tmp_p
     (run,) = [r for r in client.search_runs([experiment.experiment_id]) if M.DATA_SKIPPED_IMAGES in r.data.metrics]
     assert run.data.metrics[M.DATA_TRAIN_IMAGES] == 15 and run.data.metrics[M.DATA_SKIPPED_IMAGES] == 2
     assert [m.step for m in client.get_metric_history(run.info.run_id, M.DATA_SKIPPED_IMAGES)] == [3, 6]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 64, 65, 1000, 4097])
+def test_epoch_permutation_is_a_seeded_bijection(count: int):
+    from trainables.data import EpochPermutation
+
+    order = [EpochPermutation(count, 11)(i) for i in range(count)]
+    assert sorted(order) == list(range(count))
+    assert order == [EpochPermutation(count, 11)(i) for i in range(count)]
+    if count >= 64:
+        assert order != [EpochPermutation(count, 12)(i) for i in range(count)] and order != sorted(order)

@@ -8,7 +8,8 @@ whole images, padded to the backbone's multiple, with metrics on the unpadded ar
 
 Exact resume: batch ``k`` of a run is a pure function of ``(seed, k)``. Sample ``s = k·B + b``
 picks its image from a per-epoch permutation seeded by ``(seed, epoch)`` (every image once
-per epoch, like a shuffled CompressAI ``ImageFolder``) and its crop offset from a
+per epoch, like a shuffled CompressAI ``ImageFolder``; a keyed Feistel bijection evaluated per
+sample, so an epoch of 1.28 M images costs nothing to set up) and its crop offset from a
 ``torch.Generator`` seeded by ``(seed, s)``. No worker or global RNG is involved, so a trial
 restored at iteration ``k`` sees the same batches as the uninterrupted run, with any number
 of DataLoader workers.
@@ -334,6 +335,34 @@ def _splitmix64(value: int) -> int:
     return value ^ (value >> 31)
 
 
+class EpochPermutation:
+    """A seeded bijection of ``range(count)``, evaluated one position at a time.
+
+    A balanced Feistel network on the smallest even-bit domain holding ``count`` (at most
+    4·count values), cycle-walking out-of-range values back into range: O(1) set-up and
+    memory per epoch, where ``torch.randperm`` of ImageNet takes 40-70 ms and 10 MB.
+    """
+
+    ROUNDS = 6
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count = count
+        bits = max(2, (count - 1).bit_length())
+        self._half = (bits + 1) // 2
+        self._mask = (1 << self._half) - 1
+        self._keys = [derive_seed(seed, r) for r in range(self.ROUNDS)]
+
+    def __call__(self, position: int) -> int:
+        value = position
+        while True:
+            left, right = value >> self._half, value & self._mask
+            for key in self._keys:
+                left, right = right, left ^ (_splitmix64(right ^ key) & self._mask)
+            value = (left << self._half) | right
+            if value < self.count:
+                return value
+
+
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (SplitMix64 chained), for ``Generator.manual_seed``."""
     state = 0
@@ -361,21 +390,24 @@ class TrainCrops(Dataset):
         if images.cached:
             self._fitted = [fit_to_crop(images[i], self.crop, small_images) for i in range(len(images))]
         self._epoch: Optional[int] = None
-        self._order: Optional[Tensor] = None
+        self._order: Optional[EpochPermutation] = None
         self._broken: set[int] = set()
         self._found: list[int] = []  # broken indices found since the last item()
 
     def __len__(self) -> int:
         return len(self.images)  # one epoch; the batch sampler itself is endless
 
-    def image_order(self, epoch: int) -> Tensor:
-        """The permutation of image indices used in ``epoch``."""
+    def _permutation(self, epoch: int) -> EpochPermutation:
         if self._epoch != epoch:
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, _EPOCH_STREAM, epoch))
-            self._order = torch.randperm(len(self.images), generator=generator)
+            self._order = EpochPermutation(len(self.images), derive_seed(self.seed, _EPOCH_STREAM, epoch))
             self._epoch = epoch
         assert self._order is not None
         return self._order
+
+    def image_order(self, epoch: int) -> Tensor:
+        """The permutation of image indices used in ``epoch`` (all of it: for inspection)."""
+        order = self._permutation(epoch)
+        return torch.tensor([order(i) for i in range(len(self.images))])
 
     def _image(self, index: int) -> np.ndarray:
         if self._fitted is not None:
@@ -402,7 +434,7 @@ class TrainCrops(Dataset):
         self._found = []
         sample = int(sample)
         count = len(self.images)
-        index = int(self.image_order(sample // count)[sample % count])
+        index = self._permutation(sample // count)(sample % count)
         image = self._image(index)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, _SAMPLE_STREAM, sample))
         height, width = image.shape[:2]
