@@ -29,6 +29,7 @@ from typing import Any, Optional
 import yaml
 from ray import tune
 
+from search import journal as J
 from search import mlflow_names as T
 from search import run_names
 from search.algorithm_config import DEFAULT_STRATIFY_BY
@@ -157,20 +158,33 @@ def _checkpoint_origin(trial) -> Optional[Origin]:
 
 
 class MlflowTrialLogger(tune.Callback):
-    """Ray Tune callback writing each trial to its own child run."""
+    """Ray Tune callback writing each trial to its own child run.
 
-    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str,
-                 name_keys: Optional[list[str]] = None):
+    What to record is decided here; the records go to a :class:`search.journal.Journal` and a
+    :class:`search.mlflow_sender.Sender` ships them. Given a durable journal (the experiment
+    folder's) and a started sender, no hook waits for MLflow. Without one (tests, direct use)
+    the journal is in memory and every hook ships its records before it returns.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: Optional[str],
+                 journal: Optional[J.Journal] = None, sender=None, recover_from_mlflow: Optional[bool] = None):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
-        # What tells this search's trials apart (search.run_names.column_keys of the space): run names.
-        self.name_keys = list(name_keys or (run_names.LAMBDA_KEY, run_names.AUXT_KEY))
         self._client = None
+        self._attach(journal, sender, recover_from_mlflow)
         self._reset()
 
+    def _attach(self, journal: Optional[J.Journal], sender, recover_from_mlflow: Optional[bool]) -> None:
+        from search.mlflow_sender import Sender
+
+        self._journal = journal or J.Journal()
+        self._sender = sender or Sender(self._journal, self.tracking_uri, self.experiment, self.parent_run_id)
+        self._direct = sender is None  # ship synchronously at the end of every hook
+        # Runs MLflow has that the journal does not know: searches recorded before the journal existed.
+        self._recover_from_mlflow = (not self._journal.durable) if recover_from_mlflow is None else recover_from_mlflow
+
     def _reset(self) -> None:
-        self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._last_iteration: dict[str, int] = {}
         self._branches: dict[str, Branch] = {}
@@ -178,13 +192,15 @@ class MlflowTrialLogger(tune.Callback):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_client", "_runs", "_last_step", "_last_iteration", "_branches", "_initial"):
+        for key in ("_client", "_journal", "_sender", "_direct", "_recover_from_mlflow",
+                    "_last_step", "_last_iteration", "_branches", "_initial"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._client = None
+        self._attach(None, None, None)
         self._reset()
 
     @property
@@ -193,32 +209,52 @@ class MlflowTrialLogger(tune.Callback):
             self._client = client_for(self.tracking_uri)
         return self._client
 
+    @property
+    def _runs(self) -> dict[str, str]:
+        """Trial id -> MLflow run id, for the runs the sender has created or found so far."""
+        return self._journal.run_ids
+
+    def _shipped(self) -> None:
+        if self._direct:
+            self._sender.ship_pending()
+
     # ------------------------------------------------------------ run lookup
-    def _run_id(self, trial) -> str:
+    def _open(self, trial) -> None:
+        """Know the trial's run: already seen, in the journal (a resumed search), in MLflow (a search
+        recorded before the journal existed), or else record that it is to be created."""
         trial_id = trial.trial_id
-        if trial_id in self._runs:
-            return self._runs[trial_id]
+        if trial_id in self._initial:
+            return
+        records = list(self._journal.trial_records(trial_id))
+        created = next((r for r in records if r["op"] == J.CREATE_RUN), None)
+        if created is not None:
+            self._initial[trial_id] = dict(created["params"])
+            branch = _journal_branch(records, self._initial[trial_id])
+            self._branches[trial_id] = branch
+            self._last_step[trial_id] = _journal_last_step(records, branch)
+            self._journal.append(J.STATUS, trial_id, status="RUNNING", time=_now())
+        elif not (self._recover_from_mlflow and self._found_in_mlflow(trial)):
+            self._record_creation(trial)
+
+    def _found_in_mlflow(self, trial) -> bool:
+        trial_id = trial.trial_id
         experiment_id = ensure_experiment(self.client, self.experiment)
         found = self.client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{T.TAG_TRIAL_ID}` = '{trial_id}' and tags.`{T.TAG_PARENT}` = '{self.parent_run_id}'",
             max_results=1,
         )
-        if found:
-            run = found[0]
-            run_id = run.info.run_id
-            self._initial[trial_id] = dict(run.data.params)
-            branch = self._recorded_branch(run)
-            self._branches[trial_id] = branch
-            self._last_step[trial_id] = self._branch_last_step(run_id, branch)
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = self._create_run(trial, experiment_id)
-            self._initial[trial_id] = _param_strings(trial.config)
-            self._branches[trial_id] = Branch(signature=_signature(self._initial[trial_id]))
-            self._last_step[trial_id] = 0
-        self._runs[trial_id] = run_id
-        return run_id
+        if not found:
+            return False
+        run = found[0]
+        run_id = run.info.run_id
+        self._journal.remember_run(trial_id, run_id)
+        self._initial[trial_id] = dict(run.data.params)
+        branch = self._recorded_branch(run)
+        self._branches[trial_id] = branch
+        self._last_step[trial_id] = self._branch_last_step(run_id, branch)
+        self._journal.append(J.STATUS, trial_id, status="RUNNING", time=_now())
+        return True
 
     def _recorded_branch(self, run) -> Branch:
         text = run.data.tags.get(T.TAG_BRANCH)
@@ -235,32 +271,28 @@ class MlflowTrialLogger(tune.Callback):
         mine = [int(m.step) for m in history if int(m.value) == branch.generation]
         return max(mine + [branch.at_iteration])
 
-    def _create_run(self, trial, experiment_id: str) -> str:
+    def _record_creation(self, trial) -> None:
+        """The trial's run, to be created by the sender (the parent run id is filled in there)."""
         config = trial.config
         tags = {
-            T.TAG_PARENT: self.parent_run_id,
             T.TAG_ROLE: T.ROLE_TRIAL,
             T.TAG_TRIAL_ID: trial.trial_id,
             T.TAG_BACKBONE: str(config.get("model", {}).get("backbone", "")),
             T.TAG_AUXT: auxt_tag(config),
             T.TAG_STATUS: T.STATUS_RUNNING,
             T.TAG_FAMILY: family_key(config),
-            T.TAG_FAMILY_NAME: run_names.family_name(config, self.name_keys),
         }
-        run = self.client.create_run(experiment_id, run_name=run_names.trial_name(config, self.name_keys), tags=tags)
-        run_id = run.info.run_id
-        from mlflow.entities import Param
-
-        params = [Param(k, v) for k, v in sorted(_param_strings(config).items())]
-        for start in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[start:start + 100])
-        self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), T.ARTIFACT_TRIAL_CONFIG)
-        return run_id
+        params = _param_strings(config)
+        self._journal.append(J.CREATE_RUN, trial.trial_id, run_name=str(trial), tags=tags, params=params,
+                             text=yaml.safe_dump(config, sort_keys=False), artifact=T.ARTIFACT_TRIAL_CONFIG)
+        self._initial[trial.trial_id] = params
+        self._branches[trial.trial_id] = Branch(signature=_signature(params))
+        self._last_step[trial.trial_id] = 0
 
     # ------------------------------------------------------------ PBT branches
     def _follow_branch(self, trial) -> None:
         """Open a new generation when the trial starts on another trial's weights or another config."""
-        run_id = self._run_id(trial)
+        self._open(trial)
         current = self._branches[trial.trial_id]
         origin = _checkpoint_origin(trial)
         signature = _signature(_param_strings(trial.config))
@@ -276,62 +308,61 @@ class MlflowTrialLogger(tune.Callback):
                         checkpoint=origin.path if origin else None, signature=signature)
         self._branches[trial.trial_id] = branch
         self._last_step[trial.trial_id] = branch.at_iteration  # log the new branch from the cloned iteration on
-        self.client.set_tag(run_id, T.TAG_BRANCH, json.dumps(asdict(branch)))
-        self.client.set_tag(run_id, T.TAG_GENERATION, str(branch.generation))
+        tags = {T.TAG_BRANCH: json.dumps(asdict(branch)), T.TAG_GENERATION: str(branch.generation)}
         for key, value in self._changed(trial).items():
-            self.client.set_tag(run_id, T.TAG_HPARAM_PREFIX + key, value[:5000])
+            tags[T.TAG_HPARAM_PREFIX + key] = value[:5000]
+        self._journal.append(J.BATCH, trial.trial_id, tags=tags)
 
     def _changed(self, trial) -> dict[str, str]:
         """Hyperparameters whose current value differs from the run's params (what PBT changed)."""
         initial = self._initial.get(trial.trial_id, {})
         return {k: v for k, v in _param_strings(trial.config).items() if initial.get(k) != v}
 
-    def _branch_metrics(self, trial, step: int, now: int) -> list:
-        from mlflow.entities import Metric
-
+    def _branch_metrics(self, trial, step: int, now: int) -> list[list]:
         branch = self._branches.get(trial.trial_id)
         if branch is None or branch.generation == 0:
             return []
-        values = [Metric(T.METRIC_GENERATION, float(branch.generation), now, step)]
+        values = [[T.METRIC_GENERATION, float(branch.generation), now, step]]
         flat = flatten(trial.config)
         for key in self._changed(trial):
             value = flat.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values.append(Metric(T.METRIC_HPARAM_PREFIX + key, float(value), now, step))
+                values.append([T.METRIC_HPARAM_PREFIX + key, float(value), now, step])
         return values
 
     # ----------------------------------------------------------------- hooks
     def on_trial_start(self, iteration, trials, trial, **info):
         self._follow_branch(trial)
+        self._shipped()
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        self._run_id(trial)
+        self._open(trial)
+        self._shipped()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
-
-        run_id = self._run_id(trial)
+        self._open(trial)
         if result.get(M.DIVERGED):
+            self._shipped()
             return  # NaN scores, not measurements: on_trial_complete records the reason
         step = int(result.get(M.ITERATIONS, 0))
         self._last_iteration[trial.trial_id] = step
         if step <= self._last_step.get(trial.trial_id, 0):
-            return  # already in MLflow from before a resume: the restored trial recomputed it exactly
-        now = int(time.time() * 1000)
-        values = [Metric(key, float(value), now, step) for key, value in result.items()
+            self._shipped()
+            return  # already recorded before a resume: the restored trial recomputed it exactly
+        now = _now()
+        values = [[key, float(value), now, step] for key, value in result.items()
                   if (key == M.ITERATIONS or key.startswith(("eval/", "train/", "data/")))
                   and isinstance(value, (int, float)) and not isinstance(value, bool)]
-        self.client.log_batch(run_id, metrics=values + self._branch_metrics(trial, step, now))
+        tags = {T.TAG_NODE: str(result[M.NODE_ID])} if M.NODE_ID in result else {}
+        self._journal.append(J.BATCH, trial.trial_id, metrics=values + self._branch_metrics(trial, step, now),
+                             tags=tags)
         self._last_step[trial.trial_id] = step
-        if M.NODE_ID in result:
-            self.client.set_tag(run_id, T.TAG_NODE, str(result[M.NODE_ID]))
+        self._shipped()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
+        self._open(trial)
         if (trial.last_result or {}).get(M.DIVERGED):  # ended by a non-finite loss: errored, never retried
-            self.client.set_tag(run_id, T.TAG_STATUS, T.STATUS_ERRORED)
-            self.client.set_tag(run_id, T.TAG_STATUS_DETAIL, str(trial.last_result.get(M.DIVERGED_REASON))[:5000])
-            self.client.set_terminated(run_id, status="FAILED")
+            self._finish(trial, T.STATUS_ERRORED, str(trial.last_result.get(M.DIVERGED_REASON)), "FAILED")
             return
         budget = int(trial.config.get("schedule", {}).get("iterations", 0))
         reached = self._last_iteration.get(trial.trial_id) or int((trial.last_result or {}).get(M.ITERATIONS, 0))
@@ -339,16 +370,38 @@ class MlflowTrialLogger(tune.Callback):
             status, detail = T.STATUS_STOPPED, f"stopped by the scheduler at iteration {reached} of {budget}"
         else:
             status, detail = T.STATUS_COMPLETED, f"completed {reached} iterations"
-        self.client.set_tag(run_id, T.TAG_STATUS, status)
-        self.client.set_tag(run_id, T.TAG_STATUS_DETAIL, detail)
-        self.client.set_terminated(run_id, status="FINISHED")
+        self._finish(trial, status, detail, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
-        reason = _error_summary(trial)
-        self.client.set_tag(run_id, T.TAG_STATUS, T.STATUS_ERRORED)
-        self.client.set_tag(run_id, T.TAG_STATUS_DETAIL, reason[:5000])
-        self.client.set_terminated(run_id, status="FAILED")
+        self._open(trial)
+        self._finish(trial, T.STATUS_ERRORED, _error_summary(trial), "FAILED")
+
+    def _finish(self, trial, status: str, detail: str, run_status: str) -> None:
+        self._journal.append(J.BATCH, trial.trial_id, tags={T.TAG_STATUS: status, T.TAG_STATUS_DETAIL: detail[:5000]})
+        self._journal.append(J.STATUS, trial.trial_id, status=run_status, time=_now())
+        self._shipped()
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _journal_branch(records: list[dict], params: dict[str, str]) -> Branch:
+    """The trial's current PBT branch, as its journaled tags last recorded it."""
+    text = None
+    for record in records:
+        text = (record.get("tags") or {}).get(T.TAG_BRANCH, text)
+    return Branch(**json.loads(text)) if text else Branch(signature=_signature(params))
+
+
+def _journal_last_step(records: list[dict], branch: Branch) -> int:
+    """Like :meth:`MlflowTrialLogger._branch_last_step`, over the journal instead of MLflow."""
+    points = [m for record in records if record["op"] == J.BATCH for m in record.get("metrics") or []]
+    if branch.generation == 0:
+        return max((int(step) for key, _, _, step in points if key == M.ITERATIONS), default=0)
+    mine = [int(step) for key, value, _, step in points
+            if key == T.METRIC_GENERATION and int(value) == branch.generation]
+    return max(mine + [branch.at_iteration])
 
 
 def _error_summary(trial) -> str:
