@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainables import metrics as M
 from trainables.config import DataConfig
+from trainables.crop_schedule import CropPlan
 from trainables.errors import DataError
 from trainables.file_index import IMAGE_SUFFIXES, TrainingFiles, list_training_files, training_files
 
@@ -446,15 +447,20 @@ class TrainCrops(Dataset):
 
 class _CropsWithSkips(Dataset):
     """What the DataLoader draws: each crop with the unreadable files found making it, so the
-    counts reach the main process from any worker."""
+    counts reach the main process from any worker. With a crop schedule the sampler draws
+    ``(sample, crop)`` pairs, served by one :class:`TrainCrops` per crop size."""
 
-    def __init__(self, crops: TrainCrops) -> None:
+    def __init__(self, crops: TrainCrops, staged: Optional[dict[int, TrainCrops]] = None) -> None:
         self.crops = crops
+        self.staged = staged or {}
 
     def __len__(self) -> int:
         return len(self.crops)
 
-    def __getitem__(self, sample: int) -> tuple[Tensor, tuple[int, ...]]:
+    def __getitem__(self, sample: Union[int, tuple[int, int]]) -> tuple[Tensor, tuple[int, ...]]:
+        if isinstance(sample, tuple):
+            index, crop = sample
+            return self.staged[crop].item(index)
         return self.crops.item(sample)
 
 
@@ -465,11 +471,13 @@ def _collate(items: list[tuple[Tensor, tuple[int, ...]]]) -> tuple[Tensor, list[
 class TrainBatches:
     """The endless batch iterator of :func:`make_train_loader`, counting skipped files."""
 
-    def __init__(self, loader: DataLoader, images: Union[ImageSet, LazyImages]) -> None:
+    def __init__(self, loader: DataLoader, images: Union[ImageSet, LazyImages], staged: bool = False) -> None:
         self._batches = iter(loader)
         self.listed = images.listed
         self.skipped_up_front = len(images.skipped)
         self.broken: set[int] = set()
+        self.staged = staged  # a crop_schedule: report the crop size too
+        self.crop: Optional[int] = None  # of the last batch
 
     def __iter__(self) -> "TrainBatches":
         return self
@@ -477,6 +485,7 @@ class TrainBatches:
     def __next__(self) -> Tensor:
         batch, found = next(self._batches)
         self.broken.update(found)
+        self.crop = int(batch.shape[-1])
         return batch
 
     @property
@@ -485,22 +494,31 @@ class TrainBatches:
         return self.skipped_up_front + len(self.broken)
 
     def data_metrics(self) -> dict[str, float]:
-        """``data/train_images`` and ``data/skipped_images``, reported with every evaluation."""
-        return {M.DATA_TRAIN_IMAGES: float(self.listed), M.DATA_SKIPPED_IMAGES: float(self.skipped)}
+        """``data/train_images`` and ``data/skipped_images``, reported with every evaluation
+        (and ``train/crop_size``, the last batch's crop, when the crops are staged)."""
+        metrics = {M.DATA_TRAIN_IMAGES: float(self.listed), M.DATA_SKIPPED_IMAGES: float(self.skipped)}
+        if self.staged and self.crop is not None:
+            metrics[M.TRAIN_CROP_SIZE] = float(self.crop)
+        return metrics
 
 
 class _EndlessBatches:
     """Batch sampler: [k·B, ..., k·B + B − 1] for k = start, start + 1, ... forever."""
 
-    def __init__(self, batch_size: int, start_iteration: int) -> None:
+    def __init__(self, batch_size: int, start_iteration: int, plan: Optional[CropPlan] = None) -> None:
         self.batch_size = batch_size
         self.start_iteration = start_iteration
+        self.plan = plan  # a crop schedule: batch k is [(sample, crop), ...] as the plan says
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         k = self.start_iteration
         while True:
-            first = k * self.batch_size
-            yield list(range(first, first + self.batch_size))
+            if self.plan is not None:
+                staged = self.plan.batch(k)
+                yield [(s, staged.crop) for s in range(staged.first_sample, staged.first_sample + staged.batch_size)]
+            else:
+                first = k * self.batch_size
+                yield list(range(first, first + self.batch_size))
             k += 1
 
 
@@ -525,22 +543,32 @@ def resolve_num_workers(cfg: DataConfig, device_type: str) -> int:
 
 
 def make_train_loader(cfg: DataConfig, seed: int, start_iteration: int = 0,
-                      device_type: str = "cpu") -> TrainBatches:
+                      device_type: str = "cpu", iterations: Optional[int] = None) -> TrainBatches:
     """Endless batches (B, 3, crop, crop) float32 in [0, 1]; batch k depends only on (seed, k).
 
     The first batch yielded is batch ``start_iteration``, so a run restored at iteration k
     continues with exactly the batches the uninterrupted run would have seen. On CUDA the
-    batches come in pinned memory (use ``.to(device, non_blocking=True)``).
+    batches come in pinned memory (use ``.to(device, non_blocking=True)``). With
+    ``cfg.crop_schedule``, ``iterations`` (the budget) places the stages
+    (:mod:`trainables.crop_schedule`).
     """
     if start_iteration < 0:
         raise DataError(f"start_iteration must be >= 0, got {start_iteration}")
+    plan = None
+    if cfg.crop_schedule:
+        if iterations is None:
+            raise DataError("data.crop_schedule needs the iteration budget (make_train_loader iterations=...)")
+        plan = CropPlan.of(cfg, iterations)
     images = open_training_images(cfg)
-    dataset = _CropsWithSkips(TrainCrops(images, cfg.crop_size, cfg.small_images, seed))
+    crops = TrainCrops(images, cfg.crop_size, cfg.small_images, seed)
+    staged = {crop: crops if crop == crops.crop else TrainCrops(images, crop, cfg.small_images, seed)
+              for crop in plan.crops} if plan else None
+    dataset = _CropsWithSkips(crops, staged)
     workers = resolve_num_workers(cfg, device_type)
     on_cuda = device_type == "cuda"
     loader = DataLoader(
         dataset,
-        batch_sampler=_EndlessBatches(cfg.batch_size, start_iteration),
+        batch_sampler=_EndlessBatches(cfg.batch_size, start_iteration, plan),
         collate_fn=_collate,
         num_workers=workers,
         pin_memory=on_cuda,
@@ -550,7 +578,7 @@ def make_train_loader(cfg: DataConfig, seed: int, start_iteration: int = 0,
         # global torch RNG, which would shift the training noise of a restored run.
         generator=torch.Generator().manual_seed(derive_seed(seed, start_iteration)),
     )
-    return TrainBatches(loader, images)
+    return TrainBatches(loader, images, staged=plan is not None)
 
 
 # ---------------------------------------------------------------------- evaluation

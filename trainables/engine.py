@@ -206,7 +206,7 @@ class Trainer:
         if self.iteration >= schedule.iterations:
             return
         loader = make_train_loader(self.config.data, seed=schedule.seed, start_iteration=self.iteration,
-                                   device_type=self.device.type)
+                                   device_type=self.device.type, iterations=schedule.iterations)
         stats = _TrainStats()
         started = time.perf_counter()
         for batch in loader:

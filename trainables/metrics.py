@@ -19,6 +19,7 @@ TRAIN_ORTHO_LOSS = "train/ortho_loss"
 TRAIN_AUX_LOSS = "train/aux_loss"
 TRAIN_LR = "train/lr"
 TRAIN_ITERS_PER_S = "train/iters_per_s"
+TRAIN_CROP_SIZE = "train/crop_size"  # training crop (pixels) of the last batch; reported only with data.crop_schedule
 
 DATA_TRAIN_IMAGES = "data/train_images"  # training files listed (the index); unreadable ones included
 DATA_SKIPPED_IMAGES = "data/skipped_images"  # of those, found unreadable and skipped by this trial so far
