@@ -167,10 +167,13 @@ class MlflowTrialLogger(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: Optional[str],
-                 journal: Optional[J.Journal] = None, sender=None, recover_from_mlflow: Optional[bool] = None):
+                 journal: Optional[J.Journal] = None, sender=None, recover_from_mlflow: Optional[bool] = None,
+                 name_keys: Optional[list[str]] = None):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
+        # What tells this search's trials apart (search.run_names.column_keys of the space): run names.
+        self.name_keys = list(name_keys or (run_names.LAMBDA_KEY, run_names.AUXT_KEY))
         self._client = None
         self._attach(journal, sender, recover_from_mlflow)
         self._reset()
@@ -281,9 +284,11 @@ class MlflowTrialLogger(tune.Callback):
             T.TAG_AUXT: auxt_tag(config),
             T.TAG_STATUS: T.STATUS_RUNNING,
             T.TAG_FAMILY: family_key(config),
+            T.TAG_FAMILY_NAME: run_names.family_name(config, self.name_keys),
         }
         params = _param_strings(config)
-        self._journal.append(J.CREATE_RUN, trial.trial_id, run_name=str(trial), tags=tags, params=params,
+        self._journal.append(J.CREATE_RUN, trial.trial_id, run_name=run_names.trial_name(config, self.name_keys),
+                             tags=tags, params=params,
                              text=yaml.safe_dump(config, sort_keys=False), artifact=T.ARTIFACT_TRIAL_CONFIG)
         self._initial[trial.trial_id] = params
         self._branches[trial.trial_id] = Branch(signature=_signature(params))
