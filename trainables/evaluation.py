@@ -135,9 +135,8 @@ def evaluate_image(model: Any, x: Tensor, name: str = "image") -> ImageResult:
     pixels = height * width
     padded, size = pad_to_multiple(x, model.pad_multiple)
 
-    forward = model(padded)
-    x_forward = crop_to(forward["x_hat"], size).clamp(0, 1)
-
+    # Coding first, then the forward pass: an encoder that searches its latents per image
+    # (trainables.lof.LOFCodec) times the search in compress and reuses the result here.
     _sync(x.device)
     start = time.perf_counter()
     encoded = model.compress(padded)
@@ -148,6 +147,9 @@ def evaluate_image(model: Any, x: Tensor, name: str = "image") -> ImageResult:
     _sync(x.device)
     decoding_time = time.perf_counter() - start
     x_decoded = crop_to(decoded["x_hat"], size).clamp(0, 1)
+
+    forward = model(padded)
+    x_forward = crop_to(forward["x_hat"], size).clamp(0, 1)
 
     return ImageResult(
         name=name,

@@ -26,8 +26,8 @@ __all__ = ["ChannelContextModel", "ste_round", "param_net", "conv"]
 
 
 def ste_round(x: Tensor) -> Tensor:
-    """Rounding with a straight-through gradient."""
-    return torch.round(x) - x.detach() + x
+    """Rounding with a straight-through gradient; the value is exactly ``round(x)`` (as decoded)."""
+    return torch.round(x).detach() + (x - x.detach())
 
 
 def conv(in_ch: int, out_ch: int, kernel_size: int = 3) -> nn.Conv2d:
