@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from trainables import metrics as M
+from search import summary
 
 
 def add_cluster_options(parser) -> None:
@@ -12,34 +13,57 @@ def add_cluster_options(parser) -> None:
                         help="join an existing Ray cluster (e.g. auto or 10.0.0.1:6379); default: a local cluster")
 
 
+def add_verbose_option(parser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray Tune's own output (a box per trial start and result, a line per checkpoint) "
+                             "instead of the compact live view")
+
+
 def print_summary(results, folder: Path) -> None:
+    """The end of a search: counts, best trial per rate point, where results are, how to resume and browse.
+
+    The best-per-rate-point table also goes to the search's MLflow parent run (artifact, tags, metrics)."""
     errors = sum(1 for r in results if r.error)
     print(f"\n{len(results)} trials ({errors} errored). Experiment folder: {folder}")
     from search.training_data import skipped_images  # (imports torch: only once a search ran)
     print(skipped_images(results).describe())
-    _print_best_per_rate_point(results, folder)
-    print(f"Resume with: lic-search resume {folder}\nBrowse with: mlflow ui   (in this folder)  or  lic-search best <name>")
+    state, ranking = _search_state(folder)
+    entries = [summary.Entry(str(r.metrics.get("trial_id", "?")), r.config, r.metrics)
+               for r in results if not r.error and r.metrics and r.config]
+    best = summary.best_per_rate_point(entries, ranking)
+    print(f"Best per rate point (by {ranking.metric}, {ranking.mode}):" if best else "No trial reported a score.")
+    for line in summary.lines(best, ranking):
+        print(line)
+    if state is not None and best:
+        _record(state, best, ranking)
+    name = state.name if state else "<name>"
+    uri = state.tracking_uri if state else "sqlite:///mlflow.db"
+    print(f"Resume with: lic-search resume {folder}\n"
+          f"Progress:    lic-search status {folder}\n"
+          f"Browse with: lic-search best {name}   or   mlflow ui --backend-store-uri {uri}")
 
 
-def _print_best_per_rate_point(results, folder) -> None:
-    """One line per rate point (stratum): R-D losses at different λ are not comparable."""
+def _search_state(folder):
+    """The search's recorded state and ranking (None and the defaults when the folder cannot say)."""
     import yaml
 
-    from search.algorithm_config import DEFAULT_STRATIFY_BY, default_mode
-    from search.ranking import finite, rank_within_strata, stratum_label, stratum_of
     from search.storage import ExperimentStore
-    from search.tuner import SPACE_COPY
+    from search.tuner import SPACE_COPY, SearchState
 
     try:
-        search = (yaml.safe_load(ExperimentStore(folder).read_text(SPACE_COPY)) or {}).get("search") or {}
+        store = ExperimentStore(folder)
+        state = SearchState.load(store)
+        search = (yaml.safe_load(store.read_text(SPACE_COPY)) or {}).get("search")
+        return state, summary.Ranking.of(search)
     except Exception:  # the summary must never hide the search's outcome
-        search = {}
-    metric = search.get("metric") or M.EVAL_RD_LOSS
-    mode = search.get("mode") or default_mode(metric)
-    keys = search.get("stratify_by", list(DEFAULT_STRATIFY_BY))
-    finished = [r for r in results if not r.error and r.metrics and r.config]
-    ranked = rank_within_strata(finished, lambda r: stratum_of(r.config, keys), lambda r: r.metrics.get(metric), mode)
-    for result, stratum, rank in ranked:
-        if rank == 1:
-            print(f"best at {stratum_label(stratum)}: {metric} = {finite(result.metrics.get(metric)):.4f} at "
-                  f"{result.metrics.get(M.ITERATIONS)} iterations (trial {result.metrics.get('trial_id', '?')})")
+        return None, summary.Ranking()
+
+
+def _record(state, best, ranking) -> None:
+    from search import tracking
+
+    try:
+        summary.record_on_parent(tracking.client_for(state.tracking_uri), state.parent_run_id, best, ranking)
+    except Exception as error:  # noqa: BLE001 - the search is done; say so and go on
+        print(f"note: could not record the summary on MLflow parent run {state.parent_run_id}: {error}",
+              file=sys.stderr)

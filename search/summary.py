@@ -1,0 +1,136 @@
+"""The search's answer so far: the best trial of each rate point, as the console, ``status``,
+the end-of-search summary and the MLflow parent run all show it.
+
+Works on plain ``(trial id, config, latest metrics)`` entries, so it serves Ray's live trials,
+a finished ResultGrid and the ``result.json`` files of an experiment folder alike. Rate
+points are the search's ``stratify_by`` strata (:mod:`search.ranking`): R-D losses at
+different λ are not comparable.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from search import mlflow_names as T
+from search import run_names
+from search.algorithm_config import DEFAULT_STRATIFY_BY, default_mode
+from search.ranking import finite, rank_within_strata, stratum_label, stratum_of
+from trainables import metrics as M
+
+SHOWN_METRICS = (M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_PSNR)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One trial as the summary needs it."""
+
+    trial_id: str
+    config: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+
+
+@dataclass
+class Best:
+    """The best trial of one rate point."""
+
+    stratum: dict[str, Any]
+    trial_id: str
+    name: str  # the trial's distinguishing params (its MLflow run name)
+    metrics: dict[str, Optional[float]] = field(default_factory=dict)
+    varying: dict[str, str] = field(default_factory=dict)  # full dotted key -> shown value
+
+    @property
+    def label(self) -> str:
+        return stratum_label(self.stratum)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How a search ranks trials: its metric, mode and rate-point keys (from its ``search`` section)."""
+
+    metric: str = M.EVAL_RD_LOSS
+    mode: str = "min"
+    stratify_by: tuple[str, ...] = DEFAULT_STRATIFY_BY
+
+    @classmethod
+    def of(cls, search: Optional[Mapping[str, Any]]) -> "Ranking":
+        search = search or {}
+        metric = search.get("metric") or M.EVAL_RD_LOSS
+        keys = search.get("stratify_by")
+        return cls(metric, search.get("mode") or default_mode(metric),
+                   tuple(DEFAULT_STRATIFY_BY if keys is None else keys))
+
+
+def best_per_rate_point(entries: Iterable[Entry], ranking: Ranking = Ranking(),
+                        keys: Optional[Sequence[str]] = None) -> list[Best]:
+    """The rank-1 trial of every rate point that has a finite score, in natural rate-point order.
+
+    ``keys`` are the distinguishing keys (default: those varying across ``entries``)."""
+    entries = [e for e in entries if e.config and e.metrics]
+    keys = list(keys) if keys is not None else run_names.column_keys(e.config for e in entries)
+    ranked = rank_within_strata(entries, lambda e: stratum_of(e.config, ranking.stratify_by),
+                                lambda e: e.metrics.get(ranking.metric), ranking.mode)
+    return [Best(stratum, e.trial_id, run_names.trial_name(e.config, keys),
+                 {m: finite(e.metrics.get(m)) for m in dict.fromkeys((ranking.metric, *SHOWN_METRICS, M.ITERATIONS))},
+                 run_names.described(e.config, keys))
+            for e, stratum, rank in ranked if rank == 1]
+
+
+def _num(value: Optional[float], digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def lines(best: Sequence[Best], ranking: Ranking = Ranking()) -> list[str]:
+    """One line per rate point: ``best at λ=0.013, distortion=mse: eval/rd_loss = 0.8123 at 600 iterations,
+    bpp 0.61, PSNR 27.3 dB — λ=0.013 · auxt=haar · lr=2.2e-3 (trial 3f0a1_00002)``."""
+    out = []
+    for b in best:
+        m = b.metrics
+        score = m.get(ranking.metric)
+        iterations = m.get(M.ITERATIONS)
+        others = ", ".join(f"{short} {_num(m.get(key))}{unit}" for key, short, unit in
+                           ((M.EVAL_RD_LOSS, "rd_loss", ""), (M.EVAL_BPP, "bpp", ""), (M.EVAL_PSNR, "PSNR", " dB"))
+                           if key != ranking.metric)
+        out.append(f"best at {b.label}: {ranking.metric} = {'-' if score is None else f'{score:.4f}'} at "
+                   f"{'-' if iterations is None else int(iterations)} iterations, {others} — {b.name} "
+                   f"(trial {b.trial_id})")
+    return out
+
+
+def markdown(best: Sequence[Best], ranking: Ranking = Ranking()) -> str:
+    """The per-rate-point table the parent run carries as an artifact."""
+    keys = list(dict.fromkeys(k for b in best for k in b.varying))
+    metrics = list(dict.fromkeys((ranking.metric, *SHOWN_METRICS, M.ITERATIONS)))
+    header = ["rate point", "trial", *metrics, *(run_names.label(k, keys) for k in keys)]
+    rows = [[b.label, b.trial_id, *(_num(b.metrics.get(m), 6) for m in metrics),
+             *(b.varying.get(k, "-") for k in keys)] for b in best]
+    text = [f"Best trial per rate point, by {ranking.metric} ({ranking.mode}) within {', '.join(ranking.stratify_by)}",
+            "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(text + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def _key(label: str) -> str:
+    """A rate-point label as an MLflow key component (letters, digits, ``_-. /:`` only)."""
+    return re.sub(r"[^\w.\- ]", "_", label.replace(", ", " ")).strip() or "all"
+
+
+def record_on_parent(client, parent_run_id: str, best: Sequence[Best], ranking: Ranking = Ranking()) -> None:
+    """The search's summary on its MLflow parent run: a table artifact, per rate point a tag
+    (``lic_search.best.λ_0.013`` = name, trial, score) and metrics (``best/λ_0.013/eval/rd_loss``)
+    the run list can sort on."""
+    from mlflow.entities import Metric, RunTag
+
+    client.log_text(parent_run_id, markdown(best, ranking), T.ARTIFACT_BEST_TABLE)
+    tags, metrics, now = [], [], int(time.time() * 1000)
+    for b in best:
+        key = _key(b.label)
+        score = b.metrics.get(ranking.metric)
+        tags.append(RunTag(T.TAG_BEST_PREFIX + key, f"{b.name} (trial {b.trial_id}, {ranking.metric} {_num(score, 6)})"))
+        metrics += [Metric(f"{T.METRIC_BEST_PREFIX}{key}/{m}", v, now, 0) for m, v in b.metrics.items() if v is not None]
+    client.log_batch(parent_run_id, metrics=metrics, tags=tags)
+
+
+__all__ = ["Entry", "Best", "Ranking", "best_per_rate_point", "lines", "markdown", "record_on_parent"]
