@@ -115,41 +115,50 @@ def check_training_data(file: str, datas: Iterable[DataConfig]) -> list[DataSumm
         if data.crop_size not in summary.crop_sizes:
             summary.crop_sizes.append(data.crop_size)
         largest = summary.headers.largest_side
-        if largest is not None and data.crop_size > 2 * largest:
+        crop = max(data.stage_crops())  # crop_size, or the largest crop_schedule stage
+        if largest is not None and crop > 2 * largest:
             scan = summary.headers
             which = ("all headers read" if scan.tried == summary.train_images
                      else f"headers of {scan.tried} of {summary.train_images:,} files sampled")
-            raise SpaceError(file, "trial.data.crop_size",
-                             f"{data.crop_size} is more than twice the largest training image side found, "
-                             f"{largest} px, in {data.train} ({which}); use a crop_size of at most "
+            key = "crop_schedule" if data.crop_schedule else "crop_size"
+            raise SpaceError(file, f"trial.data.{key}",
+                             f"{crop} is more than twice the largest training image side found, "
+                             f"{largest} px, in {data.train} ({which}); use {'stage crops' if data.crop_schedule else 'a crop_size'} of at most "
                              f"{2 * largest} (smaller images are padded or resized to the crop)")
     return list(summaries.values())
 
 
 @dataclass(frozen=True)
 class SkippedImages:
-    """Unreadable training files skipped, per trial (the last count each reported) and in total."""
+    """Unreadable training files skipped, per trial (the last count each reported) and in total,
+    with the training files each trial listed."""
 
     per_trial: dict[str, int]
+    listed: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.per_trial.values())
 
     def describe(self) -> str:
+        sizes = sorted(set(self.listed.values()))
+        listed = f"training images listed: {', '.join(f'{n:,}' for n in sizes)}; " if sizes else ""
         hit = {trial: n for trial, n in self.per_trial.items() if n}
         if not hit:
-            return "unreadable training images skipped: none"
+            return f"{listed}unreadable training images skipped: none"
         worst = max(hit, key=hit.get)
-        return (f"unreadable training images skipped: {self.total} in total over {len(hit)} trial(s) "
+        return (f"{listed}unreadable training images skipped: {self.total} in total over {len(hit)} trial(s) "
                 f"(most: {hit[worst]} in {worst})")
 
 
 def skipped_images(results) -> SkippedImages:
     """Each trial's last ``data/skipped_images`` from a Ray Tune ``ResultGrid`` (or results list)."""
     per_trial: dict[str, int] = {}
+    listed: dict[str, int] = {}
     for result in results:
         metrics = getattr(result, "metrics", None) or {}
         trial = str(metrics.get("trial_id", getattr(result, "path", "?")))
         per_trial[trial] = int(metrics.get(M.DATA_SKIPPED_IMAGES, 0) or 0)
-    return SkippedImages(per_trial)
+        if metrics.get(M.DATA_TRAIN_IMAGES):
+            listed[trial] = int(metrics[M.DATA_TRAIN_IMAGES])
+    return SkippedImages(per_trial, listed)
