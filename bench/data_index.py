@@ -9,13 +9,13 @@ ImageNet's typical 500×375), so it costs directory entries, not data. Then, as 
 - **index build**: the driver's :func:`search.train_index.build_index` (walk the tree, sort,
   write the index into an experiment folder), timed once;
 - **trial start to first batch**: with the index in use (``use_train_indexes``, as every
-  trial), ``make_train_loader`` (read the index, build the dataset) and its first batch, the
-  runs of the big tree and of a 1,000-file tree of the same JPEGs alternate ``--repeats`` times;
+  trial), ``make_train_loader`` (read the index, build the dataset) and its first batch. Runs
+  on the big tree and on a 1,000-file tree of the same JPEGs alternate ``--repeats`` times;
   the result is the median of the paired ratios (big ÷ the small run beside it), which
-  cancels most of the drift of a shared machine; medians and minima are reported too. Both go through the large-set path (no header read up front:
-  ``SMALL_SET_FILES`` set to 0 for the run), so the ratio shows what the index itself costs; the
-  1,000-file tree's default path (every header read, every image decoded into the cache) is
-  reported beside it.
+  cancels most of the drift of a shared machine; medians and minima are reported too. Both
+  trees go through the large-set path (no header read up front: ``SMALL_SET_FILES`` set to 0
+  for the run), so the ratio shows what the index itself costs; the 1,000-file tree's
+  default path (every header read, every image decoded into the cache) is reported beside it.
 
 The trees are made under ``--root`` (default: a new folder in /tmp) and removed at the end.
 """
@@ -143,6 +143,12 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         print(f"removed {root} in {time.perf_counter() - started:.1f} s")
 
+    def ms(times: list[float]) -> str:
+        return f"{statistics.median(times) * 1000:.1f} ms ({min(times) * 1000:.1f} ms)"
+
+    def runs(times: list[float]) -> str:
+        return ", ".join(f"{t * 1000:.1f}" for t in times)
+
     if args.out:
         command = "python bench/data_index.py " + " ".join(sys.argv[1:])
         args.out.write_text(f"""# Training index at ImageNet scale (CPU)
@@ -160,18 +166,19 @@ JPEGs of 500×375 (rendered from `samples/kodak-crops`; {len(sources)} files wit
 |---|---|
 | index build ({big_entry.count:,} files: walk, sort, write to the experiment folder) | {big_entry.seconds:.2f} s |
 | index file size | {index_bytes / 2**20:.1f} MiB |
-| trial start → first batch, {args.files:,}-file index: median (minimum) of {args.repeats} | {big_s * 1000:.1f} ms ({min(big_times) * 1000:.1f} ms) |
-| trial start → first batch, {args.small:,}-file index: median (minimum) of {args.repeats} | {small_s * 1000:.1f} ms ({min(small_times) * 1000:.1f} ms) |
+| trial start → first batch, {args.files:,}-file index: median (minimum) of {args.repeats} | {ms(big_times)} |
+| trial start → first batch, {args.small:,}-file index: median (minimum) of {args.repeats} | {ms(small_times)} |
 | **ratio: median of the paired ratios (target ≤ {TARGET})** | **{ratio:.3f}** |
 | ratio of the medians; of the minima | {big_s / small_s:.3f}; {best_ratio:.3f} |
-| for reference: {args.small:,}-file set on its default path (all headers read, all decoded into the cache; median of 3) | {statistics.median(default_small) * 1000:.0f} ms |
+| for reference: {args.small:,}-file set on its default path (all headers read, all decoded into the cache; \
+median of 3) | {statistics.median(default_small) * 1000:.0f} ms |
 
 "Trial start → first batch" is what a trial does before its first step: read the index (memory-mapped),
 build the dataset, draw the epoch permutation and decode and crop one batch ({args.batch}×{args.crop}²,
 no DataLoader workers). Both sets go through the large-set path (no header read up front), so the
 ratio is the cost of the index's size alone. Before the index, every trial start read every header:
 124 µs a file here, i.e. about 2.7 minutes for ImageNet on a local disk.
-All runs, in order (pairs alternate big, small): {', '.join(f'{t * 1000:.1f}' for t in big_times)} ms (big); {', '.join(f'{t * 1000:.1f}' for t in small_times)} ms (small).
+All runs, in order (pairs alternate big, small): {runs(big_times)} ms (big); {runs(small_times)} ms (small).
 """)
         print(f"wrote {args.out}")
 

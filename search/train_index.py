@@ -38,7 +38,7 @@ def train_sources(spec) -> list[str]:
     """The distinct ``data.train`` values any trial of the space can get (resolved paths)."""
     sources: list[str] = []
     for config in spec.configs():
-        train = str(config["data"]["train"])
+        train = str(Path(config["data"]["train"]))  # the spelling trials look up (os.fspath of a Path)
         if train not in sources:
             sources.append(train)
     return sources

@@ -123,7 +123,8 @@ def check_training_data(file: str, datas: Iterable[DataConfig]) -> list[DataSumm
             key = "crop_schedule" if data.crop_schedule else "crop_size"
             raise SpaceError(file, f"trial.data.{key}",
                              f"{crop} is more than twice the largest training image side found, "
-                             f"{largest} px, in {data.train} ({which}); use {'stage crops' if data.crop_schedule else 'a crop_size'} of at most "
+                             f"{largest} px, in {data.train} ({which}); use "
+                             f"{'stage crops' if data.crop_schedule else 'a crop_size'} of at most "
                              f"{2 * largest} (smaller images are padded or resized to the crop)")
     return list(summaries.values())
 

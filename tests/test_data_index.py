@@ -63,7 +63,8 @@ def imagenet_tree(root: Path, size: tuple[int, int] = (72, 56)) -> list[str]:
     good = (root / names[0]).read_bytes()
     (root / BROKEN[1]).write_bytes(good[: len(good) // 2])
     (root / CLASSES[0] / "extra").mkdir()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(root / CLASSES[0] / "extra" / "deep.png")
+    deep = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(deep).save(root / CLASSES[0] / "extra" / "deep.png")
     names += list(BROKEN) + [f"{CLASSES[0]}/extra/deep.png"]
     # ignored: hidden files and folders, non-image files
     (root / ".DS_Store").write_bytes(b"\0\1")
@@ -325,12 +326,13 @@ def test_large_sets_size_check_reads_a_bounded_sample_of_headers(tree: Path, mon
 def test_skipped_images_summary_per_trial_and_total():
     class Result:
         def __init__(self, trial, skipped):
-            self.metrics = {"trial_id": trial, M.DATA_SKIPPED_IMAGES: skipped}
+            self.metrics = {"trial_id": trial, M.DATA_SKIPPED_IMAGES: skipped, M.DATA_TRAIN_IMAGES: 1281167.0}
 
     summary = skipped_images([Result("a", 2.0), Result("b", 0.0), Result("c", 3.0)])
-    assert summary == SkippedImages({"a": 2, "b": 0, "c": 3}) and summary.total == 5
-    assert summary.describe() == "unreadable training images skipped: 5 in total over 2 trial(s) (most: 3 in c)"
-    assert skipped_images([Result("a", 0)]).describe() == "unreadable training images skipped: none"
+    assert summary.per_trial == {"a": 2, "b": 0, "c": 3} and summary.total == 5
+    assert summary.describe() == ("training images listed: 1,281,167; unreadable training images skipped: 5 in "
+                                  "total over 2 trial(s) (most: 3 in c)")
+    assert SkippedImages({"a": 0}).describe() == "unreadable training images skipped: none"
 
 
 def test_training_files_without_an_index_walks(tree: Path):
@@ -353,7 +355,7 @@ def test_search_on_an_imagenet_shaped_tree_reports_images_used_and_skipped(tmp_p
     finally:
         ray.shutdown()
     out = capsys.readouterr().out
-    assert "unreadable training images skipped: 2 in total over 1 trial(s)" in out
+    assert "training images listed: 15; unreadable training images skipped: 2 in total over 1 trial(s)" in out
     assert (tmp_path / "results" / "tree" / MANIFEST).is_file()
     client = client_for(uri)
     experiment = client.get_experiment_by_name("tree")

@@ -126,7 +126,8 @@ class CropStage(_Strict):
 
 
 class DataConfig(_Strict):
-    train: Path = Field(..., description="Folder of training images.")
+    train: Path = Field(..., description="Folder of training images, searched recursively (ImageNet's "
+                        "train/<class>/*.JPEG), or a text file listing image paths (one a line, relative to it).")
     eval: Path = Field(..., description="Folder of held-out evaluation images.")
     crop_size: int = Field(256, ge=CROP_MIN, description="Random training crop size (pixels); with a "
                            "crop_schedule, the first stage's crop.")

@@ -1,9 +1,9 @@
 """Image folders for training and evaluation.
 
 Training images come from :mod:`trainables.file_index` (a folder searched recursively, or a
-list file; in a search, the index the driver wrote). Any folder of PNG, JPEG, TIFF, BMP or WebP files (RGB, grayscale, alpha, palette, 16-bit,
-CMYK) becomes 8-bit RGB. Training draws random crops (paper Section 5.1 trains on random
-256×256 crops, CompressAI's ``RandomCrop``; no flips, as in that recipe). Evaluation uses
+list file; in a search, the index the driver wrote). PNG, JPEG, TIFF, BMP or WebP files (RGB,
+grayscale, alpha, palette, 16-bit, CMYK) become 8-bit RGB. Training draws random crops (paper
+Section 5.1 trains on random 256×256 crops, CompressAI's ``RandomCrop``; no flips, as in that recipe). Evaluation uses
 whole images, padded to the backbone's multiple, with metrics on the unpadded area.
 
 Exact resume: batch ``k`` of a run is a pure function of ``(seed, k)``. Sample ``s = k·B + b``
@@ -635,8 +635,9 @@ def crop_to(x: Tensor, size: tuple[int, int]) -> Tensor:
 def check_data_config(cfg: DataConfig) -> None:
     """Cheap pre-flight check (run before Ray starts): both folders exist and list images.
 
-    Only names are checked, no decoding (the training folder is walked, or its list read). The message says which key failed
-    (``train: image folder ... does not exist``); the error's ``key`` attribute holds ``train`` or ``eval``.
+    Only names are checked, no decoding (the training folder is walked, or its list read). The
+    message says which key failed (``train: image folder ... does not exist``); the error's
+    ``key`` attribute holds ``train`` or ``eval``.
     """
     for key in ("train", "eval"):
         folder = getattr(cfg, key)

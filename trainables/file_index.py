@@ -220,7 +220,7 @@ _indexes: dict[str, str] = {}
 def use_train_indexes(indexes: Optional[dict[str, str]]) -> Iterator[None]:
     """Within the block, ``data.train`` paths in ``indexes`` are read from their index, not walked."""
     saved = dict(_indexes)
-    _indexes.update(indexes or {})
+    _indexes.update({os.fspath(Path(train)): location for train, location in (indexes or {}).items()})
     try:
         yield
     finally:
