@@ -15,7 +15,7 @@ from typing import Optional
 
 import yaml
 
-from search import run_names, tracking
+from search import ray_session, run_names, tracking, tracking_session
 from search.errors import LicSearchError
 from search.schedulers import build_scheduler
 from search.searchers import build_search_algorithm, tune_num_samples, tuner_param_space
@@ -26,6 +26,10 @@ from trainables import metrics as M
 
 STATE_FILE = "lic_search.json"
 SPACE_COPY = "space.yaml"
+
+#: Whether the last run/resume in this process was stopped with Ctrl-C (the commands exit 130).
+last_run_interrupted = False
+_owned_ray = {"started": False}  # this process started the local Ray instance (and must end it)
 
 
 @dataclass
@@ -60,6 +64,7 @@ def _init_ray(address: Optional[str]) -> None:
     # on this machine; joining an existing cluster is what --address is for.
     ray.init(address=address or "local", log_to_driver=True, include_dashboard=False,
              configure_logging=True, logging_level="WARNING")
+    _owned_ray["started"] = address is None
 
 
 def _start_cluster(spec: SearchSpec, address: Optional[str], file: str) -> None:
@@ -81,7 +86,7 @@ def _start_cluster(spec: SearchSpec, address: Optional[str], file: str) -> None:
         raise
 
 
-def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool):
+def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, callbacks: list):
     from ray import tune
     from trainables.indexed_trainable import train_lic_indexed
 
@@ -89,15 +94,18 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore
     # The training file lists, built once by the driver (kept as they are on resume).
     trainable = tune.with_parameters(train_lic_indexed, train_indexes=prepare_train_indexes(spec, store))
     trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
-    callback = tracking.MlflowTrialLogger(state.tracking_uri, state.name, state.parent_run_id,
-                                          name_keys=run_names.column_keys(spec.configs()))
     if restore:
-        return tune.Tuner.restore(store.location, trainable=trainable, param_space=tuner_param_space(spec),
-                                  resume_unfinished=True, resume_errored=True, restart_errored=False)
+        tuner = tune.Tuner.restore(store.location, trainable=trainable, param_space=tuner_param_space(spec),
+                                   resume_unfinished=True, resume_errored=True, restart_errored=False)
+        # The restored RunConfig holds the callbacks as pickled then: this driver's take their place.
+        run_config = tuner._local_tuner.get_run_config()
+        ours = tuple(type(c) for c in callbacks)
+        run_config.callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, ours)] + callbacks
+        return tuner
     run_config = tune.RunConfig(
         name=store.name,
         storage_path=store.parent,
-        callbacks=[callback],
+        callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=resources.max_failures),
         # PBT restores clones from other trials' checkpoints: keep a few more of them.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if spec.file.scheduler.type == "pbt" else 2),
@@ -113,37 +121,73 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore
     return tune.Tuner(trainable, param_space=tuner_param_space(spec), tune_config=tune_config, run_config=run_config)
 
 
-def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, address: Optional[str]):
-    tracking.check_reachable(state.tracking_uri)
+def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, address: Optional[str],
+         offline: bool = False, flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
+    from search.interrupt import GracefulStop
+
+    global last_run_interrupted
+    if tracking_session.reachable(state.tracking_uri, offline, notify=lambda message: None):
+        tracking_session.sync(store, state)  # what an earlier driver could not ship goes first
     _init_ray(address)
-    tuner = _tuner(spec, store, state, restore)
+    if _owned_ray["started"]:
+        session = ray_session.current_local_session()
+        if session is not None:
+            ray_session.record(store, session)
+    recorder = tracking_session.TrackingSession(store, state, name_keys=run_names.column_keys(spec.configs()),
+                                                flush_seconds=flush_seconds)
+    stop = GracefulStop()
+    tuner = _tuner(spec, store, state, restore, [recorder.logger, stop])
     status = "FAILED"
+    recorder.start()
+    installed = stop.install()
     try:
         results = tuner.fit()
-        status = "FINISHED"
+        status = "KILLED" if stop.requested else "FINISHED"
+        last_run_interrupted = stop.requested
+        if stop.requested:
+            print(f"\nlic-search: search stopped by Ctrl-C; continue it with: lic-search resume {store}")
         return results
     finally:
-        tracking.end_search_run(state.tracking_uri, state.parent_run_id, status)
+        if installed:
+            stop.uninstall()
+        recorder.close(status)
+
+
+def _end_ray(store: Optional[ExperimentStore]) -> None:
+    """Every exit of run/resume: end the local Ray instance this process started, all its processes."""
+    if _owned_ray["started"]:
+        _owned_ray["started"] = False
+        ray_session.shutdown(store, ray_session.load(store) if store is not None else None)
 
 
 def run_search(space_path: Path, storage_path: str | Path, tracking_uri: Optional[str] = None,
-               address: Optional[str] = None, name: Optional[str] = None):
+               address: Optional[str] = None, name: Optional[str] = None, tracking_offline: bool = False,
+               flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
     """Validate the space, record the parent run, then run the Tuner. Returns (results, folder)."""
     from trainables.file_index import remembered_walks
 
-    with remembered_walks():  # validation's walk of the training folders is the one the index uses
-        spec = load_space(space_path)
-        store, state = _prepare_search(spec, space_path, storage_path, tracking_uri, address, name)
-    return _run(spec, store, state, restore=False, address=address), store.location
+    store = None
+    try:
+        with remembered_walks():  # validation's walk of the training folders is the one the index uses
+            spec = load_space(space_path)
+            if address is None:
+                ray_session.end_leftovers_near(ExperimentStore.under(storage_path, name or spec.name))
+            store, state = _prepare_search(spec, space_path, storage_path, tracking_uri, address, name,
+                                           tracking_offline)
+        return _run(spec, store, state, restore=False, address=address, offline=tracking_offline,
+                    flush_seconds=flush_seconds), store.location
+    finally:
+        _end_ray(store)
 
 
 def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path, tracking_uri: Optional[str],
-                    address: Optional[str], name: Optional[str]) -> tuple[ExperimentStore, SearchState]:
+                    address: Optional[str], name: Optional[str],
+                    tracking_offline: bool = False) -> tuple[ExperimentStore, SearchState]:
     """Everything before ``Tuner.fit``: cluster check, experiment folder, training index, parent run."""
     if name:
         spec.file.name = name
     tracking_uri = tracking_uri or tracking.default_tracking_uri()
-    tracking.check_reachable(tracking_uri)
+    online = tracking_session.reachable(tracking_uri, tracking_offline)
     store = ExperimentStore.under(storage_path, spec.name)
     if store.exists(STATE_FILE):
         raise LicSearchError(f"{store} already holds a search named {spec.name!r}: "
@@ -156,13 +200,18 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
     with tempfile.TemporaryDirectory() as folder:
         local_copy = Path(folder) / SPACE_COPY
         local_copy.write_text(space_text)
-        parent = tracking.start_search_run(tracking_uri, spec.name, store.location, local_copy)
+        if online:
+            parent = tracking.start_search_run(tracking_uri, spec.name, store.location, local_copy)
+        else:  # --tracking-offline: the sender creates the parent run when the server answers
+            parent = ""
+            tracking_session.journal_search_run(store, spec.name, space_text, tracking.stratify_keys(local_copy))
     state = SearchState(spec.name, tracking_uri, parent)
     state.save(store)
     return store, state
 
 
-def resume_search(experiment_dir: str | Path, address: Optional[str] = None):
+def resume_search(experiment_dir: str | Path, address: Optional[str] = None, tracking_offline: bool = False,
+                  flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
     """Continue an interrupted search: finished trials stay, unfinished ones go on from checkpoints."""
     store = ExperimentStore(experiment_dir)
     state = SearchState.load(store)
@@ -175,5 +224,13 @@ def resume_search(experiment_dir: str | Path, address: Optional[str] = None):
         local_copy.write_text(store.read_text(state.space_file))
         # The training folders are not walked again: the search's index lists the files.
         spec = load_space(local_copy, check_data=False)
-    _start_cluster(spec, address, f"{store}/{state.space_file}")
-    return _run(spec, store, state, restore=True, address=address), store.location
+    if address is None:
+        ray_session.end_leftovers_near(store)
+    # An unreachable server is an error before Ray starts, unless --tracking-offline.
+    tracking_session.reachable(state.tracking_uri, tracking_offline)
+    try:
+        _start_cluster(spec, address, f"{store}/{state.space_file}")
+        return _run(spec, store, state, restore=True, address=address, offline=tracking_offline,
+                    flush_seconds=flush_seconds), store.location
+    finally:
+        _end_ray(store)

@@ -5,18 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.commands._shared import add_cluster_options, print_summary
+from search.commands.sync import add_tracking_options
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("resume", help="continue an interrupted search from its experiment folder")
     parser.add_argument("experiment_dir", help="the folder `run` printed, e.g. lic_search_results/quickstart")
     add_cluster_options(parser)
+    add_tracking_options(parser)
     parser.set_defaults(func=_resume)
 
 
 def _resume(args) -> int:
-    from search.tuner import resume_search
+    from search import tuner
 
-    results, folder = resume_search(args.experiment_dir, address=args.address)
+    results, folder = tuner.resume_search(args.experiment_dir, address=args.address,
+                                          tracking_offline=args.tracking_offline,
+                                          flush_seconds=args.tracking_flush_seconds)
     print_summary(results, folder)
-    return 0
+    return 130 if tuner.last_run_interrupted else 0

@@ -1,0 +1,70 @@
+"""`lic-search sync NAME|PATH`: ship tracking records a search left in its journal to MLflow.
+
+A search whose tracking server was down when it ended keeps the records MLflow has not got in
+``tracking_journal.jsonl`` (experiment folder); this ships them, in order and without
+duplicates. ``resume`` does the same before it starts.
+"""
+
+from __future__ import annotations
+
+import time
+
+DEFAULT_STORAGE = "lic_search_results"
+
+
+def add_tracking_options(parser) -> None:
+    """The tracking options of the commands that run searches (run, resume)."""
+    from search.tracking_session import DEFAULT_FLUSH_SECONDS
+
+    parser.add_argument("--tracking-offline", action="store_true",
+                        help="start even when the MLflow tracking server is unreachable: record to the experiment's "
+                             "tracking journal and ship when it answers (or later with `lic-search sync`)")
+    parser.add_argument("--tracking-flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS, metavar="S",
+                        help="at the end of the search, wait at most S seconds for pending tracking records to reach "
+                             "MLflow; the rest stays in the journal for `lic-search sync` (default: %(default)s)")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("sync", help="ship tracking records a search left in its journal to MLflow")
+    parser.add_argument("experiment", help="the experiment folder, or a search name under --storage-path")
+    parser.add_argument("--storage-path", default=DEFAULT_STORAGE,
+                        help="where to look for a search given by name (default: ./%(default)s)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="stop after S seconds; what is left stays in the journal (default: ship everything)")
+    parser.set_defaults(func=_sync)
+
+
+def resolve(experiment: str, storage_path: str):
+    """The experiment folder of a path or of a search name under ``storage_path``."""
+    from search.storage import ExperimentStore
+    from search.tuner import STATE_FILE
+
+    store = ExperimentStore(experiment)
+    if store.exists(STATE_FILE):
+        return store
+    return ExperimentStore.under(storage_path, experiment)
+
+
+def _sync(args) -> int:
+    from search import journal as J
+    from search import tracking_session
+    from search.errors import TrackingError
+    from search.tuner import SearchState
+
+    store = resolve(args.experiment, args.storage_path)
+    state = SearchState.load(store)
+    pending = J.Journal(store).pending
+    if pending == 0:
+        print(f"{store}: tracking is up to date in {state.tracking_uri} (nothing pending in the journal)")
+        return 0
+    tracking_session.reachable(state.tracking_uri, offline=False)
+    deadline = time.time() + args.timeout if args.timeout else None
+    try:
+        tracking_session.sync(store, state, deadline)
+    except Exception as error:  # noqa: BLE001 - MLflow's and the network's errors: the journal keeps them
+        journal = J.Journal(store)
+        raise TrackingError(f"{journal.location}: shipping to {state.tracking_uri} stopped at record "
+                            f"{journal.shipped} of {len(journal.records())}: {error.__class__.__name__}: {error}; "
+                            f"run `lic-search sync {store}` again") from None
+    left = J.Journal(store).pending
+    return 0 if left == 0 else 1
