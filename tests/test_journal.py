@@ -57,11 +57,19 @@ class Trial:
         return self.trial_id
 
 
-@pytest.fixture
-def mlflow_store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory):
+    """One SQLite store for the module (creating one takes seconds); each test has its own parent run."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = client_for(uri)
-    experiment_id = client.create_experiment("outage", artifact_location=(tmp_path / "artifacts").as_uri())
+    experiment_id = client.create_experiment("outage", artifact_location=(folder / "artifacts").as_uri())
+    return uri, client, experiment_id
+
+
+@pytest.fixture
+def mlflow_store(mlflow_db, tmp_path):
+    uri, client, experiment_id = mlflow_db
     parent = client.create_run(experiment_id, tags={T.TAG_ROLE: T.ROLE_SEARCH}).info.run_id
     folder = ExperimentStore(tmp_path / "experiment")
     folder.create()
