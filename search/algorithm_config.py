@@ -40,9 +40,10 @@ MINIMISED_METRICS: frozenset[str] = frozenset({
 
 DEFAULT_STRATIFY_BY: tuple[str, ...] = ("loss.lmbda", "loss.distortion")
 DEFAULT_OBJECTIVES: tuple[str, ...] = (M.EVAL_BPP, M.EVAL_MSE)
-#: Keys that set when a trial's learning rate decays (its budget, and the decay points as fractions of it).
-#: ASHA compares trials at equal iterations, which is fair only between trials that share them.
-BUDGET_KEYS: tuple[str, ...] = ("schedule.iterations", "schedule.milestones")
+#: Keys that set when a trial's learning rate decays (its budget, the decay shape, the decay points as
+#: fractions of it, plateau's patience). ASHA compares trials at equal iterations, which is fair only
+#: between trials that share them (a cosine trial has decayed half-way when a step trial has not begun).
+BUDGET_KEYS: tuple[str, ...] = ("schedule.iterations", "schedule.decay", "schedule.milestones", "schedule.patience")
 
 _CONTINUOUS = ("uniform", "loguniform")  # infinitely many values; quniform and randint give finite strata
 
@@ -251,6 +252,14 @@ class PBTMutations(_Strict):
     gamma: Optional[list[float]] = Field(
         None, description="Candidate decay factors schedule.gamma, each in (0, 1].",
     )
+    patience: Optional[list[int]] = Field(
+        None, description="Candidate schedule.patience of decay-plateau trials (integers >= 1); PBT moves to a "
+        "neighbouring candidate or resamples one. Trials of other decays keep none.",
+    )
+    min_lr: Optional[tuple[float, float]] = Field(
+        None, description="[low, high]: schedule.min_lr of decay-cosine (and plateau) trials is resampled "
+        "log-uniformly in it or multiplied by a perturbation factor and clipped to it; step trials keep none.",
+    )
 
     @field_validator("lr")
     @classmethod
@@ -283,10 +292,25 @@ class PBTMutations(_Strict):
             raise ValueError(f"gamma: at least two candidates in (0, 1], got {values}")
         return values
 
+    @field_validator("patience")
+    @classmethod
+    def _patiences(cls, values: Optional[list[int]]) -> Optional[list[int]]:
+        if values is not None and (len(set(values)) < 2 or any(v < 1 for v in values)):
+            raise ValueError(f"patience: at least two candidates, integers >= 1, got {values}")
+        return values
+
+    @field_validator("min_lr")
+    @classmethod
+    def _min_lr_range(cls, bounds: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
+        if bounds is not None and not 0 < bounds[0] < bounds[1]:
+            raise ValueError(f"min_lr: `0 < low < high` must hold, but got (low={bounds[0]}, high={bounds[1]})")
+        return bounds
+
     @model_validator(mode="after")
     def _something(self) -> "PBTMutations":
-        if self.lr is None and self.milestones is None and self.gamma is None:
-            raise ValueError("mutations: name at least one of lr, milestones, gamma for PBT to change")
+        if all(getattr(self, name) is None for name in PBTMutations.model_fields):
+            raise ValueError("mutations: name at least one of lr, milestones, gamma, patience, min_lr for PBT "
+                             "to change")
         return self
 
 

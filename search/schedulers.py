@@ -352,13 +352,19 @@ class StratifiedPBT(PopulationBasedTraining):
             schedule["milestones"] = [list(values) for values in mutations.milestones]
         if getattr(mutations, "gamma", None) is not None:
             schedule["gamma"] = list(mutations.gamma)
-        if not schedule:
-            raise LicSearchError("scheduler.pbt.mutations: name at least one of lr, milestones, gamma")
+        # Keys only some decays have (plateau's patience, cosine/plateau's min_lr): explore_schedule.
+        self._patience: Optional[list[int]] = getattr(mutations, "patience", None)
+        self._min_lr_bounds: Optional[tuple[float, float]] = getattr(mutations, "min_lr", None)
+        by_decay = self._patience is not None or self._min_lr_bounds is not None
+        if not schedule and not by_decay:
+            raise LicSearchError("scheduler.pbt.mutations: name at least one of lr, milestones, gamma, patience, "
+                                 "min_lr")
         super().__init__(
             time_attr=time_attr, metric=metric, mode=mode, perturbation_interval=perturbation_interval,
-            burn_in_period=burn_in_period, hyperparam_mutations={"schedule": schedule},
+            burn_in_period=burn_in_period, hyperparam_mutations={"schedule": schedule} if schedule else {},
             quantile_fraction=quantile_fraction, resample_probability=resample_probability,
-            perturbation_factors=tuple(perturbation_factors), custom_explore_fn=None, log_config=True,
+            perturbation_factors=tuple(perturbation_factors),
+            custom_explore_fn=self.explore_schedule if by_decay else None, log_config=True,
             require_attrs=True, synch=False,
         )
         self._stratify_by = tuple(stratify_by)
@@ -395,6 +401,35 @@ class StratifiedPBT(PopulationBasedTraining):
                                  f"{trial} ({self.stratum_of(trial)}): strata must match")
         new_config, operations = super()._get_new_config(trial, trial_to_clone)
         return self.repair(new_config), operations
+
+    def explore_schedule(self, config: dict) -> dict:
+        """PBT's explore step for keys only some decays have, as Ray explores lr and milestones:
+        plateau's ``patience`` moves to a neighbouring candidate (or is resampled), ``min_lr`` of
+        cosine and plateau trials is perturbed or resampled within its range, below ``lr``."""
+        from trainables.config import PLATEAU_PATIENCE
+
+        schedule = config.setdefault("schedule", {})
+        decay = schedule.get("decay", "step")
+        resample = random.random() < self._resample_probability
+        if self._patience is not None and decay == "plateau":
+            current = schedule.get("patience") or PLATEAU_PATIENCE
+            candidates = list(self._patience)
+            if resample or current not in candidates:
+                schedule["patience"] = random.choice(candidates)
+            else:
+                index = candidates.index(current) + random.choice([-1, 1])
+                schedule["patience"] = candidates[min(max(index, 0), len(candidates) - 1)]
+        if self._min_lr_bounds is not None and decay in ("cosine", "plateau"):
+            low, high = self._min_lr_bounds
+            current = schedule.get("min_lr")
+            if resample or not current:
+                value = math.exp(random.uniform(math.log(low), math.log(high)))
+            else:
+                value = float(current) * random.choice(self._perturbation_factors)
+            value = float(min(max(value, low), high))
+            if value < float(schedule.get("lr", trial_default("schedule.lr"))):
+                schedule["min_lr"] = value
+        return config
 
     def repair(self, config: dict) -> dict:
         """Clip ``schedule.lr`` into its range and validate the whole trial config."""
