@@ -1,8 +1,9 @@
 """Three representative scaled-down presets run end to end (Ray local cluster, MLflow, CPU).
 
-Chosen to cover the three kinds of experiment the presets reproduce: an AuxT ablation grid
+Chosen to cover the kinds of experiment the presets reproduce: an AuxT ablation grid
 (wavelet bases, Figure 8b), the backbones × AuxT table (Table 1, two CompressAI backbones),
-and a rate family with the MS-SSIM objective.
+a rate family with the MS-SSIM objective, and the lr / patch-size schedules (each trial's MLflow
+lr and crop-size history checked against its schedule).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SMOKE = REPO / "spaces" / "smoke"
     ("ablation_wavelets.yaml", "model.auxt.wavelet"),
     ("backbones_conv.yaml", "model.backbone"),
     ("rate_ms_ssim.yaml", "loss.lmbda"),
+    ("schedules.yaml", "schedule.decay"),
 ])
 def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path, ray_cluster):
     from search.tuner import run_search
@@ -43,3 +45,7 @@ def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path,
     if preset == "rate_ms_ssim.yaml":
         assert all(r.data.params["loss.distortion"] == "ms-ssim" for r in runs)
         assert all(0 < r.data.metrics[M.EVAL_MS_SSIM] <= 1 for r in runs)
+    if preset == "schedules.yaml":  # each trial's train/lr (and train/crop_size) history has its shape
+        from tests.test_schedules import check_schedule_histories
+
+        assert check_schedule_histories(runs, uri) == {"step", "cosine", "plateau"}
