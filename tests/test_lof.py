@@ -117,3 +117,38 @@ def test_labels_name_the_setting() -> None:
     assert LOFConfig(iterations=0).label == "lof0"
     assert LOFConfig(iterations=50, lr=0.01).label == "lof50-lr0.01"
     assert LOFConfig(iterations=200, lr=0.003, latents="y+z", proxy="ste").label == "lof200-lr0.003-yz-ste"
+
+
+def test_eval_command_writes_one_named_curve_per_lof_setting(tmp_path) -> None:
+    import json
+
+    from search.cli import main
+    from trainables.checkpoint import save_checkpoint
+
+    config = TrialConfig.model_validate(tiny_trial(**{"model.auxt.enabled": False, "schedule.iterations": 4,
+                                                      "schedule.eval_every": 4}))
+    trainer = Trainer(config, torch.device("cpu"))
+    for _ in trainer.train():
+        pass
+    checkpoint = tmp_path / "checkpoint_000004"
+    save_checkpoint(trainer.state_dict(), checkpoint)
+    out = tmp_path / "rd.json"
+    assert main(["eval", str(checkpoint), "--data", str(EVAL), "--max-images", "1", "--device", "cpu",
+                 "--lof-iterations", "0,5", "--lof-lr", "0.01,0.02", "--json", str(out)]) == 0
+    files = sorted(p.name for p in tmp_path.glob("rd-*.json"))
+    assert files == ["rd-lof0.json", "rd-lof5-lr0.01.json", "rd-lof5-lr0.02.json"]
+    curves = {f: json.loads((tmp_path / f).read_text()) for f in files}
+    assert curves["rd-lof5-lr0.01.json"]["name"] == "checkpoint_000004 lof5-lr0.01"
+    for curve in curves.values():
+        results = curve["results"]
+        assert len(results["bpp"]) == 1 and results["bpp"][0] > 0
+        assert results["encoding_time"][0] > 0 and results["decoding_time"][0] > 0
+    lof_enc = curves["rd-lof5-lr0.01.json"]["results"]["encoding_time"][0]
+    assert lof_enc > curves["rd-lof0.json"]["results"]["encoding_time"][0]
+
+
+def test_eval_command_rejects_a_malformed_iteration_list(tmp_path, capsys) -> None:
+    from search.cli import main
+
+    assert main(["eval", str(tmp_path / "nope"), "--data", str(EVAL), "--lof-iterations", "0,fifty"]) == 2
+    assert "--lof-iterations" in capsys.readouterr().err

@@ -38,7 +38,8 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import torch
 from compressai.entropy_models.entropy_models import EntropyModel
@@ -48,7 +49,8 @@ from trainables.errors import LicSearchError
 from trainables.losses import RateDistortionLoss
 
 __all__ = ["LOFConfig", "LOFError", "LOFCodec", "LOFResult", "PROXIES", "LATENTS", "injected_latents",
-           "rounding_proxy", "refine_latents", "hyper_analysis_path"]
+           "rounding_proxy", "refine_latents", "hyper_analysis_path", "lof_settings",
+           "evaluate_checkpoint_lof"]
 
 PROXIES = ("noise", "ste", "sga")
 LATENTS = ("y", "y+z")
@@ -299,3 +301,34 @@ class LOFCodec:
 
     def decompress(self, strings: Any, shape: Any) -> dict[str, Any]:
         return self.model.decompress(strings, shape)
+
+
+# ------------------------------------------------------------------------ evaluation
+def lof_settings(iterations: Sequence[int], lrs: Sequence[float], latents: str = "y",
+                 proxy: str = "sga") -> list[LOFConfig]:
+    """Every (iterations, lr) pair as a setting; ``iterations=0`` once (it has no lr)."""
+    settings: list[LOFConfig] = []
+    for k in iterations:
+        for lr in ([lrs[0]] if k == 0 else lrs):
+            cfg = LOFConfig(iterations=k, lr=lr, latents=latents, proxy=proxy)  # type: ignore[arg-type]
+            if cfg.label not in {s.label for s in settings}:
+                settings.append(cfg)
+    return settings
+
+
+def evaluate_checkpoint_lof(checkpoint: Path, data: Path, settings: Sequence[LOFConfig], device: str = "auto",
+                            max_images: Optional[int] = None) -> list[Any]:
+    """One :class:`trainables.evaluation.EvalResult` per setting, the model loaded once.
+
+    LOF minimises the checkpoint's own training objective (its ``loss`` section: λ and the
+    distortion), so each setting's point lies on the same R-D trade-off as the plain one.
+    """
+    from trainables.checkpoint import load_trained_model
+    from trainables.device import resolve_device
+    from trainables.evaluation import evaluate_model
+
+    target = resolve_device(device)
+    model, config = load_trained_model(Path(checkpoint), map_location=target)
+    loss_fn = RateDistortionLoss(config.loss.distortion, config.loss.lmbda)
+    return [evaluate_model(LOFCodec(model, loss_fn, cfg), data, target, checkpoint=str(checkpoint),
+                           lmbda=config.loss.lmbda, max_images=max_images) for cfg in settings]

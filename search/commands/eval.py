@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any, Optional
 
 RATE_NOTE = 0.02  # bitstream more than 2% above the likelihood estimate is worth a note
 
@@ -25,7 +26,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", default=None, help="curve name in the JSON (default: the first checkpoint's name)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate only the first N images")
+    lof = parser.add_argument_group("latent overfitting (trainables/lof.py): refine each image's latents at "
+                                    "encode time, decoder unchanged; one curve per setting")
+    lof.add_argument("--lof-iterations", default=None, metavar="K,K,..",
+                     help="refinement steps per setting, e.g. 0,50,200 (0 = plain encoding); with --json OUT, "
+                          "setting S writes OUT-S.json (e.g. results-lof50-lr0.005.json)")
+    lof.add_argument("--lof-lr", default="0.005", metavar="LR,LR,..", help="Adam learning rates (default 0.005)")
+    lof.add_argument("--lof-latents", choices=("y", "y+z"), default="y", help="latents refined (default y)")
+    lof.add_argument("--lof-proxy", choices=("noise", "ste", "sga"), default="sga",
+                     help="rounding proxy while refining (default sga: stochastic Gumbel annealing)")
     parser.set_defaults(func=run)
+
+
+def _numbers(text: str, kind: type, flag: str) -> list:
+    from trainables.evaluation import EvaluationError
+
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EvaluationError(f"{flag} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
+
+
+def _evaluations(args: argparse.Namespace, checkpoint: Path) -> list[tuple[Optional[str], Any]]:
+    """(LOF setting label or None, EvalResult) for one checkpoint."""
+    from trainables.evaluation import evaluate_checkpoint
+    from trainables.lof import evaluate_checkpoint_lof, lof_settings
+
+    if args.lof_iterations is None:
+        return [(None, evaluate_checkpoint(checkpoint, args.data, device=args.device, max_images=args.max_images))]
+    settings = lof_settings(_numbers(args.lof_iterations, int, "--lof-iterations"),
+                            _numbers(args.lof_lr, float, "--lof-lr"), args.lof_latents, args.lof_proxy)
+    results = evaluate_checkpoint_lof(checkpoint, args.data, settings, device=args.device, max_images=args.max_images)
+    return [(s.label, r) for s, r in zip(settings, results)]
 
 
 def _print_table(result) -> None:
@@ -49,16 +81,16 @@ def _print_table(result) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search.curves import evaluation_curve
-    from trainables.evaluation import DECODE_TOLERANCE, EvaluationError, evaluate_checkpoint
+    from trainables.evaluation import DECODE_TOLERANCE, EvaluationError
 
     if args.max_images is not None and args.max_images < 1:
         raise EvaluationError(f"--max-images must be >= 1, got {args.max_images}")
-    results = []
+    labelled = []
     failed = []
-    for checkpoint in args.checkpoints:
-        result = evaluate_checkpoint(checkpoint, args.data, device=args.device, max_images=args.max_images)
-        results.append(result)
+    for checkpoint, (label, result) in ((c, e) for c in args.checkpoints for e in _evaluations(args, c)):
+        labelled.append((label, result))
         lmbda = "" if result.lmbda is None else f", λ = {result.lmbda:g}"
+        lmbda += "" if label is None else f", latent overfitting {label}"
         sizes = ", ".join(f"{n} x {size}" for size, n in result.image_set()["sizes"].items())
         print(f"\ncheckpoint {checkpoint}{lmbda}: {len(result.images)} images ({sizes}) from {args.data}")
         _print_table(result)
@@ -72,14 +104,18 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         if not result.decoded_matches:
             failed.append(checkpoint)
-    if args.json is not None:
+    for label in dict.fromkeys(label for label, _ in labelled) if args.json is not None else ():
+        results = [r for lab, r in labelled if lab == label]  # one curve per LOF setting
         name = args.name or args.checkpoints[0].resolve().name
-        curve = evaluation_curve(results, name, f"lic-search eval on {args.data} (CompressAI range coder)")
+        out = args.json if label is None else args.json.with_name(f"{args.json.stem}-{label}{args.json.suffix}")
+        curve = evaluation_curve(results, name if label is None else f"{name} {label}",
+                                 f"lic-search eval on {args.data} (CompressAI range coder)"
+                                 + ("" if label is None else f", latent overfitting {label}"))
         payload = curve.to_dict()
         payload.setdefault("lic_search", {})["evaluations"] = [r.to_dict() for r in results]
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"\nwrote {out}")
     if failed:
         print(f"lic-search: error: decoded images differ from the forward reconstruction for "
               f"{', '.join(map(str, failed))}: the bitstream does not reproduce the model's output", file=sys.stderr)
