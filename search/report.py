@@ -40,6 +40,9 @@ from trainables.errors import LicSearchError
 ARTIFACT_PATH = "report"
 HISTORY_METRICS = (M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_PSNR, M.EVAL_MS_SSIM, M.EVAL_TOP10_ENERGY,
                    M.EVAL_AUXT_ENERGY)
+#: Schedule telemetry, plotted beside the convergence curves so a reader sees why they bend where
+#: they bend (train/crop_size exists only for trials with a data.crop_schedule).
+SCHEDULE_METRICS = (M.TRAIN_LR, M.TRAIN_CROP_SIZE)
 
 
 # ------------------------------------------------------------------------------- reading MLflow
@@ -113,7 +116,7 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             trial_id=tags.get(T.TAG_TRIAL_ID) or run.info.run_name or run.info.run_id,
             status=tags.get(T.TAG_STATUS),
             params=dict(run.data.params),
-            histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS},
+            histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
         ))
     trials.sort(key=lambda t: t.trial_id)
     return SearchRecord(experiment, uri, selection.parent_run_id, trials, selection.stratify_by,
@@ -153,6 +156,7 @@ class ReportContent:
     speed: list[dict] = field(default_factory=list)
     best: list[dict] = field(default_factory=list)
     trials: list[dict] = field(default_factory=list)
+    schedules: list[dict] = field(default_factory=list)  # per trial with a train/lr history: lr (and crop) vs step
 
     @property
     def anchor_names(self) -> list[str]:
@@ -173,7 +177,8 @@ class ReportContent:
                 "parent_run_id": search.parent_run_id, "generated": self.generated, "method": self.method,
                 "stratify_by": list(self.stratify_by), "metric": self.metric, "mode": self.mode,
                 "anchors": self.anchor_names, "best_per_rate_point": self.best, "families": self.families,
-                "auxt_pairs": self.auxt_pairs, "speed": self.speed, "trials": self.trials}
+                "auxt_pairs": self.auxt_pairs, "speed": self.speed, "trials": self.trials,
+                "schedules": self.schedules}
 
 
 def _family_statuses(include_stopped: bool) -> set[Optional[str]]:
@@ -297,6 +302,10 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
                        "stratum": stratum_of(typed_params(t.params), search.stratify_by),
                        "final": {m: t.final(m) for m in HISTORY_METRICS if t.final(m) is not None}}
                       for t in search.trials]
+    content.schedules = [{"trial_id": t.trial_id, "family": family_of.get(t.trial_id), "lmbda": t.lmbda,
+                          "auxt": t.auxt, "status": t.status, "lr": t.histories[M.TRAIN_LR],
+                          "crop_size": t.histories.get(M.TRAIN_CROP_SIZE) or []}
+                         for t in search.trials if t.histories.get(M.TRAIN_LR)]
     return content
 
 

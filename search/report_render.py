@@ -27,6 +27,7 @@ PLOT_RD_PSNR = "rd_psnr.png"
 PLOT_RD_MS_SSIM = "rd_ms_ssim.png"
 PLOT_CONVERGENCE = "convergence.png"
 PLOT_ENERGY = "energy.png"
+PLOT_SCHEDULE = "schedule.png"
 AUXT_COLOURS = {True: "tab:red", False: "tab:blue"}
 
 
@@ -132,6 +133,36 @@ def _plot_convergence(path: Path, trials: Sequence["TrialRecord"]) -> bool:
     return True
 
 
+def _plot_schedule(path: Path, schedules: Sequence[dict]) -> bool:
+    """Learning rate (and, when any trial stages its crops, crop size) against iterations, one
+    colour per family: the shapes behind the bends of the convergence plot."""
+    from matplotlib.lines import Line2D
+
+    if not schedules:
+        return False
+    staged = any(s["crop_size"] for s in schedules)
+    figure, axes = _figure(2 if staged else 1, 1, width=5.5, height=3.8)
+    families = sorted({s["family"] or "no family" for s in schedules}, key=lambda f: (len(f), f))
+    colours = {family: f"C{i % 10}" for i, family in enumerate(families)}
+    panels = [(axes[0], "lr", M.TRAIN_LR)] + ([(axes[1], "crop_size", M.TRAIN_CROP_SIZE)] if staged else [])
+    for ax, key, metric in panels:
+        for schedule in schedules:
+            if schedule[key]:
+                steps, values = zip(*schedule[key])
+                ax.plot(steps, values, color=colours[schedule["family"] or "no family"], alpha=0.8,
+                        drawstyle="steps-post" if key == "crop_size" else "default", marker=".",
+                        linestyle="-" if schedule["status"] in (None, T.STATUS_COMPLETED) else ":")
+        if key == "lr" and all(v > 0 for s in schedules for _, v in s["lr"]):
+            _log_y(ax)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(handles=[Line2D([], [], color=colours[f], label=f) for f in families], fontsize="small")
+    figure.suptitle("Schedules per family (one line per trial; dotted: stopped or unfinished)")
+    figure.savefig(path, dpi=110)
+    return True
+
+
 def _plot_energy(path: Path, trials: Sequence["TrialRecord"]) -> list[str]:
     panels = [(m, title) for m, title in ((M.EVAL_TOP10_ENERGY, "share of latent energy in the top 10% channels"),
                                           (M.EVAL_AUXT_ENERGY, "share of latent energy from the AuxT branch"))
@@ -231,6 +262,7 @@ def _plots(content: "ReportContent", out: Path) -> dict[str, Optional[str]]:
     trials = content.search.trials
     plots[PLOT_CONVERGENCE] = PLOT_CONVERGENCE if _plot_convergence(out / PLOT_CONVERGENCE, trials) else None
     plots[PLOT_ENERGY] = PLOT_ENERGY if _plot_energy(out / PLOT_ENERGY, trials) else None
+    plots[PLOT_SCHEDULE] = PLOT_SCHEDULE if _plot_schedule(out / PLOT_SCHEDULE, content.schedules) else None
     return plots
 
 
@@ -299,6 +331,10 @@ def _markdown(content: "ReportContent", plots: dict[str, Optional[str]]) -> str:
         lines += ["_No pair of families differing only in the AuxT settings (`model.auxt.*`)._", ""]
     if plots[PLOT_CONVERGENCE]:
         lines += [f"![Eval R-D loss against iterations]({PLOT_CONVERGENCE})", ""]
+    if plots[PLOT_SCHEDULE]:
+        lines += [f"Learning rate (`{M.TRAIN_LR}`, and the training crop `{M.TRAIN_CROP_SIZE}` where it is "
+                  "staged) against iterations, coloured by family: where the schedule decays or the crops grow, "
+                  "the curves above bend.", "", f"![Schedules against iterations]({PLOT_SCHEDULE})", ""]
     lines += [
         "## Energy compaction during training",
         "",

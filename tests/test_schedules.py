@@ -354,3 +354,37 @@ def test_asha_compares_trials_only_at_equal_decay_when_decays_vary(tmp_path: Pat
     path.write_text(yaml.safe_dump(text))
     spec = load_space(path)
     assert spec.stratify_by() == ["loss.lmbda", "loss.distortion", "schedule.decay"]
+
+
+# --------------------------------------------------------------------------------- report
+def test_report_plots_lr_and_staged_crop_size_per_family_next_to_convergence(tmp_path: Path):
+    from search.report import SearchRecord, TrialRecord, build_report
+    from search.report_render import PLOT_CONVERGENCE, PLOT_SCHEDULE
+
+    steps = (100, 200, 300, 400)
+
+    def trial(trial_id: str, lmbda: float, decay: str, lrs, crops=()) -> TrialRecord:
+        params = {"loss.lmbda": str(lmbda), "loss.distortion": "mse", "model.auxt.enabled": "True",
+                  "schedule.decay": decay}
+        histories = {M.EVAL_RD_LOSS: [(s, 1.0 / (k + 1)) for k, s in enumerate(steps)],
+                     M.EVAL_BPP: [(s, 0.5 + lmbda) for s in steps], M.EVAL_PSNR: [(s, 30 + 100 * lmbda) for s in steps],
+                     M.TRAIN_LR: list(zip(steps, lrs))}
+        if crops:
+            histories[M.TRAIN_CROP_SIZE] = list(zip(steps, crops))
+        return TrialRecord(trial_id, trial_id, "completed", params, histories)
+
+    trials = [trial("step_a", 0.0067, "step", (1e-4, 1e-4, 1e-5, 1e-5)),
+              trial("step_b", 0.013, "step", (1e-4, 1e-4, 1e-5, 1e-5)),
+              trial("cos_a", 0.0067, "cosine", (9e-5, 5e-5, 1e-5, 1e-6), crops=(256, 256, 512, 512)),
+              trial("cos_b", 0.013, "cosine", (9e-5, 5e-5, 1e-5, 1e-6), crops=(256, 256, 512, 512))]
+    report = build_report(SearchRecord("schedules", "sqlite:///unused.db", None, trials), tmp_path)
+    schedules = {s["trial_id"]: s for s in report.data["schedules"]}
+    assert [c for _, c in schedules["cos_a"]["crop_size"]] == [256, 256, 512, 512]
+    assert [v for _, v in schedules["step_b"]["lr"]] == [1e-4, 1e-4, 1e-5, 1e-5]
+    assert schedules["step_b"]["crop_size"] == []
+    assert len({schedules[t]["family"] for t in ("step_a", "step_b")}) == 1  # one family, several λ
+    assert schedules["step_a"]["family"] != schedules["cos_a"]["family"]
+    assert report.data["plots"][PLOT_SCHEDULE] == PLOT_SCHEDULE
+    markdown = report.markdown.read_text()
+    assert markdown.index(PLOT_CONVERGENCE) < markdown.index(PLOT_SCHEDULE)  # beside the convergence plot
+    assert (tmp_path / PLOT_SCHEDULE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
