@@ -432,7 +432,9 @@ class StratifiedPBT(PopulationBasedTraining):
         return config
 
     def repair(self, config: dict) -> dict:
-        """Clip ``schedule.lr`` into its range and validate the whole trial config."""
+        """Clip ``schedule.lr`` into its range, drop what the trial's decay does not read (Ray mutates
+        milestones and gamma of every trial), keep ``min_lr`` below ``lr`` (lowered to lr/10 when a
+        mutation crossed them) and validate the whole trial config."""
         from pydantic import ValidationError
 
         from trainables.config import TrialConfig
@@ -441,8 +443,16 @@ class StratifiedPBT(PopulationBasedTraining):
         if self._lr_bounds is not None and "lr" in schedule:
             low, high = self._lr_bounds
             schedule["lr"] = float(min(max(float(schedule["lr"]), low), high))
+        decay = schedule.get("decay", "step")
+        if decay != "step":
+            schedule.pop("milestones", None)
+        if decay == "cosine":
+            schedule.pop("gamma", None)
         if "milestones" in schedule:
             schedule["milestones"] = sorted({float(v) for v in schedule["milestones"]})
+        lr = float(schedule.get("lr", trial_default("schedule.lr")))
+        if schedule.get("min_lr") is not None and float(schedule["min_lr"]) >= lr:
+            schedule["min_lr"] = lr / 10
         try:
             TrialConfig.model_validate(config)
         except ValidationError as error:

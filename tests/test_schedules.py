@@ -388,3 +388,14 @@ def test_report_plots_lr_and_staged_crop_size_per_family_next_to_convergence(tmp
     markdown = report.markdown.read_text()
     assert markdown.index(PLOT_CONVERGENCE) < markdown.index(PLOT_SCHEDULE)  # beside the convergence plot
     assert (tmp_path / PLOT_SCHEDULE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pbt_repair_keeps_mutated_configs_valid_for_every_decay():
+    pbt = _pbt(lr=(1e-5, 1e-2), gamma=[0.1, 0.3], milestones=[[0.5], [0.8]])
+    cosine = pbt.repair(_config(decay="cosine", min_lr=5e-4, lr=1e-4, gamma=0.3, milestones=[0.8]))
+    assert "gamma" not in cosine["schedule"] and "milestones" not in cosine["schedule"]
+    assert cosine["schedule"]["min_lr"] == pytest.approx(1e-5)  # was above the mutated lr: lr / 10
+    plateau = pbt.repair(_config(decay="plateau", gamma=0.3, milestones=[0.5]))
+    assert plateau["schedule"]["gamma"] == 0.3 and "milestones" not in plateau["schedule"]
+    step = pbt.repair(_config(gamma=0.3, milestones=[0.8, 0.5]))
+    assert step["schedule"]["milestones"] == [0.5, 0.8]

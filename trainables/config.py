@@ -203,7 +203,7 @@ PLATEAU_PATIENCE = 4  # schedule.patience with decay plateau when left out (STF'
 
 
 class ScheduleConfig(_Strict):
-    """Learning-rate schedule of a trial: linear warm-up, then one decay shape (``decay``).
+    """Learning-rate schedule of a trial: linear warm-up, then one decay shape (`decay`).
 
     Keys that only one decay reads are errors with the others (``patience`` only with plateau,
     ``milestones`` only with step, ``min_lr`` not with step, a non-default ``gamma`` not with
