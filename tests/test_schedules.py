@@ -98,10 +98,11 @@ def test_staged_loader_switches_crop_and_batch_at_the_stage_and_resumes_exactly(
         crops.append(stream.data_metrics()[M.TRAIN_CROP_SIZE])
     assert [tuple(b.shape) for b in full] == [(2, 3, 64, 64)] * 4 + [(1, 3, 128, 128)] * 4
     assert crops == [64.0] * 4 + [128.0] * 4
-    for start in (3, 4, 6):
-        resumed = make_train_loader(cfg, seed=3, start_iteration=start, iterations=8)
+    for start, workers in ((3, 0), (4, 0), (6, 0), (3, 1)):
+        resumed = make_train_loader(cfg.model_copy(update={"num_workers": workers}), seed=3, start_iteration=start,
+                                    iterations=8)
         for k in range(start, 8):
-            assert torch.equal(next(resumed), full[k]), (start, k)
+            assert torch.equal(next(resumed), full[k]), (start, workers, k)
     unstaged = make_train_loader(_data(crop_size=64), seed=3)
     next(unstaged)
     assert M.TRAIN_CROP_SIZE not in unstaged.data_metrics()
