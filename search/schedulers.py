@@ -399,7 +399,17 @@ class StratifiedPBT(PopulationBasedTraining):
         if self.stratum_of(trial) != self.stratum_of(trial_to_clone):
             raise LicSearchError(f"PBT tried to clone {trial_to_clone} ({self.stratum_of(trial_to_clone)}) into "
                                  f"{trial} ({self.stratum_of(trial)}): strata must match")
-        new_config, operations = super()._get_new_config(trial, trial_to_clone)
+        # Ray's explore reads every mutated key from the clone's config; a space may leave one out
+        # (gamma of a cosine trial, milestones of a plateau one): explore from its default instead.
+        original = trial_to_clone.config
+        schedule = dict(original.get("schedule", {}))
+        for key in self._hyperparam_mutations.get("schedule", {}):
+            schedule.setdefault(key, trial_default(f"schedule.{key}"))
+        trial_to_clone.config = {**original, "schedule": schedule}
+        try:
+            new_config, operations = super()._get_new_config(trial, trial_to_clone)
+        finally:
+            trial_to_clone.config = original
         return self.repair(new_config), operations
 
     def explore_schedule(self, config: dict) -> dict:

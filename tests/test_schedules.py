@@ -400,3 +400,33 @@ def test_pbt_repair_keeps_mutated_configs_valid_for_every_decay():
     assert plateau["schedule"]["gamma"] == 0.3 and "milestones" not in plateau["schedule"]
     step = pbt.repair(_config(gamma=0.3, milestones=[0.8, 0.5]))
     assert step["schedule"]["milestones"] == [0.5, 0.8]
+
+
+def test_pbt_exploit_through_ray_mutates_patience_and_min_lr_within_bounds_for_every_decay():
+    """Ray's own exploit path (``_get_new_config``: its explore, then ours as custom_explore_fn, then repair)."""
+    import random
+
+    from ray.tune.experiment import Trial
+
+    random.seed(2)
+    pbt = _pbt(lr=(1e-5, 1e-2), gamma=[0.1, 0.3], patience=[1, 2, 4], min_lr=(1e-7, 1e-5))
+    child = Trial("lic", config=_config(decay="plateau", patience=4, min_lr=1e-6), trial_id="child", stub=True)
+    seen = set()
+    for decay, extra in (("plateau", {"patience": 4, "min_lr": 1e-6, "gamma": 0.1}),
+                         ("cosine", {"min_lr": 1e-6}), ("step", {"milestones": [0.5], "gamma": 0.1})):
+        parent = Trial("lic", config=_config(decay=decay, **extra), trial_id=f"parent_{decay}", stub=True)
+        for _ in range(30):
+            config, _ = pbt._get_new_config(child, parent)
+            checked = TrialConfig.model_validate(config).schedule
+            assert checked.decay == decay and 1e-5 <= checked.lr <= 1e-2
+            if decay == "plateau":
+                assert checked.patience in (1, 2, 4)
+                seen.add(checked.patience)
+            else:
+                assert checked.patience is None
+            if decay == "step":
+                assert checked.min_lr is None
+            else:
+                assert 1e-7 <= checked.min_lr <= 1e-5 and checked.min_lr < checked.lr
+            parent.config = config
+    assert seen == {1, 2, 4}
