@@ -4,8 +4,9 @@ Recipe (paper Section 5.1 and the authors' code): Adam on the main parameters wi
 ``λ·D + bpp + λ_orth·L_orth`` (Eq. 6); a second Adam on the entropy bottleneck's quantiles
 with CompressAI's auxiliary loss; learning-rate decay (:mod:`trainables.lr_schedule`: by
 ``gamma`` at fractions of the budget as in the paper, ×0.1 at 0.55M of 0.6M, 0.9M of 1M, 1.8M
-of 2M; or cosine, or on plateau) after an optional linear warm-up; gradient clipping. Batches are a pure function of ``(seed, iteration)`` and the
-RNG states are checkpointed, so a restored trial continues exactly.
+of 2M; or cosine, or on plateau) after an optional linear warm-up; gradient clipping.
+Batches are a pure function of ``(seed, iteration)`` and the RNG states (and the plateau
+state) are checkpointed, so a restored trial continues exactly.
 """
 
 from __future__ import annotations
