@@ -17,16 +17,17 @@ from tests.conftest import REPO, SAMPLES
 pytestmark = pytest.mark.slow
 
 
-def quickstart_cut(folder: Path, name: str = "quickstart", num_samples: int = 3, iterations: int = 8) -> Path:
+def quickstart_cut(folder: Path, name: str = "quickstart", num_samples: int = 3, iterations: int = 8,
+                   eval_every: int = 0) -> Path:
     """spaces/quickstart.yaml with its budget cut (tiny widths, a few iterations), data paths absolute."""
     space = yaml.safe_load((REPO / "spaces" / "quickstart.yaml").read_text())
     space["name"] = name
     space["trial"]["model"].update({"N": 8, "M": 8})
     space["trial"]["data"].update({"train": str(SAMPLES / "train"), "eval": str(SAMPLES / "eval"),
                                    "batch_size": 2, "max_eval_images": 2})
-    space["trial"]["schedule"].update({"iterations": iterations, "eval_every": iterations // 2})
+    space["trial"]["schedule"].update({"iterations": iterations, "eval_every": eval_every or iterations // 2})
     space["search"]["num_samples"] = num_samples
-    space["scheduler"]["grace_period"] = iterations // 2
+    space["scheduler"]["grace_period"] = eval_every or iterations // 2
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path

@@ -1,0 +1,231 @@
+"""A search's state read from its experiment folder, from any terminal, while it runs or after.
+
+Sources, all in the experiment folder: ``drivers/`` (one record per driver: pid, host,
+start, a heartbeat, and how it ended), Ray's ``experiment_state-*.json`` (each trial's
+status, config and folder), each trial folder's ``result.json`` (its latest result), and
+lic-search's ``lic_search.json``/``space.yaml`` (name, MLflow store, parent run, space). A
+search name is found through MLflow: the latest parent run's ``lic_search.experiment_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from search import progress, run_names, summary
+from search.errors import LicSearchError
+from search.storage import ExperimentStore, is_uri
+
+DRIVERS_DIR = "drivers"  # one record per driver process that ran the search (run, then each resume)
+_mine: dict[str, str] = {}  # experiment folder -> this process's driver record
+HEARTBEAT_S = 30.0  # the console refreshes its driver record at least this often while the driver runs
+STALE_AFTER_S = 4 * HEARTBEAT_S  # a driver on another host counts as gone after this long without a heartbeat
+
+
+# ------------------------------------------------------------------------------------ the driver
+@dataclass
+class Driver:
+    """The process running (or that ran) the search's Tuner."""
+
+    pid: int
+    host: str
+    started: float
+    heartbeat: float
+    ended: Optional[float] = None
+    outcome: Optional[str] = None  # "FINISHED", or "STOPPED" when it ended with trials unfinished
+    process_created: Optional[float] = None  # psutil's create_time of the pid: tells a reused pid apart
+
+    def alive(self, now: Optional[float] = None) -> Optional[bool]:
+        """True/False when known; None when it runs on another host and its heartbeat is recent."""
+        if self.ended is not None:
+            return False
+        if self.host == socket.gethostname():
+            return _process_alive(self.pid, self.process_created)
+        return None if (now or time.time()) - self.heartbeat < STALE_AFTER_S else False
+
+    def describe(self) -> str:
+        where = f"pid {self.pid} on {self.host}"
+        alive = self.alive()
+        if self.ended is not None:
+            return f"driver ended ({self.outcome or 'unknown outcome'}; {where})"
+        if alive is None:
+            return f"driver {where}: heartbeat {progress.duration(time.time() - self.heartbeat)} ago (another host)"
+        return f"driver running ({where})" if alive else f"driver gone ({where} is not running)"
+
+
+def _create_time(pid: int) -> Optional[float]:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def _process_alive(pid: int, created: Optional[float]) -> bool:
+    """The pid runs and is the same process (same creation time as when the driver recorded itself)."""
+    now = _create_time(pid)
+    return now is not None and (created is None or abs(now - created) < 1.0)
+
+
+def record_driver(store: ExperimentStore) -> None:
+    """Called by the driver as the search starts: who runs it (read by ``status``).
+
+    One file per driver (``drivers/driver-<start ms>-<pid>.json``), never rewritten by another:
+    Ray copies the experiment folder down on restore and uploads its copy back now and then,
+    so a single shared file would be overwritten with the previous driver's record."""
+    now = time.time()
+    driver = Driver(os.getpid(), socket.gethostname(), now, now, process_created=_create_time(os.getpid()))
+    name = f"{DRIVERS_DIR}/driver-{int(now * 1000)}-{driver.pid}.json"
+    if not is_uri(store.location):
+        (Path(store.location) / DRIVERS_DIR).mkdir(parents=True, exist_ok=True)
+    store.write_text(name, json.dumps(asdict(driver), indent=2))
+    _mine[store.location] = name
+
+
+def _update_driver(store: ExperimentStore, **changes: Any) -> None:
+    name = _mine.get(store.location)
+    if name is None:
+        return
+    try:
+        driver = json.loads(store.read_text(name))
+        store.write_text(name, json.dumps({**driver, **changes}, indent=2))
+    except (OSError, ValueError):
+        pass  # a missed heartbeat only makes status less sure, never the search fail
+
+
+def heartbeat(store: ExperimentStore) -> None:
+    _update_driver(store, heartbeat=time.time())
+
+
+def record_end(store: ExperimentStore, outcome: str) -> None:
+    """Called by the driver when the Tuner's loop ends (``outcome``: FINISHED, or STOPPED with trials left)."""
+    _update_driver(store, ended=time.time(), heartbeat=time.time(), outcome=outcome)
+
+
+def read_driver(store: ExperimentStore) -> Optional[Driver]:
+    """The latest driver's record (None for a search started before drivers were recorded)."""
+    records = []
+    for path in (Path(store.location) / DRIVERS_DIR).glob("driver-*.json"):
+        try:
+            records.append(Driver(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue  # caught mid-write
+    return max(records, key=lambda d: d.started, default=None)
+
+
+# ---------------------------------------------------------------------------------- the search
+def resolve(target: str, tracking_uri: Optional[str] = None, storage_path: str = "lic_search_results") -> ExperimentStore:
+    """NAME or PATH -> the experiment folder: a folder as given, ``<storage>/<NAME>``, or the folder
+    MLflow's latest search of that name recorded."""
+    from search.tuner import STATE_FILE
+
+    candidates = [target] if is_uri(target) else [target, str(Path(storage_path) / target)]
+    for candidate in candidates:
+        store = ExperimentStore(candidate)
+        if store.exists(STATE_FILE):
+            return store
+    from search import mlflow_names as T
+    from search import tracking
+    from search.queries import select_search
+
+    uri = tracking_uri or tracking.default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise LicSearchError(f"{target!r} is not an experiment folder (no {STATE_FILE}; tried {', '.join(candidates)}) "
+                             f"and there is no MLflow store {uri} to look the name up in; pass the folder "
+                             "`lic-search run` printed, or --tracking-uri")
+    try:
+        selection = select_search(target, uri)
+        parent = tracking.client_for(selection.tracking_uri).get_run(selection.parent_run_id) \
+            if selection.parent_run_id else None
+    except LicSearchError as error:
+        raise LicSearchError(f"{target!r} is neither an experiment folder (no {STATE_FILE}; tried "
+                             f"{', '.join(candidates)}) nor a search name in MLflow: {error}") from None
+    folder = parent.data.tags.get(T.TAG_SEARCH_DIR) if parent else None
+    if not folder or not ExperimentStore(folder).exists(STATE_FILE):
+        raise LicSearchError(f"search {target!r}: MLflow records experiment folder {folder!r}, which has no "
+                             f"{STATE_FILE}; pass the folder `lic-search run` printed")
+    return ExperimentStore(folder)
+
+
+def _ray_trials(folder: Path) -> list[dict]:
+    """Ray's latest saved trial records: status, trial_id, config, relative_logdir."""
+    states = sorted(folder.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return []
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, ValueError):  # caught mid-write: the previous one is as good
+        data = json.loads(states[-2].read_text()) if len(states) > 1 else {"trial_data": []}
+    return [json.loads(entry[0]) for entry in data.get("trial_data", [])]
+
+
+def _last_result(trial_folder: Path) -> dict:
+    path = trial_folder / "result.json"
+    if not path.is_file():
+        return {}
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue  # a line being written
+    return {}
+
+
+def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver], Any]:
+    """The search's view, its driver record and its :class:`SearchState`, from the experiment folder."""
+    from search.space import load_space
+    from search.tuner import SearchState
+
+    if is_uri(store.location):
+        raise LicSearchError(f"{store}: status reads local experiment folders; on a multi-node cluster run it "
+                             "where the storage path is mounted")
+    state = SearchState.load(store)
+    folder = Path(store.location)
+    spec = load_space(folder / state.space_file, check_data=False)
+    trials = []
+    for record in _ray_trials(folder):
+        config = record.get("config") or {}
+        result = _last_result(folder / record.get("relative_logdir", ""))
+        budget = progress.budget_of(config)
+        trials.append(progress.TrialView(
+            trial_id=record["trial_id"], state=progress.trial_state(record.get("status", "PENDING"), result, budget),
+            iteration=int(result.get("iterations", 0) or 0), budget=budget, config=config,
+            metrics=progress.numeric(result), seconds=float(result.get("time_total_s", 0.0) or 0.0)))
+    driver = read_driver(store)
+    resources = spec.file.resources
+    gpus = resources.gpus_per_trial > 0
+    elapsed = None
+    if driver is not None:
+        elapsed = (driver.ended or (time.time() if driver.alive() is not False else driver.heartbeat)) - driver.started
+    view = progress.SearchView(
+        name=state.name, folder=store.location, trials=trials, expected=spec.trial_count(), elapsed=elapsed,
+        device="GPU" if gpus else "CPU", per_trial=resources.gpus_per_trial if gpus else resources.cpus_per_trial,
+        ranking=summary.Ranking.of(spec.file.search.model_dump(mode="json")),
+        keys=run_names.column_keys(spec.configs()))
+    return view, driver, state
+
+
+def report(store: ExperimentStore) -> tuple[list[str], dict[str, Any]]:
+    """What ``lic-search status`` prints, as lines and as JSON."""
+    view, driver, state = load(store)
+    alive = driver.alive() if driver is not None else False
+    finished = driver is not None and driver.outcome == "FINISHED"
+    resume = None if (alive is not False or finished) else f"lic-search resume {store.location}"
+    lines = [f"search {view.name!r} at {view.folder}",
+             driver.describe() if driver else "driver: not recorded (a search started before lic-search status)"]
+    lines += progress.render(view, max_running=50)
+    lines.append(f"MLflow: {state.tracking_uri} (parent run {state.parent_run_id}) · lic-search best {view.name}")
+    if resume:
+        lines.append(f"The driver is gone; continue with: {resume}")
+    data = {**view.to_json(), "driver": asdict(driver) if driver else None, "driver_alive": alive,
+            "resume_command": resume, "tracking_uri": state.tracking_uri, "parent_run_id": state.parent_run_id}
+    return lines, data
+
+
+__all__ = ["Driver", "record_driver", "heartbeat", "record_end", "read_driver", "resolve", "load", "report"]
