@@ -15,7 +15,7 @@ from typing import Optional
 
 import yaml
 
-from search import ray_session, run_names, tracking, tracking_session
+from search import console, ray_session, run_names, tracking, tracking_session
 from search.errors import LicSearchError
 from search.schedulers import build_scheduler
 from search.searchers import build_search_algorithm, tune_num_samples, tuner_param_space
@@ -62,7 +62,7 @@ def _init_ray(address: Optional[str]) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # address "local" starts a fresh single-node cluster even when `ray start` left one running
     # on this machine; joining an existing cluster is what --address is for.
-    ray.init(address=address or "local", log_to_driver=True, include_dashboard=False,
+    ray.init(address=address or "local", log_to_driver=console.ray_verbosity() > 0, include_dashboard=False,
              configure_logging=True, logging_level="WARNING")
     _owned_ray["started"] = address is None
 
@@ -101,6 +101,7 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore
         run_config = tuner._local_tuner.get_run_config()
         ours = tuple(type(c) for c in callbacks)
         run_config.callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, ours)] + callbacks
+        run_config.verbose = console.ray_verbosity()  # this driver's --verbose, not the first one's
         return tuner
     run_config = tune.RunConfig(
         name=store.name,
@@ -109,7 +110,7 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore
         failure_config=tune.FailureConfig(max_failures=resources.max_failures),
         # PBT restores clones from other trials' checkpoints: keep a few more of them.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if spec.file.scheduler.type == "pbt" else 2),
-        verbose=1,
+        verbose=console.ray_verbosity(),  # Ray's boxes only with --verbose (search.console)
     )
     tune_config = tune.TuneConfig(
         num_samples=tune_num_samples(spec),
@@ -136,7 +137,7 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
     recorder = tracking_session.TrackingSession(store, state, name_keys=run_names.column_keys(spec.configs()),
                                                 flush_seconds=flush_seconds)
     stop = GracefulStop()
-    tuner = _tuner(spec, store, state, restore, [recorder.logger, stop])
+    tuner = _tuner(spec, store, state, restore, [recorder.logger, stop, *console.callbacks(spec, store)])
     status = "FAILED"
     recorder.start()
     installed = stop.install()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.commands._shared import add_cluster_options, print_summary
+from search.commands._shared import add_cluster_options, add_verbose_option, print_summary
 from search.commands.sync import add_tracking_options
 
 
@@ -12,12 +12,15 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("resume", help="continue an interrupted search from its experiment folder")
     parser.add_argument("experiment_dir", help="the folder `run` printed, e.g. lic_search_results/quickstart")
     add_cluster_options(parser)
+    add_verbose_option(parser)
     add_tracking_options(parser)
     parser.set_defaults(func=_resume)
 
 
 def _resume(args) -> int:
-    from search import tuner
+    from search import console, tuner
+
+    console.configure(verbose=args.verbose)
 
     results, folder = tuner.resume_search(args.experiment_dir, address=args.address,
                                           tracking_offline=args.tracking_offline,

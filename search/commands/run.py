@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.commands._shared import add_cluster_options, print_summary
+from search.commands._shared import add_cluster_options, add_verbose_option, print_summary
 from search.commands.sync import add_tracking_options
 
 DEFAULT_STORAGE = "lic_search_results"
@@ -20,12 +20,15 @@ def register(subparsers) -> None:
                         help="MLflow tracking URI (default: sqlite store ./mlflow.db, what `mlflow ui` opens)")
     parser.add_argument("--name", default=None, help="override the search name from the space file")
     add_cluster_options(parser)
+    add_verbose_option(parser)
     add_tracking_options(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from search import tuner
+    from search import console, tuner
+
+    console.configure(verbose=args.verbose)
 
     results, folder = tuner.run_search(args.space, args.storage_path, tracking_uri=args.tracking_uri,
                                        address=args.address, name=args.name, tracking_offline=args.tracking_offline,
