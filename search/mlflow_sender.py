@@ -34,7 +34,7 @@ class Sender:
 
     def __init__(self, journal: J.Journal, tracking_uri: str, experiment: str, parent_run_id: Optional[str],
                  client_factory: Optional[Callable] = None, notify: Callable[[str], None] = print,
-                 backoff: tuple[float, float] = (1.0, 30.0), sleep: Callable[[float], None] = time.sleep):
+                 backoff: tuple[float, float] = (1.0, 30.0), sleep: Optional[Callable[[float], None]] = None):
         self.journal = journal
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -44,7 +44,8 @@ class Sender:
         self._client = None
         self._notify = notify
         self._backoff = backoff
-        self._sleep = sleep
+        self._wake = threading.Event()  # cuts a backoff short: close() retries at once
+        self._sleep = sleep or self._wake.wait
         self._verified: set[str] = set()  # runs whose history was checked since this sender started
         self._experiment_id: Optional[str] = None
         self._stop = threading.Event()
@@ -226,7 +227,8 @@ class Sender:
                                  f"pending in {self.journal.location}, shipped when it is back")
                 if self._stop.is_set() and self._stop_deadline is not None and time.time() >= self._stop_deadline:
                     return
-                self._sleep(delay)
+                self._sleep(min(delay, 2.0) if self._stop.is_set() else delay)  # flushing: retry often
+                self._wake.clear()
                 delay = min(delay * 2, self._backoff[1])
                 continue
             delay = self._backoff[0]
@@ -241,6 +243,7 @@ class Sender:
         """Flush for at most ``timeout`` seconds, then stop. Returns the records still pending."""
         self._stop_deadline = time.time() + timeout
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             while self._thread.is_alive() and time.time() < self._stop_deadline:
                 if self.journal.pending == 0 and self.down_since is None:

@@ -206,10 +206,46 @@ def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_work(tmp
         return done and partial
 
     try:
-        wait_for(progress, 300, "one finished and one half-trained trial", interval=0.2)
+        try:
+            wait_for(progress, 300, "one finished and one half-trained trial", interval=0.2)
+            instance = ray_instance_of(driver.pid, results / "killed")
+        except BaseException:
+            kill_session(driver)
+            raise
+        os.kill(driver.pid, signal.SIGKILL)  # the driver only: its Ray instance is left to itself
+        driver.wait(timeout=30)
+        _check_resume_after_sigkill(tmp_path, uri, results, instance)
     finally:
-        kill_session(driver)
         kill_orphaned_ray(daemons)
+
+
+def ray_instance_of(driver_pid: int, experiment: Path) -> list:
+    """The processes of the local Ray instance a driver started: its descendants, and any process holding
+    a file open in the Ray session folder the driver recorded."""
+    session_dir = json.loads((experiment / "ray_session.json").read_text())["session_dir"].rstrip("/") + "/"
+    found = {p.pid: p for p in psutil.Process(driver_pid).children(recursive=True)}
+    for process in psutil.process_iter():
+        try:
+            if any(f.path.startswith(session_dir) for f in process.open_files()):
+                found.setdefault(process.pid, process)
+        except psutil.Error:
+            continue
+    assert len(found) >= 3, found  # gcs_server, raylet and trial workers at least
+    return list(found.values())
+
+
+def _alive(processes: list) -> list:
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.Error:
+            pass
+    return alive
+
+
+def _check_resume_after_sigkill(tmp_path: Path, uri: str, results: Path, instance: list) -> None:
     # Ray's result.json may lose its last lines to SIGKILL; checkpoints are written before the
     # result is reported, so the newest checkpoint index tells how far each trial trained.
     finished_before = {r.data.tags[T.TAG_TRIAL_ID] for r in trial_runs(uri, "killed")
@@ -217,9 +253,15 @@ def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_work(tmp
     checkpoints_before = {t: newest_checkpoint(results / "killed", t) for t in finished_before}
     assert finished_before
 
+    left_over = _alive(instance)
     resumed = subprocess.run(LIC_SEARCH + ["resume", str(results / "killed")], capture_output=True, text=True,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # No process of the killed driver's Ray instance outlives the resume (nor of the resume's own).
+    assert not _alive(instance), [(p.pid, p.name()) for p in _alive(instance)]
+    if left_over:
+        assert "leftover processes of the local Ray instance" in resumed.stdout, resumed.stdout[-3000:]
+    assert not (results / "killed" / "ray_session.json").exists()
     after = result_iterations(results / "killed")
     assert len(after) == 4
     for trial, iterations in after.items():
@@ -274,3 +316,39 @@ def test_trial_process_killed_mid_training_is_retried_from_its_checkpoint(tmp_pa
     assert run.data.tags[T.TAG_STATUS] == "completed"
     steps = [m.step for m in client_for(uri).get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)]
     assert steps == list(range(20, 301, 20))  # one run, continuous history across the retry
+
+
+def test_ctrl_c_stops_after_each_trials_next_checkpoint_and_leaves_no_ray_process(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = write_space(tmp_path, "interrupted", {"schedule.iterations": 2000, "schedule.eval_every": 20},
+                        {"max_concurrent": 2}, {"type": "fifo"})
+    results = tmp_path / "results"
+    experiment = results / "interrupted"
+    log = tmp_path / "driver.log"
+    driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri], log)
+
+    def newest() -> dict[str, int]:
+        return {folder.name: max(int(p.name.split("_")[-1]) for p in folder.glob("checkpoint_*"))
+                for folder in experiment.glob("*") if folder.is_dir() and any(folder.glob("checkpoint_*"))}
+
+    try:
+        wait_for(lambda: len(newest()) == 2, 300, "a checkpoint of both trials", interval=0.2)
+        instance = ray_instance_of(driver.pid, experiment)
+        before = newest()
+        driver.send_signal(signal.SIGINT)
+        code = driver.wait(timeout=300)
+    finally:
+        kill_session(driver)
+    output = log.read_text()
+    assert code == 130, output[-3000:]
+    assert f"lic-search resume {experiment}" in output
+    after = newest()
+    for trial, index in before.items():
+        assert after[trial] > index, (before, after)  # each trial went on to its next checkpoint...
+    assert all(r.data.metrics[M.ITERATIONS] < 2000 for r in trial_runs(uri, "interrupted"))  # ...and stopped there
+    assert not _alive(instance), [(p.pid, p.name()) for p in _alive(instance)]
+    assert not (experiment / "ray_session.json").exists()
+    client = client_for(uri)
+    parent = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id],
+                                filter_string=f"tags.`{T.TAG_ROLE}` = '{T.ROLE_SEARCH}'")[0]
+    assert parent.info.status == "KILLED"

@@ -88,13 +88,14 @@ def complete_histories(uri: str, name: str, steps: list[int]) -> None:
 def test_training_goes_on_through_a_long_outage_and_mlflow_ends_complete(tmp_path: Path, server: Server):
     eval_every = 50
     # The outage starts after the first result and lasts OUTAGE_S; the trials must outlast it.
-    iterations = iterations_lasting(OUTAGE_S + 150, eval_every)
+    iterations = iterations_lasting(OUTAGE_S + 60, eval_every)
     space = write_space(tmp_path, "outage", {"schedule.iterations": iterations, "schedule.eval_every": eval_every},
                         {"max_concurrent": 2}, {"type": "fifo"})
     results = tmp_path / "results"
     log = tmp_path / "driver.log"
-    driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", server.uri],
-                   log, QUICK_GIVE_UP)
+    # A generous end-of-search flush: the trials may end while the restarted server is still starting.
+    driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", server.uri,
+                                 "--tracking-flush-seconds", "120"], log, QUICK_GIVE_UP)
     try:
         wait_for(lambda: any(r.data.metrics.get(M.ITERATIONS, 0) >= eval_every for r in trial_runs(server.uri, "outage")),
                  300, "the first result in MLflow", interval=0.5)
