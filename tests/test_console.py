@@ -1,20 +1,21 @@
-"""The quickstart as a person runs it (a subprocess, stdout not a terminal): what it prints, and
-what MLflow holds afterwards (readable run and family names, the summary on the parent run)."""
+"""The console: the live view on fake trials (fast), and the quickstart as a person runs it (a
+subprocess, stdout not a terminal; slow): what it prints, and what MLflow holds afterwards
+(readable run and family names, the summary on the parent run)."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from search import mlflow_names as T
 from tests.conftest import REPO, SAMPLES
-
-pytestmark = pytest.mark.slow
 
 
 def quickstart_cut(folder: Path, name: str = "quickstart", num_samples: int = 3, iterations: int = 8,
@@ -50,6 +51,7 @@ def quickstart(tmp_path_factory):
     return {"folder": folder, "uri": f"sqlite:///{folder / 'mlflow.db'}", "out": done.stdout, "err": done.stderr}
 
 
+@pytest.mark.slow
 def test_mlflow_trial_runs_are_named_by_lambda_auxt_and_what_varies(quickstart):
     from search.queries import select_search, trial_runs
     from search.tracking import client_for
@@ -75,3 +77,106 @@ def test_mlflow_trial_runs_are_named_by_lambda_auxt_and_what_varies(quickstart):
     text = Path(table).read_text()
     assert "| rate point | trial | eval/rd_loss | eval/bpp | eval/psnr | iterations | λ | auxt | λ_orth | lr |" in text
     assert text.count("\n| λ=0.013, distortion=mse |") == 1
+
+
+# ----------------------------------------------------------------------------- the console (part 1)
+RAY_NOISE = ("╭", "Trial status", "Configuration for experiment", "Checkpoint successfully created",
+             "(train_lic_indexed pid=", "View detailed results here")
+
+
+@pytest.mark.slow
+def test_quickstart_prints_a_few_plain_lines_and_ends_with_the_best_per_rate_point(quickstart):
+    printed = (quickstart["out"] + quickstart["err"]).splitlines()
+    assert len(printed) <= 60, "\n".join(printed)
+    assert not [line for line in printed if any(noise in line for noise in RAY_NOISE)]
+    assert "\x1b[" not in quickstart["out"]  # not a terminal: no redraws
+    out = quickstart["out"].splitlines()
+    assert out[0].startswith("search 'quickstart': 9 trials, results in ")
+    finished = [line for line in out if line.startswith("[") and "/9] " in line]
+    assert len(finished) == 9 and all(" λ=0.013 · auxt=" in line and "rd_loss " in line for line in finished)
+    assert any(line.startswith("9 trials: ") and "CPU-hours" in line and "ETA" in line for line in out)
+    tail = out[out.index("Best per rate point (by eval/rd_loss, min):"):]
+    assert tail[1].startswith("best at λ=0.013, distortion=mse: eval/rd_loss = ") and " — λ=0.013 · auxt=" in tail[1]
+    assert tail[2].startswith("Resume with: lic-search resume ") and tail[3].startswith("Progress:    lic-search status ")
+    assert tail[4].startswith("Browse with: lic-search best quickstart")
+
+
+@pytest.mark.slow
+def test_verbose_gives_rays_own_output_back(tmp_path: Path):
+    space = quickstart_cut(tmp_path, name="loud", num_samples=1, iterations=4)
+    done = lic_search("run", str(space), "--verbose", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert "Trial status" in printed and "Checkpoint successfully created" in printed
+    assert "(train_lic_indexed pid=" in printed  # the trial processes' own lines
+    assert "/3] " not in printed and "search 'loud': 3 trials" not in printed  # no compact view
+    assert "Best per rate point (by eval/rd_loss, min):" in done.stdout  # the summary stays
+
+
+# ------------------------------------------------------------------------ the view on fake trials (fast)
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _trial(trial_id: str, status: str, lr: float, auxt: bool, iterations: int, rd_loss: float, seconds: float):
+    config = {"model": {"auxt": {"enabled": auxt}}, "loss": {"lmbda": 0.013, "distortion": "mse"},
+              "schedule": {"iterations": 100, "lr": lr}}
+    result = {"iterations": iterations, "eval/rd_loss": rd_loss, "eval/bpp": 0.5, "eval/psnr": 30.0,
+              "time_total_s": seconds} if iterations else {}
+    return SimpleNamespace(trial_id=trial_id, status=status, config=config, last_result=result)
+
+
+def _console(tmp_path: Path, stream) -> "LiveConsole":
+    from search.console import LiveConsole
+    from search.space import load_space
+    from search.storage import ExperimentStore
+
+    return LiveConsole(load_space(quickstart_cut(tmp_path), check_data=False), ExperimentStore(tmp_path), stream=stream)
+
+
+def test_view_counts_progress_best_device_hours_and_eta(tmp_path: Path, monkeypatch):
+    from search.progress import render
+
+    monkeypatch.setenv("CI", "")
+    trials = [_trial("a", "RUNNING", 1e-3, True, 50, 2.0, 1800.0), _trial("b", "TERMINATED", 2e-3, False, 100, 1.5, 3600.0),
+              _trial("c", "TERMINATED", 3e-3, True, 20, 3.0, 720.0), _trial("d", "PENDING", 4e-3, True, 0, 0, 0)]
+    console = _console(tmp_path, io.StringIO())
+    console._started = 0.0
+    view = console.view(trials)
+    view.elapsed = 3600.0
+    assert view.counts() == {"pending": 6, "running": 1, "paused": 0, "completed": 1, "stopped": 1, "errored": 0}
+    assert view.device_hours() == pytest.approx(1.7)  # (0.5 + 1 + 0.2) h x 1 CPU per trial
+    assert view.eta() == pytest.approx(3600.0 * (1 - 2.5 / 9) / (2.5 / 9))  # 2 done + half of one, of 9
+    lines = render(view)
+    assert lines[0] == "9 trials: 6 pending, 1 running, 1 completed, 1 stopped · elapsed 1h00m · 1.70 CPU-hours · ETA 2h36m"
+    assert lines[1].startswith("  a 50/100 it  rd_loss 2  bpp 0.5  PSNR 30  λ=0.013 · auxt=haar")
+    assert lines[2].startswith("  best at λ=0.013, distortion=mse: eval/rd_loss = 1.5000 at 100 iterations")
+    assert lines[2].endswith("auxt=off · λ_orth=- · lr=2e-3 (trial b)")
+
+
+def test_console_redraws_in_a_terminal_and_prints_plain_lines_otherwise(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    trials = [_trial("a", "RUNNING", 1e-3, True, 50, 2.0, 60.0), _trial("b", "PENDING", 2e-3, True, 0, 0, 0)]
+    terminal = _Terminal()
+    console = _console(tmp_path, terminal)
+    console.on_step_end(0, trials)
+    console._last_draw = 0.0
+    console.on_step_end(1, trials)
+    drawn = terminal.getvalue()
+    assert drawn.count("9 trials: 8 pending, 1 running") == 2 and "\x1b[3F\x1b[J" in drawn  # redrawn in place
+    assert any((tmp_path / "drivers").glob("driver-*.json"))  # status can find the driver
+
+    plain = io.StringIO()
+    console = _console(tmp_path, plain)
+    console.on_step_end(0, trials)
+    console.on_step_end(1, trials)  # within the period: nothing more
+    trials[0].status = "TERMINATED"
+    trials[0].last_result["iterations"] = 100
+    console.on_trial_complete(2, trials, trials[0])
+    lines = plain.getvalue().splitlines()
+    assert "\x1b[" not in plain.getvalue()
+    assert lines[0].startswith("search 'quickstart': 9 trials, results in ")
+    assert lines[1].startswith("9 trials: 8 pending, 1 running")
+    assert lines[2].startswith("[1/9] a completed at 100/100 it: rd_loss 2, bpp 0.5, PSNR 30 — λ=0.013 · auxt=haar")
+    assert len(lines) == 3
