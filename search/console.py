@@ -33,8 +33,9 @@ def configure(verbose: bool) -> None:
 
     Quiet (the default): Ray Tune's old, silent-at-verbose-0 reporter instead of its new output
     engine (whose experiment box prints even at verbosity 0), no trial processes' log lines on
-    the driver (``ray.init(log_to_driver=False)``; errors reach the user through
-    :meth:`LiveConsole.on_trial_error`), and the driver's import-time notices muted."""
+    the driver (``ray.init(log_to_driver=False)``) and no Ray tracebacks of failed trials (errors
+    reach the user once, through :meth:`LiveConsole.on_trial_error`), and the driver's
+    import-time notices muted."""
     _settings["verbose"] = bool(verbose)
     if verbose:
         return
@@ -45,6 +46,8 @@ def configure(verbose: bool) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # A failed trial's traceback: LiveConsole.on_trial_error says it once, in one line with the file to read.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 
@@ -175,6 +178,7 @@ class LiveConsole(tune.Callback):
             self._draw(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._begin()
         if not self.show or trial.trial_id in self._reported:
             return
         self._reported.add(trial.trial_id)
@@ -191,6 +195,7 @@ class LiveConsole(tune.Callback):
                     f"it: {scores} — {run_names.trial_name(trial.config, self.keys)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._begin()
         if not self.show or trial.trial_id in self._reported:
             return
         self._reported.add(trial.trial_id)

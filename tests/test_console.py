@@ -180,3 +180,17 @@ def test_console_redraws_in_a_terminal_and_prints_plain_lines_otherwise(tmp_path
     assert lines[1].startswith("9 trials: 8 pending, 1 running")
     assert lines[2].startswith("[1/9] a completed at 100/100 it: rd_loss 2, bpp 0.5, PSNR 30 — λ=0.013 · auxt=haar")
     assert len(lines) == 3
+
+
+def test_an_errored_trial_is_one_line_with_its_error_and_where_to_read_more(tmp_path: Path):
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback (most recent call last):\n  File x\nRuntimeError: CUDA out of memory\n")
+    trial = _trial("a", "ERROR", 1e-3, True, 10, 2.0, 5.0)
+    trial.error_file, trial.path = str(error_file), str(tmp_path / "a")
+    plain = io.StringIO()
+    console = _console(tmp_path, plain)
+    console.on_trial_error(3, [trial], trial)
+    console.on_trial_error(4, [trial], trial)  # Ray may report it again: said once
+    lines = plain.getvalue().splitlines()
+    assert lines[1:] == [f"[1/9] a errored: RuntimeError: CUDA out of memory — λ=0.013 · auxt=haar · λ_orth=0.1 · "
+                         f"lr=1e-3 (details: {tmp_path / 'a'})"]
