@@ -56,18 +56,21 @@ class Journal:
 
     def _load(self) -> None:
         if self.store.exists(JOURNAL_FILE):
-            self._text = self.store.read_text(JOURNAL_FILE)
-            for number, line in enumerate(self._text.splitlines()):
+            text = self.store.read_text(JOURNAL_FILE)
+            lines = text.splitlines()
+            for number, line in enumerate(lines):
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    self._records.append(json.loads(line))
                 except json.JSONDecodeError:
-                    if number == len(self._text.splitlines()) - 1:
-                        break  # a line cut short by a crash mid-append: it was never acknowledged
-                    raise
-                self._records.append(record)
+                    if number < len(lines) - 1:
+                        raise
+                    # a line cut short by a crash mid-append (never acknowledged): drop it from the file too,
+                    # or the next record would be appended to it
             self._text = "".join(json.dumps(r) + "\n" for r in self._records)
+            if self._text != text:
+                self.store.write_text(JOURNAL_FILE, self._text)
         if self.store.exists(SHIPPED_FILE):
             state = json.loads(self.store.read_text(SHIPPED_FILE))
             self.shipped = min(int(state.get("shipped", 0)), len(self._records))

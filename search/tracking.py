@@ -100,10 +100,6 @@ def stratify_keys(space_file: Path) -> list[str]:
     return list(DEFAULT_STRATIFY_BY) if keys is None else [str(k) for k in keys]
 
 
-def end_search_run(tracking_uri: str, run_id: str, status: str) -> None:
-    client_for(tracking_uri).set_terminated(run_id, status=status)
-
-
 def auxt_tag(config: dict) -> str:
     auxt = config.get("model", {}).get("auxt", {})
     return auxt.get("placement", "both") if auxt.get("enabled") else "off"

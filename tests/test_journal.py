@@ -260,3 +260,16 @@ def test_concurrent_appends_keep_one_line_per_record(tmp_path):
     assert [r["seq"] for r in records] == list(range(600))
     for trial in "abc":
         assert [r["metrics"][0][3] for r in records if r["trial"] == trial] == list(range(200))
+
+
+def test_a_line_cut_short_by_a_crash_is_dropped_and_the_next_record_starts_clean(tmp_path):
+    folder = ExperimentStore(tmp_path / "experiment")
+    folder.create()
+    journal = J.Journal(folder)
+    journal.append(J.STATUS, None, status="RUNNING", time=1)
+    with open(Path(folder.location) / J.JOURNAL_FILE, "a") as stream:
+        stream.write('{"seq": 1, "op": "batch", "trial": "a", "metr')  # the driver died mid-append
+    reopened = J.Journal(folder)
+    assert [r["seq"] for r in reopened.records()] == [0]
+    reopened.append(J.STATUS, None, status="FINISHED", time=2)
+    assert [(r["seq"], r["status"]) for r in J.Journal(folder).records()] == [(0, "RUNNING"), (1, "FINISHED")]
