@@ -13,6 +13,7 @@ the end.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from typing import Optional, TextIO
@@ -135,7 +136,8 @@ class LiveConsole(tune.Callback):
         self._last_draw = now
         view = self.view(trials)
         if tty:
-            lines = progress.render(view, max_running=8)
+            width = shutil.get_terminal_size((120, 40)).columns - 1  # a wrapped line would spoil the redraw
+            lines = [line[:width] for line in progress.render(view, max_running=8)]
             clear = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
             self.stream.write(clear + "\n".join(lines) + "\n")
             self.stream.flush()
