@@ -131,6 +131,19 @@ def record_on_parent(client, parent_run_id: str, best: Sequence[Best], ranking: 
         tags.append(RunTag(T.TAG_BEST_PREFIX + key, f"{b.name} (trial {b.trial_id}, {ranking.metric} {_num(score, 6)})"))
         metrics += [Metric(f"{T.METRIC_BEST_PREFIX}{key}/{m}", v, now, 0) for m, v in b.metrics.items() if v is not None]
     client.log_batch(parent_run_id, metrics=metrics, tags=tags)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    client.set_experiment_tag(experiment_id, "mlflow.note.content", experiment_note(best, ranking, parent_run_id))
 
 
-__all__ = ["Entry", "Best", "Ranking", "best_per_rate_point", "lines", "markdown", "record_on_parent"]
+def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str) -> str:
+    """The experiment's description in the MLflow UI (shown above the run list, Markdown): the latest
+    search's winners and the columns worth adding. MLflow keeps column choices in the browser, so
+    trial run names carry what tells trials apart instead."""
+    return (f"**Latest search** (parent run `{parent_run_id}`)\n\n{markdown(best, ranking)}\n"
+            f"Trial runs are named by what tells them apart (λ, AuxT, then every key that varies). "
+            f"Useful columns: metrics `{ranking.metric}`, `{M.EVAL_BPP}`, `{M.EVAL_PSNR}`; tags "
+            f"`{T.TAG_STATUS}`, `{T.TAG_FAMILY_NAME}`. Rank only within a rate point "
+            f"({', '.join(ranking.stratify_by)}): `lic-search best <name>`.\n")
+
+
+__all__ = ["Entry", "Best", "Ranking", "best_per_rate_point", "lines", "markdown", "record_on_parent", "experiment_note"]

@@ -77,6 +77,9 @@ def test_mlflow_trial_runs_are_named_by_lambda_auxt_and_what_varies(quickstart):
     text = Path(table).read_text()
     assert "| rate point | trial | eval/rd_loss | eval/bpp | eval/psnr | iterations | λ | auxt | λ_orth | lr |" in text
     assert text.count("\n| λ=0.013, distortion=mse |") == 1
+    experiment = client_for(quickstart["uri"]).get_experiment(parent.info.experiment_id)
+    note = experiment.tags["mlflow.note.content"]  # the experiment's description in the UI
+    assert parent.info.run_id in note and "| λ=0.013, distortion=mse |" in note and "lic_search.family_name" in note
 
 
 # ----------------------------------------------------------------------------- the console (part 1)
