@@ -142,7 +142,8 @@ def test_view_counts_progress_best_device_hours_and_eta(tmp_path: Path, monkeypa
     from search.progress import render
 
     monkeypatch.setenv("CI", "")
-    trials = [_trial("a", "RUNNING", 1e-3, True, 50, 2.0, 1800.0), _trial("b", "TERMINATED", 2e-3, False, 100, 1.5, 3600.0),
+    trials = [_trial("a", "RUNNING", 1e-3, True, 50, 2.0, 1800.0),
+              _trial("b", "TERMINATED", 2e-3, False, 100, 1.5, 3600.0),
               _trial("c", "TERMINATED", 3e-3, True, 20, 3.0, 720.0), _trial("d", "PENDING", 4e-3, True, 0, 0, 0)]
     console = _console(tmp_path, io.StringIO())
     console._started = 0.0
@@ -152,7 +153,8 @@ def test_view_counts_progress_best_device_hours_and_eta(tmp_path: Path, monkeypa
     assert view.device_hours() == pytest.approx(1.7)  # (0.5 + 1 + 0.2) h x 1 CPU per trial
     assert view.eta() == pytest.approx(3600.0 * (1 - 2.5 / 9) / (2.5 / 9))  # 2 done + half of one, of 9
     lines = render(view)
-    assert lines[0] == "9 trials: 6 pending, 1 running, 1 completed, 1 stopped · elapsed 1h00m · 1.70 CPU-hours · ETA 2h36m"
+    assert lines[0] == ("9 trials: 6 pending, 1 running, 1 completed, 1 stopped · elapsed 1h00m · 1.70 CPU-hours · "
+                        "ETA 2h36m")
     assert lines[1].startswith("  a 50/100 it  rd_loss 2  bpp 0.5  PSNR 30  λ=0.013 · auxt=haar")
     assert lines[2].startswith("  best at λ=0.013, distortion=mse: eval/rd_loss = 1.5000 at 100 iterations")
     assert lines[2].endswith("auxt=off · λ_orth=- · lr=2e-3 (trial b)")

@@ -55,7 +55,8 @@ def test_quickstart_names_show_lambda_auxt_lambda_orth_and_lr():
     assert [R.label(k, keys) for k in keys] == ["λ", "auxt", "λ_orth", "lr"]
     on = next(c for c in configs if c["model"]["auxt"]["enabled"] and c["schedule"]["lr"] == 0.0005)
     off = next(c for c in configs if not c["model"]["auxt"]["enabled"])
-    assert R.trial_name(on, keys) == f"λ=0.013 · auxt=haar · λ_orth={R.show(on['model']['auxt']['lambda_orth'])} · lr=5e-4"
+    lambda_orth = R.show(on["model"]["auxt"]["lambda_orth"])
+    assert R.trial_name(on, keys) == f"λ=0.013 · auxt=haar · λ_orth={lambda_orth} · lr=5e-4"
     assert R.trial_name(off, keys).startswith("λ=0.013 · auxt=off · λ_orth=- · lr=")  # knobs of AuxT off: '-'
     assert R.family_name(on, keys) == R.trial_name(on, keys).split(" · ", 1)[1]
 
