@@ -116,12 +116,7 @@ def plan_trials(template: dict, num_samples: int, stratify_by: Sequence[str], se
     rng = random.Random(seed)
     plans = []
     for combo in itertools.product(*(args for _, args in sites)):
-        point = copy.deepcopy(template)
-        for (keys, _), value in zip(sites, combo):
-            if keys:
-                kp.set_path(point, keys, copy.deepcopy(value))
-            else:
-                point = copy.deepcopy(value)
+        point = kp.substitute(template, ((keys, value) for (keys, _), value in zip(sites, combo)))
         for _ in range(num_samples):
             plain = _resolve(point, rng)
             config = TrialConfig.model_validate(plain)

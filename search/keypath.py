@@ -7,7 +7,8 @@ schedulers all need: reading and writing a value at ``("loss", "lmbda")`` (or th
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+import copy
+from typing import Any, Iterable, Optional, Union
 
 #: The sampling primitives of a space file's ``trial`` section (a mapping with one of these as its only key).
 PRIMITIVES: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
@@ -43,6 +44,18 @@ def set_path(config: dict, path: KeyPath, value: Any) -> None:
     for key in keys[:-1]:
         node = node.setdefault(key, {})
     node[keys[-1]] = value
+
+
+def substitute(template: Any, values: "Iterable[tuple[Keys, Any]]") -> Any:
+    """A deep copy of ``template`` with each (key path, value) put in place; the empty path
+    replaces the whole template (a primitive standing for the whole mapping)."""
+    config = copy.deepcopy(template)
+    for keys, value in values:
+        if keys:
+            set_path(config, keys, copy.deepcopy(value))
+        else:
+            config = copy.deepcopy(value)
+    return config
 
 
 def primitive(node: Any) -> Optional[tuple[str, Any]]:

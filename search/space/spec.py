@@ -143,13 +143,7 @@ def edge_configs(template: dict) -> Iterator[dict]:
     sites = [(keys, edge_values(kind, args)) for keys, kind, args in kp.primitive_sites(template)]
 
     def build(values: list) -> dict:
-        config = copy.deepcopy(template)
-        for (keys, _), value in zip(sites, values):
-            if keys:
-                kp.set_path(config, keys, copy.deepcopy(value))
-            else:
-                config = copy.deepcopy(value)
-        return config
+        return kp.substitute(template, ((keys, value) for (keys, _), value in zip(sites, values)))
 
     base = [values[0] for _, values in sites]
     yield build(base)
