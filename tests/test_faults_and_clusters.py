@@ -352,3 +352,30 @@ def test_ctrl_c_stops_after_each_trials_next_checkpoint_and_leaves_no_ray_proces
     parent = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id],
                                 filter_string=f"tags.`{T.TAG_ROLE}` = '{T.ROLE_SEARCH}'")[0]
     assert parent.info.status == "KILLED"
+
+
+def test_ctrl_c_twice_stops_at_once(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # The first checkpoint is minutes away: stopping "now" must not wait for it.
+    space = write_space(tmp_path, "twice", {"schedule.iterations": 20000, "schedule.eval_every": 10000},
+                        {"max_concurrent": 2}, {"type": "fifo"})
+    experiment = tmp_path / "results" / "twice"
+    log = tmp_path / "driver.log"
+    driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(tmp_path / "results"),
+                                 "--tracking-uri", uri], log)
+    try:
+        wait_for(lambda: len(trial_runs(uri, "twice")) == 2, 300, "both trials started", interval=0.2)
+        instance = ray_instance_of(driver.pid, experiment)
+        driver.send_signal(signal.SIGINT)
+        time.sleep(2)
+        driver.send_signal(signal.SIGINT)
+        stopped_at = time.time()
+        code = driver.wait(timeout=120)
+        took = time.time() - stopped_at
+    finally:
+        kill_session(driver)
+    output = log.read_text()
+    assert code == 130, output[-3000:]
+    assert "stopping now" in output and f"lic-search resume {experiment}" in output
+    assert took < 60 and not list(experiment.glob("*/checkpoint_*"))  # no trial reached its checkpoint
+    assert not _alive(instance), [(p.pid, p.name()) for p in _alive(instance)]
