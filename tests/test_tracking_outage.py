@@ -6,6 +6,7 @@ sender notices the outage at once; the outage lasts longer than any client retry
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -153,3 +154,35 @@ def test_sync_ships_what_a_search_that_ended_during_an_outage_left_in_its_journa
                            text=True, timeout=300)
     assert again.returncode == 0 and "up to date" in again.stdout
     complete_histories(server.uri, "left", list(range(eval_every, iterations + 1, eval_every)))
+
+
+def test_tracking_offline_starts_without_a_server_and_sync_creates_every_run_later(tmp_path: Path):
+    from search.tuner import SearchState
+
+    server = Server(tmp_path)  # not started yet
+    eval_every = 50
+    iterations = iterations_lasting(10, eval_every)
+    space = write_space(tmp_path, "offline", {"schedule.iterations": iterations, "schedule.eval_every": eval_every},
+                        {"max_concurrent": 2}, {"type": "fifo"})
+    results = tmp_path / "results"
+    command = LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", server.uri,
+                            "--tracking-flush-seconds", "2"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **QUICK_GIVE_UP})
+    assert refused.returncode == 2 and "unreachable" in refused.stderr  # today's behaviour without the flag
+    ran = subprocess.run(command + ["--tracking-offline"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, **QUICK_GIVE_UP})
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert "--tracking-offline" in ran.stdout and f"lic-search sync {results / 'offline'}" in ran.stdout
+    assert SearchState.load(ExperimentStore(results / "offline")).parent_run_id == ""
+    server.start()
+    try:
+        synced = subprocess.run(LIC_SEARCH + ["sync", "offline", "--storage-path", str(results)],
+                                capture_output=True, text=True, timeout=300)
+        assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
+        complete_histories(server.uri, "offline", list(range(eval_every, iterations + 1, eval_every)))
+        parent = SearchState.load(ExperimentStore(results / "offline")).parent_run_id
+        run = client_for(server.uri).get_run(parent)  # the state file learnt the parent run the sender created
+        assert run.data.tags[T.TAG_SEARCH_DIR] == str(results / "offline")
+        assert all(r.data.tags[T.TAG_PARENT] == parent for r in trial_runs(server.uri, "offline"))
+    finally:
+        server.stop()
