@@ -17,6 +17,7 @@ from search.mlflow_sender import Sender
 from search.storage import ExperimentStore
 
 DEFAULT_FLUSH_SECONDS = 30.0
+QUICK_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def reachable(tracking_uri: str, offline: bool, notify: Callable[[str], None] = print) -> bool:
@@ -74,7 +75,14 @@ class TrackingSession:
 
     def __init__(self, store: ExperimentStore, state, name_keys: Optional[list[str]] = None,
                  flush_seconds: float = DEFAULT_FLUSH_SECONDS, notify: Callable[[str], None] = print):
+        import os
+
         from search.tracking import MlflowTrialLogger
+
+        # The sender retries with its own backoff: MLflow's client need not spend minutes on one request
+        # (its default: 7 retries) before the console can say the server is down. The user's values win.
+        for variable, value in QUICK_CLIENT.items():
+            os.environ.setdefault(variable, value)
 
         self.store, self.state, self.flush_seconds, self._notify = store, state, flush_seconds, notify
         self.journal = J.Journal(store)
