@@ -193,8 +193,8 @@ class Sender:
         for record in group:
             tags.update(record.get("tags") or {})
         if points or tags:
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in points],
-                                  tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in points]
+            self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self._verified.add(trial)
 
     def _not_logged(self, run_id: str, points: list[tuple]) -> list[tuple]:

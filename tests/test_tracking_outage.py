@@ -69,6 +69,10 @@ def iterations_lasting(seconds: float, eval_every: int) -> int:
     return eval_every * max(4, math.ceil(seconds / per_iteration / eval_every))
 
 
+def first_result(uri: str, name: str, eval_every: int) -> bool:
+    return any(r.data.metrics.get(M.ITERATIONS, 0) >= eval_every for r in trial_runs(uri, name))
+
+
 def checkpoints(experiment: Path) -> set[str]:
     return {f"{p.parent.name}/{p.name}" for p in experiment.glob("*/checkpoint_*")}
 
@@ -98,8 +102,7 @@ def test_training_goes_on_through_a_long_outage_and_mlflow_ends_complete(tmp_pat
     driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", server.uri,
                                  "--tracking-flush-seconds", "120"], log, QUICK_GIVE_UP)
     try:
-        wait_for(lambda: any(r.data.metrics.get(M.ITERATIONS, 0) >= eval_every for r in trial_runs(server.uri, "outage")),
-                 300, "the first result in MLflow", interval=0.5)
+        wait_for(lambda: first_result(server.uri, "outage", eval_every), 300, "the first result in MLflow", interval=0.5)
         before = checkpoints(results / "outage")
         server.stop()
         down_until = time.time() + OUTAGE_S
@@ -135,8 +138,7 @@ def test_sync_ships_what_a_search_that_ended_during_an_outage_left_in_its_journa
     driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", server.uri,
                                  "--tracking-flush-seconds", "3"], log, QUICK_GIVE_UP)
     try:
-        wait_for(lambda: any(r.data.metrics.get(M.ITERATIONS, 0) >= eval_every for r in trial_runs(server.uri, "left")),
-                 300, "the first result in MLflow", interval=0.5)
+        wait_for(lambda: first_result(server.uri, "left", eval_every), 300, "the first result in MLflow", interval=0.5)
         server.stop()
         assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]  # the exit code ignores the tracking server
     finally:
