@@ -7,6 +7,7 @@ duplicates. ``resume`` does the same before it starts.
 
 from __future__ import annotations
 
+import socket
 import time
 
 DEFAULT_STORAGE = "lic_search_results"
@@ -51,8 +52,14 @@ def _sync(args) -> int:
     from search.errors import TrackingError
     from search.tuner import SearchState
 
+    from search import ray_session
+
     store = resolve(args.experiment, args.storage_path)
     state = SearchState.load(store)
+    running = ray_session.load(store)
+    if running is not None and running.host == socket.gethostname() and running.driver_alive():
+        raise TrackingError(f"{store}: a search driver (pid {running.driver_pid}) is running this search and ships "
+                            "its own tracking journal; sync after it ends")
     pending = J.Journal(store).pending
     if pending == 0:
         print(f"{store}: tracking is up to date in {state.tracking_uri} (nothing pending in the journal)")
