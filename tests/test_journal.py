@@ -273,3 +273,22 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_the_next_record_starts_clean
     assert [r["seq"] for r in reopened.records()] == [0]
     reopened.append(J.STATUS, None, status="FINISHED", time=2)
     assert [(r["seq"], r["status"]) for r in J.Journal(folder).records()] == [(0, "RUNNING"), (1, "FINISHED")]
+
+
+def test_a_search_recorded_before_the_journal_existed_continues_its_runs(mlflow_store):
+    uri, client, parent, folder = mlflow_store
+    a = Trial("a")
+    direct = MlflowTrialLogger(uri, "outage", parent)  # what older versions wrote: straight to MLflow
+    direct.on_trial_start(0, [], a)
+    for step in (2, 4):
+        _report(direct, a, step)
+    journal = J.Journal(folder)  # resumed by this version: no journal yet, the runs are in MLflow
+    sender = Sender(journal, uri, "outage", parent, client_factory=lambda: FlakyClient(uri))
+    resumed = MlflowTrialLogger(uri, "outage", parent, journal=journal, sender=sender, recover_from_mlflow=True)
+    resumed.on_trial_start(0, [], a)
+    _report(resumed, a, 4)  # recomputed after the restore: already in MLflow
+    _report(resumed, a, 6)
+    sender.ship_pending()
+    assert len(_runs(client, parent)) == 1
+    assert _steps(client, _runs(client, parent)["a"].info.run_id) == [2, 4, 6]
+    assert not [r for r in journal.records() if r["op"] == J.CREATE_RUN]
