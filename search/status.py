@@ -82,8 +82,6 @@ def record_driver(store: ExperimentStore) -> None:
     now = time.time()
     driver = Driver(os.getpid(), socket.gethostname(), now, now, process_created=_create_time(os.getpid()))
     name = f"{DRIVERS_DIR}/driver-{int(now * 1000)}-{driver.pid}.json"
-    if not is_uri(store.location):
-        (Path(store.location) / DRIVERS_DIR).mkdir(parents=True, exist_ok=True)
     store.write_text(name, json.dumps(asdict(driver), indent=2))
     _mine[store.location] = name
 
@@ -221,11 +219,43 @@ def report(store: ExperimentStore) -> tuple[list[str], dict[str, Any]]:
              driver.describe() if driver else "driver: not recorded (a search started before lic-search status)"]
     lines += progress.render(view, max_running=50)
     lines.append(f"MLflow: {state.tracking_uri} (parent run {state.parent_run_id}) · lic-search best {view.name}")
+    tracking = sync_tracking(store, state, driver_alive=alive is not False)
+    if tracking:
+        lines.append(tracking)
     if resume:
         lines.append(f"The driver is gone; continue with: {resume}")
     data = {**view.to_json(), "driver": asdict(driver) if driver else None, "driver_alive": alive,
-            "resume_command": resume, "tracking_uri": state.tracking_uri, "parent_run_id": state.parent_run_id}
+            "resume_command": resume, "tracking_uri": state.tracking_uri, "parent_run_id": state.parent_run_id,
+            "tracking": tracking}
     return lines, data
+
+
+SYNC_SECONDS = 20.0  # status answers promptly; `lic-search sync` ships without a deadline
+
+
+def sync_tracking(store: ExperimentStore, state, driver_alive: bool, seconds: float = SYNC_SECONDS) -> Optional[str]:
+    """Ship what a search's tracking journal still holds when no driver is shipping it (as
+    ``lic-search sync`` does, for at most ``seconds``); a line saying what happened, or None."""
+    from search import journal as J
+    from search import tracking_session
+
+    if driver_alive:  # the driver ships its own journal (and may be appending to it right now)
+        return None
+    try:
+        pending = J.Journal(store).pending
+    except (OSError, ValueError):
+        return None
+    if pending == 0:
+        return None
+    try:
+        tracking_session.sync(store, state, time.time() + seconds, notify=lambda _: None)
+    except Exception as error:  # noqa: BLE001 - server down or refusing: the journal keeps the records
+        return (f"tracking: {J.Journal(store).pending} record(s) not in MLflow ({error.__class__.__name__}); "
+                f"ship them with: lic-search sync {store.location}")
+    left = J.Journal(store).pending
+    shipped = pending - left
+    return (f"tracking: shipped {shipped} pending record(s) to {state.tracking_uri}"
+            + (f"; {left} left: lic-search sync {store.location}" if left else ""))
 
 
 __all__ = ["Driver", "record_driver", "heartbeat", "record_end", "read_driver", "resolve", "load", "report"]

@@ -52,6 +52,8 @@ class ExperimentStore:
             return stream.read().decode()
 
     def write_text(self, file: str, text: str) -> None:
+        if "/" in file:  # a nested file (drivers/..., train_index/...): local filesystems need its folder
+            self.fs.create_dir(f"{self.path}/{file.rsplit('/', 1)[0]}", recursive=True)
         with self.fs.open_output_stream(f"{self.path}/{file}") as stream:
             stream.write(text.encode())
 

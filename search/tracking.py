@@ -32,7 +32,6 @@ from ray import tune
 from search import journal as J
 from search import mlflow_names as T
 from search import run_names
-from search.algorithm_config import DEFAULT_STRATIFY_BY
 from search.errors import TrackingError
 from search.families import family_key
 from trainables import metrics as M
@@ -75,8 +74,10 @@ def ensure_experiment(client, name: str) -> str:
     return client.create_experiment(name)
 
 
-def start_search_run(tracking_uri: str, experiment: str, experiment_dir: str, space_file: Path) -> str:
-    """Create (or find again) the parent run of a search; returns its run id."""
+def start_search_run(tracking_uri: str, experiment: str, experiment_dir: str, space_file: Path,
+                     stratify_by: list[str]) -> str:
+    """Create (or find again) the parent run of a search; returns its run id. ``stratify_by``: the
+    keys that define a rate point (``SearchSpec.stratify_by()``, budget keys ASHA added included)."""
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, experiment)
     existing = client.search_runs(
@@ -88,16 +89,9 @@ def start_search_run(tracking_uri: str, experiment: str, experiment_dir: str, sp
         return existing[0].info.run_id
     run = client.create_run(experiment_id, run_name=experiment,
                             tags={T.TAG_ROLE: T.ROLE_SEARCH, T.TAG_SEARCH_DIR: str(experiment_dir),
-                                  T.TAG_STRATIFY_BY: json.dumps(stratify_keys(space_file))})
+                                  T.TAG_STRATIFY_BY: json.dumps(list(stratify_by))})
     client.log_artifact(run.info.run_id, str(space_file))
     return run.info.run_id
-
-
-def stratify_keys(space_file: Path) -> list[str]:
-    """The ``search.stratify_by`` of a (resolved) space file: the keys that define a rate point."""
-    space = yaml.safe_load(Path(space_file).read_text()) or {}
-    keys = (space.get("search") or {}).get("stratify_by")
-    return list(DEFAULT_STRATIFY_BY) if keys is None else [str(k) for k in keys]
 
 
 def auxt_tag(config: dict) -> str:

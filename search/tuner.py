@@ -22,7 +22,6 @@ from search.searchers import build_search_algorithm, tune_num_samples, tuner_par
 from search.space import SearchSpec, load_space
 from search.storage import ExperimentStore
 from search.train_index import prepare_train_indexes
-from trainables import metrics as M
 
 STATE_FILE = "lic_search.json"
 SPACE_COPY = "space.yaml"
@@ -202,10 +201,11 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
         local_copy = Path(folder) / SPACE_COPY
         local_copy.write_text(space_text)
         if online:
-            parent = tracking.start_search_run(tracking_uri, spec.name, store.location, local_copy)
+            parent = tracking.start_search_run(tracking_uri, spec.name, store.location, local_copy,
+                                               spec.stratify_by())
         else:  # --tracking-offline: the sender creates the parent run when the server answers
             parent = ""
-            tracking_session.journal_search_run(store, spec.name, space_text, tracking.stratify_keys(local_copy))
+            tracking_session.journal_search_run(store, spec.name, space_text, spec.stratify_by())
     state = SearchState(spec.name, tracking_uri, parent)
     state.save(store)
     return store, state

@@ -102,3 +102,13 @@ def test_installed_versions_are_inside_the_pinned_range(package: str, bound: str
     installed = tuple(int(p) for p in importlib.metadata.version(package).split(".")[:2])
     assert installed < tuple(int(p) for p in bound.split(".")), \
         f"{package} {importlib.metadata.version(package)} is outside the pinned range (<{bound})"
+
+
+def test_restored_tuner_exposes_its_run_config_where_resume_replaces_the_callbacks():
+    """resume swaps the callbacks Tune restored (the dead driver's logger and console) for this
+    driver's through ``Tuner._local_tuner.get_run_config()`` (search/tuner.py)."""
+    from ray.tune import Tuner
+    from ray.tune.impl.tuner_internal import TunerInternal
+
+    assert "_local_tuner" in inspect.getsource(Tuner.__init__), "Tuner._local_tuner is gone"
+    assert _parameters(TunerInternal.get_run_config) == ["self"], "TunerInternal.get_run_config() moved"

@@ -178,10 +178,17 @@ def test_tracking_offline_starts_without_a_server_and_sync_creates_every_run_lat
     assert SearchState.load(ExperimentStore(results / "offline")).parent_run_id == ""
     server.start()
     try:
+        # `status` ships a journal no driver is shipping (bounded in time), as `sync` would
+        status = subprocess.run(LIC_SEARCH + ["status", str(results / "offline")],
+                                capture_output=True, text=True, timeout=300)
+        assert status.returncode == 0, status.stdout[-3000:] + status.stderr[-3000:]
+        tracking = [line for line in status.stdout.splitlines() if line.startswith("tracking: ")]
+        assert len(tracking) == 1 and tracking[0].startswith("tracking: shipped") and "left" not in tracking[0], \
+            status.stdout[-3000:]
+        complete_histories(server.uri, "offline", list(range(eval_every, iterations + 1, eval_every)))
         synced = subprocess.run(LIC_SEARCH + ["sync", "offline", "--storage-path", str(results)],
                                 capture_output=True, text=True, timeout=300)
-        assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
-        complete_histories(server.uri, "offline", list(range(eval_every, iterations + 1, eval_every)))
+        assert synced.returncode == 0 and "up to date" in synced.stdout, synced.stdout[-3000:] + synced.stderr[-3000:]
         parent = SearchState.load(ExperimentStore(results / "offline")).parent_run_id
         run = client_for(server.uri).get_run(parent)  # the state file learnt the parent run the sender created
         assert run.data.tags[T.TAG_SEARCH_DIR] == str(results / "offline")
