@@ -107,7 +107,7 @@ def test_report_of_a_real_search_has_plots_tables_and_mlflow_artifacts(tmp_path:
     assert len(family_rows) >= 2 and all("| 4 |" in row for row in family_rows[:2])
     assert "_No pair of families" not in text  # the AuxT pair was found
     pictures = sorted(p.name for p in out.glob("*.png"))
-    assert pictures == ["convergence.png", "energy.png", "rd_ms_ssim.png", "rd_psnr.png"]
+    assert pictures == ["convergence.png", "energy.png", "rd_ms_ssim.png", "rd_psnr.png", "schedule.png"]
     for picture in pictures:
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
