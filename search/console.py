@@ -190,7 +190,7 @@ class LiveConsole(tune.Callback):
         done = len(self._reported)
         m = result
         scores = (f"rd_loss {progress._num(m.get('eval/rd_loss'))}, bpp {progress._num(m.get('eval/bpp'))}, "
-                  f"PSNR {progress._num(m.get('eval/psnr'))}")
+                  f"PSNR {progress._db(m.get('eval/psnr'))}")
         if state == "errored":
             scores = f"diverged: {result.get('diverged_reason', 'non-finite loss')}"
         self._event(f"[{done}/{self.expected}] {trial.trial_id} {state} at {int(m.get('iterations', 0) or 0)}/{budget} "

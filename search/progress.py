@@ -134,6 +134,11 @@ def _num(value: Any, digits: int = 4) -> str:
     return "-" if not isinstance(value, (int, float)) or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
+def _db(value: Any) -> str:
+    """PSNR with two decimals (19.00, not 19), so columns of them line up."""
+    return "-" if not isinstance(value, (int, float)) or not math.isfinite(value) else f"{value:.2f}"
+
+
 def header(view: SearchView) -> str:
     """``9 trials: 2 running, 3 completed, 1 stopped, 3 pending · 1m05s · 0.02 CPU-hours · ETA 2m10s``."""
     counts = view.counts()
@@ -146,7 +151,7 @@ def header(view: SearchView) -> str:
 def trial_line(trial: TrialView, keys: Sequence[str]) -> str:
     m = trial.metrics
     return (f"  {trial.trial_id} {trial.iteration}/{trial.budget} it  rd_loss {_num(m.get(M.EVAL_RD_LOSS))}  "
-            f"bpp {_num(m.get(M.EVAL_BPP))}  PSNR {_num(m.get(M.EVAL_PSNR))}  {run_names.trial_name(trial.config, keys)}")
+            f"bpp {_num(m.get(M.EVAL_BPP))}  PSNR {_db(m.get(M.EVAL_PSNR))}  {run_names.trial_name(trial.config, keys)}")
 
 
 def render(view: SearchView, max_running: int = 8) -> list[str]:

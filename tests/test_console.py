@@ -155,7 +155,7 @@ def test_view_counts_progress_best_device_hours_and_eta(tmp_path: Path, monkeypa
     lines = render(view)
     assert lines[0] == ("9 trials: 6 pending, 1 running, 1 completed, 1 stopped · elapsed 1h00m · 1.70 CPU-hours · "
                         "ETA 2h36m")
-    assert lines[1].startswith("  a 50/100 it  rd_loss 2  bpp 0.5  PSNR 30  λ=0.013 · auxt=haar")
+    assert lines[1].startswith("  a 50/100 it  rd_loss 2  bpp 0.5  PSNR 30.00  λ=0.013 · auxt=haar")
     assert lines[2].startswith("  best at λ=0.013, distortion=mse: eval/rd_loss = 1.5000 at 100 iterations")
     assert lines[2].endswith("auxt=off · λ_orth=- · lr=2e-3 (trial b)")
 
@@ -183,7 +183,7 @@ def test_console_redraws_in_a_terminal_and_prints_plain_lines_otherwise(tmp_path
     assert "\x1b[" not in plain.getvalue()
     assert lines[0].startswith("search 'quickstart': 9 trials, results in ")
     assert lines[1].startswith("9 trials: 8 pending, 1 running")
-    assert lines[2].startswith("[1/9] a completed at 100/100 it: rd_loss 2, bpp 0.5, PSNR 30 — λ=0.013 · auxt=haar")
+    assert lines[2].startswith("[1/9] a completed at 100/100 it: rd_loss 2, bpp 0.5, PSNR 30.00 — λ=0.013 · auxt=haar")
     assert len(lines) == 3
 
 
