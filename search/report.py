@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from search import mlflow_names as T
+from search import run_names
 from search.algorithm_config import DEFAULT_STRATIFY_BY, default_mode
 from search.bdrate import bd_rate
 from search.curves import CurveError, RDCurve, check_comparable, load_curve, shipped_anchor
@@ -55,6 +56,7 @@ class TrialRecord:
     status: Optional[str]
     params: dict[str, str]
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    family_name: Optional[str] = None  # the lic_search.family_name tag (readable; absent on older runs)
 
     def final(self, metric: str) -> Optional[float]:
         history = self.histories.get(metric) or []
@@ -116,6 +118,7 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             trial_id=tags.get(T.TAG_TRIAL_ID) or run.info.run_name or run.info.run_id,
             status=tags.get(T.TAG_STATUS),
             params=dict(run.data.params),
+            family_name=tags.get(T.TAG_FAMILY_NAME) or None,
             histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
         ))
     trials.sort(key=lambda t: t.trial_id)
@@ -209,8 +212,24 @@ def _bd(curve: RDCurve, anchor: RDCurve, metric: str, method: str) -> tuple[Opti
         return None, text
 
 
+def family_names(families: Sequence[Family], trials: Sequence[TrialRecord]) -> dict[str, str]:
+    """Family key -> readable name (``auxt=haar · lr=2e-3``), so people read recipes, not hashes.
+
+    The ``lic_search.family_name`` tag its trials carry when there is one; else (runs recorded
+    before the tag) the name :func:`search.run_names.family_name` gives over ``trials``' varying keys."""
+    by_id = {t.trial_id: t for t in trials}
+    keys = run_names.column_keys(t.params for t in trials)
+    names = {}
+    for family in families:
+        members = [by_id[p.trial_id] for p in family.trials if p.trial_id in by_id]
+        tagged = next((t.family_name for t in members if t.family_name), None)
+        params = members[0].params if members else family.params
+        names[family.key] = tagged or run_names.family_name(params, keys) or family.key
+    return names
+
+
 def _family_row(entry: FamilyRank, label: str, curve: RDCurve, anchors: Sequence[RDCurve], with_ms_ssim: bool,
-                differ: dict[str, str], method: str) -> dict:
+                differ: dict[str, str], method: str, name: str) -> dict:
     family = entry.family
     bd: dict[str, Optional[float]] = {}
     reasons: list[str] = []
@@ -220,7 +239,7 @@ def _family_row(entry: FamilyRank, label: str, curve: RDCurve, anchors: Sequence
     if with_ms_ssim and curve.ms_ssim is not None:
         bd[f"{anchors[0].name} ms-ssim"], reason = _bd(curve, anchors[0], "ms-ssim", method)
         reasons += [reason] if reason else []
-    return {"label": label, "key": family.key, "auxt": family.auxt, "points": len(curve),
+    return {"label": label, "key": family.key, "name": name, "auxt": family.auxt, "points": len(curve),
             "lambdas": [l for l in family.lambdas if l is not None], "trials": [t.trial_id for t in family.trials],
             "params": differ, "bd_rate": bd, "rank": entry.rank,
             "curve": curve.to_dict()["results"] if len(curve) else None, "notes": list(dict.fromkeys(reasons))}
@@ -274,6 +293,7 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
     labels = {entry.family.key: f"F{i + 1}" for i, entry in enumerate(ranking)}
     ordered = [entry.family for entry in ranking]
     differ = distinguishing_params(ordered)
+    names = family_names(ordered, used)
     counts: dict[str, int] = {}
     for trial in search.trials:
         counts[trial.status or "unknown"] = counts.get(trial.status or "unknown", 0) + 1
@@ -290,7 +310,7 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
         if len(curve):
             content.curves[label] = entry.family.curve(name=f"{search.experiment} {label}")
         content.families.append(_family_row(entry, label, curve, anchors, content.with_ms_ssim,
-                                            differ[entry.family.key], method))
+                                            differ[entry.family.key], method, names[entry.family.key]))
     for with_auxt, without in auxt_pairs(ordered):
         pair, rows = _pair_rows(with_auxt, without, labels, method)
         content.auxt_pairs.append(pair)
@@ -346,6 +366,7 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
 
     One JSON-ready row per family, best first; families without a BD-rate (fewer than 4
     points, no overlap with the anchor) come last with ``rank`` and ``bd_rate`` None and a ``reason``.
+    ``family`` is the family's id (the ``lic_search.family`` hash), ``family_name`` its readable name.
     """
     anchor = load_curve(anchor_file if anchor_file is not None else shipped_anchor())
     search = load_search(experiment, tracking_uri, selection)
@@ -354,7 +375,9 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
     run_of = {t.trial_id: t.run_id for t in used}
     ranking = rank_families(group_families(t.point() for t in used), anchor, metric, method)
     differ = distinguishing_params([entry.family for entry in ranking])
-    return [{"rank": entry.rank, "family": entry.family.key, "auxt": entry.family.auxt,
+    names = family_names([entry.family for entry in ranking], used)
+    return [{"rank": entry.rank, "family": entry.family.key, "family_name": names[entry.family.key],
+             "auxt": entry.family.auxt,
              "bd_rate": entry.bd_rate, "anchor": anchor.name, "metric": metric, "method": method,
              "reason": entry.reason, "points": len(entry.family.curve()),
              "lambdas": [l for l in entry.family.lambdas if l is not None],
@@ -368,5 +391,5 @@ def _safe_name(name: str) -> str:
 
 
 __all__ = ["TrialRecord", "SearchRecord", "Report", "ReportContent", "load_search", "compute_report",
-           "build_report", "generate_report", "rank_experiment_families", "best_per_rate_point",
+           "build_report", "generate_report", "rank_experiment_families", "best_per_rate_point", "family_names",
            "REPORT_FILE", "DATA_FILE", "ARTIFACT_PATH"]

@@ -192,7 +192,8 @@ def _percent(value: Optional[float]) -> str:
 
 def _family_table(content: "ReportContent") -> str:
     anchors = content.anchor_names
-    header = ["family", "AuxT", "points", "λ", *content.varying, *[f"BD-rate vs {a} (PSNR)" for a in anchors]]
+    header = ["family", "name", "AuxT", "points", "λ", *content.varying,
+              *[f"BD-rate vs {a} (PSNR)" for a in anchors]]
     if content.with_ms_ssim:
         header.append(f"BD-rate vs {anchors[0]} (MS-SSIM)")
     rows = []
@@ -201,7 +202,7 @@ def _family_table(content: "ReportContent") -> str:
         if content.with_ms_ssim:
             key = f"{anchors[0]} ms-ssim"
             cells.append(_percent(family["bd_rate"][key]) if key in family["bd_rate"] else "-")
-        rows.append([family["label"], "yes" if family["auxt"] else "no", str(family["points"]),
+        rows.append([family["label"], family["name"], "yes" if family["auxt"] else "no", str(family["points"]),
                      ", ".join(f"{l:g}" for l in family["lambdas"]) or "-",
                      *[family["params"].get(k, "-") for k in content.varying], *cells, "; ".join(family["notes"])])
     return _table(header + ["notes"], rows)

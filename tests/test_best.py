@@ -33,9 +33,13 @@ def _trial(client, experiment_id: str, parent: str, trial_id: str, config: dict,
            bpp: float = 0.5, psnr: float = 30.0) -> str:
     from mlflow.entities import Metric, Param
 
-    run = client.create_run(experiment_id, run_name=trial_id, tags={
+    from search.families import family_key
+
+    run = client.create_run(experiment_id, run_name=trial_id, tags={  # the tags tracking.py writes
         T.TAG_PARENT: parent, T.TAG_ROLE: T.ROLE_TRIAL, T.TAG_TRIAL_ID: trial_id,
-        T.TAG_STATUS: T.STATUS_COMPLETED if rd_loss is not None else T.STATUS_ERRORED})
+        T.TAG_STATUS: T.STATUS_COMPLETED if rd_loss is not None else T.STATUS_ERRORED,
+        T.TAG_FAMILY: family_key(config),
+        T.TAG_FAMILY_NAME: f"auxt={'haar' if config['model']['auxt']['enabled'] else 'off'} · lr={config['schedule']['lr']:g}"})
     metrics = {M.ITERATIONS: 6.0}
     if rd_loss is not None:  # an errored trial has no eval metrics
         metrics.update({M.EVAL_RD_LOSS: rd_loss, M.EVAL_BPP: bpp, M.EVAL_PSNR: psnr})
@@ -162,6 +166,13 @@ def test_by_family_lists_families_without_bd_rate_and_exits_0(store, capsys):
     assert len(rows) == 2 and all(row.startswith("-") for row in rows)  # no family has a rank
     assert all("2 rate points; BD-rate needs at least 4" in row for row in rows)
     assert any("0.0035, 0.0483" in row for row in rows)
+    # the readable name from the lic_search.family_name tag, not the lic_search.family hash
+    assert sorted(row.split()[1:4] for row in rows) == [["auxt=haar", "·", "lr=0.001"], ["auxt=off", "·", "lr=0.001"]]
+    capsys.readouterr()
+    assert main(["best", "ab", "--tracking-uri", store["uri"], "--by", "family", "--json"]) == 0
+    families = json.loads(capsys.readouterr().out)
+    assert sorted(f["family_name"] for f in families) == ["auxt=haar · lr=0.001", "auxt=off · lr=0.001"]
+    assert all(len(f["family"]) == 12 for f in families)  # the id stays in --json
     capsys.readouterr()
     assert main(["best", "ab", "--tracking-uri", store["uri"], "--by", "family", "--export",
                  str(store["folder"] / "fam.yaml")]) == 2

@@ -128,6 +128,10 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     assert set(families) == {"F1", "F2"}  # the stopped and the errored trial form no family
     assert families["F1"]["auxt"] and not families["F2"]["auxt"]
     assert families["F1"]["lambdas"] == list(LAMBDAS) and families["F1"]["points"] == 4
+    # readable names, not the family hash (no lic_search.family_name tag here: named from the params)
+    assert (families["F1"]["name"], families["F2"]["name"]) == ("auxt=haar", "auxt=off")
+    assert families["F1"]["key"] != "auxt=haar" and len(families["F1"]["key"]) == 12
+    assert "| F1 | auxt=haar | yes | 4 |" in markdown and "| F2 | auxt=off | no | 4 |" in markdown
     # against the extra anchor the curves are exact rate scalings: +10% and +25%
     assert families["F1"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(10.0, abs=1e-6)
     assert families["F2"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(25.0, abs=1e-6)
@@ -207,6 +211,8 @@ def test_rank_experiment_families_for_best_by_family(search):
     assert [(r["rank"], r["auxt"]) for r in rows] == [(1, True), (2, False)]
     assert [r["bd_rate"] for r in rows] == pytest.approx([10.0, 25.0], abs=1e-6)
     assert rows[0]["points"] == 4 and rows[0]["lambdas"] == list(LAMBDAS) and rows[0]["anchor"] == "four-point anchor"
+    assert [r["family_name"] for r in rows] == ["auxt=haar", "auxt=off"]
+    assert all(len(r["family"]) == 12 and r["family"] != r["family_name"] for r in rows)  # the id stays
 
 
 def test_unknown_experiment_is_an_error(search, capsys):

@@ -39,7 +39,8 @@ def register(subparsers) -> None:
                              "'varying': the table's columns under their full dotted keys)")
     parser.add_argument("--by", choices=("trial", "family"), default="trial",
                         help="rank single trials within each rate point by --metric, or rate families (trials "
-                             "differing only in the R-D lambda) by BD-rate against --anchor (default: %(default)s)")
+                             "differing only in the R-D lambda) by BD-rate against --anchor; families are shown by "
+                             "their readable name, --json also has their id under 'family' (default: %(default)s)")
     parser.add_argument("--anchor", type=Path, default=None,
                         help="with --by family: anchor curve in CompressAI's results format (default: VTM on Kodak)")
     parser.add_argument("--export", type=Path, default=None, metavar="BEST.yaml",
@@ -84,7 +85,7 @@ def _best_families(args, selection) -> int:
         if not ranked:
             raise LicSearchError("--export --by family: no family has a BD-rate (each needs at least 4 rate "
                                  "points overlapping the anchor); see the reasons with lic-search best --by family")
-        _export(args, selection, ranked[0]["run_ids"], f"every rate point of the best family {ranked[0]['family']}")
+        _export(args, selection, ranked[0]["run_ids"], f"every rate point of the best family {ranked[0]['family_name']}")
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
@@ -92,7 +93,7 @@ def _best_families(args, selection) -> int:
         print("no rate families (no completed trials)")
         return 0
     header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['anchor']}", "points", "λ", "differs in", "why no BD-rate"]
-    lines = [[str(row["rank"]) if row["rank"] is not None else "-", row["family"], "yes" if row["auxt"] else "no",
+    lines = [[str(row["rank"]) if row["rank"] is not None else "-", row["family_name"], "yes" if row["auxt"] else "no",
               "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%", str(row["points"]),
               ", ".join(f"{v:g}" for v in row["lambdas"]) or "-",
               ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "-", row["reason"] or ""]
