@@ -28,6 +28,10 @@ TAG_GENERATION = "lic_search.pbt.generation"  # trial run: PBT generation (0 = n
 TAG_HPARAM_PREFIX = "lic_search.hparam."  # trial run: current value of a hyperparameter PBT changed
 METRIC_GENERATION = "pbt/generation"  # stepped: the PBT branch each logged step belongs to
 METRIC_HPARAM_PREFIX = "hparams/"  # stepped: current value of a numeric hyperparameter PBT changed
+METRIC_LOF_PREFIX = "lof/"  # trial run: `lof/<setting>/<bpp|psnr|rd_loss|encode_s|..>` from `eval --search`
+TAG_LOF_DATA = "lic_search.lof.data"  # trial run: the image folder the LOF sweep evaluated on
+TAG_LOF_CHECKPOINT = "lic_search.lof.checkpoint"  # trial run: the checkpoint the LOF sweep loaded
+TAG_LOF_SETTINGS = "lic_search.lof.settings"  # trial run: JSON {setting: {iterations, lr, latents, proxy}}
 
 ARTIFACT_TRIAL_CONFIG = "trial_config.yaml"
 ARTIFACT_SPACE = "space.yaml"

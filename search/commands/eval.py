@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "CompressAI's results format (usable by lic-search bd-rate). Exits 1 if a decoded image "
                     "differs from the model's forward reconstruction.",
     )
-    parser.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT")
+    parser.add_argument("checkpoints", nargs="*", type=Path, metavar="CHECKPOINT")
+    sweep = parser.add_argument_group("LOF sweep over a search (search/lof_sweep.py): instead of CHECKPOINTs, the "
+                                      "best trial of every rate point (as `lic-search best` ranks), its latest "
+                                      "checkpoint; logs lof/<setting>/* metrics on each trial's MLflow run")
+    sweep.add_argument("--search", default=None, metavar="NAME", help="search name (the MLflow experiment)")
+    sweep.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: ./mlflow.db)")
+    sweep.add_argument("--run-id", default=None, metavar="PARENT",
+                       help="the search whose MLflow parent run is PARENT (default: the latest of the name)")
     parser.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of evaluation images")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results JSON here")
     parser.add_argument("--name", default=None, help="curve name in the JSON (default: the first checkpoint's name)")
@@ -79,12 +87,61 @@ def _print_table(result) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
 
 
-def run(args: argparse.Namespace) -> int:
+def _write_curve(out: Path, label: Optional[str], results: list, name: str, data: Path) -> None:
+    """One curve in CompressAI's results format; LOF setting S goes to OUT-S.json."""
     from search.curves import evaluation_curve
+
+    out = out if label is None else out.with_name(f"{out.stem}-{label}{out.suffix}")
+    curve = evaluation_curve(results, name if label is None else f"{name} {label}",
+                             f"lic-search eval on {data} (CompressAI range coder)"
+                             + ("" if label is None else f", latent overfitting {label}"))
+    payload = curve.to_dict()
+    payload.setdefault("lic_search", {})["evaluations"] = [r.to_dict() for r in results]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``--search NAME``: every LOF setting on the best trial of every rate point (search/lof_sweep.py)."""
+    from search.lof_sweep import rd_loss, setting_results, sweep_search
+    from search.queries import select_search
+    from search.ranking import stratum_label
+    from trainables.evaluation import EvaluationError
+    from trainables.lof import lof_settings
+
+    if args.checkpoints or args.lof_iterations is None:
+        raise EvaluationError("--search NAME sweeps LOF settings over the search's best trials: give "
+                              "--lof-iterations (e.g. 0,50) and no CHECKPOINT")
+    settings = lof_settings(_numbers(args.lof_iterations, int, "--lof-iterations"),
+                            _numbers(args.lof_lr, float, "--lof-lr"), args.lof_latents, args.lof_proxy)
+    selection = select_search(args.search, args.tracking_uri, args.run_id)
+    print(selection.describe())
+    swept = sweep_search(selection, args.data, settings, device=args.device, max_images=args.max_images)
+    for index, setting in enumerate(settings):
+        for trial in swept:
+            r, loss = trial.results[index], rd_loss(trial.results[index], trial.distortion)
+            print(f"{setting.label:<18} {stratum_label(trial.stratum):<32} bpp {r.mean('bpp'):.4f}  "
+                  f"PSNR {r.mean('psnr'):.2f}  R-D loss {math.nan if loss is None else loss:.4f}  "
+                  f"encode {r.mean('encoding_time'):.3f} s")
+        if args.json is not None:
+            _write_curve(args.json, setting.label, setting_results(swept, index), args.name or args.search, args.data)
+    bad = [t.checkpoint for t in swept if not all(r.decoded_matches for r in t.results)]
+    if bad:
+        print(f"lic-search: error: decoded images differ from the forward reconstruction for "
+              f"{', '.join(map(str, bad))}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def run(args: argparse.Namespace) -> int:
     from trainables.evaluation import DECODE_TOLERANCE, EvaluationError
 
     if args.max_images is not None and args.max_images < 1:
         raise EvaluationError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.search is not None:
+        return _sweep(args)
+    if not args.checkpoints:
+        raise EvaluationError("lic-search eval needs a CHECKPOINT (or --search NAME for an LOF sweep)")
     labelled = []
     failed = []
     for checkpoint, (label, result) in ((c, e) for c in args.checkpoints for e in _evaluations(args, c)):
@@ -106,16 +163,7 @@ def run(args: argparse.Namespace) -> int:
             failed.append(checkpoint)
     for label in dict.fromkeys(label for label, _ in labelled) if args.json is not None else ():
         results = [r for lab, r in labelled if lab == label]  # one curve per LOF setting
-        name = args.name or args.checkpoints[0].resolve().name
-        out = args.json if label is None else args.json.with_name(f"{args.json.stem}-{label}{args.json.suffix}")
-        curve = evaluation_curve(results, name if label is None else f"{name} {label}",
-                                 f"lic-search eval on {args.data} (CompressAI range coder)"
-                                 + ("" if label is None else f", latent overfitting {label}"))
-        payload = curve.to_dict()
-        payload.setdefault("lic_search", {})["evaluations"] = [r.to_dict() for r in results]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {out}")
+        _write_curve(args.json, label, results, args.name or args.checkpoints[0].resolve().name, args.data)
     if failed:
         print(f"lic-search: error: decoded images differ from the forward reconstruction for "
               f"{', '.join(map(str, failed))}: the bitstream does not reproduce the model's output", file=sys.stderr)

@@ -1,0 +1,91 @@
+"""`lic-search eval --search NAME --lof-iterations ..`: LOF settings on a real search's best trials, in MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from search import mlflow_names as T
+from search.cli import main
+from search.lof_sweep import latest_checkpoint, lof_metric, parse_lof_metric
+from search.queries import best_trials, trial_runs, winners
+from tests.conftest import SAMPLES
+from tests.test_search_e2e import write_space
+
+EVAL = SAMPLES / "eval"
+
+
+@pytest.mark.slow
+def test_sweep_logs_every_setting_on_the_rank_1_trial_of_each_rate_point(tmp_path: Path, ray_cluster) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # AuxT on/off × two λ: four trials, two rate points, so two trials are not rank 1.
+    space = write_space(tmp_path, "lofsweep", {"loss.lmbda": {"grid": [0.0035, 0.0483]}, "schedule.iterations": 6,
+                                               "schedule.eval_every": 3}, {"max_concurrent": 2}, {"type": "fifo"})
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["run", str(space), "--storage-path", str(tmp_path / "results"), "--tracking-uri", uri]) == 0
+    out = tmp_path / "curves" / "rd.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["eval", "--search", "lofsweep", "--tracking-uri", uri, "--data", str(EVAL), "--max-images", "1",
+                     "--device", "cpu", "--lof-iterations", "0,20", "--lof-lr", "0.01", "--json", str(out)]) == 0
+
+    best = winners(best_trials("lofsweep", tracking_uri=uri))
+    assert len(best) == 2
+    files = sorted(p.name for p in out.parent.glob("rd-*.json"))
+    assert files == ["rd-lof0.json", "rd-lof20-lr0.01.json"]
+    for name in files:  # one curve per setting, one point per rate point, ordered by rate
+        curve = json.loads((out.parent / name).read_text())
+        assert curve["name"] == f"lofsweep {name[3:-5]}"
+        assert len(curve["results"]["bpp"]) == 2 and all(b > 0 for b in curve["results"]["bpp"])
+        assert sorted(curve["results"]["lmbda"]) == [0.0035, 0.0483]
+
+    runs = {r.info.run_id: r for r in trial_runs("lofsweep", uri)}
+    assert len(runs) == 4
+    swept = {run_id for run_id, r in runs.items() if any(parse_lof_metric(k) for k in r.data.metrics)}
+    assert swept == {row["run_id"] for row in best}
+    for row in best:
+        run = runs[row["run_id"]]
+        metrics = run.data.metrics
+        for label in ("lof0", "lof20-lr0.01"):
+            for name in ("bpp", "psnr", "rd_loss", "encode_s", "decode_s"):
+                assert metrics[lof_metric(label, name)] > 0
+        assert metrics[lof_metric("lof20-lr0.01", "rd_loss")] <= metrics[lof_metric("lof0", "rd_loss")] + 1e-9
+        assert metrics[lof_metric("lof20-lr0.01", "encode_s")] > metrics[lof_metric("lof0", "encode_s")]
+        assert run.data.tags[T.TAG_LOF_DATA] == f"{EVAL.resolve()} (first 1)"
+        checkpoint = Path(run.data.tags[T.TAG_LOF_CHECKPOINT])
+        assert checkpoint.name == "checkpoint_000001" and checkpoint.parent.is_dir()  # 6 iterations, eval every 3
+        assert set(json.loads(run.data.tags[T.TAG_LOF_SETTINGS])) == {"lof0", "lof20-lr0.01"}
+
+
+def test_latest_checkpoint_is_the_highest_numbered_folder_of_the_trials_own_folder(tmp_path: Path) -> None:
+    for folder in ("train_abc12_00000_0_lmbda=0.1_2026-01-01", "train_abc12_00001_1_lmbda=0.2_2026-01-01"):
+        for n in (0, 2, 10):
+            (tmp_path / folder / f"checkpoint_{n:06d}").mkdir(parents=True)
+    found = latest_checkpoint(str(tmp_path), "abc12_00001")
+    assert found == tmp_path / "train_abc12_00001_1_lmbda=0.2_2026-01-01" / "checkpoint_000010"
+    assert latest_checkpoint(f"file://{tmp_path}", "abc12_00000").parent.name.startswith("train_abc12_00000_0")
+
+
+def test_missing_checkpoints_and_remote_folders_are_user_errors(tmp_path: Path) -> None:
+    from search.errors import LicSearchError
+
+    (tmp_path / "train_abc12_00000_0_x").mkdir()
+    with pytest.raises(LicSearchError, match="abc12_00009.*no checkpoint_NNNNNN"):
+        latest_checkpoint(str(tmp_path), "abc12_00009")
+    with pytest.raises(LicSearchError, match="s3://bucket/x is remote"):
+        latest_checkpoint("s3://bucket/x", "abc12_00000")
+
+
+def test_lof_metric_keys_round_trip() -> None:
+    assert lof_metric("lof50-lr0.005", "bpp") == "lof/lof50-lr0.005/bpp"
+    assert parse_lof_metric("lof/lof50-lr0.005/rd_loss") == ("lof50-lr0.005", "rd_loss")
+    assert parse_lof_metric("eval/bpp") is None
+
+
+def test_search_sweep_without_settings_is_a_user_error(tmp_path: Path, capsys) -> None:
+    assert main(["eval", "--search", "x", "--data", str(EVAL), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "--lof-iterations" in capsys.readouterr().err
