@@ -21,6 +21,7 @@ from search import journal as J
 from search import mlflow_names as T
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
+EXPERIMENT_NOTE_TAG = "mlflow.note.content"  # the experiment's description in the MLflow UI
 # Refusals that no retry can change: the record is reported and skipped instead of blocking the queue.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST", "INVALID_STATE"}
 
@@ -123,6 +124,8 @@ class Sender:
                 self.client.set_terminated(run_id, status=first["status"], end_time=first.get("time"))
         elif first["op"] == J.BATCH:
             self._log_batch(group)
+        elif first["op"] == J.SUMMARY:
+            self._summary(first)
         else:
             raise ValueError(f"{self.journal.location}: record {first['seq']} has unknown op {first['op']!r}")
 
@@ -196,6 +199,23 @@ class Sender:
             metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in points]
             self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self._verified.add(trial)
+
+    def _summary(self, record: dict) -> None:
+        """The end-of-search summary on the parent run; replaying it (after a lost answer) adds nothing."""
+        from mlflow.entities import Metric, RunTag
+
+        run_id = self._run_of(record)
+        if record.get("text") is not None:
+            self.client.log_text(run_id, record["text"], record["artifact"])
+        points = self._not_logged(run_id, [tuple(m) for m in record.get("metrics") or []])
+        tags = record.get("tags") or {}
+        if points or tags:
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in points],
+                                  tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        if record.get("note"):
+            experiment_id = self.client.get_run(run_id).info.experiment_id
+            self.client.set_experiment_tag(experiment_id, EXPERIMENT_NOTE_TAG,
+                                           record["note"].replace(J.PARENT_RUN_PLACEHOLDER, run_id))
 
     def _not_logged(self, run_id: str, points: list[tuple]) -> list[tuple]:
         """Drop the points MLflow already has (same key, step and timestamp)."""

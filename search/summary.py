@@ -117,22 +117,23 @@ def _key(label: str) -> str:
     return re.sub(r"[^\w.\- ]", "_", label.replace(", ", " ")).strip() or "all"
 
 
-def record_on_parent(client, parent_run_id: str, best: Sequence[Best], ranking: Ranking = Ranking()) -> None:
-    """The search's summary on its MLflow parent run: a table artifact, per rate point a tag
-    (``lic_search.best.λ_0.013`` = name, trial, score) and metrics (``best/λ_0.013/eval/rd_loss``)
-    the run list can sort on."""
-    from mlflow.entities import Metric, RunTag
-
-    client.log_text(parent_run_id, markdown(best, ranking), T.ARTIFACT_BEST_TABLE)
-    tags, metrics, now = [], [], int(time.time() * 1000)
+def parent_summary(best: Sequence[Best], ranking: Ranking = Ranking(), parent_run_id: str = "") -> dict[str, Any]:
+    """The search's summary for its MLflow parent run, JSON-ready (a tracking journal record ships it,
+    so an outage delays it instead of losing it): a table artifact (``text`` at ``artifact``), per rate
+    point a tag (``lic_search.best.λ_0.013`` = name, trial, score) and metrics
+    (``best/λ_0.013/eval/rd_loss``, ``[key, value, timestamp_ms, step]``) the run list can sort on, and
+    the experiment's description (``note``, naming ``parent_run_id``)."""
+    tags: dict[str, str] = {}
+    metrics: list[list] = []
+    now = int(time.time() * 1000)
     for b in best:
         key = _key(b.label)
         score = b.metrics.get(ranking.metric)
-        tags.append(RunTag(T.TAG_BEST_PREFIX + key, f"{b.name} (trial {b.trial_id}, {ranking.metric} {_num(score, 6)})"))
-        metrics += [Metric(f"{T.METRIC_BEST_PREFIX}{key}/{m}", v, now, 0) for m, v in b.metrics.items() if v is not None]
-    client.log_batch(parent_run_id, metrics=metrics, tags=tags)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    client.set_experiment_tag(experiment_id, "mlflow.note.content", experiment_note(best, ranking, parent_run_id))
+        tags[T.TAG_BEST_PREFIX + key] = f"{b.name} (trial {b.trial_id}, {ranking.metric} {_num(score, 6)})"
+        metrics += [[f"{T.METRIC_BEST_PREFIX}{key}/{m}", float(v), now, 0] for m, v in b.metrics.items()
+                    if v is not None]
+    return {"text": markdown(best, ranking), "artifact": T.ARTIFACT_BEST_TABLE, "tags": tags, "metrics": metrics,
+            "note": experiment_note(best, ranking, parent_run_id)}
 
 
 def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str) -> str:
@@ -146,4 +147,4 @@ def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str) 
             f"({', '.join(ranking.stratify_by)}): `lic-search best <name>`.\n")
 
 
-__all__ = ["Entry", "Best", "Ranking", "best_per_rate_point", "lines", "markdown", "record_on_parent", "experiment_note"]
+__all__ = ["Entry", "Best", "Ranking", "best_per_rate_point", "lines", "markdown", "parent_summary", "experiment_note"]

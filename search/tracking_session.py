@@ -47,6 +47,24 @@ def journal_search_run(store: ExperimentStore, name: str, space_text: str, strat
                    text=space_text, artifact=T.ARTIFACT_SPACE)
 
 
+def record_summary(store: ExperimentStore, state, fields: dict, seconds: float = DEFAULT_FLUSH_SECONDS) -> int:
+    """Journal the end-of-search summary for the parent run (:func:`search.summary.parent_summary`, its
+    note naming :data:`search.journal.PARENT_RUN_PLACEHOLDER`) and ship it for at most ``seconds``.
+
+    It ships only when nothing else is pending and the server answers: behind records the search could
+    not ship (an outage) it waits for ``lic-search sync`` or resume, in order. Returns the records pending."""
+    journal = J.Journal(store)
+    waiting = journal.pending
+    journal.append(J.SUMMARY, None, **fields)
+    if waiting or not reachable(state.tracking_uri, offline=True, notify=lambda message: None):
+        return journal.pending
+    try:
+        sync(store, state, time.time() + seconds, notify=lambda message: None)
+    except Exception:  # noqa: BLE001 - MLflow's and the network's errors: the journal keeps the summary
+        pass
+    return J.Journal(store).pending
+
+
 def sync(store: ExperimentStore, state, deadline: Optional[float] = None,
          notify: Callable[[str], None] = print) -> int:
     """Ship what the journal holds beyond its shipped offset; raises what MLflow raises. Returns how many."""

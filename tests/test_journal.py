@@ -292,3 +292,78 @@ def test_a_search_recorded_before_the_journal_existed_continues_its_runs(mlflow_
     assert len(_runs(client, parent)) == 1
     assert _steps(client, _runs(client, parent)["a"].info.run_id) == [2, 4, 6]
     assert not [r for r in journal.records() if r["op"] == J.CREATE_RUN]
+
+
+def _summary_fields(lmbdas=(0.0035, 0.013)) -> dict:
+    """The end-of-search summary of two rate points, as print_summary journals it."""
+    from search import summary
+
+    entries = [summary.Entry(f"t{i}", tiny_trial(**{"loss.lmbda": lmbda}),
+                             {M.EVAL_RD_LOSS: 0.5 + i, M.EVAL_BPP: 0.25 * (i + 1), M.EVAL_PSNR: 30.0 + i})
+               for i, lmbda in enumerate(lmbdas)]
+    best = summary.best_per_rate_point(entries)
+    assert len(best) == 2
+    return summary.parent_summary(best, summary.Ranking(), J.PARENT_RUN_PLACEHOLDER)
+
+
+def _parent_summary_in_mlflow(client, parent: str) -> tuple[dict, dict, str, str]:
+    """The summary's tags, metric histories (key -> steps), artifact text and experiment note."""
+    run = client.get_run(parent)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(T.TAG_BEST_PREFIX)}
+    histories = {k: [(int(m.step), m.value) for m in client.get_metric_history(parent, k)]
+                 for k in run.data.metrics if k.startswith(T.METRIC_BEST_PREFIX)}
+    names = [f.path for f in client.list_artifacts(parent)]
+    text = Path(client.download_artifacts(parent, T.ARTIFACT_BEST_TABLE)).read_text() \
+        if T.ARTIFACT_BEST_TABLE in names else ""
+    note = client.get_experiment(run.info.experiment_id).tags.get("mlflow.note.content", "")
+    return tags, histories, text, note
+
+
+def test_the_summary_survives_an_outage_and_a_lost_answer_and_arrives_once(mlflow_store):
+    uri, client, parent, folder = mlflow_store
+    flaky = FlakyClient(uri)
+    journal = J.Journal(folder)
+    journal.create()
+    sender = Sender(journal, uri, "outage", parent, client_factory=lambda: flaky)
+    fields = _summary_fields()
+    journal.append(J.SUMMARY, None, **fields)
+    flaky.down = True  # the outage print_summary used to lose the summary to
+    with pytest.raises(Down):
+        sender.ship_pending()
+    assert J.Journal(folder).pending == 1 and _parent_summary_in_mlflow(client, parent)[0] == {}
+    flaky.down, flaky.lose_answers = False, 1  # log_batch lands, its answer is lost
+    with pytest.raises(Down):
+        sender.ship_pending()
+    assert J.Journal(folder).pending == 1
+    # a later `lic-search sync`: a new sender over the same folder replays the record
+    assert Sender(J.Journal(folder), uri, "outage", parent, client_factory=lambda: flaky).ship_pending() == 1
+    assert J.Journal(folder).pending == 0
+    tags, histories, text, note = _parent_summary_in_mlflow(client, parent)
+    assert tags == fields["tags"] and len(tags) == 2
+    assert tags[T.TAG_BEST_PREFIX + "λ_0.0035 distortion_mse"].endswith("(trial t0, eval/rd_loss 0.5)")
+    assert set(histories) == {m[0] for m in fields["metrics"]} and len(histories) == 6
+    assert all(len(points) == 1 for points in histories.values())  # once, despite the replay
+    assert histories[f"{T.METRIC_BEST_PREFIX}λ_0.013 distortion_mse/{M.EVAL_PSNR}"] == [(0, 31.0)]
+    assert text == fields["text"] and "| λ=0.013, distortion=mse | t1 | 1.5 |" in text
+    assert f"parent run `{parent}`" in note and J.PARENT_RUN_PLACEHOLDER not in note
+
+
+def test_record_summary_waits_behind_an_outage_and_ships_with_sync(mlflow_store):
+    from types import SimpleNamespace
+
+    from search import tracking_session
+
+    uri, client, parent, folder = mlflow_store
+    state = SimpleNamespace(tracking_uri=uri, name="outage", parent_run_id=parent)
+    journal = J.Journal(folder)
+    journal.create()
+    journal.append(J.BATCH, None, tags={"left": "over"})  # what the search could not ship during an outage
+    fields = _summary_fields()
+    assert tracking_session.record_summary(folder, state, fields) == 2  # queued behind it, in order
+    assert _parent_summary_in_mlflow(client, parent)[0] == {}
+    assert tracking_session.sync(folder, state, notify=lambda message: None) == 2
+    assert _parent_summary_in_mlflow(client, parent)[0] == fields["tags"]
+    assert client.get_run(parent).data.tags["left"] == "over"
+    # nothing pending and the server answers: record_summary ships at once
+    assert tracking_session.record_summary(folder, state, {**fields, "tags": {T.TAG_BEST_PREFIX + "x": "y"}}) == 0
+    assert client.get_run(parent).data.tags[T.TAG_BEST_PREFIX + "x"] == "y"

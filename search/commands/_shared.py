@@ -22,12 +22,13 @@ def add_verbose_option(parser) -> None:
 def print_summary(results, folder: Path) -> None:
     """The end of a search: counts, best trial per rate point, where results are, how to resume and browse.
 
-    The best-per-rate-point table also goes to the search's MLflow parent run (artifact, tags, metrics)."""
+    The best-per-rate-point table also goes to the search's MLflow parent run (artifact, tags, metrics),
+    through the tracking journal: a server that is down gets it from ``lic-search sync`` or resume."""
     errors = sum(1 for r in results if r.error)
     print(f"\n{len(results)} trials ({errors} errored). Experiment folder: {folder}")
     from search.training_data import skipped_images  # (imports torch: only once a search ran)
     print(skipped_images(results).describe())
-    state, ranking = _search_state(folder)
+    store, state, ranking = _search_state(folder)
     entries = [summary.Entry(str(r.metrics.get("trial_id", "?")), r.config, r.metrics)
                for r in results if not r.error and r.metrics and r.config]
     best = summary.best_per_rate_point(entries, ranking)
@@ -35,7 +36,7 @@ def print_summary(results, folder: Path) -> None:
     for line in summary.lines(best, ranking):
         print(line)
     if state is not None and best:
-        _record(state, best, ranking)
+        _record(store, state, best, ranking)
     name = state.name if state else "<name>"
     uri = state.tracking_uri if state else "sqlite:///mlflow.db"
     print(f"Resume with: lic-search resume {folder}\n"
@@ -54,16 +55,22 @@ def _search_state(folder):
         store = ExperimentStore(folder)
         state = SearchState.load(store)
         search = (yaml.safe_load(store.read_text(SPACE_COPY)) or {}).get("search")
-        return state, summary.Ranking.of(search)
+        return store, state, summary.Ranking.of(search)
     except Exception:  # the summary must never hide the search's outcome
-        return None, summary.Ranking()
+        return None, None, summary.Ranking()
 
 
-def _record(state, best, ranking) -> None:
-    from search import tracking
+def _record(store, state, best, ranking) -> None:
+    from search import journal as J
+    from search import tracking_session
 
     try:
-        summary.record_on_parent(tracking.client_for(state.tracking_uri), state.parent_run_id, best, ranking)
+        pending = tracking_session.record_summary(store, state,
+                                                  summary.parent_summary(best, ranking, J.PARENT_RUN_PLACEHOLDER))
     except Exception as error:  # noqa: BLE001 - the search is done; say so and go on
-        print(f"note: could not record the summary on MLflow parent run {state.parent_run_id}: {error}",
+        print(f"note: could not journal the summary for MLflow parent run {state.parent_run_id}: {error}",
               file=sys.stderr)
+        return
+    if pending:
+        print(f"note: the summary is in the tracking journal with {pending} records not in MLflow "
+              f"({state.tracking_uri}) yet; ship them with: lic-search sync {store}", file=sys.stderr)
