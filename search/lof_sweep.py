@@ -155,6 +155,49 @@ def setting_results(swept: Sequence[SweptTrial], index: int) -> list[Any]:
     return [trial.results[index] for trial in swept]
 
 
-__all__ = ["SweptTrial", "sweep_search", "latest_checkpoint", "lof_metric", "parse_lof_metric", "rd_loss",
+# ------------------------------------------------------------------------------ report summary
+BASELINE = "lof0"  # LOFConfig(iterations=0).label: plain encoding, what every setting is compared with
+MIN_BD_POINTS = 4  # as the report's family BD-rates
+
+
+def lof_summary(trials: Sequence[dict[str, float]], method: str = "pchip") -> list[dict[str, Any]]:
+    """Per LOF setting, its gain over plain encoding on the trials that have both (their ``lof/*`` metrics).
+
+    With >= 4 rate points the BD-rate (PSNR) of the setting's curve against the ``lof0`` curve;
+    with fewer the mean bpp change (%) and PSNR change (dB) per trial; always the mean
+    encode-time ratio (LOF's cost)."""
+    from search.bdrate import bd_rate
+    from search.curves import CurveError, RDCurve
+
+    def value(metrics: dict[str, float], label: str, name: str) -> Optional[float]:
+        return metrics.get(lof_metric(label, name))
+
+    labels = dict.fromkeys(parsed[0] for m in trials for k in m if (parsed := parse_lof_metric(k)))
+    rows = []
+    for label in (lab for lab in labels if lab != BASELINE):
+        pairs = [m for m in trials if all(value(m, lab, n) for lab in (label, BASELINE)
+                                          for n in (LOF_BPP, LOF_PSNR, LOF_ENCODE_S))]
+        if not pairs:
+            continue
+        row: dict[str, Any] = {"setting": label, "trials": len(pairs), "bd_rate": None, "note": None,
+                               "rate_change": 100 * sum(value(m, label, LOF_BPP) / value(m, BASELINE, LOF_BPP) - 1
+                                                        for m in pairs) / len(pairs),
+                               "psnr_change": sum(value(m, label, LOF_PSNR) - value(m, BASELINE, LOF_PSNR)
+                                                  for m in pairs) / len(pairs),
+                               "encode_ratio": sum(value(m, label, LOF_ENCODE_S) / value(m, BASELINE, LOF_ENCODE_S)
+                                                   for m in pairs) / len(pairs)}
+        if len(pairs) >= MIN_BD_POINTS:
+            curves = [RDCurve(name=lab, bpp=[value(m, lab, LOF_BPP) for m in pairs],
+                              psnr=[value(m, lab, LOF_PSNR) for m in pairs]) for lab in (label, BASELINE)]
+            try:
+                row["bd_rate"] = bd_rate(curves[0], curves[1], "psnr", method).bd_rate
+            except CurveError as error:
+                row["note"] = str(error)
+        rows.append(row)
+    return rows
+
+
+__all__ = ["SweptTrial", "lof_summary", "sweep_search", "latest_checkpoint", "lof_metric", "parse_lof_metric",
+           "rd_loss",
            "setting_metrics", "setting_results", "LOF_BPP", "LOF_PSNR", "LOF_MS_SSIM", "LOF_RD_LOSS",
            "LOF_ENCODE_S", "LOF_DECODE_S"]

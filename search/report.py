@@ -57,6 +57,7 @@ class TrialRecord:
     params: dict[str, str]
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
     family_name: Optional[str] = None  # the lic_search.family_name tag (readable; absent on older runs)
+    lof: dict[str, float] = field(default_factory=dict)  # lof/<setting>/* metrics of `eval --search` (LOF sweep)
 
     def final(self, metric: str) -> Optional[float]:
         history = self.histories.get(metric) or []
@@ -120,6 +121,7 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             params=dict(run.data.params),
             family_name=tags.get(T.TAG_FAMILY_NAME) or None,
             histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
+            lof={k: v for k, v in run.data.metrics.items() if k.startswith(T.METRIC_LOF_PREFIX)},
         ))
     trials.sort(key=lambda t: t.trial_id)
     return SearchRecord(experiment, uri, selection.parent_run_id, trials, selection.stratify_by,
@@ -160,6 +162,7 @@ class ReportContent:
     best: list[dict] = field(default_factory=list)
     trials: list[dict] = field(default_factory=list)
     schedules: list[dict] = field(default_factory=list)  # per trial with a train/lr history: lr (and crop) vs step
+    lof: list[dict] = field(default_factory=list)  # per LOF setting: gain over lof0 and encode-time ratio
 
     @property
     def anchor_names(self) -> list[str]:
@@ -181,7 +184,7 @@ class ReportContent:
                 "stratify_by": list(self.stratify_by), "metric": self.metric, "mode": self.mode,
                 "anchors": self.anchor_names, "best_per_rate_point": self.best, "families": self.families,
                 "auxt_pairs": self.auxt_pairs, "speed": self.speed, "trials": self.trials,
-                "schedules": self.schedules}
+                "schedules": self.schedules, "latent_overfitting": self.lof}
 
 
 def _family_statuses(include_stopped: bool) -> set[Optional[str]]:
@@ -326,6 +329,9 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
                           "auxt": t.auxt, "status": t.status, "lr": t.histories[M.TRAIN_LR],
                           "crop_size": t.histories.get(M.TRAIN_CROP_SIZE) or []}
                          for t in search.trials if t.histories.get(M.TRAIN_LR)]
+    from search.lof_sweep import lof_summary
+
+    content.lof = lof_summary([t.lof for t in search.trials if t.lof], method)
     return content
 
 

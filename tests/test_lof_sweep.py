@@ -60,6 +60,32 @@ def test_sweep_logs_every_setting_on_the_rank_1_trial_of_each_rate_point(tmp_pat
         assert checkpoint.name == "checkpoint_000001" and checkpoint.parent.is_dir()  # 6 iterations, eval every 3
         assert set(json.loads(run.data.tags[T.TAG_LOF_SETTINGS])) == {"lof0", "lof20-lr0.01"}
 
+    # The report's "Latent overfitting" section: two rate points, so mean changes (no BD-rate), and the cost.
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["report", "lofsweep", "--tracking-uri", uri, "--out", str(tmp_path / "report")]) == 0
+    (row,) = json.loads((tmp_path / "report" / "report.json").read_text())["latent_overfitting"]
+    assert row["setting"] == "lof20-lr0.01" and row["trials"] == 2 and row["bd_rate"] is None
+    assert row["encode_ratio"] > 1
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Latent overfitting" in markdown and "| lof20-lr0.01 | 2 | n/a (< 4 rate points) |" in markdown
+
+
+def test_lof_summary_gives_bd_rate_from_4_rate_points_and_mean_changes_always() -> None:
+    from search.lof_sweep import lof_summary
+
+    def trial(bpp: float, psnr: float) -> dict[str, float]:  # LOF: 5% fewer bits, +0.1 dB, 10x encode time
+        return {lof_metric("lof0", "bpp"): bpp, lof_metric("lof0", "psnr"): psnr, lof_metric("lof0", "encode_s"): 0.1,
+                lof_metric("lof20-lr0.01", "bpp"): 0.95 * bpp, lof_metric("lof20-lr0.01", "psnr"): psnr + 0.1,
+                lof_metric("lof20-lr0.01", "encode_s"): 1.0}
+
+    trials = [trial(b, p) for b, p in [(0.2, 28.0), (0.4, 30.0), (0.8, 32.0), (1.5, 34.0)]]
+    (four,) = lof_summary(trials)
+    assert four["trials"] == 4 and -12 < four["bd_rate"] < -5  # fewer bits *and* better quality: beyond -5%
+    assert four["rate_change"] == pytest.approx(-5) and four["psnr_change"] == pytest.approx(0.1)
+    assert four["encode_ratio"] == pytest.approx(10)
+    (two,) = lof_summary(trials[:2] + [{lof_metric("lof0", "bpp"): 0.3}])  # a trial without the setting is left out
+    assert two["trials"] == 2 and two["bd_rate"] is None and two["rate_change"] == pytest.approx(-5)
+
 
 def test_latest_checkpoint_is_the_highest_numbered_folder_of_the_trials_own_folder(tmp_path: Path) -> None:
     for folder in ("train_abc12_00000_0_lmbda=0.1_2026-01-01", "train_abc12_00001_1_lmbda=0.2_2026-01-01"):
