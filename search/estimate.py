@@ -3,7 +3,13 @@
 Pure functions only (no timing, no Ray): :func:`plan_trials` turns a validated space into
 the trials Ray Tune will run (every grid point × ``num_samples``; non-grid primitives drawn
 with the search seed), and :func:`estimate` turns those trials plus a measured time per
-iteration of each distinct step configuration into device-hours and wall time:
+iteration of each distinct step configuration into device-hours and wall time.
+
+A trial with a ``data.crop_schedule`` runs one step configuration per stage (larger crops,
+other batch sizes later): its cost is each stage's iterations at that stage's time per
+iteration, the stages starting where training starts them (``round(at · iterations)``, see
+:class:`trainables.crop_schedule.CropPlan`), so a trial stopped early paid only for the
+stages before its stop:
 
 * **grid**: every trial runs its whole budget (FIFO and PBT searches; also the hard upper
   bound of any ASHA search).
@@ -24,13 +30,13 @@ import heapq
 import itertools
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
 from search import keypath as kp
 from trainables.config import TrialConfig
 
-__all__ = ["StepConfig", "TrialPlan", "RungCount", "Estimate", "step_config", "plan_trials", "asha_rungs",
+__all__ = ["StepConfig", "Stage", "TrialPlan", "RungCount", "Estimate", "step_config", "plan_trials", "asha_rungs",
            "asha_iterations", "trials_per_device", "wall_hours", "estimate"]
 
 # AuxT knobs that change a loss weight or an initial value, not the work of a step.
@@ -75,14 +81,35 @@ def step_config(config: TrialConfig) -> StepConfig:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One stage of a trial's ``data.crop_schedule``: from fraction ``at`` of its budget, steps of ``step``."""
+
+    at: float
+    step: StepConfig
+    config: dict = field(compare=False, hash=False, repr=False)  # the trial config at this stage, unstaged (timing)
+
+
+@dataclass(frozen=True)
 class TrialPlan:
     """One trial as the estimate sees it."""
 
-    step: StepConfig
+    step: StepConfig  # the first (or only) stage's
     iterations: int
     eval_every: int
     stratum: tuple  # values at search.stratify_by: ASHA compares trials only within a stratum
     config: dict = field(compare=False, hash=False, repr=False)  # the plain trial config (for timing)
+    stages: tuple[Stage, ...] = ()  # the crop schedule's stages; () = ``step`` throughout
+
+    def phases(self) -> list[Stage]:
+        """The stages, at least one (an unstaged trial: ``step`` from 0)."""
+        return list(self.stages) or [Stage(0.0, self.step, self.config)]
+
+    def seconds(self, upto: float, seconds: dict[StepConfig, float]) -> float:
+        """Seconds of the trial's first ``upto`` iterations: each stage's share at its own step time."""
+        phases = self.phases()
+        starts = [int(round(s.at * self.iterations)) for s in phases] + [max(upto, self.iterations)]
+        return sum(max(0, min(upto, end) - start) * seconds[stage.step]
+                   for stage, start, end in zip(phases, starts, starts[1:]))
 
 
 def _draw(kind: str, args: list, rng: random.Random) -> Any:
@@ -123,8 +150,24 @@ def plan_trials(template: dict, num_samples: int, stratify_by: Sequence[str], se
             dumped = config.model_dump(mode="json")
             stratum = tuple(repr(kp.get_path(dumped, key)) for key in stratify_by)
             plans.append(TrialPlan(step_config(config), config.schedule.iterations, config.schedule.eval_every,
-                                   stratum, plain))
+                                   stratum, plain, _stages(config, plain)))
     return plans
+
+
+def _stages(config: TrialConfig, plain: dict) -> tuple[Stage, ...]:
+    """The stages of ``data.crop_schedule`` (none without one), each with its own step config and an
+    unstaged trial config at that crop and batch size (what timing trains)."""
+    if not config.data.crop_schedule:
+        return ()
+    stages = []
+    for stage in config.data.crop_schedule:
+        batch = stage.batch_size or config.data.batch_size
+        unstaged = copy.deepcopy(plain)
+        data = unstaged.setdefault("data", {})
+        data.pop("crop_schedule", None)
+        data.update(crop_size=stage.crop, batch_size=batch)
+        stages.append(Stage(stage.at, replace(step_config(config), crop_size=stage.crop, batch_size=batch), unstaged))
+    return tuple(stages)
 
 
 # ----------------------------------------------------------------------------- ASHA
@@ -154,8 +197,9 @@ def asha_iterations(trials: Sequence[TrialPlan], seconds: dict[StepConfig, float
     """Iterations each trial of ONE stratum runs at most under ASHA, and the per-rung counts.
 
     At each rung, of the ``n`` running trials whose budget goes beyond it, ``ceil(n / η)``
-    pass; those with the largest remaining cost are the ones kept (an upper bound over which
-    trials win). A trial whose budget ends before a rung simply completes.
+    pass; those with the largest remaining cost (their later, maybe larger-crop, stages
+    included) are the ones kept (an upper bound over which trials win). A trial whose budget
+    ends before a rung simply completes.
     """
     cap = [min(t.iterations, _report_at(max_t, t.eval_every, t.iterations)) for t in trials]
     run = list(cap)
@@ -166,7 +210,8 @@ def asha_iterations(trials: Sequence[TrialPlan], seconds: dict[StepConfig, float
         if not reaching:
             break
         keep = math.ceil(len(reaching) / reduction_factor)
-        by_cost = sorted(reaching, key=lambda i: (-(cap[i] - milestone) * seconds[trials[i].step], i))
+        by_cost = sorted(reaching, key=lambda i: (-(trials[i].seconds(cap[i], seconds)
+                                                     - trials[i].seconds(milestone, seconds)), i))
         for i in by_cost[keep:]:
             run[i] = _report_at(milestone, trials[i].eval_every, cap[i])
         alive = by_cost[:keep]
@@ -214,12 +259,12 @@ def estimate(trials: Sequence[TrialPlan], seconds: dict[StepConfig, float], sche
              gpus: int = 1, gpus_per_trial: float = 1.0, max_concurrent: Optional[int] = None) -> Estimate:
     """Device-hours and wall time of a search (see the module docstring).
 
-    ``seconds`` maps each :class:`StepConfig` to its measured seconds per iteration;
+    ``seconds`` maps each :class:`StepConfig` (of every stage) to its measured seconds per iteration;
     ``scheduler`` is the space's ``scheduler`` section (``type``, ``grace_period``,
     ``reduction_factor``, ``brackets``, ``max_t``). With ``gpus_per_trial`` 0 the trials run on
     CPUs and ``gpus`` is ignored: ``max_concurrent`` (else every trial) run at once.
     """
-    hours = [t.iterations * seconds[t.step] / 3600.0 for t in trials]
+    hours = [t.seconds(t.iterations, seconds) / 3600.0 for t in trials]
     grid_iterations = sum(t.iterations for t in trials)
     asha_runs: Optional[list[int]] = None
     rung_totals: dict[float, list[int]] = {}
@@ -256,7 +301,7 @@ def estimate(trials: Sequence[TrialPlan], seconds: dict[StepConfig, float], sche
     asha_hours = None
     asha_wall = None
     if asha_runs is not None:
-        asha_trial_hours = [run * seconds[t.step] / 3600.0 for run, t in zip(asha_runs, trials)]
+        asha_trial_hours = [t.seconds(run, seconds) / 3600.0 for run, t in zip(asha_runs, trials)]
         asha_hours = sum(asha_trial_hours) * per_trial_devices
         asha_wall = wall_hours(asha_trial_hours, concurrent, slowdown)
     return Estimate(

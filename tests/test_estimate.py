@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from search.cli import main
-from search.estimate import StepConfig, TrialPlan, asha_rungs, estimate, plan_trials
+from search.estimate import Stage, StepConfig, TrialPlan, asha_rungs, estimate, plan_trials
 from search.space import load_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +117,73 @@ scheduler: {{type: asha, grace_period: 50, reduction_factor: 2}}
     assert result.asha_iterations == 2 * (3 * 50 + 1 * 100 + 1 * 200 + 1 * 400)
 
 
+# A later crop_schedule stage: crop 128, batch 1, four times X's step time.
+Z = StepConfig("mbt2018-mean", 8, 16, "off", 1, 128, "none", False, False)
+
+
+def _staged(at: float, iterations: int = 1000) -> TrialPlan:
+    """X until fraction ``at`` of the budget, then Z."""
+    return TrialPlan(X, iterations, 100, ("A",), {}, (Stage(0.0, X, {}), Stage(at, Z, {})))
+
+
+def test_crop_schedule_stages_are_weighted_by_their_length_in_grid_and_asha() -> None:
+    seconds = {X: 0.5, Z: 2.0, Y: 0.8}
+    # Grid: 750 iterations of X + 250 of Z = 375 + 500 = 875 s (timed at crop_size alone: 500 s).
+    staged = _staged(0.75)
+    assert staged.seconds(1000, seconds) == pytest.approx(875.0)
+    assert estimate([staged], seconds, _asha(type="fifo")).grid_hours == pytest.approx(875 / 3600)
+    # ASHA (grace 100, η 2), one stratum: the staged trial and a Y trial (0.8 s/it). At rung 100 one of
+    # two goes on, the costlier rest kept: staged 875 - 50 = 825 s > Y 900 * 0.8 = 720 s, so Y stops at
+    # 100 (80 s) and the staged trial runs to the end. (Priced at its first stage alone, 450 s, Y would win.)
+    result = estimate([staged, _trial(Y, 1000, 100, "A")], seconds, _asha(), gpus=1)
+    assert result.asha_iterations == 1100
+    assert result.asha_hours == pytest.approx((875 + 80) / 3600)
+    assert result.grid_hours == pytest.approx((875 + 800) / 3600)
+    assert [(r.milestone, r.reach, r.passed) for r in result.rungs] == [
+        (100, 2, 1), (200, 1, 1), (400, 1, 1), (800, 1, 1)]
+
+
+def test_a_trial_stopped_at_a_rung_pays_only_for_the_stages_before_it() -> None:
+    seconds = {X: 0.5, Z: 2.0, Y: 3.0}
+    # Z from iteration 50: whole budget 50 * 0.5 + 950 * 2.0 = 1925 s; its first 100: 25 + 50 * 2.0 = 125 s.
+    staged = _staged(0.05)
+    assert staged.seconds(100, seconds) == pytest.approx(125.0)
+    # Rung 100 keeps 2 of 3: the Y trials (900 * 3.0 = 2700 s left) over the staged one (1925 - 125 = 1800 s),
+    # which stops at 100 having paid 125 s. Rung 200 keeps one Y (to 1000: 3000 s), the other stops (600 s).
+    trials = [staged, _trial(Y, 1000, 100, "A"), _trial(Y, 1000, 100, "A")]
+    result = estimate(trials, seconds, _asha(), gpus=1)
+    assert result.asha_iterations == 100 + 1000 + 200
+    assert result.asha_hours == pytest.approx((125 + 3000 + 600) / 3600)
+    assert result.grid_hours == pytest.approx((1925 + 2 * 3000) / 3600)
+    assert [(r.reach, r.passed) for r in result.rungs] == [(3, 2), (2, 1), (1, 1), (1, 1)]
+
+
+def test_plan_of_a_crop_schedule_has_a_step_config_and_an_unstaged_config_per_stage(tmp_path: Path) -> None:
+    from trainables.config import TrialConfig
+
+    data = (REPO / "samples" / "kodak-crops" / "train").as_posix()
+    space = tmp_path / "staged.yaml"
+    space.write_text(f"""
+name: staged
+trial:
+  model: {{backbone: mbt2018-mean, N: 8, M: 16}}
+  data: {{train: {data}, eval: {data}, batch_size: 4, crop_schedule: [[0.0, 64], [0.8, 128, 2]]}}
+  loss: {{lmbda: 0.013}}
+  schedule: {{iterations: 500, eval_every: 50}}
+""")
+    spec = load_space(space)
+    [trial] = plan_trials(spec.template, 1, spec.file.search.stratify_by)
+    assert [(s.at, s.step.crop_size, s.step.batch_size) for s in trial.stages] == [(0.0, 64, 4), (0.8, 128, 2)]
+    assert trial.step == trial.stages[0].step
+    for stage in trial.stages:  # what `estimate` times: the stage's crop and batch size throughout
+        config = TrialConfig.model_validate(stage.config)
+        assert config.data.crop_schedule is None
+        assert (config.data.crop_size, config.data.batch_size) == (stage.step.crop_size, stage.step.batch_size)
+    # 400 iterations at 64/4 (0.1 s), 100 at 128/2 (0.3 s): 40 + 30 = 70 s
+    seconds = {trial.stages[0].step: 0.1, trial.stages[1].step: 0.3}
+    assert estimate([trial], seconds, spec.file.scheduler).grid_hours == pytest.approx(70 / 3600)
+
+
 # Paper Table 1: GPU-hours per 0.6M iterations on an RTX 4090-class GPU, without / with AuxT.
 TABLE1_HOURS = {"mbt2018-mean": (15, 18), "elic": (43, 46), "stf": (35, 36), "tcm-small": (72, 75),
                 "tcm-large": (100, 105)}
@@ -129,7 +196,9 @@ def test_preset_description_budget_matches_the_arithmetic(path: Path) -> None:
     GPU time (Table 1; no GPU here, so the presets' own assumption, not a measurement)."""
     spec = load_space(path, check_data=False)
     trials = plan_trials(spec.template, spec.file.search.num_samples, spec.file.search.stratify_by)
-    seconds = {t.step: TABLE1_HOURS[t.step.backbone][t.step.auxt != "off"] * 3600 / 600_000 for t in trials}
+    # every crop_schedule stage at the same time per iteration: the presets keep the pixels per batch
+    seconds = {s.step: TABLE1_HOURS[s.step.backbone][s.step.auxt != "off"] * 3600 / 600_000
+               for t in trials for s in t.phases()}
     result = estimate(trials, seconds, spec.file.scheduler, gpus=1, gpus_per_trial=spec.file.resources.gpus_per_trial)
     stated = re.findall(r"~([\d,]+) GPU-hours\.?\s*$", spec.file.description)
     assert stated, f"{path.name}: description states no total '~N GPU-hours': {spec.file.description!r}"
@@ -149,3 +218,29 @@ def test_estimate_command_on_the_quickstart(capsys) -> None:
     assert 0 < float(asha.group(1)) < float(grid.group(1))
     assert re.search(r"rung 100: 9 trial\(s\) reach it, 5 go on", out)
     assert re.search(r"^wall time on .*: grid [\d.]+ h.*, ASHA [\d.]+ h", out, re.M)
+
+
+def test_estimate_command_times_each_crop_schedule_stage(tmp_path: Path, capsys) -> None:
+    """One trial, 64x64 batch 2 for 80% of 100 iterations, then 128x128 batch 1: two timed configurations,
+    and the grid hours are the stages' iterations at their own measured times."""
+    data = (REPO / "samples" / "kodak-crops" / "train").as_posix()
+    space = tmp_path / "staged.yaml"
+    space.write_text(f"""
+name: staged
+trial:
+  model: {{backbone: mbt2018-mean, N: 8, M: 8}}
+  data: {{train: {data}, eval: {data}, batch_size: 2, crop_schedule: [[0.0, 64], [0.8, 128, 1]]}}
+  loss: {{lmbda: 0.013}}
+  schedule: {{iterations: 100, eval_every: 50}}
+resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
+""")
+    assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    times = {int(crop): (int(batch), float(s), share) for batch, crop, s, share in re.findall(
+        r"batch (\d+), crop (\d+), amp \w+: ([\d.e+-]+) s/iteration \(1 trial\(s\), crop_schedule stage: (\d+%)", out)}
+    assert times.keys() == {64, 128}, out
+    assert (times[64][0], times[64][2], times[128][0], times[128][2]) == (2, "80%", 1, "20%")
+    grid = re.search(r"^grid \(every trial its full budget\): 100 iterations, ([\d.e+-]+) CPU-hours", out, re.M)
+    assert grid, out
+    expected = (80 * times[64][1] + 20 * times[128][1]) / 3600
+    assert float(grid.group(1)) == pytest.approx(expected, rel=6e-3)  # printed to 3 significant digits

@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         "estimate", help="predict a search's device-hours and wall time from a few timed training steps",
         description="Time a few real training steps (the training engine, on this machine's GPU if it has one, "
                     "else its CPU) of each distinct model/batch/crop/precision configuration in the space, and "
-                    "print the device-hours of the whole search: as a grid (every trial its full budget) and "
+                    "print the device-hours of the whole search (a data.crop_schedule's stages timed each at their "
+                    "own crop and batch size, weighted by their length): as a grid (every trial its full budget) and "
                     "under its ASHA schedule (from the rungs), and the wall time on --gpus GPUs.",
     )
     parser.add_argument("space", type=Path, help="search-space YAML file (see spaces/)")
@@ -36,6 +37,13 @@ def _hours(value: float) -> str:
     if value >= 1:
         return f"{value:.1f} h"
     return f"{value:.3g} h ({value * 60:.3g} min)"
+
+
+def _stage_share(trial, step) -> float:
+    """The fraction of ``trial``'s budget spent at ``step`` (its crop_schedule stages that use it)."""
+    phases = trial.phases()
+    ends = [s.at for s in phases[1:]] + [1.0]
+    return sum(end - s.at for s, end in zip(phases, ends) if s.step == step)
 
 
 def _estimate(args) -> int:
@@ -62,13 +70,19 @@ def _estimate(args) -> int:
           "  -- no GPU used: these are CPU timings, CPU-hours, not GPU-hours"))
     seconds = {}
     first = {}
-    for trial in trials:
-        first.setdefault(trial.step, trial.config)
+    for trial in trials:  # every stage of a data.crop_schedule is its own step configuration
+        for stage in trial.phases():
+            first.setdefault(stage.step, stage.config)
     for step, config in sorted(first.items()):
         seconds[step] = seconds_per_iteration(config, steps=args.steps, warmup=args.warmup, data=args.data,
                                               device=device)
-        count = sum(1 for t in trials if t.step == step)
-        print(f"  {step.label()}: {seconds[step]:.4g} s/iteration ({count} trial(s))", flush=True)
+        count = sum(1 for t in trials if any(s.step == step for s in t.phases()))
+        staged = [t for t in trials if len(t.phases()) > 1 and any(s.step == step for s in t.phases())]
+        share = ""
+        if staged:
+            fractions = sorted({_stage_share(t, step) for t in staged})
+            share = ", crop_schedule stage: " + "/".join(f"{f:.0%}" for f in fractions) + " of the budget"
+        print(f"  {step.label()}: {seconds[step]:.4g} s/iteration ({count} trial(s){share})", flush=True)
     result = estimate(trials, seconds, file.scheduler, gpus=args.gpus, gpus_per_trial=resources.gpus_per_trial,
                       max_concurrent=file.search.max_concurrent)
     unit = f"{kind}-hours"
