@@ -153,7 +153,7 @@ def main() -> None:
         command = "python bench/data_index.py " + " ".join(sys.argv[1:])
         args.out.write_text(f"""# Training index at ImageNet scale (CPU)
 
-Measured on the development machine ({os.cpu_count()} cores shared with other work, no GPU; Python
+Measured on the development machine ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start, no GPU; Python
 {platform.python_version()}, torch {torch.__version__}, 1 torch thread, local disk, warm page cache).
 
 Command: `{command}`
