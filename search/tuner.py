@@ -7,6 +7,7 @@ folder. Both go through :func:`_run`, so a resumed search is built exactly like 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -59,6 +60,11 @@ def _init_ray(address: Optional[str]) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if console.ray_verbosity() == 0:
+        # Ray 2.60 announces its token authentication at every start; the README's cluster section
+        # says what to do about tokens, so the quiet console leaves it out (--verbose keeps it).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: record.levelno >= logging.ERROR)
     # address "local" starts a fresh single-node cluster even when `ray start` left one running
     # on this machine; joining an existing cluster is what --address is for.
     ray.init(address=address or "local", log_to_driver=console.ray_verbosity() > 0, include_dashboard=False,
