@@ -46,7 +46,8 @@ def canonical(value: object) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _flat(params: Mapping[str, object]) -> dict[str, object]:
+def flat_params(params: Mapping[str, object]) -> dict[str, object]:
+    """Dotted keys of a nested trial config or of MLflow's flat params (returned as they are)."""
     return flatten(dict(params)) if any(isinstance(v, dict) for v in params.values()) else dict(params)
 
 
@@ -57,7 +58,7 @@ def is_truthy(value: object) -> bool:
 
 def auxt_enabled(params: Mapping[str, object]) -> bool:
     """Whether a trial trains with AuxT (``model.auxt.enabled``; absent = the default, off)."""
-    return is_truthy(_flat(params).get(AUXT_ENABLED_KEY, False))
+    return is_truthy(flat_params(params).get(AUXT_ENABLED_KEY, False))
 
 
 def family_params(params: Mapping[str, object], *, ignore_auxt: bool = False) -> dict[str, str]:
@@ -66,7 +67,7 @@ def family_params(params: Mapping[str, object], *, ignore_auxt: bool = False) ->
     ``params`` is a flat (dotted) or nested config. ``ignore_auxt`` drops every ``model.auxt.*``
     key as well: two families equal under it differ only in their AuxT settings.
     """
-    flat = _flat(params)
+    flat = flat_params(params)
     enabled = auxt_enabled(flat)
     kept: dict[str, str] = {}
     for key, value in flat.items():
@@ -100,7 +101,7 @@ class TrialPoint:
 
     @property
     def lmbda(self) -> Optional[float]:
-        value = _flat(self.params).get(LAMBDA_KEY)
+        value = flat_params(self.params).get(LAMBDA_KEY)
         try:
             return None if value is None else float(value)
         except (TypeError, ValueError):

@@ -15,7 +15,7 @@ import json
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from search.algorithm_config import trial_default
-from trainables.config import flatten
+from search.families import flat_params
 
 LAMBDA_KEY = "loss.lmbda"
 AUXT_KEY = "model.auxt.enabled"  # shown as the AuxT setting: "off" or the wavelet (and placement)
@@ -26,13 +26,9 @@ LABELS = {LAMBDA_KEY: "λ", AUXT_KEY: "auxt", "model.auxt.lambda_orth": "λ_orth
 _SECTIONS = ("model.", "loss.", "schedule.", "data.")
 
 
-def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
-    return flatten(dict(config)) if any(isinstance(v, dict) for v in config.values()) else dict(config)
-
-
 def raw_value(config: Mapping[str, Any], key: str) -> Any:
     """The value at dotted ``key`` of a nested or flat config; its TrialConfig default when left out."""
-    flat = _flat(config)
+    flat = flat_params(config)
     return flat[key] if key in flat else trial_default(key)
 
 
@@ -44,7 +40,7 @@ def varying_keys(configs: Iterable[Mapping[str, Any]]) -> list[str]:
     """Dotted keys whose value differs between ``configs`` (first-seen order; defaults fill gaps).
 
     Values are compared as MLflow stores them (``str``) so configs and MLflow params agree."""
-    flats = [_flat(c) for c in configs]
+    flats = [flat_params(c) for c in configs]
     keys: list[str] = []
     for flat in flats:
         keys += [k for k in flat if k not in keys]
