@@ -57,8 +57,8 @@ def typed_params(params: Mapping[str, str]) -> dict[str, Any]:
 def stratum_of(config: Mapping[str, Any], keys: Sequence[str] = DEFAULT_STRATIFY_BY) -> Stratum:
     """The values of ``config`` (nested, or flat with dotted keys) at the stratify keys.
 
-    A key the config leaves out takes its :class:`TrialConfig` default, as in
-    :func:`search.schedulers.stratum_key`, so ``loss.distortion`` unset and ``mse`` are one stratum.
+    A key the config leaves out takes its :class:`TrialConfig` default, so ``loss.distortion``
+    unset and ``mse`` are one stratum (ASHA's and PBT's ``stratum_key`` is built on this).
     """
     stratum: Stratum = {}
     for key in keys:

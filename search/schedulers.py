@@ -28,7 +28,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
 from search.algorithm_config import DEFAULT_STRATIFY_BY, stratify_keys, trial_default
-from search.keypath import get_path
+from search.ranking import stratum_of
 from trainables import metrics as M
 from trainables.errors import LicSearchError
 
@@ -47,12 +47,7 @@ def stratum_key(config: dict, keys: Sequence[str]) -> str:
 
     A key the config leaves out takes its :class:`TrialConfig` default, so ``loss.distortion``
     unset and ``mse`` are one stratum."""
-    parts = []
-    for key in keys:
-        value = get_path(config, key)
-        value = trial_default(key) if value is None else value
-        parts.append(f"{key}={json.dumps(value, sort_keys=True)}")
-    return ", ".join(parts)
+    return ", ".join(f"{key}={json.dumps(value, sort_keys=True)}" for key, value in stratum_of(config, keys).items())
 
 
 # ----------------------------------------------------------------------------- ASHA
