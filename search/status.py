@@ -118,16 +118,30 @@ def read_driver(store: ExperimentStore) -> Optional[Driver]:
 
 
 # ---------------------------------------------------------------------------------- the search
+def _candidates(target: str, storage_path: str) -> list[str]:
+    return [target] if is_uri(target) else [target, str(Path(storage_path) / target)]
+
+
+def experiment_folder(target: str, storage_path: str = "lic_search_results") -> Optional[ExperimentStore]:
+    """The experiment folder ``target`` names as a path or as ``<storage_path>/<NAME>``; None if neither is one."""
+    from search.tuner import STATE_FILE
+
+    for candidate in _candidates(target, storage_path):
+        store = ExperimentStore(candidate)
+        if store.exists(STATE_FILE):
+            return store
+    return None
+
+
 def resolve(target: str, tracking_uri: Optional[str] = None, storage_path: str = "lic_search_results") -> ExperimentStore:
     """NAME or PATH -> the experiment folder: a folder as given, ``<storage>/<NAME>``, or the folder
     MLflow's latest search of that name recorded."""
     from search.tuner import STATE_FILE
 
-    candidates = [target] if is_uri(target) else [target, str(Path(storage_path) / target)]
-    for candidate in candidates:
-        store = ExperimentStore(candidate)
-        if store.exists(STATE_FILE):
-            return store
+    store = experiment_folder(target, storage_path)
+    if store is not None:
+        return store
+    candidates = _candidates(target, storage_path)
     from search import mlflow_names as T
     from search import tracking
     from search.queries import select_search

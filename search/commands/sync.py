@@ -37,13 +37,10 @@ def register(subparsers) -> None:
 
 def resolve(experiment: str, storage_path: str):
     """The experiment folder of a path or of a search name under ``storage_path``."""
+    from search.status import experiment_folder
     from search.storage import ExperimentStore
-    from search.tuner import STATE_FILE
 
-    store = ExperimentStore(experiment)
-    if store.exists(STATE_FILE):
-        return store
-    return ExperimentStore.under(storage_path, experiment)
+    return experiment_folder(experiment, storage_path) or ExperimentStore.under(storage_path, experiment)
 
 
 def _sync(args) -> int:
