@@ -166,8 +166,12 @@ def resolve(target: str, tracking_uri: Optional[str] = None, storage_path: str =
 
 
 def _ray_trials(folder: Path) -> list[dict]:
-    """Ray's latest saved trial records: status, trial_id, config, relative_logdir."""
-    states = sorted(folder.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    """Ray's latest saved trial records: status, trial_id, config, relative_logdir.
+
+    The latest is the newest by the timestamp in its name, as Ray itself picks it on restore
+    (``_find_newest_experiment_checkpoint``): Ray syncs a restored folder back now and then, so a
+    dead driver's older state file can carry a newer mtime than the resumed search's."""
+    states = sorted(folder.glob("experiment_state-*.json"), key=lambda p: p.name)
     if not states:
         return []
     try:
