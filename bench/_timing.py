@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: make the checkout importable
     sys.path.insert(0, str(REPO))
 
-from search.step_timing import device_label  # noqa: E402  (one label for bench and `lic-search estimate`)
+from search.analysis.step_timing import device_label  # noqa: E402  (one label for bench and `lic-search estimate`)
 
 __all__ = ["REPO", "sync", "elapsed", "interleaved", "device_label", "device_slug", "command_line"]
 

@@ -6,7 +6,7 @@ Builds a synthetic ImageNet-shaped tree (``<root>/n%08d/n%08d_%d.JPEG``, ``--cla
 of ``--files`` hard links to a few real JPEGs (rendered from the shipped sample crops at
 ImageNet's typical 500×375), so it costs directory entries, not data. Then, as a search does:
 
-- **index build**: the driver's :func:`search.train_index.build_index` (walk the tree, sort,
+- **index build**: the driver's :func:`search.experiment.train_index.build_index` (walk the tree, sort,
   write the index into an experiment folder), timed once;
 - **trial start to first batch**: with the index in use (``use_train_indexes``, as every
   trial), ``make_train_loader`` (read the index, build the dataset) and its first batch. Runs
@@ -35,15 +35,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script from anywhere: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import trainables.data as data  # noqa: E402
-from search.storage import ExperimentStore  # noqa: E402
-from search.train_index import build_index  # noqa: E402
+import trainables.data.images as data  # noqa: E402
+from search.experiment.store import ExperimentStore  # noqa: E402
+from search.experiment.train_index import build_index  # noqa: E402
 from trainables.config import DataConfig  # noqa: E402
-from trainables.file_index import use_train_indexes  # noqa: E402
+from trainables.data.file_index import use_train_indexes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "kodak-crops" / "train"

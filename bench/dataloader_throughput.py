@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script from anywhere: make the checkou
 import torch  # noqa: E402
 
 from trainables.config import DataConfig  # noqa: E402
-from trainables.data import make_train_loader, resolve_num_workers  # noqa: E402
+from trainables.data.images import make_train_loader, resolve_num_workers  # noqa: E402
 
 
 def measure(cfg: DataConfig, batches: int = 50, warmup: int = 5, device_type: str = "cpu",

@@ -19,7 +19,7 @@ elsewhere). Sections, each with its target and PASS/FAIL:
 4. bf16 autocast, channels_last and torch.compile each against fp32 eager: speed-up, and the
    eval R-D loss after 200 identical steps (parity within 1%).
 5. four trials (processes) at 0.25 GPU each, memory capped as a Ray trial caps it
-   (``trainables.trainable.apply_resource_limits``), against one trial alone: total it/s (>= 1).
+   (``trainables.training.trainable.apply_resource_limits``), against one trial alone: total it/s (>= 1).
 6. our engine against CompressAI's examples/train.py loop rebuilt on CompressAI's public API
    (its ImageFolder, RateDistortionLoss, the two Adam optimizers of its configure_optimizers,
    gradient clipping 1.0, the ``.item()`` logging every 10 steps), same model, batch, crop and
@@ -134,11 +134,11 @@ def auxt_overhead(args, profile: Profile, device: torch.device) -> Section:
 
 # ----------------------------------------------------------------------------- 2. trainable ÷ bare loop
 def per_evaluation_seconds(trainer, result: dict, repeats: int, device: torch.device) -> float:
-    """What trainables/trainable.py does per evaluation besides evaluating, minus Ray's RPC:
+    """What trainables/training/trainable.py does per evaluation besides evaluating, minus Ray's RPC:
     add the node id to the result, ``save_checkpoint(trainer.state_dict(), folder)`` into a
     temporary folder, and copy that folder into storage (what ``tune.report`` does with it)."""
-    from trainables.checkpoint import save_checkpoint
     from trainables.metrics import NODE_ID
+    from trainables.training.checkpoint import save_checkpoint
 
     def once() -> None:
         report = dict(result)
@@ -155,7 +155,7 @@ def per_evaluation_seconds(trainer, result: dict, repeats: int, device: torch.de
 def trainable_vs_bare(args, profile: Profile, device: torch.device) -> tuple[Section, float]:
     from train_throughput import bare_loop
 
-    from search.step_timing import timed_run
+    from search.analysis.step_timing import timed_run
     from trainables.config import TrialConfig
 
     lines = [f"mbt2018-mean, batch {profile.batch}, {profile.crop}², {args.cache} cache. Bare loop: "
@@ -211,7 +211,7 @@ def loader_vs_gpu(args, profile: Profile, device: torch.device, step_rate: float
 
 # ----------------------------------------------------------------------------- 4. precision / layout / compile
 def precision_variants(args, profile: Profile, device: torch.device) -> Section:
-    from search.step_timing import timed_run
+    from search.analysis.step_timing import timed_run
     from trainables import metrics as M
 
     variants = {"fp32 eager": {}, "bf16 autocast": {"amp": "bf16"}, "channels_last": {"channels_last": True},
@@ -253,8 +253,8 @@ def precision_variants(args, profile: Profile, device: torch.device) -> Section:
 def _packed_trial(config: dict, share: float, cpus: int, steps: int, interval: int, barrier, queue) -> None:
     """One trial process: the trainable's resource limits, then the engine (child of :func:`packing`)."""
     try:
-        from search.step_timing import timed_run
-        from trainables.trainable import apply_resource_limits
+        from search.analysis.step_timing import timed_run
+        from trainables.training.trainable import apply_resource_limits
 
         apply_resource_limits({"CPU": float(cpus), "GPU": share})
         run = timed_run(config, steps=steps, warmup=interval, before_train=lambda: barrier.wait(timeout=600))
@@ -356,9 +356,9 @@ def compressai_loop_rate(args, profile: Profile, device: torch.device, workers: 
 
 
 def engine_vs_compressai(args, profile: Profile, device: torch.device) -> Section:
-    from search.step_timing import timed_run
+    from search.analysis.step_timing import timed_run
     from trainables.config import DataConfig
-    from trainables.data import resolve_num_workers
+    from trainables.data.images import resolve_num_workers
 
     raw = trial_config(args, profile)
     workers = resolve_num_workers(DataConfig.model_validate(raw["data"]), device.type)

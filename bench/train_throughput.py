@@ -31,7 +31,7 @@ from dataloader_throughput import measure  # noqa: E402
 
 from trainables import metrics as M  # noqa: E402
 from trainables.config import DataConfig, TrialConfig  # noqa: E402
-from trainables.data import make_train_loader  # noqa: E402
+from trainables.data.images import make_train_loader  # noqa: E402
 from trainables.losses import RateDistortionLoss  # noqa: E402
 from trainables.model import create_model  # noqa: E402
 
@@ -82,7 +82,7 @@ def ray_trainable(config: dict, cpus: float, gpus: float) -> tuple[float, float]
     import ray
     from ray import tune
 
-    from trainables.trainable import train_lic
+    from trainables.training.trainable import train_lic
 
     ray.init(address="local", include_dashboard=False, logging_level="ERROR")
     try:

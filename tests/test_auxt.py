@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from trainables.auxt import (
-    DWT2d,
-    IDWT2d,
     IWLS,
     OLP,
     WLS,
     AugmentedTransform,
     AuxTConfigError,
+    DWT2d,
+    IDWT2d,
     SubbandScaling,
     orthogonality_penalty,
     split_subbands,

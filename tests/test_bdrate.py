@@ -10,9 +10,17 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from search.bdrate import bd_rate, quality_db
+from search.analysis.bdrate import bd_rate, quality_db
+from search.analysis.curves import (
+    CurveError,
+    RDCurve,
+    check_comparable,
+    curve_from_dict,
+    load_curve,
+    save_curve,
+    shipped_anchor,
+)
 from search.cli import main
-from search.curves import CurveError, RDCurve, check_comparable, curve_from_dict, load_curve, save_curve, shipped_anchor
 from trainables.errors import LicSearchError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -209,7 +217,7 @@ def test_likelihood_rates_are_labelled_wherever_a_bd_rate_uses_them(tmp_path, ca
     payload = json.loads(capsys.readouterr().out)
     assert payload["test_rate"] == "likelihood" and "training-time eval/bpp, a likelihood estimate" in payload["note"]
     # A rate family's curve (report, best --by family) is training-time eval/bpp, labelled so.
-    from search.families import Family, TrialPoint
+    from search.analysis.families import Family, TrialPoint
 
     points = [TrialPoint(f"t{i}", {"loss.lmbda": l}, bpp=b, psnr=p)
               for i, (l, b, p) in enumerate(zip((0.002, 0.004, 0.008, 0.016), (0.1, 0.2, 0.4, 0.8),

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search import mlflow_names as T
 from search.cli import main
-from search.ranking import parse_param
 from search.space import load_space
+from search.space.strata import parse_param
+from search.tracking import names as T
 from tests.conftest import SAMPLES, tiny_trial
 from trainables import metrics as M
 from trainables.config import flatten
@@ -33,7 +33,7 @@ def _trial(client, experiment_id: str, parent: str, trial_id: str, config: dict,
            bpp: float = 0.5, psnr: float = 30.0) -> str:
     from mlflow.entities import Metric, Param
 
-    from search.families import family_key
+    from search.space.strata import family_key
 
     run = client.create_run(experiment_id, run_name=trial_id, tags={  # the tags tracking.py writes
         T.TAG_PARENT: parent, T.TAG_ROLE: T.ROLE_TRIAL, T.TAG_TRIAL_ID: trial_id,

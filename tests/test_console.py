@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from search import mlflow_names as T
+from search.tracking import names as T
 from tests.conftest import REPO, SAMPLES
 
 
@@ -53,8 +53,8 @@ def quickstart(tmp_path_factory):
 
 @pytest.mark.slow
 def test_mlflow_trial_runs_are_named_by_lambda_auxt_and_what_varies(quickstart):
-    from search.queries import select_search, trial_runs
-    from search.tracking import client_for
+    from search.tracking.client import client_for
+    from search.tracking.queries import select_search, trial_runs
 
     runs = trial_runs("quickstart", quickstart["uri"])
     assert len(runs) == 9
@@ -131,15 +131,15 @@ def _trial(trial_id: str, status: str, lr: float, auxt: bool, iterations: int, r
 
 
 def _console(tmp_path: Path, stream) -> "LiveConsole":
-    from search.console import LiveConsole
+    from search.experiment.store import ExperimentStore
+    from search.monitor.console import LiveConsole
     from search.space import load_space
-    from search.storage import ExperimentStore
 
     return LiveConsole(load_space(quickstart_cut(tmp_path), check_data=False), ExperimentStore(tmp_path), stream=stream)
 
 
 def test_view_counts_progress_best_device_hours_and_eta(tmp_path: Path, monkeypatch):
-    from search.progress import render
+    from search.monitor.progress import render
 
     monkeypatch.setenv("CI", "")
     trials = [_trial("a", "RUNNING", 1e-3, True, 50, 2.0, 1800.0),

@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import SAMPLES
 from trainables.config import DataConfig
-from trainables.data import (
+from trainables.data.images import (
     ImageDecodeError,
     ImageSet,
     SkippedImagesWarning,

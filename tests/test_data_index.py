@@ -14,18 +14,16 @@ import torch
 import yaml
 from PIL import Image
 
-import trainables.data as data_module
-import trainables.file_index as file_index
+import trainables.data.file_index as file_index
+import trainables.data.images as data_module
 from search.errors import SpaceError
-from search.storage import ExperimentStore
-from search.train_index import MANIFEST, prepare_train_indexes
-from search.training_data import SkippedImages, check_training_data, skipped_images
+from search.experiment.store import ExperimentStore
+from search.experiment.train_index import MANIFEST, prepare_train_indexes
+from search.space.training_data import SkippedImages, check_training_data, skipped_images
 from tests.conftest import SAMPLES, tiny_trial
 from trainables import metrics as M
 from trainables.config import DataConfig, TrialConfig
-from trainables.data import LazyImages, SkippedImagesWarning, make_train_loader, open_training_images
-from trainables.errors import DataError
-from trainables.file_index import (
+from trainables.data.file_index import (
     TrainingFiles,
     list_training_files,
     load_index,
@@ -34,6 +32,8 @@ from trainables.file_index import (
     use_train_indexes,
     walk_images,
 )
+from trainables.data.images import LazyImages, SkippedImagesWarning, make_train_loader, open_training_images
+from trainables.errors import DataError
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
 PER_CLASS = 4
@@ -210,7 +210,7 @@ def test_validation_walk_is_reused_for_the_index(tmp_path: Path, tree: Path, mon
 def test_trial_start_and_restore_read_the_index_and_never_walk(tmp_path: Path, tree: Path, monkeypatch):
     """What a trial does on start, retry and restore: Trainer from the config, loader from the index."""
     from search.space import load_space
-    from trainables.engine import Trainer
+    from trainables.training.engine import Trainer
 
     spec = load_space(_space(tmp_path, tree), check_data=False)
     store = ExperimentStore(tmp_path / "results" / "tree")
@@ -310,7 +310,7 @@ def test_crop_size_beyond_twice_the_largest_image_is_a_validation_error(tmp_path
 
 
 def test_large_sets_size_check_reads_a_bounded_sample_of_headers(tree: Path, monkeypatch):
-    import search.training_data as training_data
+    import search.space.training_data as training_data
 
     monkeypatch.setattr(training_data, "SMALL_SET_FILES", 4)
     monkeypatch.setattr(training_data, "HEADER_SAMPLE", 5)
@@ -346,7 +346,7 @@ def test_search_on_an_imagenet_shaped_tree_reports_images_used_and_skipped(tmp_p
     import ray
 
     from search.cli import main
-    from search.tracking import client_for
+    from search.tracking.client import client_for
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = _space(tmp_path, tree)
@@ -366,7 +366,7 @@ def test_search_on_an_imagenet_shaped_tree_reports_images_used_and_skipped(tmp_p
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 64, 65, 1000, 4097])
 def test_epoch_permutation_is_a_seeded_bijection(count: int):
-    from trainables.data import EpochPermutation
+    from trainables.data.images import EpochPermutation
 
     order = [EpochPermutation(count, 11)(i) for i in range(count)]
     assert sorted(order) == list(range(count))

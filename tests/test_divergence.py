@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search import mlflow_names as T
+from search.tracking import names as T
 from tests.conftest import SAMPLES
 from tests.test_schedulers import CONTINUE, STOP, asha, feed, make_trial
 from trainables import metrics as M
 from trainables.errors import TrainingDivergedError
-from trainables.trainable import diverged_result
+from trainables.training.trainable import diverged_result
 
 
 def test_diverged_result_carries_the_reason_and_nan_scores():
@@ -52,8 +52,8 @@ def _results_of(experiment: Path) -> dict[float, list[dict]]:
 
 @pytest.mark.slow
 def test_diverged_trial_errors_once_and_resume_does_not_run_it_again(tmp_path: Path, ray_cluster):
-    from search.queries import trial_runs
-    from search.tuner import resume_search, run_search
+    from search.tracking.queries import trial_runs
+    from search.tuning.tuner import resume_search, run_search
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = {

@@ -10,10 +10,10 @@ import torch
 
 from tests.conftest import tiny_trial
 from trainables import metrics as M
-from trainables.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from trainables.config import ScheduleConfig, TrialConfig
-from trainables.engine import Trainer, lr_factor
 from trainables.errors import TrainingDivergedError
+from trainables.training.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from trainables.training.engine import Trainer, lr_factor
 
 
 def _trainer(**overrides) -> Trainer:
@@ -104,7 +104,7 @@ def test_bf16_autocast_keeps_entropy_models_and_likelihoods_in_fp32():
         if isinstance(module, EntropyModel):
             # outputs are (y_hat, likelihoods); without the fp32 guard, autocast makes them bf16
             module.register_forward_hook(lambda m, args, out: seen.append(out[1].dtype))
-    terms = trainer._step(next(__import__("trainables.data", fromlist=["x"]).make_train_loader(
+    terms = trainer._step(next(__import__("trainables.data.images", fromlist=["x"]).make_train_loader(
         trainer.config.data, seed=0)))
     assert seen and set(seen) == {torch.float32}
     assert all(torch.isfinite(v) for v in terms.values())
@@ -116,7 +116,7 @@ def test_bf16_autocast_keeps_entropy_models_and_likelihoods_in_fp32():
 def test_guarded_entropy_model_computes_exactly_as_without_autocast():
     from compressai.entropy_models import EntropyBottleneck
 
-    from trainables.engine import keep_entropy_models_in_fp32
+    from trainables.training.engine import keep_entropy_models_in_fp32
 
     torch.manual_seed(0)
     bottleneck = EntropyBottleneck(8).eval()

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from search.analysis.estimate import Stage, StepConfig, TrialPlan, asha_rungs, estimate, plan_trials
 from search.cli import main
-from search.estimate import Stage, StepConfig, TrialPlan, asha_rungs, estimate, plan_trials
 from search.space import load_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def _asha(**overrides) -> SimpleNamespace:
 
 def test_rungs_match_the_scheduler() -> None:
     """grace 100, η 2, max_t 1000: rungs 100, 200, 400, 800, as StratifiedASHA builds them."""
-    from search.schedulers import _Bracket
+    from search.tuning.schedulers import _Bracket
 
     assert asha_rungs(100, 1000, 2.0) == [100, 200, 400, 800]
     for grace, max_t, eta, s in [(100, 600, 2.0, 0), (5000, 600000, 3.0, 0), (7, 1000, 4.0, 1)]:

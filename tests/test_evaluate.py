@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from search.analysis.curves import load_curve
 from search.cli import main
-from search.curves import load_curve
-from trainables.evaluation import DECODE_TOLERANCE, evaluate_checkpoint
 from tests.conftest import SAMPLES, tiny_trial
-from trainables.checkpoint import load_trained_model, save_checkpoint
 from trainables.config import TrialConfig
-from trainables.data import list_images, load_rgb8, pad_to_multiple
-from trainables.engine import Trainer
+from trainables.data.images import list_images, load_rgb8, pad_to_multiple
+from trainables.evaluation import DECODE_TOLERANCE, evaluate_checkpoint
+from trainables.training.checkpoint import load_trained_model, save_checkpoint
+from trainables.training.engine import Trainer
 
 EVAL_CROPS = SAMPLES / "eval"  # four 192x128 Kodak crops shipped in the repo
 

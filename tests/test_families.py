@@ -6,19 +6,18 @@ import math
 
 import pytest
 
-from search.curves import load_curve, shipped_anchor
-from search.families import (
+from search.analysis.curves import load_curve, shipped_anchor
+from search.analysis.families import (
     TrialPoint,
     auxt_pairs,
     distinguishing_params,
-    family_key,
-    family_params,
     family_speed,
     group_families,
     iterations_to_reach,
     rank_families,
     training_speed,
 )
+from search.space.strata import family_key, family_params
 from trainables.config import flatten
 
 

@@ -16,9 +16,9 @@ import psutil
 import pytest
 import requests
 
-from search import mlflow_names as T
 from search.cli import main
-from search.tracking import client_for
+from search.tracking import names as T
+from search.tracking.client import client_for
 from tests.conftest import RAY_CLI
 from tests.test_search_e2e import write_space
 from trainables import metrics as M

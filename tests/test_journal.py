@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from search import journal as J
-from search import mlflow_names as T
-from search.mlflow_sender import Sender
-from search.storage import ExperimentStore
-from search.tracking import MlflowTrialLogger, client_for
+from search.experiment.store import ExperimentStore
+from search.tracking import journal as J
+from search.tracking import names as T
+from search.tracking.client import MlflowTrialLogger, client_for
+from search.tracking.sender import Sender
 from tests.conftest import tiny_trial
 from trainables import metrics as M
 
@@ -222,8 +222,8 @@ def test_the_background_sender_never_blocks_hooks_backs_off_and_says_so_once(mlf
 
 
 def test_a_search_started_offline_gets_its_parent_run_when_the_server_answers(mlflow_store, tmp_path):
-    from search import tracking_session
-    from search.tuner import SearchState
+    from search.experiment.state import SearchState
+    from search.tracking import session as tracking_session
 
     uri, client, _, folder = mlflow_store
     state = SearchState("outage", uri, "")
@@ -296,7 +296,7 @@ def test_a_search_recorded_before_the_journal_existed_continues_its_runs(mlflow_
 
 def _summary_fields(lmbdas=(0.0035, 0.013)) -> dict:
     """The end-of-search summary of two rate points, as print_summary journals it."""
-    from search import summary
+    from search.monitor import summary
 
     entries = [summary.Entry(f"t{i}", tiny_trial(**{"loss.lmbda": lmbda}),
                              {M.EVAL_RD_LOSS: 0.5 + i, M.EVAL_BPP: 0.25 * (i + 1), M.EVAL_PSNR: 30.0 + i})
@@ -351,7 +351,7 @@ def test_the_summary_survives_an_outage_and_a_lost_answer_and_arrives_once(mlflo
 def test_record_summary_waits_behind_an_outage_and_ships_with_sync(mlflow_store):
     from types import SimpleNamespace
 
-    from search import tracking_session
+    from search.tracking import session as tracking_session
 
     uri, client, parent, folder = mlflow_store
     state = SimpleNamespace(tracking_uri=uri, name="outage", parent_run_id=parent)

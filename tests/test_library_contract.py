@@ -1,4 +1,4 @@
-"""The private Ray Tune and Optuna members that search/searchers.py and search/schedulers.py
+"""The private Ray Tune and Optuna members that search/tuning/searchers.py and search/tuning/schedulers.py
 override or read. pyproject.toml pins ``ray[tune]`` and ``optuna`` below the next untested
 release; when an upgrade moves one of these, this test names it instead of the searches
 quietly falling back to stock behaviour (comparing R-D losses across λ, COMPLETE for pruned)."""
@@ -36,8 +36,8 @@ def test_pbt_still_calls_the_private_methods_stratified_pbt_overrides():
 def test_pbt_private_state_stratified_pbt_reads():
     from ray.tune.experiment import Trial
 
-    from search.algorithm_config import PBTMutations
-    from search.schedulers import StratifiedPBT
+    from search.space.sections import PBTMutations
+    from search.tuning.schedulers import StratifiedPBT
     from trainables import metrics as M
 
     pbt = StratifiedPBT(metric=M.EVAL_RD_LOSS, mode="min", perturbation_interval=2,
@@ -50,7 +50,7 @@ def test_pbt_private_state_stratified_pbt_reads():
 
 
 def test_fifo_scheduler_keeps_metric_and_mode_in_the_private_fields_stratified_asha_sets():
-    from search.schedulers import StratifiedASHA
+    from search.tuning.schedulers import StratifiedASHA
     from trainables import metrics as M
 
     asha = StratifiedASHA(max_t=4, metric=M.EVAL_RD_LOSS, mode="max")
@@ -72,7 +72,7 @@ def test_optuna_search_private_members_pruned_optuna_search_uses():
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.searchers import PrunedOptunaSearch
+    from search.tuning.searchers import PrunedOptunaSearch
 
     assert _parameters(OptunaSearch.on_trial_complete) == ["self", "trial_id", "result", "error"], \
         "OptunaSearch.on_trial_complete(trial_id, result, error) moved"
@@ -106,7 +106,7 @@ def test_installed_versions_are_inside_the_pinned_range(package: str, bound: str
 
 def test_restored_tuner_exposes_its_run_config_where_resume_replaces_the_callbacks():
     """resume swaps the callbacks Tune restored (the dead driver's logger and console) for this
-    driver's through ``Tuner._local_tuner.get_run_config()`` (search/tuner.py)."""
+    driver's through ``Tuner._local_tuner.get_run_config()`` (search/tuning/tuner.py)."""
     from ray.tune import Tuner
     from ray.tune.impl.tuner_internal import TunerInternal
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import SAMPLES, tiny_trial
+
 from trainables.backbones import BACKBONES
 from trainables.config import ModelConfig, TrialConfig
-from trainables.engine import Trainer
 from trainables.evaluation import EvalResult, evaluate_model
 from trainables.lof import LOFCodec, LOFConfig, LOFError, hyper_analysis_path, injected_latents, refine_latents
 from trainables.losses import RateDistortionLoss
 from trainables.model import create_model
+from trainables.training.engine import Trainer
 
 EVAL = SAMPLES / "eval"
 
@@ -123,7 +123,7 @@ def test_eval_command_writes_one_named_curve_per_lof_setting(tmp_path) -> None:
     import json
 
     from search.cli import main
-    from trainables.checkpoint import save_checkpoint
+    from trainables.training.checkpoint import save_checkpoint
 
     config = TrialConfig.model_validate(tiny_trial(**{"model.auxt.enabled": False, "schedule.iterations": 4,
                                                       "schedule.eval_every": 4}))

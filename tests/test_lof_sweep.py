@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from search import mlflow_names as T
+from search.analysis.lof_sweep import latest_checkpoint, lof_metric, parse_lof_metric
 from search.cli import main
-from search.lof_sweep import latest_checkpoint, lof_metric, parse_lof_metric
-from search.queries import best_trials, trial_runs, winners
+from search.tracking import names as T
+from search.tracking.queries import best_trials, trial_runs, winners
 from tests.conftest import SAMPLES
 from tests.test_search_e2e import write_space
 
@@ -71,7 +71,7 @@ def test_sweep_logs_every_setting_on_the_rank_1_trial_of_each_rate_point(tmp_pat
 
 
 def test_lof_summary_gives_bd_rate_from_4_rate_points_and_mean_changes_always() -> None:
-    from search.lof_sweep import lof_summary
+    from search.analysis.lof_sweep import lof_summary
 
     def trial(bpp: float, psnr: float) -> dict[str, float]:  # LOF: 5% fewer bits, +0.1 dB, 10x encode time
         return {lof_metric("lof0", "bpp"): bpp, lof_metric("lof0", "psnr"): psnr, lof_metric("lof0", "encode_s"): 0.1,

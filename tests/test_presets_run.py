@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from search import mlflow_names as T
-from search.queries import trial_runs
 from search.space import load_space
+from search.tracking import names as T
+from search.tracking.queries import trial_runs
 from tests.conftest import REPO
 from trainables import metrics as M
 
@@ -31,7 +31,7 @@ SMOKE = REPO / "spaces" / "smoke"
     ("schedules.yaml", "schedule.decay"),
 ])
 def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path, ray_cluster):
-    from search.tuner import run_search
+    from search.tuning.tuner import run_search
 
     spec = load_space(SMOKE / preset)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

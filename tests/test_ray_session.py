@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from search import ray_session
-from search.storage import ExperimentStore
+from search.experiment import ray_session
+from search.experiment.store import ExperimentStore
 
 HOLD = "import sys, time; f = open(sys.argv[1], 'a'); time.sleep(120)"
 

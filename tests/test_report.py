@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from search import mlflow_names as T
+from search.analysis.curves import RDCurve, load_curve, save_curve, shipped_anchor
+from search.analysis.report import ARTIFACT_PATH, DATA_FILE, REPORT_FILE
 from search.cli import main
-from search.curves import RDCurve, load_curve, save_curve, shipped_anchor
-from search.report import ARTIFACT_PATH, DATA_FILE, REPORT_FILE
+from search.tracking import names as T
 from trainables import metrics as M
 from trainables.config import flatten
 
@@ -194,7 +194,7 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
 
 
 def test_include_stopped_adds_the_stopped_trial_to_its_family(search):
-    from search.report import build_report, load_search
+    from search.analysis.report import build_report, load_search
 
     record = load_search("ablation", search["uri"])
     assert record.parent_run_id == search["parent"] and len(record.trials) == 10
@@ -205,7 +205,7 @@ def test_include_stopped_adds_the_stopped_trial_to_its_family(search):
 
 
 def test_rank_experiment_families_for_best_by_family(search):
-    from search.report import rank_experiment_families
+    from search.analysis.report import rank_experiment_families
 
     rows = rank_experiment_families("ablation", search["uri"], anchor_file=search["anchor"])
     assert [(r["rank"], r["auxt"]) for r in rows] == [(1, True), (2, False)]

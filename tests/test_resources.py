@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from search.errors import LicSearchError, SpaceError
-from search.resource_check import check_trial_fits, trial_needs
+from search.tuning.resource_check import check_trial_fits, trial_needs
 from tests.test_search_e2e import write_space
 
 RAY = Path(sys.executable).parent / "ray"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from search import run_names as R
 from search.commands.best import trial_table
-from search.ranking import typed_params
 from search.space import load_space
+from search.space.strata import typed_params
+from search.tracking import run_names as R
 from tests.conftest import REPO
 from trainables.config import flatten
 

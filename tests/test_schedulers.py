@@ -15,16 +15,15 @@ from types import SimpleNamespace
 
 import pytest
 from ray.tune.experiment import Trial
-from ray.tune.search import BasicVariantGenerator
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator
 
-from search.algorithm_config import PBTMutations, SchedulerConfig, SearchAlgorithmConfig
-from search.schedulers import STATE_FILE, StratifiedASHA, StratifiedPBT, build_scheduler, stratum_key
+from search.space.sections import PBTMutations, SchedulerConfig, SearchAlgorithmConfig
+from search.tuning.schedulers import STATE_FILE, StratifiedASHA, StratifiedPBT, build_scheduler, stratum_key
+from tests.conftest import tiny_trial
 from trainables import metrics as M
 from trainables.config import TrialConfig
 from trainables.errors import LicSearchError
-
-from tests.conftest import tiny_trial
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -335,8 +334,8 @@ def test_scheduler_section_errors_name_the_rule(section: dict, message: str):
      "scheduler.pbt.perturbation_interval", "PBT never perturbs"),
 ])
 def test_cross_section_checks_name_the_key_path(search, scheduler, trial_overrides, key_path, message):
-    from search.algorithm_config import check_search_setup
     from search.errors import SpaceError
+    from search.space.sections import check_search_setup
 
     with pytest.raises(SpaceError) as caught:
         check_search_setup(SearchAlgorithmConfig(**search), SchedulerConfig(**scheduler),
@@ -346,7 +345,7 @@ def test_cross_section_checks_name_the_key_path(search, scheduler, trial_overrid
 
 
 def test_cross_section_checks_accept_finitely_many_lambda_strata():
-    from search.algorithm_config import check_search_setup
+    from search.space.sections import check_search_setup
 
     for scheduler in ({"type": "asha", "grace_period": 2}, {"type": "fifo"},
                       {"type": "pbt", "pbt": {"perturbation_interval": 2, "mutations": {"lr": [1e-5, 1e-2]}}}):
@@ -509,7 +508,7 @@ def test_real_two_lambda_search_never_stops_the_high_rate_trial_on_low_rate_rung
     above the low-rate rung records, which would stop it under Ray's ASHA; ours runs it to its budget."""
     from ray import tune
 
-    from trainables.trainable import train_lic
+    from trainables.training.trainable import train_lic
 
     spec = spec_of({}, {"type": "asha", "grace_period": 2, "reduction_factor": 2}, budget=6)
     scheduler = build_scheduler(spec)
@@ -539,7 +538,7 @@ def test_real_two_lambda_search_never_stops_the_high_rate_trial_on_low_rate_rung
 
 
 def test_describe_setup_lines():
-    from search.algorithm_config import describe_setup
+    from search.space.sections import describe_setup
 
     lines = describe_setup(SearchAlgorithmConfig(algorithm="optuna", objectives=[M.EVAL_BPP, M.EVAL_PSNR]),
                            SchedulerConfig(grace_period=2), budget=100)

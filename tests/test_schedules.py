@@ -17,13 +17,13 @@ from search.errors import SpaceError
 from search.space import load_space
 from tests.conftest import SAMPLES, tiny_trial
 from trainables import metrics as M
-from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import DataConfig, ScheduleConfig, TrialConfig
-from trainables.crop_schedule import CropPlan
-from trainables.data import make_train_loader
-from trainables.engine import Trainer
+from trainables.data.crop_schedule import CropPlan
+from trainables.data.images import make_train_loader
 from trainables.errors import DataError
-from trainables.lr_schedule import LrSchedule, lr_factor
+from trainables.training.checkpoint import load_checkpoint, save_checkpoint
+from trainables.training.engine import Trainer
+from trainables.training.lr_schedule import LrSchedule, lr_factor
 
 
 def _lrs(schedule: ScheduleConfig) -> list[float]:
@@ -243,8 +243,8 @@ def test_schedules_and_crop_stages_are_searchable_with_the_usual_primitives(tmp_
 
 # ------------------------------------------------------------------------------ PBT
 def _pbt(**mutations):
-    from search.algorithm_config import PBTMutations
-    from search.schedulers import StratifiedPBT
+    from search.space.sections import PBTMutations
+    from search.tuning.schedulers import StratifiedPBT
 
     return StratifiedPBT(metric=M.EVAL_RD_LOSS, mode="min", perturbation_interval=2,
                          mutations=PBTMutations(**mutations), resample_probability=0.0)
@@ -277,7 +277,7 @@ def test_pbt_moves_plateau_patience_and_cosine_min_lr_only_where_the_decay_has_t
 
 
 def test_pbt_mutation_keys_are_validated_with_their_key_path():
-    from search.algorithm_config import PBTMutations
+    from search.space.sections import PBTMutations
 
     with pytest.raises(ValueError, match="patience: at least two candidates, integers >= 1"):
         PBTMutations(patience=[4])
@@ -359,8 +359,8 @@ def test_asha_compares_trials_only_at_equal_decay_when_decays_vary(tmp_path: Pat
 
 # --------------------------------------------------------------------------------- report
 def test_report_plots_lr_and_staged_crop_size_per_family_next_to_convergence(tmp_path: Path):
-    from search.report import SearchRecord, TrialRecord, build_report
-    from search.report_render import PLOT_CONVERGENCE, PLOT_SCHEDULE
+    from search.analysis.report import SearchRecord, TrialRecord, build_report
+    from search.analysis.report_render import PLOT_CONVERGENCE, PLOT_SCHEDULE
 
     steps = (100, 200, 300, 400)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search import mlflow_names as T
 from search.cli import main
-from search.queries import best_trials, trial_runs
+from search.tracking import names as T
+from search.tracking.queries import best_trials, trial_runs
 from tests.conftest import SAMPLES
 from trainables import metrics as M
 
@@ -44,7 +44,7 @@ def write_space(folder: Path, name: str, trial_overrides: dict, search: dict, sc
 
 
 def test_asha_search_records_every_trial_in_mlflow(tmp_path: Path, ray_cluster, capsys):
-    from search.tuner import run_search
+    from search.tuning.tuner import run_search
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # A good and a hopeless learning rate: run one at a time so ASHA has a rung record to compare with.
@@ -61,7 +61,7 @@ def test_asha_search_records_every_trial_in_mlflow(tmp_path: Path, ray_cluster, 
     parents = {r.data.tags[T.TAG_PARENT] for r in runs}
     assert len(parents) == 1
 
-    from search.tracking import client_for
+    from search.tracking.client import client_for
 
     client = client_for(uri)
     for run in runs:
@@ -87,8 +87,8 @@ def test_asha_search_records_every_trial_in_mlflow(tmp_path: Path, ray_cluster, 
 
 
 def test_report_of_a_real_search_has_plots_tables_and_mlflow_artifacts(tmp_path: Path, ray_cluster):
-    from search.tracking import client_for
-    from search.tuner import run_search
+    from search.tracking.client import client_for
+    from search.tuning.tuner import run_search
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # Two rate families (AuxT on/off) of four λ each: BD-rate curves and an AuxT speed pair.
@@ -119,7 +119,7 @@ def test_report_of_a_real_search_has_plots_tables_and_mlflow_artifacts(tmp_path:
 
 
 def test_storage_uri_and_resuming_a_finished_search_changes_nothing(tmp_path: Path, ray_cluster):
-    from search.tuner import resume_search, run_search
+    from search.tuning.tuner import resume_search, run_search
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = write_space(tmp_path, "uri", {"schedule.iterations": 2}, {"max_concurrent": 2}, {"type": "fifo"})
@@ -163,7 +163,7 @@ def test_summary_prints_one_best_line_per_rate_point(two_lambda):
 
 
 def test_best_json_has_a_rank_1_trial_per_lambda_of_the_latest_search_only(two_lambda, capsys):
-    from search.queries import select_search
+    from search.tracking.queries import select_search
 
     capsys.readouterr()
     assert main(["best", "rate", "--tracking-uri", two_lambda["uri"], "--json", "--all"]) == 0
@@ -202,7 +202,7 @@ def test_best_by_family_on_single_point_families_prints_a_table(two_lambda, caps
 
 def client_parents(uri: str, name: str) -> list[str]:
     """Parent run ids of the searches named ``name``, latest first."""
-    from search.tracking import client_for
+    from search.tracking.client import client_for
 
     client = client_for(uri)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id],

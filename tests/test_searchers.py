@@ -17,16 +17,21 @@ from ray import tune
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.algorithm_config import SchedulerConfig, SearchAlgorithmConfig, check_search_setup
 from search.errors import SpaceError
-from search.keypath import get_path
-from search.searchers import (PrunedOptunaSearch, StratifiedOptunaSearch, build_search_algorithm, grid_cells,
-                              tune_num_samples, tuner_param_space)
+from search.space.keypath import get_path
+from search.space.sections import SchedulerConfig, SearchAlgorithmConfig, check_search_setup
+from search.tuning.searchers import (
+    PrunedOptunaSearch,
+    StratifiedOptunaSearch,
+    build_search_algorithm,
+    grid_cells,
+    tune_num_samples,
+    tuner_param_space,
+)
+from tests.conftest import tiny_trial
 from trainables import metrics as M
 from trainables.config import TrialConfig
 from trainables.errors import LicSearchError
-
-from tests.conftest import tiny_trial
 
 COMPLETE, PRUNED, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL
 
@@ -269,7 +274,7 @@ def lr_trainable(config: dict) -> None:
 def test_asha_with_optuna_prunes_stopped_trials_per_lambda(tmp_path: Path, ray_cluster):
     from ray import tune as ray_tune
 
-    from search.schedulers import StratifiedASHA, build_scheduler
+    from search.tuning.schedulers import StratifiedASHA, build_scheduler
 
     spec = spec_of({"algorithm": "optuna", "num_samples": 3, "max_concurrent": 1, "seed": 3})
     spec.file.scheduler = SchedulerConfig(type="asha", grace_period=2, reduction_factor=2)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from search import journal as J
-from search import mlflow_names as T
-from search.storage import ExperimentStore
-from search.tracking import client_for
+from search.experiment.store import ExperimentStore
+from search.tracking import journal as J
+from search.tracking import names as T
+from search.tracking.client import client_for
 from tests.conftest import tiny_trial
 from tests.test_faults_and_clusters import LIC_SEARCH, _healthy, free_port, kill_session, start, trial_runs, wait_for
 from tests.test_search_e2e import write_space
@@ -63,7 +63,7 @@ def server(tmp_path):
 
 def iterations_lasting(seconds: float, eval_every: int) -> int:
     """A budget that keeps a tiny trial training about ``seconds`` on this machine (timed, not guessed)."""
-    from search.step_timing import seconds_per_iteration
+    from search.analysis.step_timing import seconds_per_iteration
 
     per_iteration = seconds_per_iteration(tiny_trial(**{"model.auxt.enabled": True}), steps=20, warmup=5)
     return eval_every * max(4, math.ceil(seconds / per_iteration / eval_every))
@@ -159,7 +159,7 @@ def test_sync_ships_what_a_search_that_ended_during_an_outage_left_in_its_journa
 
 
 def test_tracking_offline_starts_without_a_server_and_sync_creates_every_run_later(tmp_path: Path):
-    from search.tuner import SearchState
+    from search.experiment.state import SearchState
 
     server = Server(tmp_path)  # not started yet
     eval_every = 50

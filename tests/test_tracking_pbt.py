@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from search import mlflow_names as T
-from search.tracking import MlflowTrialLogger, client_for
+from search.tracking import names as T
+from search.tracking.client import MlflowTrialLogger, client_for
 from tests.conftest import tiny_trial
 from trainables import metrics as M
 

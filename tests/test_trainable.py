@@ -2,7 +2,7 @@
 
 import torch
 
-from trainables.trainable import apply_resource_limits, gpu_memory_fraction, threads_for
+from trainables.training.trainable import apply_resource_limits, gpu_memory_fraction, threads_for
 
 
 def test_threads_follow_the_cpus_granted():

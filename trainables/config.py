@@ -208,7 +208,7 @@ class ScheduleConfig(_Strict):
     Keys that only one decay reads are errors with the others (``patience`` only with plateau,
     ``milestones`` only with step, ``min_lr`` not with step, a non-default ``gamma`` not with
     cosine), so a space never carries a knob its trials ignore. The factors are computed in
-    :mod:`trainables.lr_schedule`.
+    :mod:`trainables.training.lr_schedule`.
     """
 
     iterations: int = Field(..., ge=1, description="Iteration budget of the trial.")

@@ -127,7 +127,7 @@ def bitstream_bytes(strings: Sequence[Sequence[bytes]]) -> int:
 @torch.no_grad()
 def evaluate_image(model: Any, x: Tensor, name: str = "image") -> ImageResult:
     """Code one image ``x`` (1×3×H×W in [0, 1], on the model's device) and measure it."""
-    from trainables.data import crop_to, pad_to_multiple
+    from trainables.data.images import crop_to, pad_to_multiple
 
     if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise EvaluationError(f"{name}: expected a 1x3xHxW image tensor, got shape {tuple(x.shape)}")
@@ -168,7 +168,7 @@ def evaluate_image(model: Any, x: Tensor, name: str = "image") -> ImageResult:
 def evaluate_model(model: Any, data: Path, device: torch.device, checkpoint: str = "<model>",
                    lmbda: Optional[float] = None, max_images: Optional[int] = None) -> EvalResult:
     """Evaluate an already-built model (eval mode, entropy coders updated) on every image of ``data``."""
-    from trainables.data import list_images, load_rgb8
+    from trainables.data.images import list_images, load_rgb8
 
     paths = list_images(Path(data))
     if max_images is not None:
@@ -184,8 +184,8 @@ def evaluate_model(model: Any, data: Path, device: torch.device, checkpoint: str
 
 def evaluate_checkpoint(checkpoint: Path, data: Path, device: str = "auto",
                         max_images: Optional[int] = None) -> EvalResult:
-    """Load a trial checkpoint (``trainables.checkpoint``) and evaluate it on ``data``."""
-    from trainables.checkpoint import load_trained_model
+    """Load a trial checkpoint (``trainables.training.checkpoint``) and evaluate it on ``data``."""
+    from trainables.training.checkpoint import load_trained_model
 
     target = resolve_device(device)
     model, config = load_trained_model(Path(checkpoint), map_location=target)

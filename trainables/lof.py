@@ -323,9 +323,9 @@ def evaluate_checkpoint_lof(checkpoint: Path, data: Path, settings: Sequence[LOF
     LOF minimises the checkpoint's own training objective (its ``loss`` section: λ and the
     distortion), so each setting's point lies on the same R-D trade-off as the plain one.
     """
-    from trainables.checkpoint import load_trained_model
     from trainables.device import resolve_device
     from trainables.evaluation import evaluate_model
+    from trainables.training.checkpoint import load_trained_model
 
     target = resolve_device(device)
     model, config = load_trained_model(Path(checkpoint), map_location=target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from search import summary
+from search.monitor import summary
 
 
 def add_cluster_options(parser) -> None:
@@ -26,7 +26,7 @@ def print_summary(results, folder: Path) -> None:
     through the tracking journal: a server that is down gets it from ``lic-search sync`` or resume."""
     errors = sum(1 for r in results if r.error)
     print(f"\n{len(results)} trials ({errors} errored). Experiment folder: {folder}")
-    from search.training_data import skipped_images  # (imports torch: only once a search ran)
+    from search.space.training_data import skipped_images  # (imports torch: only once a search ran)
     print(skipped_images(results).describe())
     store, state, ranking = _search_state(folder)
     entries = [summary.Entry(str(r.metrics.get("trial_id", "?")), r.config, r.metrics)
@@ -48,8 +48,8 @@ def _search_state(folder):
     """The search's recorded state and ranking (None and the defaults when the folder cannot say)."""
     import yaml
 
-    from search.storage import ExperimentStore
-    from search.tuner import SPACE_COPY, SearchState
+    from search.experiment.state import SPACE_COPY, SearchState
+    from search.experiment.store import ExperimentStore
 
     try:
         store = ExperimentStore(folder)
@@ -61,8 +61,8 @@ def _search_state(folder):
 
 
 def _record(store, state, best, ranking) -> None:
-    from search import journal as J
-    from search import tracking_session
+    from search.tracking import journal as J
+    from search.tracking import session as tracking_session
 
     try:
         pending = tracking_session.record_summary(store, state,

@@ -7,8 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from search.bdrate import LOW_OVERLAP, METHODS, METRICS, bd_rate
-from search.curves import RATE_BITSTREAM, RATE_LIKELIHOOD, RDCurve, check_comparable, load_curve, shipped_anchor
+from search.analysis.bdrate import LOW_OVERLAP, METHODS, METRICS, bd_rate
+from search.analysis.curves import (
+    RATE_BITSTREAM,
+    RATE_LIKELIHOOD,
+    RDCurve,
+    check_comparable,
+    load_curve,
+    shipped_anchor,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from search import run_names
 from search.errors import LicSearchError
-from search.ranking import stratum_label
+from search.space.strata import stratum_label
+from search.tracking import run_names
 from trainables import metrics as M
 
 
@@ -62,7 +62,7 @@ def _parse_where(items: list[str]) -> dict[str, str]:
 
 
 def _export(args, selection, run_ids: list[str], why: str) -> None:
-    from search.queries import export_space
+    from search.tracking.queries import export_space
 
     written = export_space(args.experiment, run_ids, args.export, tracking_uri=selection.tracking_uri,
                            iterations=args.iterations, why=why)
@@ -74,7 +74,7 @@ def _export(args, selection, run_ids: list[str], why: str) -> None:
 
 
 def _best_families(args, selection) -> int:
-    from search.report import rank_experiment_families
+    from search.analysis.report import rank_experiment_families
 
     rows = rank_experiment_families(args.experiment, selection.tracking_uri, args.anchor,
                                     include_stopped=args.status == "stopped", selection=selection)
@@ -109,8 +109,8 @@ def _print_table(header: list[str], lines: list[list[str]]) -> None:
 
 
 def _best(args) -> int:
-    from search.algorithm_config import default_mode
-    from search.queries import best_trials, select_search, winners
+    from search.space.sections import default_mode
+    from search.tracking.queries import best_trials, select_search, winners
 
     selection = select_search(args.experiment, args.tracking_uri, run_id=args.run_id, all_searches=args.all_searches)
     print(selection.describe(), file=sys.stderr)
@@ -142,7 +142,7 @@ def _best(args) -> int:
 
 def trial_table(rows: list[dict], metric: str, keys: list[str]) -> tuple[list[str], list[list[str]]]:
     """Header and lines of ``best``'s table: scores, then one column per key that varies (see
-    :func:`search.run_names.column_keys`), headed ``λ``, ``auxt``, ``lr``, ``auxt.downsample``..."""
+    :func:`search.tracking.run_names.column_keys`), headed ``λ``, ``auxt``, ``lr``, ``auxt.downsample``..."""
     header = ["rate point", "rank", metric, M.EVAL_BPP, M.EVAL_PSNR, "iters", "status"] + \
         [run_names.label(k, keys) for k in keys]
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731

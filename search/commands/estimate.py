@@ -47,11 +47,11 @@ def _stage_share(trial, step) -> float:
 
 
 def _estimate(args) -> int:
-    from search.estimate import estimate, plan_trials
+    from search.analysis.estimate import estimate, plan_trials
+    from search.analysis.step_timing import device_label, seconds_per_iteration
     from search.space import load_space
-    from search.step_timing import device_label, seconds_per_iteration
     from trainables.device import resolve_device
-    from trainables.trainable import apply_resource_limits
+    from trainables.training.trainable import apply_resource_limits
 
     if args.steps < 1 or args.warmup < 1 or args.gpus < 1:
         raise LicSearchError(f"--steps, --warmup and --gpus must be at least 1, got {args.steps}, {args.warmup}, "

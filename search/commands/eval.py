@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "differs from the model's forward reconstruction.",
     )
     parser.add_argument("checkpoints", nargs="*", type=Path, metavar="CHECKPOINT")
-    sweep = parser.add_argument_group("LOF sweep over a search (search/lof_sweep.py): instead of CHECKPOINTs, the "
+    sweep = parser.add_argument_group("LOF sweep over a search (search/analysis/lof_sweep.py): instead of CHECKPOINTs, the "
                                       "best trial of every rate point (as `lic-search best` ranks), its latest "
                                       "checkpoint; logs lof/<setting>/* metrics on each trial's MLflow run")
     sweep.add_argument("--search", default=None, metavar="NAME", help="search name (the MLflow experiment)")
@@ -89,7 +89,7 @@ def _print_table(result) -> None:
 
 def _write_curve(out: Path, label: Optional[str], results: list, name: str, data: Path) -> None:
     """One curve in CompressAI's results format; LOF setting S goes to OUT-S.json."""
-    from search.curves import evaluation_curve
+    from search.analysis.curves import evaluation_curve
 
     out = out if label is None else out.with_name(f"{out.stem}-{label}{out.suffix}")
     curve = evaluation_curve(results, name if label is None else f"{name} {label}",
@@ -103,10 +103,10 @@ def _write_curve(out: Path, label: Optional[str], results: list, name: str, data
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    """``--search NAME``: every LOF setting on the best trial of every rate point (search/lof_sweep.py)."""
-    from search.lof_sweep import rd_loss, setting_results, sweep_search
-    from search.queries import select_search
-    from search.ranking import stratum_label
+    """``--search NAME``: every LOF setting on the best trial of every rate point (search/analysis/lof_sweep.py)."""
+    from search.analysis.lof_sweep import rd_loss, setting_results, sweep_search
+    from search.space.strata import stratum_label
+    from search.tracking.queries import select_search
     from trainables.evaluation import EvaluationError
     from trainables.lof import lof_settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.bdrate import METHODS
+from search.analysis.bdrate import METHODS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.queries import select_search
-    from search.ranking import stratum_label
-    from search.report import ARTIFACT_PATH, generate_report
+    from search.analysis.report import ARTIFACT_PATH, generate_report
+    from search.space.strata import stratum_label
+    from search.tracking.queries import select_search
 
     selection = select_search(args.experiment, args.tracking_uri, run_id=args.run_id, all_searches=args.all_searches)
     print(selection.describe())

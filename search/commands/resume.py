@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from search.commands._shared import add_cluster_options, add_verbose_option, print_summary
 from search.commands.sync import add_tracking_options
 
@@ -18,7 +16,8 @@ def register(subparsers) -> None:
 
 
 def _resume(args) -> int:
-    from search import console, tuner
+    from search.monitor import console
+    from search.tuning import tuner
 
     console.configure(verbose=args.verbose)
 

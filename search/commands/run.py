@@ -26,7 +26,8 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from search import console, tuner
+    from search.monitor import console
+    from search.tuning import tuner
 
     console.configure(verbose=args.verbose)
 

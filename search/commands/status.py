@@ -25,7 +25,7 @@ def _status(args) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")  # import-time notice
-    from search.status import report, resolve
+    from search.monitor.status import report, resolve
 
     lines, data = report(resolve(args.search, args.tracking_uri, args.storage_path))
     if args.json:

@@ -15,7 +15,7 @@ DEFAULT_STORAGE = "lic_search_results"
 
 def add_tracking_options(parser) -> None:
     """The tracking options of the commands that run searches (run, resume)."""
-    from search.tracking_session import DEFAULT_FLUSH_SECONDS
+    from search.tracking.session import DEFAULT_FLUSH_SECONDS
 
     parser.add_argument("--tracking-offline", action="store_true",
                         help="start even when the MLflow tracking server is unreachable: record to the experiment's "
@@ -37,19 +37,18 @@ def register(subparsers) -> None:
 
 def resolve(experiment: str, storage_path: str):
     """The experiment folder of a path or of a search name under ``storage_path``."""
-    from search.status import experiment_folder
-    from search.storage import ExperimentStore
+    from search.experiment.store import ExperimentStore
+    from search.monitor.status import experiment_folder
 
     return experiment_folder(experiment, storage_path) or ExperimentStore.under(storage_path, experiment)
 
 
 def _sync(args) -> int:
-    from search import journal as J
-    from search import tracking_session
     from search.errors import TrackingError
-    from search.tuner import SearchState
-
-    from search import ray_session
+    from search.experiment import ray_session
+    from search.experiment.state import SearchState
+    from search.tracking import journal as J
+    from search.tracking import session as tracking_session
 
     store = resolve(args.experiment, args.storage_path)
     state = SearchState.load(store)

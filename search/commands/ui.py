@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 
-from search import tracking
+from search.tracking import client as tracking
 
 
 def register(subparsers) -> None:

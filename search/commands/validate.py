@@ -31,9 +31,9 @@ def _validate(args) -> int:
             return 0
     if args.space is None:
         raise LicSearchError("validate needs a SPACE.yaml file (or --keys)")
-    from search.training_data import check_training_data
+    from search.space.training_data import check_training_data
     from trainables.config import TrialConfig
-    from trainables.file_index import remembered_walks
+    from trainables.data.file_index import remembered_walks
 
     with remembered_walks():  # the data check's walk of the training folders serves the summary too
         spec = load_space(args.space, check_data=not args.no_data_check)

@@ -26,11 +26,11 @@ This package is the public face; the work is split by job: :mod:`search.space.lo
 (the validated :class:`SearchSpec`), :mod:`search.space.describe` (what ``validate`` prints).
 """
 
-from search.algorithm_config import SchedulerConfig, SearchAlgorithmConfig
-from search.keypath import PRIMITIVES
 from search.space.describe import describe_schema
 from search.space.files import ResourcesConfig, SpaceFile
+from search.space.keypath import PRIMITIVES
 from search.space.load import load_space
+from search.space.sections import SchedulerConfig, SearchAlgorithmConfig
 from search.space.spec import SearchSpec
 
 __all__ = [

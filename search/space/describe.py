@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel
 
-from search import keypath as kp
-from search.algorithm_config import describe_setup
+from search.space import keypath as kp
 from search.space.files import SpaceFile
+from search.space.sections import describe_setup
 from trainables.config import TrialConfig
 
 if TYPE_CHECKING:

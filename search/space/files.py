@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.algorithm_config import SchedulerConfig, SearchAlgorithmConfig
+from search.space.sections import SchedulerConfig, SearchAlgorithmConfig
 
 
 class _Strict(BaseModel):

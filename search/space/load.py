@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from search import keypath as kp
 from search.errors import SpaceError
+from search.space import keypath as kp
 from search.space.files import SpaceFile
 from search.space.spec import SearchSpec
 from search.space.validate import check_spec, check_structure, pydantic_error

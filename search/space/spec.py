@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from search import keypath as kp
-from search.algorithm_config import stratify_keys
+from search.space import keypath as kp
 from search.space.describe import describe_spec
 from search.space.files import SpaceFile
+from search.space.sections import stratify_keys
 
 AUXT_PATH = ("model", "auxt")
 EDGE_CAP = 2048  # most edge-value combinations checked for interactions (every single value is always checked)

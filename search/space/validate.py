@@ -11,11 +11,11 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ValidationError
 
-from search import keypath as kp
-from search.keypath import PRIMITIVES
-from search.algorithm_config import check_search_setup
 from search.errors import SpaceError
+from search.space import keypath as kp
 from search.space.describe import describe_type, model_of, show, unwrap_optional
+from search.space.keypath import PRIMITIVES
+from search.space.sections import check_search_setup
 from search.space.spec import SearchSpec
 from trainables.config import AuxTConfig, TrialConfig
 
@@ -195,8 +195,8 @@ def _check_auxt_knobs(file: str, trials: list[TrialConfig]) -> None:
 def _check_models(file: str, trials: list[TrialConfig]) -> None:
     """Backbone names against the registry; AuxT stages against the backbone's stage count."""
     try:
-        from trainables.backbones import BACKBONES, get_backbone  # noqa: F401  (fills the registry)
         from trainables.auxt.attach import selected_stages
+        from trainables.backbones import BACKBONES, get_backbone  # noqa: F401  (fills the registry)
     except ImportError:  # the registry is optional for validation (e.g. a partial install)
         return
     from trainables.errors import LicSearchError
@@ -240,8 +240,8 @@ def _try_build(file: str, model: Any) -> None:
 
 
 def _check_data(file: str, trials: list[TrialConfig]) -> None:
-    from search.training_data import check_training_data
-    from trainables.data import check_data_config
+    from search.space.training_data import check_training_data
+    from trainables.data.images import check_data_config
     from trainables.errors import DataError
 
     checked: set[str] = set()

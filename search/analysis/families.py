@@ -1,0 +1,270 @@
+"""Rate families and the training-speed metric.
+
+A *rate family* is one training recipe trained at several R-D trade-offs λ: the paper
+(Section 5.1) trains every model at six λ and compares models by the BD-rate of the
+resulting curve, not trial by trial. Trials whose configs differ only in ``loss.lmbda``
+therefore share a family key, and a family's points form one R-D curve.
+
+Choices, documented because they change rankings:
+
+* The seed (``schedule.seed``) stays in the key. Replicates with another seed form another
+  family, so seed variance shows as a spread of BD-rates instead of as two points at one λ
+  in a single, zig-zagging curve.
+* When AuxT is off, its other knobs (``model.auxt.*``) are dropped from the key: they
+  change nothing in training, and keeping them would split identical runs.
+* Values are compared as ``str(value)``, which is how MLflow stores params, so a key
+  computed from a trial's config dict equals the key computed from its MLflow params.
+
+The training-speed metric turns the paper's claim that AuxT "reaches the same performance
+with about half the training iterations" into one number: how many iterations a trial
+needs to reach another trial's final eval R-D loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+from search.analysis.bdrate import MIN_POINTS, BDResult, bd_rate
+from search.analysis.curves import RATE_LIKELIHOOD, CurveError, RDCurve
+from search.space.strata import (
+    LAMBDA_KEY,
+    SEED_KEY,
+    auxt_enabled,
+    family_key,
+    family_params,
+    flat_params,
+)
+
+History = Union[Mapping[int, float], Sequence[tuple[int, float]]]
+
+
+# ----------------------------------------------------------------------------------- families
+@dataclass
+class TrialPoint:
+    """One trial as families need it: its params and final eval metrics (None = not reported)."""
+
+    trial_id: str
+    params: dict[str, object]
+    bpp: Optional[float] = None
+    psnr: Optional[float] = None
+    ms_ssim: Optional[float] = None
+    rd_loss_history: list[tuple[int, float]] = field(default_factory=list)  # (iteration, eval/rd_loss)
+
+    @property
+    def lmbda(self) -> Optional[float]:
+        value = flat_params(self.params).get(LAMBDA_KEY)
+        try:
+            return None if value is None else float(value)
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def has_point(self) -> bool:
+        return all(v is not None and math.isfinite(v) for v in (self.bpp, self.psnr))
+
+
+@dataclass
+class Family:
+    """Trials of one recipe at several λ."""
+
+    key: str
+    params: dict[str, str]
+    trials: list[TrialPoint]
+
+    @property
+    def auxt(self) -> bool:
+        return auxt_enabled(self.params)
+
+    @property
+    def lambdas(self) -> list[Optional[float]]:
+        return [t.lmbda for t in self.trials]
+
+    def curve(self, name: Optional[str] = None) -> RDCurve:
+        """The family's R-D curve from its trials' final eval points, sorted by rate."""
+        points = sorted((t for t in self.trials if t.has_point), key=lambda t: t.bpp)
+        with_ms_ssim = bool(points) and all(t.ms_ssim is not None and 0.0 < t.ms_ssim < 1.0 for t in points)
+        return RDCurve(
+            name=name or f"family {self.key}",
+            bpp=[float(t.bpp) for t in points],
+            psnr=[float(t.psnr) for t in points],
+            ms_ssim=[float(t.ms_ssim) for t in points] if with_ms_ssim else None,
+            description=f"lic-search rate family {self.key} (training-time eval metrics)",
+            rate=RATE_LIKELIHOOD,  # eval/bpp: −log2 likelihoods on the trial's eval images, not a bitstream
+            extra={"lmbda": [t.lmbda for t in points], "trial_id": [t.trial_id for t in points]},
+            source=f"family {self.key}",
+        )
+
+
+def group_families(trials: Iterable[TrialPoint]) -> list[Family]:
+    """Group trials into families, in order of first appearance; trials inside sorted by λ."""
+    families: dict[str, Family] = {}
+    for trial in trials:
+        key = family_key(trial.params)
+        if key not in families:
+            families[key] = Family(key, family_params(trial.params), [])
+        families[key].trials.append(trial)
+    for family in families.values():
+        family.trials.sort(key=lambda t: (t.lmbda is None, t.lmbda or 0.0, t.trial_id))
+    return list(families.values())
+
+
+def distinguishing_params(families: Sequence[Family]) -> dict[str, dict[str, str]]:
+    """Per family key, the params whose values differ between the families (how to tell them apart)."""
+    keys = sorted({k for f in families for k in f.params})
+    varying = [k for k in keys if len({f.params.get(k) for f in families}) > 1]
+    return {f.key: {k: f.params.get(k, "-") for k in varying} for f in families}
+
+
+@dataclass
+class FamilyRank:
+    """A family's BD-rate against an anchor; ``result`` is None with a ``reason`` when it has none."""
+
+    family: Family
+    result: Optional[BDResult]
+    reason: Optional[str] = None
+    rank: Optional[int] = None
+
+    @property
+    def bd_rate(self) -> Optional[float]:
+        return None if self.result is None else self.result.bd_rate
+
+
+def rank_families(families: Sequence[Family], anchor: RDCurve, metric: str = "psnr", method: str = "pchip",
+                  min_points: int = MIN_POINTS) -> list[FamilyRank]:
+    """Families ranked by BD-rate against ``anchor`` (lowest first); those without one come last."""
+    ranked: list[FamilyRank] = []
+    for family in families:
+        try:
+            ranked.append(FamilyRank(family, bd_rate(family.curve(), anchor, metric, method, min_points)))
+        except CurveError as error:
+            ranked.append(FamilyRank(family, None, _short_reason(str(error), family)))
+    ranked.sort(key=lambda r: (r.result is None, r.bd_rate if r.result is not None else 0.0))
+    for position, entry in enumerate(r for r in ranked if r.result is not None):
+        entry.rank = position + 1
+    return ranked
+
+
+def _short_reason(message: str, family: Family) -> str:
+    prefix = f"{family.curve().source}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+# ------------------------------------------------------------------------------ training speed
+def _points(history: History) -> list[tuple[float, float]]:
+    items = history.items() if isinstance(history, Mapping) else history
+    points = sorted((float(i), float(v)) for i, v in items if v is not None and math.isfinite(float(v)))
+    return points
+
+
+def iterations_to_reach(history: History, target: float) -> Optional[float]:
+    """First iteration at which an eval-loss history reaches ``target`` (loss ≤ target).
+
+    Linear interpolation between consecutive evaluations; if the first evaluation is already
+    at or below ``target`` its iteration is returned (nothing earlier was measured); None if
+    the history never gets there.
+    """
+    points = _points(history)
+    if not points:
+        return None
+    if points[0][1] <= target:
+        return points[0][0]
+    for (i0, v0), (i1, v1) in zip(points, points[1:]):
+        if v1 <= target:
+            return i0 + (v0 - target) / (v0 - v1) * (i1 - i0)
+    return None
+
+
+@dataclass(frozen=True)
+class SpeedResult:
+    """How fast ``test`` (e.g. with AuxT) trains compared with ``anchor`` (e.g. without)."""
+
+    test_iterations: float  # iteration of test's final evaluation
+    test_final_loss: float
+    anchor_iterations: float
+    anchor_final_loss: float
+    test_reaches_anchor_final: Optional[float]  # iterations test needs to reach anchor's final loss
+    anchor_reaches_test_final: Optional[float]  # iterations anchor needs to reach test's final loss
+
+    @property
+    def fraction(self) -> Optional[float]:
+        """Share of the anchor's iterations test needs for the anchor's final loss (0.5 = 2x faster)."""
+        if self.test_reaches_anchor_final is None or self.anchor_iterations <= 0:
+            return None
+        return self.test_reaches_anchor_final / self.anchor_iterations
+
+    @property
+    def speedup(self) -> Optional[float]:
+        fraction = self.fraction
+        return None if fraction is None or fraction <= 0 else 1.0 / fraction
+
+
+def training_speed(test: History, anchor: History) -> SpeedResult:
+    """Iterations each history needs to reach the other's final eval loss, and the ratio."""
+    test_points, anchor_points = _points(test), _points(anchor)
+    if not test_points or not anchor_points:
+        which = "test" if not test_points else "anchor"
+        raise CurveError(f"training speed needs two eval-loss histories; the {which} history has no finite value")
+    (test_end, test_final), (anchor_end, anchor_final) = test_points[-1], anchor_points[-1]
+    return SpeedResult(
+        test_iterations=test_end,
+        test_final_loss=test_final,
+        anchor_iterations=anchor_end,
+        anchor_final_loss=anchor_final,
+        test_reaches_anchor_final=iterations_to_reach(test_points, anchor_final),
+        anchor_reaches_test_final=iterations_to_reach(anchor_points, test_final),
+    )
+
+
+@dataclass
+class FamilySpeed:
+    """Training speed of two families, matched λ by λ; the summary is the geometric mean."""
+
+    test: Family
+    anchor: Family
+    per_lambda: dict[float, SpeedResult]
+
+    @property
+    def fraction(self) -> Optional[float]:
+        fractions = [r.fraction for r in self.per_lambda.values() if r.fraction is not None and r.fraction > 0]
+        if not fractions or len(fractions) < len(self.per_lambda):
+            return None  # some λ never reached the anchor's loss: no single honest number
+        return math.exp(sum(math.log(f) for f in fractions) / len(fractions))
+
+    @property
+    def speedup(self) -> Optional[float]:
+        fraction = self.fraction
+        return None if fraction is None else 1.0 / fraction
+
+
+def family_speed(test: Family, anchor: Family) -> FamilySpeed:
+    """:func:`training_speed` for every λ both families trained (first trial per λ)."""
+    def by_lambda(family: Family) -> dict[float, TrialPoint]:
+        found: dict[float, TrialPoint] = {}
+        for trial in family.trials:
+            if trial.lmbda is not None and _points(trial.rd_loss_history):
+                found.setdefault(trial.lmbda, trial)
+        return found
+
+    tests, anchors = by_lambda(test), by_lambda(anchor)
+    shared = sorted(set(tests) & set(anchors))
+    return FamilySpeed(test, anchor, {lmbda: training_speed(tests[lmbda].rd_loss_history,
+                                                            anchors[lmbda].rd_loss_history) for lmbda in shared})
+
+
+def auxt_pairs(families: Sequence[Family]) -> list[tuple[Family, Family]]:
+    """(with AuxT, without AuxT) family pairs whose params differ only in ``model.auxt.*``."""
+    pairs = []
+    for with_auxt in (f for f in families if f.auxt):
+        base = family_key(with_auxt.params, ignore_auxt=True)
+        pairs.extend((with_auxt, without) for without in families
+                     if not without.auxt and family_key(without.params, ignore_auxt=True) == base)
+    return pairs
+
+
+__all__ = [
+    "TrialPoint", "Family", "FamilyRank", "SpeedResult", "FamilySpeed",
+    "family_key", "family_params", "auxt_enabled", "group_families", "distinguishing_params", "rank_families",
+    "iterations_to_reach", "training_speed", "family_speed", "auxt_pairs", "LAMBDA_KEY", "SEED_KEY",
+]

@@ -1,0 +1,203 @@
+"""LOF sweep over a finished search: every LOF setting on the best trial of every rate point.
+
+Latent overfitting is an encode-time option, so it needs no retraining: the rank-1 trial of
+each rate point (the ranking ``lic-search best`` prints, :func:`search.tracking.queries.best_trials`)
+is loaded from its latest Ray checkpoint and coded once per setting. The results go to
+MLflow on that trial's own run (``lof/<setting>/bpp``, ...: next to what it trained to), and
+one R-D curve per setting across the rate points is returned for CompressAI-format JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from search.errors import LicSearchError
+from search.experiment.store import is_uri
+from search.space.strata import stratum_label
+from search.tracking import client as tracking
+from search.tracking import names as T
+from search.tracking.queries import SearchSelection, best_trials, winners
+
+CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")  # Ray Tune's checkpoint folders in a trial folder
+
+# The quantities logged per setting, ``lof/<setting>/<name>`` (EvalResult means over the eval set).
+LOF_BPP, LOF_PSNR, LOF_MS_SSIM, LOF_RD_LOSS = "bpp", "psnr", "ms_ssim", "rd_loss"
+LOF_ENCODE_S, LOF_DECODE_S = "encode_s", "decode_s"
+
+
+def lof_metric(label: str, name: str) -> str:
+    """``lof/lof50-lr0.005/bpp``: MLflow-safe (labels are letters, digits, '-', '.')."""
+    return f"{T.METRIC_LOF_PREFIX}{label}/{name}"
+
+
+def parse_lof_metric(key: str) -> Optional[tuple[str, str]]:
+    """``(setting, name)`` of a ``lof/<setting>/<name>`` key, None for any other metric."""
+    if not key.startswith(T.METRIC_LOF_PREFIX):
+        return None
+    label, _, name = key[len(T.METRIC_LOF_PREFIX):].rpartition("/")
+    return (label, name) if label and name else None
+
+
+@dataclass
+class SweptTrial:
+    """One rate point's winner and its evaluation under every setting (same order as the settings)."""
+
+    run_id: str
+    trial_id: str
+    stratum: dict[str, Any]
+    checkpoint: Path
+    distortion: str  # loss.distortion it trained with: the D of its R-D loss
+    results: list[Any] = field(default_factory=list)  # trainables.evaluation.EvalResult per setting
+
+
+def _local_folder(location: str) -> Path:
+    """A folder on this machine for a Ray experiment location (a path or a file:// URI)."""
+    if location.startswith("file://"):
+        return Path(location[len("file://"):])
+    if is_uri(location):
+        raise LicSearchError(f"the search's experiment folder {location} is remote; the LOF sweep reads checkpoints "
+                             f"from a local folder: copy it here and evaluate the checkpoints with "
+                             f"`lic-search eval CHECKPOINT --lof-iterations ...`")
+    return Path(location)
+
+
+def latest_checkpoint(experiment_dir: str, trial_id: str) -> Path:
+    """The highest-numbered ``checkpoint_NNNNNN`` of the trial whose Ray folder names ``trial_id``."""
+    folder = _local_folder(experiment_dir)
+    if not folder.is_dir():
+        raise LicSearchError(f"experiment folder {folder} (MLflow tag {T.TAG_SEARCH_DIR} of the search's parent run) "
+                             f"does not exist")
+    # Ray names trial folders <trainable>_<trial_id>_<index>_<params>_<date>; the id is a token of its own.
+    trials = [d for d in folder.iterdir() if d.is_dir() and f"_{trial_id}_" in f"_{d.name}_"]
+    checkpoints = [(int(m.group(1)), c) for d in trials for c in d.iterdir()
+                   if c.is_dir() and (m := CHECKPOINT_DIR.match(c.name))]
+    if not checkpoints:
+        raise LicSearchError(f"trial {trial_id}: no checkpoint_NNNNNN folder in a trial folder of {folder} "
+                             f"(trial folders found: {', '.join(d.name for d in trials) or 'none'})")
+    return max(checkpoints)[1]
+
+
+def rd_loss(result: Any, distortion: str) -> Optional[float]:
+    """λ·D + bpp of the real bitstream (D as in trainables.losses: 255²·MSE or 1 − MS-SSIM), mean over images."""
+    if result.lmbda is None:
+        return None
+    losses = []
+    for image in result.images:
+        if distortion == "ms-ssim":
+            if image.ms_ssim is None:
+                return None
+            d = 1.0 - image.ms_ssim
+        else:
+            d = 255.0 ** 2 * 10 ** (-image.psnr / 10) if math.isfinite(image.psnr) else 0.0
+        losses.append(result.lmbda * d + image.bpp)
+    return sum(losses) / len(losses) if losses else None
+
+
+def setting_metrics(label: str, result: Any, distortion: str) -> dict[str, float]:
+    """The ``lof/<setting>/*`` metrics of one evaluation (missing values are left out)."""
+    values = {LOF_BPP: result.mean("bpp"), LOF_PSNR: result.mean("psnr"), LOF_MS_SSIM: result.mean("ms_ssim"),
+              LOF_RD_LOSS: rd_loss(result, distortion), LOF_ENCODE_S: result.mean("encoding_time"),
+              LOF_DECODE_S: result.mean("decoding_time")}
+    return {lof_metric(label, k): float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
+def _log(client, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+
+
+def sweep_search(selection: SearchSelection, data: Path, settings: Sequence[Any], device: str = "auto",
+                 max_images: Optional[int] = None, log: bool = True) -> list[SweptTrial]:
+    """Evaluate every setting on the rank-1 trial of every rate point; log ``lof/*`` on their runs."""
+    from trainables.lof import evaluate_checkpoint_lof
+
+    client = tracking.client_for(selection.tracking_uri)
+    best = winners(best_trials(selection.experiment, selection=selection))
+    if not best:
+        raise LicSearchError(f"search {selection.experiment!r} at {selection.tracking_uri} has no ranked trial "
+                             f"(no finished evaluation) to sweep LOF settings over")
+    folders: dict[str, str] = {}
+    swept = []
+    for row in best:
+        parent = row["parent_run_id"]
+        if parent not in folders:
+            folders[parent] = client.get_run(parent).data.tags.get(T.TAG_SEARCH_DIR, "")
+        checkpoint = latest_checkpoint(folders[parent], row["trial_id"])
+        print(f"{stratum_label(row['stratum'])}: trial {row['trial_id']} (run {row['run_id']}), {checkpoint}")
+        results = evaluate_checkpoint_lof(checkpoint, data, settings, device=device, max_images=max_images)
+        distortion = str(row["params"].get("loss.distortion", "mse"))
+        trial = SweptTrial(row["run_id"], row["trial_id"], row["stratum"], checkpoint, distortion, results)
+        swept.append(trial)
+        if log:
+            metrics = {k: v for s, r in zip(settings, results)
+                       for k, v in setting_metrics(s.label, r, distortion).items()}
+            _log(client, trial.run_id, metrics, {
+                T.TAG_LOF_DATA: str(Path(data).resolve()) + ("" if max_images is None else f" (first {max_images})"),
+                T.TAG_LOF_CHECKPOINT: str(checkpoint),
+                T.TAG_LOF_SETTINGS: json.dumps({s.label: {"iterations": s.iterations, "lr": s.lr,
+                                                          "latents": s.latents, "proxy": s.proxy} for s in settings}),
+            })
+    return swept
+
+
+def setting_results(swept: Sequence[SweptTrial], index: int) -> list[Any]:
+    """The evaluations of setting ``index`` across the rate points (one curve's points)."""
+    return [trial.results[index] for trial in swept]
+
+
+# ------------------------------------------------------------------------------ report summary
+BASELINE = "lof0"  # LOFConfig(iterations=0).label: plain encoding, what every setting is compared with
+MIN_BD_POINTS = 4  # as the report's family BD-rates
+
+
+def lof_summary(trials: Sequence[dict[str, float]], method: str = "pchip") -> list[dict[str, Any]]:
+    """Per LOF setting, its gain over plain encoding on the trials that have both (their ``lof/*`` metrics).
+
+    With >= 4 rate points the BD-rate (PSNR) of the setting's curve against the ``lof0`` curve;
+    with fewer the mean bpp change (%) and PSNR change (dB) per trial; always the mean
+    encode-time ratio (LOF's cost)."""
+    from search.analysis.bdrate import bd_rate
+    from search.analysis.curves import CurveError, RDCurve
+
+    def value(metrics: dict[str, float], label: str, name: str) -> Optional[float]:
+        return metrics.get(lof_metric(label, name))
+
+    labels = dict.fromkeys(parsed[0] for m in trials for k in m if (parsed := parse_lof_metric(k)))
+    rows = []
+    for label in (lab for lab in labels if lab != BASELINE):
+        pairs = [m for m in trials if all(value(m, lab, n) for lab in (label, BASELINE)
+                                          for n in (LOF_BPP, LOF_PSNR, LOF_ENCODE_S))]
+        if not pairs:
+            continue
+        row: dict[str, Any] = {"setting": label, "trials": len(pairs), "bd_rate": None, "note": None,
+                               "rate_change": 100 * sum(value(m, label, LOF_BPP) / value(m, BASELINE, LOF_BPP) - 1
+                                                        for m in pairs) / len(pairs),
+                               "psnr_change": sum(value(m, label, LOF_PSNR) - value(m, BASELINE, LOF_PSNR)
+                                                  for m in pairs) / len(pairs),
+                               "encode_ratio": sum(value(m, label, LOF_ENCODE_S) / value(m, BASELINE, LOF_ENCODE_S)
+                                                   for m in pairs) / len(pairs)}
+        if len(pairs) >= MIN_BD_POINTS:
+            curves = [RDCurve(name=lab, bpp=[value(m, lab, LOF_BPP) for m in pairs],
+                              psnr=[value(m, lab, LOF_PSNR) for m in pairs]) for lab in (label, BASELINE)]
+            try:
+                row["bd_rate"] = bd_rate(curves[0], curves[1], "psnr", method).bd_rate
+            except CurveError as error:
+                row["note"] = str(error)
+        rows.append(row)
+    return rows
+
+
+__all__ = ["SweptTrial", "lof_summary", "sweep_search", "latest_checkpoint", "lof_metric", "parse_lof_metric",
+           "rd_loss",
+           "setting_metrics", "setting_results", "LOF_BPP", "LOF_PSNR", "LOF_MS_SSIM", "LOF_RD_LOSS",
+           "LOF_ENCODE_S", "LOF_DECODE_S"]

@@ -1,0 +1,406 @@
+"""`lic-search report`: a search's R-D, convergence and energy results as Markdown + PNG.
+
+An ablation is answered by BD-rate of rate families, by the best trial of each rate point and
+by convergence curves (the AuxT paper's Table 1 and Figure 1), not by one trial's training
+loss. The report reads one search back from MLflow (layout in :mod:`search.tracking.names`), so
+it works for any search, finished or not, and attaches itself to the search's parent run.
+:func:`compute_report` decides every number; :mod:`search.analysis.report_render` lays them out.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from search.analysis.bdrate import bd_rate
+from search.analysis.curves import CurveError, RDCurve, check_comparable, load_curve, shipped_anchor
+from search.analysis.families import (
+    Family,
+    FamilyRank,
+    FamilySpeed,
+    TrialPoint,
+    auxt_pairs,
+    distinguishing_params,
+    family_speed,
+    group_families,
+    rank_families,
+)
+from search.analysis.report_render import DATA_FILE, REPORT_FILE, render_report
+from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
+from search.space.strata import (
+    AUXT_ENABLED_KEY,
+    auxt_enabled,
+    family_key,
+    finite,
+    rank_within_strata,
+    stratum_of,
+    typed_params,
+)
+from search.tracking import names as T
+from search.tracking import run_names
+from trainables import metrics as M
+from trainables.errors import LicSearchError
+
+ARTIFACT_PATH = "report"
+HISTORY_METRICS = (M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_PSNR, M.EVAL_MS_SSIM, M.EVAL_TOP10_ENERGY,
+                   M.EVAL_AUXT_ENERGY)
+#: Schedule telemetry, plotted beside the convergence curves so a reader sees why they bend where
+#: they bend (train/crop_size exists only for trials with a data.crop_schedule).
+SCHEDULE_METRICS = (M.TRAIN_LR, M.TRAIN_CROP_SIZE)
+
+
+# ------------------------------------------------------------------------------- reading MLflow
+@dataclass
+class TrialRecord:
+    """One trial run as the report needs it."""
+
+    run_id: str
+    trial_id: str
+    status: Optional[str]
+    params: dict[str, str]
+    histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    family_name: Optional[str] = None  # the lic_search.family_name tag (readable; absent on older runs)
+    lof: dict[str, float] = field(default_factory=dict)  # lof/<setting>/* metrics of `eval --search` (LOF sweep)
+
+    def final(self, metric: str) -> Optional[float]:
+        history = self.histories.get(metric) or []
+        return history[-1][1] if history else None
+
+    @property
+    def iterations(self) -> Optional[int]:
+        steps = [h[-1][0] for h in self.histories.values() if h]
+        return max(steps) if steps else None
+
+    @property
+    def auxt(self) -> bool:
+        return auxt_enabled(self.params)
+
+    @property
+    def lmbda(self) -> Optional[float]:
+        return self.point().lmbda
+
+    def point(self) -> TrialPoint:
+        return TrialPoint(self.trial_id, dict(self.params), bpp=self.final(M.EVAL_BPP), psnr=self.final(M.EVAL_PSNR),
+                          ms_ssim=self.final(M.EVAL_MS_SSIM),
+                          rd_loss_history=list(self.histories.get(M.EVAL_RD_LOSS, [])))
+
+
+@dataclass
+class SearchRecord:
+    experiment: str
+    tracking_uri: str
+    parent_run_id: Optional[str]
+    trials: list[TrialRecord]
+    stratify_by: tuple[str, ...] = DEFAULT_STRATIFY_BY
+    selection: str = ""  # which search was read (SearchSelection.describe)
+
+
+def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
+    by_step: dict[int, float] = {}
+    for entry in sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp)):
+        by_step[int(entry.step)] = float(entry.value)  # a re-logged step keeps its latest value
+    return sorted(by_step.items())
+
+
+def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=None) -> SearchRecord:
+    """Read the trial runs (params, stepped eval metrics) of one search (default: the latest of that name)."""
+    from search.tracking import client as tracking
+    from search.tracking.queries import select_search, trial_runs
+
+    selection = selection or select_search(experiment, tracking_uri)
+    uri = selection.tracking_uri
+    runs = trial_runs(experiment, selection=selection)
+    if not runs:
+        raise LicSearchError(f"MLflow experiment {experiment!r} at {uri} has no trial runs "
+                             f"(runs tagged {T.TAG_ROLE}={T.ROLE_TRIAL}) in the selected search; has it started?")
+    client = tracking.client_for(uri)
+    trials = []
+    for run in runs:
+        tags = run.data.tags
+        trials.append(TrialRecord(
+            run_id=run.info.run_id,
+            trial_id=tags.get(T.TAG_TRIAL_ID) or run.info.run_name or run.info.run_id,
+            status=tags.get(T.TAG_STATUS),
+            params=dict(run.data.params),
+            family_name=tags.get(T.TAG_FAMILY_NAME) or None,
+            histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
+            lof={k: v for k, v in run.data.metrics.items() if k.startswith(T.METRIC_LOF_PREFIX)},
+        ))
+    trials.sort(key=lambda t: t.trial_id)
+    return SearchRecord(experiment, uri, selection.parent_run_id, trials, selection.stratify_by,
+                        selection.describe())
+
+
+# ------------------------------------------------------------------------------------ computing
+@dataclass
+class Report:
+    folder: Path
+    markdown: Path
+    files: list[Path]
+    data: dict[str, Any]
+    attached_to: Optional[str] = None
+
+
+@dataclass
+class ReportContent:
+    """Everything a report says, computed once: JSON-ready rows plus the objects the plots draw."""
+
+    search: SearchRecord
+    anchors: list[RDCurve]
+    method: str
+    include_stopped: bool
+    metric: str
+    mode: str
+    generated: str
+    ordered: list[Family]  # families, best BD-rate first
+    labels: dict[str, str]  # family key -> F1, F2, ...
+    varying: list[str]  # params that tell the families apart (AuxT has its own column)
+    with_ms_ssim: bool
+    curves: dict[str, RDCurve]  # label -> the family's curve as saved in curves/<label>.json
+    used: int  # trials the families and speed use
+    counts: dict[str, int]  # trials per status
+    families: list[dict] = field(default_factory=list)
+    auxt_pairs: list[dict] = field(default_factory=list)
+    speed: list[dict] = field(default_factory=list)
+    best: list[dict] = field(default_factory=list)
+    trials: list[dict] = field(default_factory=list)
+    schedules: list[dict] = field(default_factory=list)  # per trial with a train/lr history: lr (and crop) vs step
+    lof: list[dict] = field(default_factory=list)  # per LOF setting: gain over lof0 and encode-time ratio
+
+    @property
+    def anchor_names(self) -> list[str]:
+        return [a.name for a in self.anchors]
+
+    @property
+    def stratify_by(self) -> tuple[str, ...]:
+        return self.search.stratify_by
+
+    @property
+    def selection(self) -> str:
+        return self.search.selection
+
+    def data(self) -> dict[str, Any]:
+        """report.json (without the plot list, which rendering adds)."""
+        search = self.search
+        return {"experiment": search.experiment, "tracking_uri": search.tracking_uri,
+                "parent_run_id": search.parent_run_id, "generated": self.generated, "method": self.method,
+                "stratify_by": list(self.stratify_by), "metric": self.metric, "mode": self.mode,
+                "anchors": self.anchor_names, "best_per_rate_point": self.best, "families": self.families,
+                "auxt_pairs": self.auxt_pairs, "speed": self.speed, "trials": self.trials,
+                "schedules": self.schedules, "latent_overfitting": self.lof}
+
+
+def _family_statuses(include_stopped: bool) -> set[Optional[str]]:
+    statuses: set[Optional[str]] = {T.STATUS_COMPLETED, None}
+    if include_stopped:
+        statuses.add(T.STATUS_STOPPED)
+    return statuses
+
+
+def _labelled_curve(family: Family, label: str) -> RDCurve:
+    curve = family.curve(name=label)
+    curve.source = label
+    return curve
+
+
+def _bd(curve: RDCurve, anchor: RDCurve, metric: str, method: str) -> tuple[Optional[float], Optional[str]]:
+    """BD-rate of ``curve`` against ``anchor``, or None and the short reason it has none."""
+    try:
+        note = check_comparable(curve, anchor)  # refuses across image sets; labels training-time eval/bpp
+        return bd_rate(curve, anchor, metric, method).bd_rate, note
+    except CurveError as error:
+        text = str(error)
+        pair, own = f"{curve.source} and {anchor.source}: ", f"{curve.source}: "
+        if text.startswith(pair):
+            text = f"vs {anchor.name}: {text[len(pair):]}"
+        elif text.startswith(own):
+            text = text[len(own):]
+        return None, text
+
+
+def family_names(families: Sequence[Family], trials: Sequence[TrialRecord]) -> dict[str, str]:
+    """Family key -> readable name (``auxt=haar · lr=2e-3``), so people read recipes, not hashes.
+
+    The ``lic_search.family_name`` tag its trials carry when there is one; else (runs recorded
+    before the tag) the name :func:`search.tracking.run_names.family_name` gives over ``trials``' varying keys."""
+    by_id = {t.trial_id: t for t in trials}
+    keys = run_names.column_keys(t.params for t in trials)
+    names = {}
+    for family in families:
+        members = [by_id[p.trial_id] for p in family.trials if p.trial_id in by_id]
+        tagged = next((t.family_name for t in members if t.family_name), None)
+        params = members[0].params if members else family.params
+        names[family.key] = tagged or run_names.family_name(params, keys) or family.key
+    return names
+
+
+def _family_row(entry: FamilyRank, label: str, curve: RDCurve, anchors: Sequence[RDCurve], with_ms_ssim: bool,
+                differ: dict[str, str], method: str, name: str) -> dict:
+    family = entry.family
+    bd: dict[str, Optional[float]] = {}
+    reasons: list[str] = []
+    for anchor in anchors:
+        bd[f"{anchor.name} psnr"], reason = _bd(curve, anchor, "psnr", method)
+        reasons += [reason] if reason else []
+    if with_ms_ssim and curve.ms_ssim is not None:
+        bd[f"{anchors[0].name} ms-ssim"], reason = _bd(curve, anchors[0], "ms-ssim", method)
+        reasons += [reason] if reason else []
+    return {"label": label, "key": family.key, "name": name, "auxt": family.auxt, "points": len(curve),
+            "lambdas": [l for l in family.lambdas if l is not None], "trials": [t.trial_id for t in family.trials],
+            "params": differ, "bd_rate": bd, "rank": entry.rank,
+            "curve": curve.to_dict()["results"] if len(curve) else None, "notes": list(dict.fromkeys(reasons))}
+
+
+def _pair_rows(with_auxt: Family, without: Family, labels: dict[str, str], method: str) -> tuple[dict, list[dict]]:
+    speed: FamilySpeed = family_speed(with_auxt, without)
+    names = {"auxt_family": labels[with_auxt.key], "no_auxt_family": labels[without.key]}
+    curve_on, curve_off = _labelled_curve(with_auxt, labels[with_auxt.key]), _labelled_curve(without, labels[without.key])
+    bd: dict[str, Optional[float]] = {}
+    notes: list[str] = []
+    for metric in ("psnr", "ms-ssim"):
+        if metric == "ms-ssim" and (curve_on.ms_ssim is None or curve_off.ms_ssim is None):
+            continue
+        bd[metric], reason = _bd(curve_on, curve_off, metric, method)
+        notes += [reason] if reason else []
+    pair = {**names, "bd_rate": bd, "fraction": speed.fraction, "speedup": speed.speedup,
+            "notes": list(dict.fromkeys(notes))}
+    rows = [{**names, "lmbda": lmbda, "auxt_final_loss": r.test_final_loss, "no_auxt_final_loss": r.anchor_final_loss,
+             "auxt_iterations_to_no_auxt_final": r.test_reaches_anchor_final, "no_auxt_iterations": r.anchor_iterations,
+             "no_auxt_iterations_to_auxt_final": r.anchor_reaches_test_final, "fraction": r.fraction,
+             "speedup": r.speedup} for lmbda, r in speed.per_lambda.items()]
+    if speed.per_lambda:
+        rows.append({**names, "lmbda": None, "fraction": speed.fraction, "speedup": speed.speedup})
+    return pair, rows
+
+
+def best_per_rate_point(trials: Sequence[TrialRecord], stratify_by: Sequence[str], metric: str = M.EVAL_RD_LOSS,
+                        mode: Optional[str] = None, family_of: Optional[dict[str, Optional[str]]] = None) -> list[dict]:
+    """The best trial (final ``metric``) of every stratum, in the strata's natural order."""
+    mode = mode or default_mode(metric)
+    ranked = rank_within_strata(trials, lambda t: stratum_of(typed_params(t.params), stratify_by),
+                                lambda t: t.final(metric), mode)
+    sizes: dict[str, int] = {}
+    for _, stratum, rank in ranked:
+        key = repr(stratum)
+        sizes[key] = sizes.get(key, 0) + (rank is not None)
+    return [{"stratum": stratum, "trial_id": t.trial_id, "run_id": t.run_id,
+             "family": (family_of or {}).get(t.trial_id), "auxt": t.auxt, "status": t.status,
+             "value": finite(t.final(metric)), "bpp": t.final(M.EVAL_BPP), "psnr": t.final(M.EVAL_PSNR),
+             "of": sizes[repr(stratum)]} for t, stratum, rank in ranked if rank == 1]
+
+
+def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), include_stopped: bool = False,
+                   method: str = "pchip", metric: str = M.EVAL_RD_LOSS, mode: Optional[str] = None) -> ReportContent:
+    """Every number of the report: families and BD-rates, AuxT pairs and speed, best per rate point, trials."""
+    anchors = list(anchors) or [load_curve(shipped_anchor())]
+    statuses = _family_statuses(include_stopped)
+    used = [t for t in search.trials if t.status in statuses]
+    ranking = rank_families(group_families(t.point() for t in used), anchors[0], "psnr", method)
+    labels = {entry.family.key: f"F{i + 1}" for i, entry in enumerate(ranking)}
+    ordered = [entry.family for entry in ranking]
+    differ = distinguishing_params(ordered)
+    names = family_names(ordered, used)
+    counts: dict[str, int] = {}
+    for trial in search.trials:
+        counts[trial.status or "unknown"] = counts.get(trial.status or "unknown", 0) + 1
+    content = ReportContent(
+        search=search, anchors=anchors, method=method, include_stopped=include_stopped, metric=metric,
+        mode=mode or default_mode(metric),
+        generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        ordered=ordered, labels=labels,
+        varying=sorted({k for params in differ.values() for k in params} - {AUXT_ENABLED_KEY}),
+        with_ms_ssim=any(f.curve().ms_ssim is not None for f in ordered), curves={}, used=len(used), counts=counts)
+    for entry in ranking:
+        label = labels[entry.family.key]
+        curve = _labelled_curve(entry.family, label)
+        if len(curve):
+            content.curves[label] = entry.family.curve(name=f"{search.experiment} {label}")
+        content.families.append(_family_row(entry, label, curve, anchors, content.with_ms_ssim,
+                                            differ[entry.family.key], method, names[entry.family.key]))
+    for with_auxt, without in auxt_pairs(ordered):
+        pair, rows = _pair_rows(with_auxt, without, labels, method)
+        content.auxt_pairs.append(pair)
+        content.speed += rows
+    family_of = {t.trial_id: labels.get(family_key(t.params)) for t in used}
+    content.best = best_per_rate_point(search.trials, search.stratify_by, metric, content.mode, family_of)
+    content.trials = [{"trial_id": t.trial_id, "run_id": t.run_id, "family": family_of.get(t.trial_id),
+                       "auxt": t.auxt, "lmbda": t.lmbda, "status": t.status, "iterations": t.iterations,
+                       "stratum": stratum_of(typed_params(t.params), search.stratify_by),
+                       "final": {m: t.final(m) for m in HISTORY_METRICS if t.final(m) is not None}}
+                      for t in search.trials]
+    content.schedules = [{"trial_id": t.trial_id, "family": family_of.get(t.trial_id), "lmbda": t.lmbda,
+                          "auxt": t.auxt, "status": t.status, "lr": t.histories[M.TRAIN_LR],
+                          "crop_size": t.histories.get(M.TRAIN_CROP_SIZE) or []}
+                         for t in search.trials if t.histories.get(M.TRAIN_LR)]
+    from search.analysis.lof_sweep import lof_summary
+
+    content.lof = lof_summary([t.lof for t in search.trials if t.lof], method)
+    return content
+
+
+def build_report(search: SearchRecord, out: Path, anchors: Sequence[RDCurve] = (), include_stopped: bool = False,
+                 method: str = "pchip") -> Report:
+    """Compute the report and write report.md, its PNG plots, report.json and the family curves into ``out``."""
+    content = compute_report(search, anchors, include_stopped=include_stopped, method=method)
+    markdown, files, data = render_report(content, Path(out))
+    return Report(Path(out), markdown, files, data)
+
+
+def generate_report(experiment: str, tracking_uri: Optional[str] = None, out: Optional[Path] = None,
+                    anchor_files: Sequence[Path] = (), include_stopped: bool = False, method: str = "pchip",
+                    attach: bool = True, selection=None) -> Report:
+    """Read one search from MLflow, write the report folder and attach it to the search's parent run."""
+    anchors = [load_curve(shipped_anchor())] + [load_curve(p) for p in anchor_files]
+    search = load_search(experiment, tracking_uri, selection)
+    folder = Path(out) if out is not None else Path("reports") / _safe_name(experiment)
+    report = build_report(search, folder, anchors, include_stopped=include_stopped, method=method)
+    if attach and search.parent_run_id:
+        from search.errors import TrackingError
+        from search.tracking import client as tracking
+
+        try:
+            tracking.client_for(search.tracking_uri).log_artifacts(search.parent_run_id, str(folder),
+                                                                   artifact_path=ARTIFACT_PATH)
+        except Exception as error:  # the files are written; say why they are not in MLflow
+            raise TrackingError(f"report written to {folder} but not attached to parent run "
+                                f"{search.parent_run_id}: {error.__class__.__name__}: {error}") from None
+        report.attached_to = search.parent_run_id
+    return report
+
+
+def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None,
+                             anchor_file: Optional[Path] = None, metric: str = "psnr", method: str = "pchip",
+                             include_stopped: bool = False, selection=None) -> list[dict[str, Any]]:
+    """Rate families of one search ranked by BD-rate (for ``lic-search best --by family``).
+
+    One JSON-ready row per family, best first; families without a BD-rate (fewer than 4
+    points, no overlap with the anchor) come last with ``rank`` and ``bd_rate`` None and a ``reason``.
+    ``family`` is the family's id (the ``lic_search.family`` hash), ``family_name`` its readable name.
+    """
+    anchor = load_curve(anchor_file if anchor_file is not None else shipped_anchor())
+    search = load_search(experiment, tracking_uri, selection)
+    statuses = _family_statuses(include_stopped)
+    used = [t for t in search.trials if t.status in statuses]
+    run_of = {t.trial_id: t.run_id for t in used}
+    ranking = rank_families(group_families(t.point() for t in used), anchor, metric, method)
+    differ = distinguishing_params([entry.family for entry in ranking])
+    names = family_names([entry.family for entry in ranking], used)
+    return [{"rank": entry.rank, "family": entry.family.key, "family_name": names[entry.family.key],
+             "auxt": entry.family.auxt,
+             "bd_rate": entry.bd_rate, "anchor": anchor.name, "metric": metric, "method": method,
+             "reason": entry.reason, "points": len(entry.family.curve()),
+             "lambdas": [l for l in entry.family.lambdas if l is not None],
+             "trials": [t.trial_id for t in entry.family.trials],
+             "run_ids": [run_of[t.trial_id] for t in entry.family.trials], "params": differ[entry.family.key]}
+            for entry in ranking]
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "search"
+
+
+__all__ = ["TrialRecord", "SearchRecord", "Report", "ReportContent", "load_search", "compute_report",
+           "build_report", "generate_report", "rank_experiment_families", "best_per_rate_point", "family_names",
+           "REPORT_FILE", "DATA_FILE", "ARTIFACT_PATH"]

@@ -1,0 +1,219 @@
+"""The quiet, live console of ``lic-search run``/``resume`` (a Ray Tune callback).
+
+By default Ray Tune prints nothing of its own (``verbose=0``) and this callback shows one
+compact view (:func:`search.monitor.progress.render`): redrawn in place in a terminal, and as plain
+lines when stdout is not a terminal or ``CI`` is set: a status line every
+:data:`PLAIN_PERIOD_S` seconds and one line per finished or errored trial. ``--verbose``
+gives Ray's own output back (a box per trial start and result, a line per checkpoint)
+and drops this view. The callback also keeps the driver record that ``lic-search status``
+reads (:mod:`search.monitor.status`): written at start, a heartbeat while running, the outcome at
+the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from typing import Optional, TextIO
+
+from ray import tune
+
+from search.experiment import drivers
+from search.experiment.store import ExperimentStore
+from search.monitor import progress, summary
+from search.space import SearchSpec
+from search.tracking import run_names
+
+PLAIN_PERIOD_S = 30.0  # not a terminal: one status line this often
+REDRAW_PERIOD_S = 1.0  # a terminal: redraw at most this often
+_settings = {"verbose": False}
+
+
+def configure(verbose: bool) -> None:
+    """Set by ``run``/``resume`` from ``--verbose`` before Ray starts and the Tuner is built.
+
+    Quiet (the default): Ray Tune's old, silent-at-verbose-0 reporter instead of its new output
+    engine (whose experiment box prints even at verbosity 0), no trial processes' log lines on
+    the driver (``ray.init(log_to_driver=False)``) and no Ray tracebacks of failed trials (errors
+    reach the user once, through :meth:`LiveConsole.on_trial_error`), and the driver's
+    import-time notices muted."""
+    _settings["verbose"] = bool(verbose)
+    if verbose:
+        return
+    import logging
+    import warnings
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # A failed trial's traceback: LiveConsole.on_trial_error says it once, in one line with the file to read.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+
+
+def ray_verbosity() -> int:
+    """Ray Tune's ``RunConfig.verbose``: its own boxes only with ``--verbose``."""
+    return 1 if _settings["verbose"] else 0
+
+
+def callbacks(spec: SearchSpec, store: ExperimentStore) -> list:
+    """The callbacks the Tuner gets from this module: the live view, or (``--verbose``) only the driver record."""
+    return [LiveConsole(spec, store, show=not _settings["verbose"])]
+
+
+def interactive(stream: TextIO) -> bool:
+    """Redraw in place only on a real terminal outside CI."""
+    return stream.isatty() and not os.environ.get("CI") and os.environ.get("TERM") != "dumb"
+
+
+class LiveConsole(tune.Callback):
+    """Counts, running trials, best per rate point, elapsed, device-hours and ETA, as the search runs."""
+
+    def __init__(self, spec: SearchSpec, store: ExperimentStore, show: bool = True,
+                 stream: Optional[TextIO] = None):
+        resources = spec.file.resources
+        gpus = resources.gpus_per_trial > 0
+        self.store_location = store.location
+        self.name = spec.name
+        self.expected = spec.trial_count()
+        self.device = "GPU" if gpus else "CPU"
+        self.per_trial = resources.gpus_per_trial if gpus else resources.cpus_per_trial
+        self.ranking = summary.Ranking.of(spec.file.search.model_dump(mode="json"))
+        self.keys = run_names.column_keys(spec.configs())
+        self.show = show
+        self._stream = stream
+        self._reset()
+
+    def _reset(self) -> None:
+        self._started: Optional[float] = None  # set by the first hook this process runs (see _begin)
+        self._last_draw = 0.0
+        self._last_beat = 0.0
+        self._drawn = 0  # lines of the last in-place redraw
+        self._reported: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_stream", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._stream = None
+        self._reset()
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stdout
+
+    @property
+    def store(self) -> ExperimentStore:
+        return ExperimentStore(self.store_location)
+
+    # ------------------------------------------------------------------ the view
+    def view(self, trials) -> progress.SearchView:
+        views = []
+        for trial in trials:
+            result = trial.last_result or {}
+            budget = progress.budget_of(trial.config)
+            views.append(progress.TrialView(
+                trial.trial_id, progress.trial_state(trial.status, result, budget),
+                int(result.get("iterations", 0) or 0), budget, trial.config, progress.numeric(result),
+                float(result.get("time_total_s", 0.0) or 0.0)))
+        return progress.SearchView(self.name, self.store_location, views, self.expected,
+                                   time.time() - (self._started or time.time()),
+                                   self.device, self.per_trial, self.ranking, self.keys)
+
+    def _print(self, lines: list[str]) -> None:
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+
+    def _draw(self, trials, force: bool = False) -> None:
+        now = time.time()
+        tty = interactive(self.stream)
+        if not force and now - self._last_draw < (REDRAW_PERIOD_S if tty else PLAIN_PERIOD_S):
+            return
+        self._last_draw = now
+        view = self.view(trials)
+        if tty:
+            width = shutil.get_terminal_size((120, 40)).columns - 1  # a wrapped line would spoil the redraw
+            lines = [line[:width] for line in progress.render(view, max_running=8)]
+            clear = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+            self.stream.write(clear + "\n".join(lines) + "\n")
+            self.stream.flush()
+            self._drawn = len(lines)
+        else:
+            self._print([progress.header(view)])
+
+    def _event(self, line: str) -> None:
+        """A line that stays (finished or errored trial): above the redrawn view in a terminal."""
+        if interactive(self.stream) and self._drawn:
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+        self._print([line])
+
+    # --------------------------------------------------------------------- hooks
+    def _begin(self) -> None:
+        """Once per driver process: record it for ``status`` and say where to follow. (Ray calls
+        ``setup`` only for a new search, not a restored one, so every hook comes through here.)"""
+        if self._started is not None:
+            return
+        self._started = time.time()
+        drivers.record_driver(self.store)
+        if self.show:
+            self._print([f"search {self.name!r}: {self.expected} trials, results in {self.store_location} "
+                         f"(follow from another terminal: lic-search status {self.store_location})"])
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self._begin()
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._begin()
+
+    def on_step_end(self, iteration, trials, **info):
+        self._begin()
+        now = time.time()
+        if now - self._last_beat >= drivers.HEARTBEAT_S:
+            self._last_beat = now
+            drivers.heartbeat(self.store)
+        if self.show:
+            self._draw(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._begin()
+        if not self.show or trial.trial_id in self._reported:
+            return
+        self._reported.add(trial.trial_id)
+        result = trial.last_result or {}
+        budget = progress.budget_of(trial.config)
+        state = progress.trial_state("TERMINATED", result, budget)
+        done = len(self._reported)
+        m = result
+        scores = (f"rd_loss {progress._num(m.get('eval/rd_loss'))}, bpp {progress._num(m.get('eval/bpp'))}, "
+                  f"PSNR {progress._db(m.get('eval/psnr'))}")
+        if state == "errored":
+            scores = f"diverged: {result.get('diverged_reason', 'non-finite loss')}"
+        self._event(f"[{done}/{self.expected}] {trial.trial_id} {state} at {int(m.get('iterations', 0) or 0)}/{budget} "
+                    f"it: {scores} — {run_names.trial_name(trial.config, self.keys)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._begin()
+        if not self.show or trial.trial_id in self._reported:
+            return
+        self._reported.add(trial.trial_id)
+        from search.tracking.client import _error_summary
+
+        self._event(f"[{len(self._reported)}/{self.expected}] {trial.trial_id} errored: {_error_summary(trial)} — "
+                    f"{run_names.trial_name(trial.config, self.keys)} (details: {getattr(trial, 'path', '')})")
+
+    def on_experiment_end(self, trials, **info):
+        self._begin()
+        unfinished = any(t.status in ("PENDING", "RUNNING", "PAUSED") for t in trials)
+        drivers.record_end(self.store, "STOPPED" if unfinished else "FINISHED")  # STOPPED: e.g. Ctrl-C
+        if self.show:
+            self._draw(trials, force=True)
+
+
+__all__ = ["configure", "ray_verbosity", "callbacks", "LiveConsole", "interactive"]

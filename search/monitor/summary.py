@@ -1,0 +1,150 @@
+"""The search's answer so far: the best trial of each rate point, as the console, ``status``,
+the end-of-search summary and the MLflow parent run all show it.
+
+Works on plain ``(trial id, config, latest metrics)`` entries, so it serves Ray's live trials,
+a finished ResultGrid and the ``result.json`` files of an experiment folder alike. Rate
+points are the search's ``stratify_by`` strata (:mod:`search.space.strata`): R-D losses at
+different λ are not comparable.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
+from search.space.strata import finite, rank_within_strata, stratum_label, stratum_of
+from search.tracking import names as T
+from search.tracking import run_names
+from trainables import metrics as M
+
+SHOWN_METRICS = (M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_PSNR)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One trial as the summary needs it."""
+
+    trial_id: str
+    config: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+
+
+@dataclass
+class Best:
+    """The best trial of one rate point."""
+
+    stratum: dict[str, Any]
+    trial_id: str
+    name: str  # the trial's distinguishing params (its MLflow run name)
+    metrics: dict[str, Optional[float]] = field(default_factory=dict)
+    varying: dict[str, str] = field(default_factory=dict)  # full dotted key -> shown value
+
+    @property
+    def label(self) -> str:
+        return stratum_label(self.stratum)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How a search ranks trials: its metric, mode and rate-point keys (from its ``search`` section)."""
+
+    metric: str = M.EVAL_RD_LOSS
+    mode: str = "min"
+    stratify_by: tuple[str, ...] = DEFAULT_STRATIFY_BY
+
+    @classmethod
+    def of(cls, search: Optional[Mapping[str, Any]]) -> "Ranking":
+        search = search or {}
+        metric = search.get("metric") or M.EVAL_RD_LOSS
+        keys = search.get("stratify_by")
+        return cls(metric, search.get("mode") or default_mode(metric),
+                   tuple(DEFAULT_STRATIFY_BY if keys is None else keys))
+
+
+def best_per_rate_point(entries: Iterable[Entry], ranking: Ranking = Ranking(),
+                        keys: Optional[Sequence[str]] = None) -> list[Best]:
+    """The rank-1 trial of every rate point that has a finite score, in natural rate-point order.
+
+    ``keys`` are the distinguishing keys (default: those varying across ``entries``)."""
+    entries = [e for e in entries if e.config and e.metrics]
+    keys = list(keys) if keys is not None else run_names.column_keys(e.config for e in entries)
+    ranked = rank_within_strata(entries, lambda e: stratum_of(e.config, ranking.stratify_by),
+                                lambda e: e.metrics.get(ranking.metric), ranking.mode)
+    return [Best(stratum, e.trial_id, run_names.trial_name(e.config, keys),
+                 {m: finite(e.metrics.get(m)) for m in dict.fromkeys((ranking.metric, *SHOWN_METRICS, M.ITERATIONS))},
+                 run_names.described(e.config, keys))
+            for e, stratum, rank in ranked if rank == 1]
+
+
+def _num(value: Optional[float], digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def lines(best: Sequence[Best], ranking: Ranking = Ranking()) -> list[str]:
+    """One line per rate point: ``best at λ=0.013, distortion=mse: eval/rd_loss = 0.8123 at 600 iterations,
+    bpp 0.61, PSNR 27.3 dB — λ=0.013 · auxt=haar · lr=2.2e-3 (trial 3f0a1_00002)``."""
+    out = []
+    for b in best:
+        m = b.metrics
+        score = m.get(ranking.metric)
+        iterations = m.get(M.ITERATIONS)
+        others = ", ".join(f"{short} {_num(m.get(key))}{unit}" for key, short, unit in
+                           ((M.EVAL_RD_LOSS, "rd_loss", ""), (M.EVAL_BPP, "bpp", ""), (M.EVAL_PSNR, "PSNR", " dB"))
+                           if key != ranking.metric)
+        out.append(f"best at {b.label}: {ranking.metric} = {'-' if score is None else f'{score:.4f}'} at "
+                   f"{'-' if iterations is None else int(iterations)} iterations, {others} — {b.name} "
+                   f"(trial {b.trial_id})")
+    return out
+
+
+def markdown(best: Sequence[Best], ranking: Ranking = Ranking()) -> str:
+    """The per-rate-point table the parent run carries as an artifact."""
+    keys = list(dict.fromkeys(k for b in best for k in b.varying))
+    metrics = list(dict.fromkeys((ranking.metric, *SHOWN_METRICS, M.ITERATIONS)))
+    header = ["rate point", "trial", *metrics, *(run_names.label(k, keys) for k in keys)]
+    rows = [[b.label, b.trial_id, *(_num(b.metrics.get(m), 6) for m in metrics),
+             *(b.varying.get(k, "-") for k in keys)] for b in best]
+    text = [f"Best trial per rate point, by {ranking.metric} ({ranking.mode}) within {', '.join(ranking.stratify_by)}",
+            "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(text + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def _key(label: str) -> str:
+    """A rate-point label as an MLflow key component (letters, digits, ``_-. /:`` only)."""
+    return re.sub(r"[^\w.\- ]", "_", label.replace(", ", " ")).strip() or "all"
+
+
+def parent_summary(best: Sequence[Best], ranking: Ranking = Ranking(), parent_run_id: str = "") -> dict[str, Any]:
+    """The search's summary for its MLflow parent run, JSON-ready (a tracking journal record ships it,
+    so an outage delays it instead of losing it): a table artifact (``text`` at ``artifact``), per rate
+    point a tag (``lic_search.best.λ_0.013`` = name, trial, score) and metrics
+    (``best/λ_0.013/eval/rd_loss``, ``[key, value, timestamp_ms, step]``) the run list can sort on, and
+    the experiment's description (``note``, naming ``parent_run_id``)."""
+    tags: dict[str, str] = {}
+    metrics: list[list] = []
+    now = int(time.time() * 1000)
+    for b in best:
+        key = _key(b.label)
+        score = b.metrics.get(ranking.metric)
+        tags[T.TAG_BEST_PREFIX + key] = f"{b.name} (trial {b.trial_id}, {ranking.metric} {_num(score, 6)})"
+        metrics += [[f"{T.METRIC_BEST_PREFIX}{key}/{m}", float(v), now, 0] for m, v in b.metrics.items()
+                    if v is not None]
+    return {"text": markdown(best, ranking), "artifact": T.ARTIFACT_BEST_TABLE, "tags": tags, "metrics": metrics,
+            "note": experiment_note(best, ranking, parent_run_id)}
+
+
+def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str) -> str:
+    """The experiment's description in the MLflow UI (shown above the run list, Markdown): the latest
+    search's winners and the columns worth adding. MLflow keeps column choices in the browser, so
+    trial run names carry what tells trials apart instead."""
+    return (f"**Latest search** (parent run `{parent_run_id}`)\n\n{markdown(best, ranking)}\n"
+            f"Trial runs are named by what tells them apart (λ, AuxT, then every key that varies). "
+            f"Useful columns: metrics `{ranking.metric}`, `{M.EVAL_BPP}`, `{M.EVAL_PSNR}`; tags "
+            f"`{T.TAG_STATUS}`, `{T.TAG_FAMILY_NAME}`. Rank only within a rate point "
+            f"({', '.join(ranking.stratify_by)}): `lic-search best <name>`.\n")
+
+
+__all__ = ["Entry", "Best", "Ranking", "best_per_rate_point", "lines", "markdown", "parent_summary", "experiment_note"]

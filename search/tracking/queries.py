@@ -1,0 +1,246 @@
+"""Queries over a search recorded in MLflow: which search, its trials, the best per rate point.
+
+A search is one MLflow parent run (``lic_search.role = search``) in the experiment named after
+it; trial runs point at it with ``mlflow.parentRunId``. Two searches with one name (another
+``--storage-path``, a deleted results folder) share the experiment, so readers pick one parent
+run, the latest by default, and never mix the trials of different searches.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from search.errors import LicSearchError
+from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
+from search.space.strata import parse_param, rank_within_strata, stratum_of, typed_params
+from search.tracking import client as tracking
+from search.tracking import names as T
+from trainables import metrics as M
+
+
+@dataclass(frozen=True)
+class SearchSelection:
+    """The runs a reader reads: one search (a parent run), or every search of the name (``--all``)."""
+
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    parent_run_ids: tuple[str, ...]  # the selected searches; empty when the experiment has no parent run
+    stratify_by: tuple[str, ...]
+    searches: int  # parent runs of this name in the store
+    everything: bool = False  # --all: every trial run of the experiment, with or without a parent
+
+    @property
+    def parent_run_id(self) -> Optional[str]:
+        """The one selected search's parent run (None with ``--all``)."""
+        return None if self.everything or len(self.parent_run_ids) != 1 else self.parent_run_ids[0]
+
+    def describe(self) -> str:
+        """One line saying which runs were read (printed by ``best`` and ``report``)."""
+        if self.everything:
+            return (f"reading every search named {self.experiment!r} ({self.searches} parent runs) "
+                    f"at {self.tracking_uri}")
+        if not self.parent_run_ids:
+            return f"reading search {self.experiment!r} at {self.tracking_uri} (no parent run recorded)"
+        others = self.searches - 1
+        more = (f"; {others} earlier search{'es' if others > 1 else ''} of this name: pass --run-id PARENT or --all"
+                if others > 0 else "")
+        return f"reading search {self.experiment!r}, parent run {self.parent_run_ids[0]}{more}"
+
+
+def _experiment(client, experiment: str):
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise LicSearchError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}; "
+                             f"experiments there: {', '.join(names) or 'none'}")
+    return found
+
+
+def _all_pages(client, experiment_id: str, filter_string: str, order_by: Optional[list[str]] = None) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+                                  order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _stratify_by(parents: Sequence) -> tuple[str, ...]:
+    """The stratify keys the searches recorded (their union, in order); the default for older runs."""
+    keys: list[str] = []
+    for run in parents:
+        text = run.data.tags.get(T.TAG_STRATIFY_BY)
+        recorded = json.loads(text) if text else list(DEFAULT_STRATIFY_BY)
+        keys += [k for k in recorded if k not in keys]
+    return tuple(keys) if parents else DEFAULT_STRATIFY_BY
+
+
+def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: Optional[str] = None,
+                  all_searches: bool = False) -> SearchSelection:
+    """The latest search named ``experiment``, the one whose parent run is ``run_id``, or all of them."""
+    uri = tracking_uri or tracking.default_tracking_uri()
+    client = tracking.client_for(uri)
+    found = _experiment(client, experiment)
+    parents = _all_pages(client, found.experiment_id, f"tags.`{T.TAG_ROLE}` = '{T.ROLE_SEARCH}'",
+                         order_by=["attributes.start_time DESC"])
+    if all_searches:
+        return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in parents),
+                               _stratify_by(parents), len(parents), everything=True)
+    if run_id is not None:
+        chosen = [p for p in parents if p.info.run_id == run_id]
+        if not chosen:
+            listed = ", ".join(f"{p.info.run_id} ({_started(p)})" for p in parents) or "none"
+            raise LicSearchError(f"--run-id {run_id}: not a search (parent run) of {experiment!r} at {uri}; "
+                                 f"its searches, latest first: {listed}")
+    else:
+        chosen = parents[:1]
+    return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in chosen),
+                           _stratify_by(chosen), len(parents))
+
+
+def _started(run) -> str:
+    return datetime.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def trial_runs(experiment: str, tracking_uri: Optional[str] = None,
+               selection: Optional[SearchSelection] = None) -> list:
+    """The trial runs of one search (``selection``; default: the latest search of that name)."""
+    selection = selection or select_search(experiment, tracking_uri)
+    client = tracking.client_for(selection.tracking_uri)
+    trials = f"tags.`{T.TAG_ROLE}` = '{T.ROLE_TRIAL}'"
+    if selection.everything or not selection.parent_run_ids:
+        return _all_pages(client, selection.experiment_id, trials)
+    return [run for parent in selection.parent_run_ids
+            for run in _all_pages(client, selection.experiment_id, f"{trials} and tags.`{T.TAG_PARENT}` = '{parent}'")]
+
+
+def _summary(run, stratify_by: Sequence[str]) -> dict[str, Any]:
+    params = typed_params(run.data.params)
+    return {
+        "run_id": run.info.run_id,
+        "parent_run_id": run.data.tags.get(T.TAG_PARENT),
+        "trial_id": run.data.tags.get(T.TAG_TRIAL_ID),
+        "status": run.data.tags.get(T.TAG_STATUS),
+        "status_detail": run.data.tags.get(T.TAG_STATUS_DETAIL),
+        "family": run.data.tags.get(T.TAG_FAMILY),
+        "stratum": stratum_of(params, stratify_by),
+        "params": params,
+        "metrics": dict(run.data.metrics),
+    }
+
+
+def _matches(params: dict[str, Any], where: dict[str, str]) -> bool:
+    """``--where KEY=VALUE``: the typed param equals the parsed VALUE (``True``, ``0.013``) or its text."""
+    return all(key in params and (params[key] == parse_param(text) or str(params[key]) == text)
+               for key, text in where.items())
+
+
+def best_trials(experiment: str, metric: str = M.EVAL_RD_LOSS, mode: Optional[str] = None, top: Optional[int] = None,
+                tracking_uri: Optional[str] = None, where: Optional[dict[str, str]] = None,
+                status: Optional[str] = None, selection: Optional[SearchSelection] = None) -> list[dict[str, Any]]:
+    """Trials ranked by their last value of ``metric`` *within their rate point* (stratum).
+
+    A flat list grouped by stratum (natural order of the stratify values), best first inside
+    each; every row has ``stratum`` and ``rank`` (1 = best of its stratum; None without a finite
+    value). ``top`` keeps the best ``top`` of every stratum.
+    """
+    selection = selection or select_search(experiment, tracking_uri)
+    mode = mode or default_mode(metric)
+    rows = [_summary(run, selection.stratify_by) for run in trial_runs(experiment, selection=selection)]
+    if where:
+        rows = [r for r in rows if _matches(r["params"], where)]
+    if status:
+        rows = [r for r in rows if r["status"] == status]
+    ranked = []
+    for row, _, rank in rank_within_strata(rows, lambda r: r["stratum"], lambda r: r["metrics"].get(metric), mode):
+        if top and (rank is None or rank > top):
+            continue
+        ranked.append({**row, "rank": rank})
+    return ranked
+
+
+def winners(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rank-1 trial of every stratum."""
+    return [row for row in rows if row["rank"] == 1]
+
+
+# ------------------------------------------------------------------------------------- export
+def trial_config(run_id: str, tracking_uri: str) -> dict:
+    """The exact (typed) config a trial trained with, from its ``trial_config.yaml`` artifact."""
+    import tempfile
+
+    import yaml
+
+    client = tracking.client_for(tracking_uri)
+    with tempfile.TemporaryDirectory() as folder:
+        local = client.download_artifacts(run_id, T.ARTIFACT_TRIAL_CONFIG, folder)
+        return yaml.safe_load(Path(local).read_text())
+
+
+def _grid_template(configs: Sequence[dict]) -> Optional[dict]:
+    """One trial template that runs exactly ``configs``: the configs' one differing section as a grid.
+
+    None when they differ in more than one top-level section (a grid per section would run the
+    cross product, configs no search chose)."""
+    differing = sorted({section for config in configs for section in set(config) | set(configs[0])
+                        if config.get(section) != configs[0].get(section)})
+    if len(differing) > 1:
+        return None
+    template = dict(configs[0])
+    if differing:
+        (section,) = differing
+        template[section] = {"grid": [config.get(section) for config in configs]}
+    return template
+
+
+def export_space(experiment: str, run_ids: Sequence[str], target: Path, tracking_uri: Optional[str] = None,
+                 iterations: Optional[int] = None, why: str = "") -> list[Path]:
+    """Write space file(s) that train exactly the given trials' configs again, at full (or given) budget.
+
+    One file with a grid over the configs when they differ in one section (e.g. only ``loss``:
+    the λ of each rate point); otherwise one file per config (``BEST-1.yaml``, ...), because a grid
+    per section would also run combinations nobody chose. Returns the files written.
+    """
+    import yaml
+
+    uri = tracking_uri or tracking.default_tracking_uri()
+    configs = []
+    for run_id in run_ids:
+        config = trial_config(run_id, uri)
+        if iterations:
+            config["schedule"]["iterations"] = iterations
+        if config not in configs:
+            configs.append(config)
+    if not configs:
+        raise LicSearchError(f"--export: no trial of {experiment!r} to export")
+    target = Path(target)
+    template = _grid_template(configs)
+    if template is not None:
+        plan = [(target, template, run_ids)]
+    else:
+        plan = [(target.with_name(f"{target.stem}-{i}{target.suffix}"), config, [run_id])
+                for i, (config, run_id) in enumerate(zip(configs, run_ids), 1)]
+    written = []
+    for path, trial, sources in plan:
+        space = {
+            "name": f"{experiment}-best",
+            "description": f"re-run of {why or 'the best trials'} of search {experiment!r} "
+                           f"(MLflow runs {', '.join(sources)})",
+            "trial": trial,
+            "search": {"algorithm": "random", "num_samples": 1},
+            "scheduler": {"type": "fifo"},
+        }
+        path.write_text(yaml.safe_dump(space, sort_keys=False))
+        written.append(path)
+    return written
+
+
+__all__ = ["SearchSelection", "select_search", "trial_runs", "best_trials", "winners", "trial_config",
+           "export_space"]

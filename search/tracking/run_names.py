@@ -1,0 +1,118 @@
+"""What tells a search's trials apart, in words a person reads at a glance.
+
+One place for the keys that vary across a search's trials and how to show them: ``best``'s
+columns, MLflow trial run names (``λ=0.0035 · auxt=haar · lr=2.2e-3``), readable family
+names, the live console and ``status``. The keys come from the trials' configs: either the
+space's edge configs (:meth:`SearchSpec.configs`, known before any trial runs) or the
+trials themselves (MLflow params). A key a config leaves out takes its
+:class:`TrialConfig` default, so a mapping-valued grid point that sets only
+``auxt.downsample`` still differs from one that leaves it at ``dwt``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from search.space.sections import trial_default
+from search.space.strata import flat_params
+
+LAMBDA_KEY = "loss.lmbda"
+AUXT_KEY = "model.auxt.enabled"  # shown as the AuxT setting: "off" or the wavelet (and placement)
+AUXT_PREFIX = "model.auxt."
+SEPARATOR = " · "
+#: Headers for keys whose last component alone would say too little.
+LABELS = {LAMBDA_KEY: "λ", AUXT_KEY: "auxt", "model.auxt.lambda_orth": "λ_orth", "schedule.lr": "lr"}
+_SECTIONS = ("model.", "loss.", "schedule.", "data.")
+
+
+def raw_value(config: Mapping[str, Any], key: str) -> Any:
+    """The value at dotted ``key`` of a nested or flat config; its TrialConfig default when left out."""
+    flat = flat_params(config)
+    return flat[key] if key in flat else trial_default(key)
+
+
+def _same(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
+
+
+def varying_keys(configs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Dotted keys whose value differs between ``configs`` (first-seen order; defaults fill gaps).
+
+    Values are compared as MLflow stores them (``str``) so configs and MLflow params agree."""
+    flats = [flat_params(c) for c in configs]
+    keys: list[str] = []
+    for flat in flats:
+        keys += [k for k in flat if k not in keys]
+    return [k for k in keys if len({str(raw_value(f, k)) for f in flats}) > 1]
+
+
+def column_keys(configs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """What distinguishes trials: λ, the AuxT setting, then every other varying key."""
+    return [LAMBDA_KEY, AUXT_KEY] + [k for k in varying_keys(configs) if k not in (LAMBDA_KEY, AUXT_KEY)]
+
+
+def label(key: str, keys: Sequence[str] = ()) -> str:
+    """A short header for ``key``: ``λ``, ``auxt``, ``λ_orth``, ``lr``, ``auxt.downsample``.
+
+    The config section is dropped (``model.``/``loss.``/...) unless that makes two of
+    ``keys`` read the same; then the full dotted key."""
+    if key in LABELS:
+        return LABELS[key]
+    short = key.split(".", 1)[1] if key.startswith(_SECTIONS) else key
+    others = [label(k) for k in keys if k != key and k not in LABELS]
+    return key if short in others else short
+
+
+def auxt_setting(config: Mapping[str, Any]) -> str:
+    """``off``, or the AuxT wavelet (with its placement when not both transforms): ``haar``."""
+    if str(raw_value(config, AUXT_KEY)).lower() not in ("true", "1"):
+        return "off"
+    wavelet = str(raw_value(config, "model.auxt.wavelet") or "on")
+    placement = str(raw_value(config, "model.auxt.placement") or "both")
+    return wavelet if placement == "both" else f"{wavelet}/{placement}"
+
+
+def show(value: Any, key: str = "") -> str:
+    """A value as short as it can be and still be told apart: ``0.0035``, ``2.2e-3``, ``avgpool``."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        if key == LAMBDA_KEY or value == 0.0:
+            return f"{value:g}"
+        if abs(value) < 0.01 or abs(value) >= 1e4:
+            mantissa, exponent = f"{value:.1e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(show(v) for v in value) + "]"
+    return str(value)
+
+
+def value(config: Mapping[str, Any], key: str) -> str:
+    """The shown value of ``key`` in a trial's config: the AuxT setting for ``auxt``, ``-`` for the
+    knobs of a disabled AuxT (they change nothing)."""
+    if key == AUXT_KEY:
+        return auxt_setting(config)
+    if key.startswith(AUXT_PREFIX) and auxt_setting(config) == "off":
+        return "-"
+    return show(raw_value(config, key), key)
+
+
+def trial_name(config: Mapping[str, Any], keys: Sequence[str] = (LAMBDA_KEY, AUXT_KEY)) -> str:
+    """``λ=0.0035 · auxt=haar · lr=2.2e-3``: the trial's values at ``keys`` (see :func:`column_keys`)."""
+    return SEPARATOR.join(f"{label(k, keys)}={value(config, k)}" for k in keys)
+
+
+def family_name(config: Mapping[str, Any], keys: Sequence[str] = (LAMBDA_KEY, AUXT_KEY)) -> str:
+    """A rate family's readable name: the trial name without λ (what its trials share)."""
+    return trial_name(config, [k for k in keys if k != LAMBDA_KEY])
+
+
+def described(config: Mapping[str, Any], keys: Optional[Sequence[str]]) -> dict[str, str]:
+    """``{dotted key: shown value}`` for ``keys`` (JSON output: full keys, readable values)."""
+    return {k: value(config, k) for k in (keys or (LAMBDA_KEY, AUXT_KEY))}
+
+
+__all__ = ["LAMBDA_KEY", "AUXT_KEY", "varying_keys", "column_keys", "label", "auxt_setting", "show", "value",
+           "trial_name", "family_name", "described", "raw_value"]

@@ -1,0 +1,269 @@
+"""Search algorithms built from a space's ``search`` section: grid/random and Optuna (TPE, NSGA-II).
+
+Design of the Optuna search (:class:`StratifiedOptunaSearch`):
+
+* **Grids are strata, not categories.** Every grid point of the space (Ray's grid
+  expansion, nested grids included) gets its own Optuna study and ``num_samples`` trials,
+  proposed round-robin across grid points; the study samples only the non-grid primitives.
+  So a space with ``loss.lmbda: {grid: [...]}`` runs one TPE per λ and never ranks R-D
+  losses of different λ against each other, an ablation grid × tuned learning rate tunes
+  the rate per ablation arm, and the trial count is exactly the one of random search
+  (grid points × ``num_samples``). A single-objective study refuses a *sampled* λ (see
+  ``search.space.sections.check_search_setup``); a multi-objective study over
+  (``eval/bpp``, ``eval/mse``) may sample λ because those objectives do not depend on it.
+* **Stopped trials are pruned.** Ray's ``OptunaSearch`` tells Optuna that an ASHA-stopped
+  trial is COMPLETE with the value it had when stopped, which TPE then reads as a finished
+  (bad or, early in training, misleadingly good) configuration. :class:`PrunedOptunaSearch`
+  tells Optuna PRUNED whenever the trial ended before its budget ``schedule.iterations``;
+  Optuna keeps the last intermediate value (reported at step ``iterations``) and TPE ranks
+  pruned trials below all complete ones, by how far they got.
+
+The Optuna search proposes whole trial configs, so Ray must get ``param_space={}`` with it:
+use :func:`tuner_param_space` and :func:`tune_num_samples` when building the Tuner.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import pickle
+import warnings
+from typing import Any, Optional, Union
+
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from search.space.keypath import get_path, set_path
+from trainables import metrics as M
+from trainables.config import flatten
+from trainables.errors import LicSearchError
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- helpers
+def grid_cells(space: dict) -> list[tuple[dict, dict]]:
+    """Every grid point of a Ray param space: (assignments {dotted key: value}, config with grids resolved).
+
+    Grids inside grid values (the AuxT collapse) are expanded too. Non-grid domains stay."""
+    from ray.tune.search.variant_generator import parse_spec_vars
+
+    _, _, grids = parse_spec_vars(space)
+    if not grids:
+        return [({}, space)]
+    path, domain = grids[0]
+    dotted = ".".join(map(str, path))
+    cells = []
+    for value in domain.categories:
+        config = copy.deepcopy(space)
+        set_path(config, tuple(path), copy.deepcopy(value))
+        for assignments, resolved in grid_cells(config):
+            # a grid value holding grids (the AuxT collapse) is labelled by its resolved value
+            inner = {k: v for k, v in assignments.items() if not k.startswith(dotted + ".")}
+            cells.append(({dotted: get_path(resolved, tuple(path)), **inner}, resolved))
+    return cells
+
+
+def _has_domains(space: Any) -> bool:
+    from ray.tune.search.variant_generator import parse_spec_vars
+
+    return bool(parse_spec_vars(space)[1]) if isinstance(space, dict) else False
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ----------------------------------------------------------------------------- Optuna
+class PrunedOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, except that a trial ended before its budget reaches Optuna as PRUNED.
+
+    Intermediate values are reported at step ``iterations`` (the trainable's own counter),
+    so a pruned trial's value is its last evaluation and its step says how far it got.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.budgets: dict[str, int] = {}
+        self._reported: dict[str, int] = {}
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list) or trial_id not in self._ot_trials:
+            return  # Optuna has no intermediate values for multi-objective studies
+        value, step = result.get(self.metric), result.get(M.ITERATIONS)
+        if not _finite(value) or not _finite(step) or self._reported.get(trial_id, -1) >= int(step):
+            return
+        self._ot_trials[trial_id].report(float(value), int(step))
+        self._reported[trial_id] = int(step)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._completed_trials:
+            self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        error = error or bool((result or {}).get(M.DIVERGED))  # a diverged trial is FAILED, not PRUNED
+        budget = self.budgets.get(trial_id)
+        reached = (result or {}).get(M.ITERATIONS)
+        if error or not result or budget is None or not _finite(reached) or int(reached) >= budget:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        from optuna.trial import TrialState
+
+        self._report(trial_id, result)  # the result that got the trial stopped was not reported yet
+        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def make_sampler(kind: str, seed: Optional[int], startup_trials: Optional[int]):
+    """An Optuna sampler: TPE (single/multi-objective, constant liar for parallel trials) or NSGA-II."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if kind == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=startup_trials or 50)
+        if kind == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10 if startup_trials is None
+                                              else startup_trials, constant_liar=True)
+    raise LicSearchError(f"search.sampler: unknown sampler {kind!r}; allowed: tpe, nsga2")
+
+
+class StratifiedOptunaSearch(Searcher):
+    """One Optuna study per grid point of the space; ``samples_per_cell`` trials each.
+
+    ``space`` is a Ray param space (``tune.grid_search`` and domains, nested dicts). The
+    searcher proposes *complete* trial configs, so give Ray ``param_space={}``.
+    """
+
+    def __init__(self, space: dict, metric: Union[str, list[str]], mode: Union[str, list[str]],
+                 samples_per_cell: int = 1, sampler: str = "tpe", seed: Optional[int] = None,
+                 startup_trials: Optional[int] = None):
+        super().__init__(metric=metric, mode=mode)
+        if samples_per_cell < 1:
+            raise ValueError(f"samples_per_cell must be at least 1, got {samples_per_cell}")
+        self.samples_per_cell = samples_per_cell
+        self.cells: list[dict] = []  # grid assignments of each cell (for display)
+        self._configs: list[dict] = []  # each cell's config, grids resolved, domains left in
+        self._searchers: list[Optional[PrunedOptunaSearch]] = []
+        for index, (assignments, config) in enumerate(grid_cells(copy.deepcopy(space))):
+            self.cells.append(assignments)
+            self._configs.append(config)
+            if not _has_domains(config):
+                self._searchers.append(None)  # nothing to sample at this grid point
+                continue
+            cell_seed = None if seed is None else seed + index
+            self._searchers.append(PrunedOptunaSearch(
+                space=OptunaSearch.convert_search_space(config), metric=metric, mode=mode,
+                sampler=make_sampler(sampler, cell_seed, startup_trials), study_name=f"cell-{index}",
+            ))
+        self._counts = [0] * len(self.cells)
+        self._trial_cell: dict[str, int] = {}
+        self._trial_config: dict[str, dict] = {}
+
+    # ------------------------------------------------------------- Ray hooks
+    def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec) -> bool:
+        from ray.tune.search.variant_generator import parse_spec_vars
+
+        if config:
+            _, domains, grids = parse_spec_vars(config)
+            if domains or grids:
+                raise LicSearchError("StratifiedOptunaSearch proposes whole trial configs: build the Tuner "
+                                     "with param_space={} (search.tuning.searchers.tuner_param_space)")
+        return True
+
+    def suggest(self, trial_id: str) -> Optional[Union[dict, str]]:
+        if trial_id in self._trial_config:
+            return copy.deepcopy(self._trial_config[trial_id])
+        open_cells = [i for i, count in enumerate(self._counts) if count < self.samples_per_cell]
+        if not open_cells:
+            return Searcher.FINISHED
+        index = min(open_cells, key=lambda i: (self._counts[i], i))
+        config = copy.deepcopy(self._configs[index])
+        searcher = self._searchers[index]
+        if searcher is not None:
+            params = searcher.suggest(trial_id)
+            for dotted, value in _flatten(params).items():
+                set_path(config, tuple(dotted.split("/")), value)
+            budget = get_path(config, ("schedule", "iterations"))
+            if budget is not None:
+                searcher.budgets[trial_id] = int(budget)
+        self._counts[index] += 1
+        self._trial_cell[trial_id] = index
+        self._trial_config[trial_id] = config
+        return copy.deepcopy(config)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        searcher = self._searcher_of(trial_id)
+        if searcher is not None:
+            searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        searcher = self._searcher_of(trial_id)
+        if searcher is not None:
+            searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def _searcher_of(self, trial_id: str) -> Optional[PrunedOptunaSearch]:
+        index = self._trial_cell.get(trial_id)
+        return None if index is None else self._searchers[index]
+
+    # --------------------------------------------------------------- queries
+    def studies(self) -> list[tuple[dict, Any]]:
+        """(grid assignments, optuna.Study) of every grid point that samples something."""
+        return [(cell, searcher._ot_study) for cell, searcher in zip(self.cells, self._searchers)
+                if searcher is not None]
+
+    # ----------------------------------------------------------- persistence
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__.copy(), handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
+
+
+def _flatten(params: dict) -> dict[str, Any]:
+    return flatten(params, separator="/")
+
+
+# ----------------------------------------------------------------------------- builders
+def _is_optuna(spec) -> bool:
+    return spec.file.search.algorithm == "optuna"
+
+
+def build_search_algorithm(spec):
+    """The search algorithm of a space: Ray's BasicVariantGenerator or a :class:`StratifiedOptunaSearch`."""
+    search = spec.file.search
+    if not _is_optuna(spec):
+        return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
+    objectives = getattr(search, "objectives", None)
+    if objectives:
+        metric: Union[str, list[str]] = list(objectives)
+        mode: Union[str, list[str]] = list(search.objective_modes())
+    else:
+        metric, mode = search.metric, search.mode
+    searcher = StratifiedOptunaSearch(
+        spec.param_space(), metric=metric, mode=mode, samples_per_cell=search.num_samples,
+        sampler=getattr(search, "sampler", "tpe"), seed=search.seed,
+        startup_trials=getattr(search, "startup_trials", None),
+    )
+    if search.max_concurrent:
+        return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+    return searcher
+
+
+def tuner_param_space(spec) -> dict:
+    """What to pass as ``Tuner(param_space=...)``: the space, or ``{}`` when the Optuna search proposes whole configs."""
+    return {} if _is_optuna(spec) else spec.param_space()
+
+
+def tune_num_samples(spec) -> int:
+    """``TuneConfig(num_samples=...)``: per grid point for grid/random search, the total for Optuna."""
+    return spec.trial_count() if _is_optuna(spec) else spec.file.search.num_samples
+
+
+__all__ = ["StratifiedOptunaSearch", "PrunedOptunaSearch", "build_search_algorithm", "tuner_param_space",
+           "tune_num_samples", "grid_cells", "make_sampler"]

@@ -1,0 +1,222 @@
+"""Ray Tune construction: scheduler, search algorithm, resources, storage and MLflow callback.
+
+``run_search`` starts a new search; ``resume_search`` continues one from its experiment
+folder. Both go through :func:`_run`, so a resumed search is built exactly like a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from search.errors import LicSearchError
+from search.experiment import ray_session
+from search.experiment.state import SPACE_COPY, STATE_FILE, SearchState
+from search.experiment.store import ExperimentStore
+from search.experiment.train_index import prepare_train_indexes
+from search.monitor import console
+from search.space import SearchSpec, load_space
+from search.tracking import client as tracking
+from search.tracking import run_names
+from search.tracking import session as tracking_session
+from search.tuning.schedulers import build_scheduler
+from search.tuning.searchers import build_search_algorithm, tune_num_samples, tuner_param_space
+
+#: Whether the last run/resume in this process was stopped with Ctrl-C (the commands exit 130).
+last_run_interrupted = False
+_owned_ray = {"started": False}  # this process started the local Ray instance (and must end it)
+
+
+def _init_ray(address: Optional[str]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if console.ray_verbosity() == 0:
+        # Ray 2.60 announces its token authentication at every start; the README's cluster section
+        # says what to do about tokens, so the quiet console leaves it out (--verbose keeps it).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: record.levelno >= logging.ERROR)
+    # address "local" starts a fresh single-node cluster even when `ray start` left one running
+    # on this machine; joining an existing cluster is what --address is for.
+    ray.init(address=address or "local", log_to_driver=console.ray_verbosity() > 0, include_dashboard=False,
+             configure_logging=True, logging_level="WARNING")
+    _owned_ray["started"] = address is None
+
+
+def _start_cluster(spec: SearchSpec, address: Optional[str], file: str) -> None:
+    """Start or join Ray, then fail fast if no node can ever run one trial (Ray would wait forever)."""
+    import ray
+
+    from search.tuning.resource_check import check_cluster
+
+    started = not ray.is_initialized()
+    try:
+        _init_ray(address)
+    except ConnectionError as error:
+        raise LicSearchError(f"--address {address}: cannot join the Ray cluster: {error}") from None
+    try:
+        check_cluster(spec.file.resources, file)
+    except LicSearchError:
+        if started:
+            ray.shutdown()
+        raise
+
+
+def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, callbacks: list):
+    from ray import tune
+
+    from trainables.training.indexed_trainable import train_lic_indexed
+
+    resources = spec.file.resources
+    # The training file lists, built once by the driver (kept as they are on resume).
+    trainable = tune.with_parameters(train_lic_indexed, train_indexes=prepare_train_indexes(spec, store))
+    trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+    if restore:
+        tuner = tune.Tuner.restore(store.location, trainable=trainable, param_space=tuner_param_space(spec),
+                                   resume_unfinished=True, resume_errored=True, restart_errored=False)
+        # The restored RunConfig holds the callbacks as pickled then: this driver's take their place.
+        run_config = tuner._local_tuner.get_run_config()
+        ours = tuple(type(c) for c in callbacks)
+        run_config.callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, ours)] + callbacks
+        run_config.verbose = console.ray_verbosity()  # this driver's --verbose, not the first one's
+        return tuner
+    run_config = tune.RunConfig(
+        name=store.name,
+        storage_path=store.parent,
+        callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+        # PBT restores clones from other trials' checkpoints: keep a few more of them.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if spec.file.scheduler.type == "pbt" else 2),
+        verbose=console.ray_verbosity(),  # Ray's boxes only with --verbose (search.monitor.console)
+    )
+    tune_config = tune.TuneConfig(
+        num_samples=tune_num_samples(spec),
+        scheduler=build_scheduler(spec),
+        search_alg=build_search_algorithm(spec),
+        # Importing torch + CompressAI costs seconds per process: keep trial actors warm.
+        reuse_actors=True,
+    )
+    return tune.Tuner(trainable, param_space=tuner_param_space(spec), tune_config=tune_config, run_config=run_config)
+
+
+def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, address: Optional[str],
+         offline: bool = False, flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
+    from search.tuning.interrupt import GracefulStop
+
+    global last_run_interrupted
+    if tracking_session.reachable(state.tracking_uri, offline, notify=lambda message: None):
+        tracking_session.sync(store, state)  # what an earlier driver could not ship goes first
+    _init_ray(address)
+    if _owned_ray["started"]:
+        session = ray_session.current_local_session()
+        if session is not None:
+            ray_session.record(store, session)
+    recorder = tracking_session.TrackingSession(store, state, name_keys=run_names.column_keys(spec.configs()),
+                                                flush_seconds=flush_seconds)
+    stop = GracefulStop()
+    tuner = _tuner(spec, store, state, restore, [recorder.logger, stop, *console.callbacks(spec, store)])
+    status = "FAILED"
+    recorder.start()
+    installed = stop.install()
+    try:
+        results = tuner.fit()
+        status = "KILLED" if stop.requested else "FINISHED"
+        last_run_interrupted = stop.requested
+        if stop.requested:
+            print(f"\nlic-search: search stopped by Ctrl-C; continue it with: lic-search resume {store}")
+        return results
+    finally:
+        if installed:
+            stop.uninstall()
+        recorder.close(status)
+
+
+def _end_ray(store: Optional[ExperimentStore]) -> None:
+    """Every exit of run/resume: end the local Ray instance this process started, all its processes."""
+    if _owned_ray["started"]:
+        _owned_ray["started"] = False
+        ray_session.shutdown(store, ray_session.load(store) if store is not None else None)
+
+
+def run_search(space_path: Path, storage_path: str | Path, tracking_uri: Optional[str] = None,
+               address: Optional[str] = None, name: Optional[str] = None, tracking_offline: bool = False,
+               flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
+    """Validate the space, record the parent run, then run the Tuner. Returns (results, folder)."""
+    from trainables.data.file_index import remembered_walks
+
+    store = None
+    try:
+        with remembered_walks():  # validation's walk of the training folders is the one the index uses
+            spec = load_space(space_path)
+            if address is None:
+                ray_session.end_leftovers_near(ExperimentStore.under(storage_path, name or spec.name))
+            store, state = _prepare_search(spec, space_path, storage_path, tracking_uri, address, name,
+                                           tracking_offline)
+        return _run(spec, store, state, restore=False, address=address, offline=tracking_offline,
+                    flush_seconds=flush_seconds), store.location
+    finally:
+        _end_ray(store)
+
+
+def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path, tracking_uri: Optional[str],
+                    address: Optional[str], name: Optional[str],
+                    tracking_offline: bool = False) -> tuple[ExperimentStore, SearchState]:
+    """Everything before ``Tuner.fit``: cluster check, experiment folder, training index, parent run."""
+    if name:
+        spec.file.name = name
+    tracking_uri = tracking_uri or tracking.default_tracking_uri()
+    online = tracking_session.reachable(tracking_uri, tracking_offline)
+    store = ExperimentStore.under(storage_path, spec.name)
+    if store.exists(STATE_FILE):
+        raise LicSearchError(f"{store} already holds a search named {spec.name!r}: "
+                             f"continue it with `lic-search resume {store}` or pass --name")
+    _start_cluster(spec, address, str(space_path))
+    store.create()
+    prepare_train_indexes(spec, store)
+    space_text = yaml.safe_dump(spec.file.model_dump(mode="json"), sort_keys=False)
+    store.write_text(SPACE_COPY, space_text)
+    with tempfile.TemporaryDirectory() as folder:
+        local_copy = Path(folder) / SPACE_COPY
+        local_copy.write_text(space_text)
+        if online:
+            parent = tracking.start_search_run(tracking_uri, spec.name, store.location, local_copy,
+                                               spec.stratify_by())
+        else:  # --tracking-offline: the sender creates the parent run when the server answers
+            parent = ""
+            tracking_session.journal_search_run(store, spec.name, space_text, spec.stratify_by())
+    state = SearchState(spec.name, tracking_uri, parent)
+    state.save(store)
+    return store, state
+
+
+def resume_search(experiment_dir: str | Path, address: Optional[str] = None, tracking_offline: bool = False,
+                  flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
+    """Continue an interrupted search: finished trials stay, unfinished ones go on from checkpoints."""
+    store = ExperimentStore(experiment_dir)
+    state = SearchState.load(store)
+    from ray import tune
+
+    if not tune.Tuner.can_restore(store.location):
+        raise LicSearchError(f"{store} has no Ray Tune state to restore (was the search started?)")
+    with tempfile.TemporaryDirectory() as folder:
+        local_copy = Path(folder) / SPACE_COPY
+        local_copy.write_text(store.read_text(state.space_file))
+        # The training folders are not walked again: the search's index lists the files.
+        spec = load_space(local_copy, check_data=False)
+    if address is None:
+        ray_session.end_leftovers_near(store)
+    # An unreachable server is an error before Ray starts, unless --tracking-offline.
+    tracking_session.reachable(state.tracking_uri, tracking_offline)
+    try:
+        _start_cluster(spec, address, f"{store}/{state.space_file}")
+        return _run(spec, store, state, restore=True, address=address, offline=tracking_offline,
+                    flush_seconds=flush_seconds), store.location
+    finally:
+        _end_ray(store)
