@@ -73,7 +73,8 @@ def test_diverged_trial_errors_once_and_resume_does_not_run_it_again(tmp_path: P
     }
     path = tmp_path / "nan.yaml"
     path.write_text(yaml.safe_dump(space))
-    results, location = run_search(path, tmp_path / "results", tracking_uri=uri)
+    outcome = run_search(path, tmp_path / "results", tracking_uri=uri)
+    results, location = outcome.results, outcome.folder
 
     assert len(results) == 2 and not any(r.error for r in results)  # nothing for Ray to retry
     by_lambda = {r.config["loss"]["lmbda"]: r for r in results}
@@ -98,7 +99,8 @@ def test_diverged_trial_errors_once_and_resume_does_not_run_it_again(tmp_path: P
         assert runs["0.013"].data.tags[T.TAG_STATUS] == T.STATUS_COMPLETED
 
     check_mlflow()
-    again, _ = resume_search(location)
+    outcome = resume_search(location)
+    again = outcome.results
     assert len(again) == 2 and not any(r.error for r in again)
     assert len(_results_of(experiment)[1e38]) == 1  # resume did not start the diverged trial
     check_mlflow()

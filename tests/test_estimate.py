@@ -104,7 +104,7 @@ search: {{num_samples: 3, seed: 1}}
 scheduler: {{type: asha, grace_period: 50, reduction_factor: 2}}
 """)
     spec = load_space(space)
-    trials = plan_trials(spec.template, spec.file.search.num_samples, spec.file.search.stratify_by, seed=1)
+    trials = plan_trials(spec, seed=1)
     assert len(trials) == spec.trial_count() == 12
     assert sorted({t.step.auxt for t in trials}) == ["off", "on"]
     assert sum(t.step.auxt == "on" for t in trials) == 6
@@ -115,6 +115,40 @@ scheduler: {{type: asha, grace_period: 50, reduction_factor: 2}}
     result = estimate(trials, {t.step: 0.01 for t in trials}, spec.file.scheduler, gpus=1)
     assert [(r.reach, r.passed) for r in result.rungs] == [(12, 6), (6, 4), (4, 2)]
     assert result.asha_iterations == 2 * (3 * 50 + 1 * 100 + 1 * 200 + 1 * 400)
+
+
+def _budget_space(tmp_path: Path, name: str, iterations: str) -> Path:
+    data = REPO / "samples" / "kodak-crops" / "train"
+    space = tmp_path / f"{name}.yaml"
+    space.write_text(f"""
+name: {name}
+trial:
+  model: {{backbone: mbt2018-mean, N: 8, M: 16}}
+  data: {{train: {data}, eval: {data}, crop_size: 64, batch_size: 2}}
+  loss: {{lmbda: {{grid: [0.0067, 0.013]}}}}
+  schedule: {{iterations: {iterations}, eval_every: 50, lr: {{loguniform: [0.0001, 0.001]}}}}
+search: {{num_samples: 4, seed: 1}}
+scheduler: {{type: asha, grace_period: 50, reduction_factor: 2, max_t: 800}}
+""")
+    return space
+
+
+def test_asha_estimate_of_varying_budgets_is_the_sum_of_its_per_budget_sub_spaces(tmp_path: Path) -> None:
+    """ASHA adds the varying ``schedule.iterations`` to the strata (the scheduler does): trials of different
+    budgets never compete, so the whole space costs what its per-budget sub-spaces cost apart."""
+    whole = load_space(_budget_space(tmp_path, "whole", "{grid: [400, 800]}"))
+    assert "schedule.iterations" in whole.stratify_by()
+    parts = [load_space(_budget_space(tmp_path, f"only{n}", str(n))) for n in (400, 800)]
+
+    def asha(spec) -> int:
+        trials = plan_trials(spec, seed=1)
+        return estimate(trials, {t.step: 0.01 for t in trials}, spec.file.scheduler, gpus=1).asha_iterations
+
+    assert len({t.stratum for t in plan_trials(whole)}) == 4  # 2 λ x 2 budgets
+    assert asha(whole) == sum(asha(part) for part in parts)
+    # Strata by search.stratify_by alone (λ only) would let 400- and 800-iteration trials compete: another number.
+    merged = [TrialPlan(t.step, t.iterations, t.eval_every, t.stratum[:1], t.config) for t in plan_trials(whole)]
+    assert estimate(merged, {t.step: 0.01 for t in merged}, whole.file.scheduler, gpus=1).asha_iterations != asha(whole)
 
 
 # A later crop_schedule stage: crop 128, batch 1, four times X's step time.
@@ -172,7 +206,7 @@ trial:
   schedule: {{iterations: 500, eval_every: 50}}
 """)
     spec = load_space(space)
-    [trial] = plan_trials(spec.template, 1, spec.file.search.stratify_by)
+    [trial] = plan_trials(spec)
     assert [(s.at, s.step.crop_size, s.step.batch_size) for s in trial.stages] == [(0.0, 64, 4), (0.8, 128, 2)]
     assert trial.step == trial.stages[0].step
     for stage in trial.stages:  # what `estimate` times: the stage's crop and batch size throughout
@@ -195,7 +229,7 @@ def test_preset_description_budget_matches_the_arithmetic(path: Path) -> None:
     """Each full preset's "~N GPU-hours" total = its trials x budgets at the paper's per-iteration
     GPU time (Table 1; no GPU here, so the presets' own assumption, not a measurement)."""
     spec = load_space(path, check_data=False)
-    trials = plan_trials(spec.template, spec.file.search.num_samples, spec.file.search.stratify_by)
+    trials = plan_trials(spec)
     # every crop_schedule stage at the same time per iteration: the presets keep the pixels per batch
     seconds = {s.step: TABLE1_HOURS[s.step.backbone][s.step.auxt != "off"] * 3600 / 600_000
                for t in trials for s in t.phases()}

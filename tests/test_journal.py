@@ -12,7 +12,8 @@ import pytest
 from search.experiment.store import ExperimentStore
 from search.tracking import journal as J
 from search.tracking import names as T
-from search.tracking.client import MlflowTrialLogger, client_for
+from search.tracking.client import client_for
+from search.tracking.trial_logger import MlflowTrialLogger
 from search.tracking.sender import Sender
 from tests.conftest import tiny_trial
 from trainables import metrics as M

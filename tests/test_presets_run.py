@@ -35,7 +35,8 @@ def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path,
 
     spec = load_space(SMOKE / preset)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    results, _ = run_search(SMOKE / preset, tmp_path / "results", tracking_uri=uri)
+    outcome = run_search(SMOKE / preset, tmp_path / "results", tracking_uri=uri)
+    results = outcome.results
     assert len(results) == spec.trial_count() and not any(r.error for r in results)
     runs = trial_runs(spec.name, uri)
     assert len(runs) == spec.trial_count()

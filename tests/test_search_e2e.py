@@ -50,7 +50,8 @@ def test_asha_search_records_every_trial_in_mlflow(tmp_path: Path, ray_cluster, 
     # A good and a hopeless learning rate: run one at a time so ASHA has a rung record to compare with.
     space = write_space(tmp_path, "e2e", {"schedule.lr": {"grid": [3e-3, 1e-9]}},
                         {"max_concurrent": 1}, {"type": "asha", "grace_period": 2, "reduction_factor": 2})
-    results, folder = run_search(space, tmp_path / "results", tracking_uri=uri)
+    outcome = run_search(space, tmp_path / "results", tracking_uri=uri)
+    results, folder = outcome.results, outcome.folder
     assert len(results) == 4 and not any(r.error for r in results)
 
     runs = trial_runs("e2e", uri)
@@ -95,7 +96,8 @@ def test_report_of_a_real_search_has_plots_tables_and_mlflow_artifacts(tmp_path:
     space = write_space(tmp_path, "fam", {"loss.lmbda": {"grid": [0.0067, 0.013, 0.025, 0.0483]},
                                           "schedule.iterations": 4},
                         {"max_concurrent": 2}, {"type": "fifo"})
-    results, _ = run_search(space, tmp_path / "results", tracking_uri=uri)
+    outcome = run_search(space, tmp_path / "results", tracking_uri=uri)
+    results = outcome.results
     assert len(results) == 8 and not any(r.error for r in results)
 
     out = tmp_path / "report"
@@ -124,10 +126,12 @@ def test_storage_uri_and_resuming_a_finished_search_changes_nothing(tmp_path: Pa
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = write_space(tmp_path, "uri", {"schedule.iterations": 2}, {"max_concurrent": 2}, {"type": "fifo"})
     storage = f"file://{tmp_path / 'remote'}"  # any pyarrow filesystem URI: s3://, gs://, ...
-    results, location = run_search(space, storage, tracking_uri=uri)
+    outcome = run_search(space, storage, tracking_uri=uri)
+    results, location = outcome.results, outcome.folder
     assert location == f"{storage}/uri" and len(results) == 2
     assert (tmp_path / "remote" / "uri" / "lic_search.json").is_file()
-    again, _ = resume_search(location)
+    outcome = resume_search(location)
+    again = outcome.results
     assert len(again) == 2 and not any(r.error for r in again)
     runs = trial_runs("uri", uri)
     assert len(runs) == 2 and {r.data.tags[T.TAG_STATUS] for r in runs} == {"completed"}

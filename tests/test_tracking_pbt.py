@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from search.tracking import names as T
-from search.tracking.client import MlflowTrialLogger, client_for
+from search.tracking.client import client_for
+from search.tracking.trial_logger import MlflowTrialLogger
 from tests.conftest import tiny_trial
 from trainables import metrics as M
 

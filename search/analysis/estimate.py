@@ -33,7 +33,9 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
+from search.space import SearchSpec
 from search.space import keypath as kp
+from search.space.strata import stratum_of
 from trainables.config import TrialConfig
 
 __all__ = ["StepConfig", "Stage", "TrialPlan", "RungCount", "Estimate", "step_config", "plan_trials", "asha_rungs",
@@ -96,7 +98,7 @@ class TrialPlan:
     step: StepConfig  # the first (or only) stage's
     iterations: int
     eval_every: int
-    stratum: tuple  # values at search.stratify_by: ASHA compares trials only within a stratum
+    stratum: tuple  # (key, value) at the scheduler's strata keys: ASHA compares trials only within a stratum
     config: dict = field(compare=False, hash=False, repr=False)  # the plain trial config (for timing)
     stages: tuple[Stage, ...] = ()  # the crop schedule's stages; () = ``step`` throughout
 
@@ -136,9 +138,11 @@ def _resolve(node: Any, rng: random.Random) -> Any:
     return node
 
 
-def plan_trials(template: dict, num_samples: int, stratify_by: Sequence[str], seed: Optional[int] = 0) -> list[TrialPlan]:
-    """The trials of a space: every grid point of ``template`` (the AuxT-collapsed
-    ``SearchSpec.template``) × ``num_samples``, the other primitives drawn with ``seed``."""
+def plan_trials(spec: SearchSpec, seed: Optional[int] = 0) -> list[TrialPlan]:
+    """The trials of a space: every grid point of its (AuxT-collapsed) template × ``num_samples``, the other
+    primitives drawn with ``seed``; each in the stratum the scheduler will put it in (:meth:`SearchSpec.stratify_by`:
+    under ASHA the varying budget keys too)."""
+    template, num_samples, stratify_by = spec.template, spec.file.search.num_samples, spec.stratify_by()
     sites = [(keys, args) for keys, kind, args in kp.primitive_sites(template) if kind == "grid"]
     rng = random.Random(seed)
     plans = []
@@ -148,7 +152,7 @@ def plan_trials(template: dict, num_samples: int, stratify_by: Sequence[str], se
             plain = _resolve(point, rng)
             config = TrialConfig.model_validate(plain)
             dumped = config.model_dump(mode="json")
-            stratum = tuple(repr(kp.get_path(dumped, key)) for key in stratify_by)
+            stratum = tuple((key, repr(value)) for key, value in stratum_of(dumped, stratify_by).items())
             plans.append(TrialPlan(step_config(config), config.schedule.iterations, config.schedule.eval_every,
                                    stratum, plain, _stages(config, plain)))
     return plans

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from search.analysis.bdrate import bd_rate
+from search.analysis.curves import CurveError, RDCurve
 from search.errors import LicSearchError
 from search.experiment.store import is_uri
 from search.space.strata import stratum_label
@@ -166,8 +168,6 @@ def lof_summary(trials: Sequence[dict[str, float]], method: str = "pchip") -> li
     With >= 4 rate points the BD-rate (PSNR) of the setting's curve against the ``lof0`` curve;
     with fewer the mean bpp change (%) and PSNR change (dB) per trial; always the mean
     encode-time ratio (LOF's cost)."""
-    from search.analysis.bdrate import bd_rate
-    from search.analysis.curves import CurveError, RDCurve
 
     def value(metrics: dict[str, float], label: str, name: str) -> Optional[float]:
         return metrics.get(lof_metric(label, name))

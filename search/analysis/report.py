@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from search.analysis.bdrate import bd_rate
-from search.analysis.curves import CurveError, RDCurve, check_comparable, load_curve, shipped_anchor
+from search.analysis.curves import (
+    CurveError,
+    RDCurve,
+    check_comparable,
+    load_curve,
+    shipped_anchor,
+)
 from search.analysis.families import (
     Family,
     FamilyRank,
@@ -27,7 +33,9 @@ from search.analysis.families import (
     group_families,
     rank_families,
 )
+from search.analysis.lof_sweep import lof_summary
 from search.analysis.report_render import DATA_FILE, REPORT_FILE, render_report
+from search.errors import TrackingError
 from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
 from search.space.strata import (
     AUXT_ENABLED_KEY,
@@ -38,8 +46,10 @@ from search.space.strata import (
     stratum_of,
     typed_params,
 )
+from search.tracking import client as tracking
 from search.tracking import names as T
 from search.tracking import run_names
+from search.tracking.queries import select_search, trial_runs
 from trainables import metrics as M
 from trainables.errors import LicSearchError
 
@@ -106,8 +116,6 @@ def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
 
 def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=None) -> SearchRecord:
     """Read the trial runs (params, stepped eval metrics) of one search (default: the latest of that name)."""
-    from search.tracking import client as tracking
-    from search.tracking.queries import select_search, trial_runs
 
     selection = selection or select_search(experiment, tracking_uri)
     uri = selection.tracking_uri
@@ -334,7 +342,6 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
                           "auxt": t.auxt, "status": t.status, "lr": t.histories[M.TRAIN_LR],
                           "crop_size": t.histories.get(M.TRAIN_CROP_SIZE) or []}
                          for t in search.trials if t.histories.get(M.TRAIN_LR)]
-    from search.analysis.lof_sweep import lof_summary
 
     content.lof = lof_summary([t.lof for t in search.trials if t.lof], method)
     return content
@@ -357,8 +364,6 @@ def generate_report(experiment: str, tracking_uri: Optional[str] = None, out: Op
     folder = Path(out) if out is not None else Path("reports") / _safe_name(experiment)
     report = build_report(search, folder, anchors, include_stopped=include_stopped, method=method)
     if attach and search.parent_run_id:
-        from search.errors import TrackingError
-        from search.tracking import client as tracking
 
         try:
             tracking.client_for(search.tracking_uri).log_artifacts(search.parent_run_id, str(folder),

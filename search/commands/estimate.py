@@ -63,7 +63,7 @@ def _estimate(args) -> int:
     resources = file.resources
     device = resolve_device(args.device)
     apply_resource_limits({"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial})
-    trials = plan_trials(spec.template, file.search.num_samples, file.search.stratify_by, seed=file.search.seed)
+    trials = plan_trials(spec, seed=file.search.seed)
     kind = "GPU" if device.type == "cuda" else "CPU"
     print(f"space: {spec.path} ({file.name}): {len(trials)} trials, scheduler {file.scheduler.type}")
     print(f"timed on: {device_label(device)}" + ("" if kind == "GPU" else

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.commands._shared import add_cluster_options, add_verbose_option, print_summary
+from search.commands._shared import add_cluster_options, add_verbose_option
 from search.commands.sync import add_tracking_options
 
 
@@ -16,13 +16,13 @@ def register(subparsers) -> None:
 
 
 def _resume(args) -> int:
-    from search.monitor import console
+    from search.monitor import console, ending
     from search.tuning import tuner
 
     console.configure(verbose=args.verbose)
 
-    results, folder = tuner.resume_search(args.experiment_dir, address=args.address,
+    outcome = tuner.resume_search(args.experiment_dir, address=args.address,
                                           tracking_offline=args.tracking_offline,
                                           flush_seconds=args.tracking_flush_seconds)
-    print_summary(results, folder)
-    return 130 if tuner.last_run_interrupted else 0
+    ending.print_ending(outcome.results, outcome.folder)
+    return 130 if outcome.interrupted else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.commands._shared import add_cluster_options, add_verbose_option, print_summary
+from search.commands._shared import add_cluster_options, add_verbose_option
 from search.commands.sync import add_tracking_options
 
 DEFAULT_STORAGE = "lic_search_results"
@@ -26,13 +26,13 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from search.monitor import console
+    from search.monitor import console, ending
     from search.tuning import tuner
 
     console.configure(verbose=args.verbose)
 
-    results, folder = tuner.run_search(args.space, args.storage_path, tracking_uri=args.tracking_uri,
+    outcome = tuner.run_search(args.space, args.storage_path, tracking_uri=args.tracking_uri,
                                        address=args.address, name=args.name, tracking_offline=args.tracking_offline,
                                        flush_seconds=args.tracking_flush_seconds)
-    print_summary(results, folder)
-    return 130 if tuner.last_run_interrupted else 0
+    ending.print_ending(outcome.results, outcome.folder)
+    return 130 if outcome.interrupted else 0

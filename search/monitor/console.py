@@ -25,6 +25,7 @@ from search.experiment.store import ExperimentStore
 from search.monitor import progress, summary
 from search.space import SearchSpec
 from search.tracking import run_names
+from search.tracking.trial_logger import error_summary
 
 PLAIN_PERIOD_S = 30.0  # not a terminal: one status line this often
 REDRAW_PERIOD_S = 1.0  # a terminal: redraw at most this often
@@ -203,9 +204,8 @@ class LiveConsole(tune.Callback):
         if not self.show or trial.trial_id in self._reported:
             return
         self._reported.add(trial.trial_id)
-        from search.tracking.client import _error_summary
 
-        self._event(f"[{len(self._reported)}/{self.expected}] {trial.trial_id} errored: {_error_summary(trial)} — "
+        self._event(f"[{len(self._reported)}/{self.expected}] {trial.trial_id} errored: {error_summary(trial)} — "
                     f"{run_names.trial_name(trial.config, self.keys)} (details: {getattr(trial, 'path', '')})")
 
     def on_experiment_end(self, trials, **info):

@@ -20,7 +20,13 @@ from search.experiment.drivers import Driver, read_driver
 from search.experiment.state import STATE_FILE, SearchState
 from search.experiment.store import ExperimentStore, is_uri
 from search.monitor import progress, summary
+from search.space import load_space
+from search.tracking import client as tracking
+from search.tracking import journal as J
+from search.tracking import names as T
 from search.tracking import run_names
+from search.tracking import session as tracking_session
+from search.tracking.queries import select_search
 
 
 def describe_driver(driver: Driver) -> str:
@@ -57,9 +63,6 @@ def resolve(target: str, tracking_uri: Optional[str] = None, storage_path: str =
     if store is not None:
         return store
     candidates = _candidates(target, storage_path)
-    from search.tracking import client as tracking
-    from search.tracking import names as T
-    from search.tracking.queries import select_search
 
     uri = tracking_uri or tracking.default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -110,7 +113,6 @@ def _last_result(trial_folder: Path) -> dict:
 
 def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver], Any]:
     """The search's view, its driver record and its :class:`SearchState`, from the experiment folder."""
-    from search.space import load_space
 
     if is_uri(store.location):
         raise LicSearchError(f"{store}: status reads local experiment folders; on a multi-node cluster run it "
@@ -168,8 +170,6 @@ SYNC_SECONDS = 20.0  # status answers promptly; `lic-search sync` ships without 
 def sync_tracking(store: ExperimentStore, state, driver_alive: bool, seconds: float = SYNC_SECONDS) -> Optional[str]:
     """Ship what a search's tracking journal still holds when no driver is shipping it (as
     ``lic-search sync`` does, for at most ``seconds``); a line saying what happened, or None."""
-    from search.tracking import journal as J
-    from search.tracking import session as tracking_session
 
     if driver_alive:  # the driver ships its own journal (and may be appending to it right now)
         return None

@@ -17,8 +17,16 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from search.errors import SpaceError
 from search.space.keypath import as_keys, dotted, get_path, primitive_sites
 from trainables import metrics as M
 from trainables.config import TrialConfig
@@ -409,7 +417,6 @@ def check_search_setup(search: SearchAlgorithmConfig, scheduler: SchedulerConfig
 
     ``budget`` is the largest ``schedule.iterations`` a trial can get. Call before Ray starts.
     """
-    from search.errors import SpaceError
 
     try:
         _check(search, scheduler, trial, budget)

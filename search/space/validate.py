@@ -17,6 +17,7 @@ from search.space.describe import describe_type, model_of, show, unwrap_optional
 from search.space.keypath import PRIMITIVES
 from search.space.sections import check_search_setup
 from search.space.spec import SearchSpec
+from search.space.training_data import check_training_data
 from trainables.config import AuxTConfig, TrialConfig
 
 
@@ -240,7 +241,6 @@ def _try_build(file: str, model: Any) -> None:
 
 
 def _check_data(file: str, trials: list[TrialConfig]) -> None:
-    from search.space.training_data import check_training_data
     from trainables.data.images import check_data_config
     from trainables.errors import DataError
 

@@ -16,9 +16,15 @@ from typing import Any, Optional, Sequence
 
 from search.errors import LicSearchError
 from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
-from search.space.strata import parse_param, rank_within_strata, stratum_of, typed_params
+from search.space.strata import (
+    parse_param,
+    rank_within_strata,
+    stratum_of,
+    typed_params,
+)
 from search.tracking import client as tracking
 from search.tracking import names as T
+from search.tracking.filters import tags_filter
 from trainables import metrics as M
 
 
@@ -88,7 +94,7 @@ def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: O
     uri = tracking_uri or tracking.default_tracking_uri()
     client = tracking.client_for(uri)
     found = _experiment(client, experiment)
-    parents = _all_pages(client, found.experiment_id, f"tags.`{T.TAG_ROLE}` = '{T.ROLE_SEARCH}'",
+    parents = _all_pages(client, found.experiment_id, tags_filter({T.TAG_ROLE: T.ROLE_SEARCH}),
                          order_by=["attributes.start_time DESC"])
     if all_searches:
         return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in parents),
@@ -114,11 +120,11 @@ def trial_runs(experiment: str, tracking_uri: Optional[str] = None,
     """The trial runs of one search (``selection``; default: the latest search of that name)."""
     selection = selection or select_search(experiment, tracking_uri)
     client = tracking.client_for(selection.tracking_uri)
-    trials = f"tags.`{T.TAG_ROLE}` = '{T.ROLE_TRIAL}'"
+    trials = {T.TAG_ROLE: T.ROLE_TRIAL}
     if selection.everything or not selection.parent_run_ids:
-        return _all_pages(client, selection.experiment_id, trials)
+        return _all_pages(client, selection.experiment_id, tags_filter(trials))
     return [run for parent in selection.parent_run_ids
-            for run in _all_pages(client, selection.experiment_id, f"{trials} and tags.`{T.TAG_PARENT}` = '{parent}'")]
+            for run in _all_pages(client, selection.experiment_id, tags_filter({**trials, T.TAG_PARENT: parent}))]
 
 
 def _summary(run, stratify_by: Sequence[str]) -> dict[str, Any]:

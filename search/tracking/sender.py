@@ -19,6 +19,8 @@ from typing import Callable, Optional
 
 from search.tracking import journal as J
 from search.tracking import names as T
+from search.tracking.client import client_for, ensure_experiment
+from search.tracking.filters import exact, tags_filter
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 EXPERIMENT_NOTE_TAG = "mlflow.note.content"  # the experiment's description in the MLflow UI
@@ -61,7 +63,6 @@ class Sender:
             if self._client_factory is not None:
                 self._client = self._client_factory()
             else:
-                from search.tracking.client import client_for
 
                 self._client = client_for(self.tracking_uri)
         return self._client
@@ -131,14 +132,13 @@ class Sender:
 
     def _experiment(self) -> str:
         if self._experiment_id is None:
-            from search.tracking.client import ensure_experiment
 
             self._experiment_id = ensure_experiment(self.client, self.experiment)
         return self._experiment_id
 
     def _find(self, tags: dict[str, str]) -> Optional[str]:
-        clause = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        found = self.client.search_runs([self._experiment()], filter_string=clause, max_results=1)
+        found = exact(self.client.search_runs([self._experiment()], filter_string=tags_filter(tags), max_results=50),
+                      tags)
         return found[0].info.run_id if found else None
 
     def _create_search(self, record: dict) -> None:

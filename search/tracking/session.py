@@ -14,7 +14,9 @@ from search.errors import TrackingError
 from search.experiment.store import ExperimentStore
 from search.tracking import journal as J
 from search.tracking import names as T
+from search.tracking.client import check_reachable
 from search.tracking.sender import Sender
+from search.tracking.trial_logger import MlflowTrialLogger
 
 DEFAULT_FLUSH_SECONDS = 30.0
 QUICK_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -22,7 +24,6 @@ QUICK_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIM
 
 def reachable(tracking_uri: str, offline: bool, notify: Callable[[str], None] = print) -> bool:
     """Whether the server answers. Unreachable is an error (before Ray starts) unless ``offline``."""
-    from search.tracking.client import check_reachable
 
     try:
         check_reachable(tracking_uri)
@@ -95,7 +96,6 @@ class TrackingSession:
                  flush_seconds: float = DEFAULT_FLUSH_SECONDS, notify: Callable[[str], None] = print):
         import os
 
-        from search.tracking.client import MlflowTrialLogger
 
         # The sender retries with its own backoff: MLflow's client need not spend minutes on one request
         # (its default: 7 retries) before the console can say the server is down. The user's values win.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -24,12 +25,25 @@ from search.space import SearchSpec, load_space
 from search.tracking import client as tracking
 from search.tracking import run_names
 from search.tracking import session as tracking_session
+from search.tuning.interrupt import GracefulStop
+from search.tuning.resource_check import check_cluster
 from search.tuning.schedulers import build_scheduler
-from search.tuning.searchers import build_search_algorithm, tune_num_samples, tuner_param_space
+from search.tuning.searchers import (
+    build_search_algorithm,
+    tune_num_samples,
+    tuner_param_space,
+)
 
-#: Whether the last run/resume in this process was stopped with Ctrl-C (the commands exit 130).
-last_run_interrupted = False
 _owned_ray = {"started": False}  # this process started the local Ray instance (and must end it)
+
+
+@dataclass
+class SearchOutcome:
+    """How a ``run``/``resume`` ended: Ray's results, the experiment folder, and whether Ctrl-C stopped it."""
+
+    results: object  # ray.tune.ResultGrid
+    folder: str
+    interrupted: bool = False  # the commands exit 130 and print the resume command
 
 
 def _init_ray(address: Optional[str]) -> None:
@@ -54,7 +68,6 @@ def _start_cluster(spec: SearchSpec, address: Optional[str], file: str) -> None:
     """Start or join Ray, then fail fast if no node can ever run one trial (Ray would wait forever)."""
     import ray
 
-    from search.tuning.resource_check import check_cluster
 
     started = not ray.is_initialized()
     try:
@@ -108,9 +121,7 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore
 
 def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, address: Optional[str],
          offline: bool = False, flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
-    from search.tuning.interrupt import GracefulStop
 
-    global last_run_interrupted
     if tracking_session.reachable(state.tracking_uri, offline, notify=lambda message: None):
         tracking_session.sync(store, state)  # what an earlier driver could not ship goes first
     _init_ray(address)
@@ -128,10 +139,9 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
     try:
         results = tuner.fit()
         status = "KILLED" if stop.requested else "FINISHED"
-        last_run_interrupted = stop.requested
         if stop.requested:
             print(f"\nlic-search: search stopped by Ctrl-C; continue it with: lic-search resume {store}")
-        return results
+        return SearchOutcome(results, store.location, interrupted=stop.requested)
     finally:
         if installed:
             stop.uninstall()
@@ -148,7 +158,7 @@ def _end_ray(store: Optional[ExperimentStore]) -> None:
 def run_search(space_path: Path, storage_path: str | Path, tracking_uri: Optional[str] = None,
                address: Optional[str] = None, name: Optional[str] = None, tracking_offline: bool = False,
                flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
-    """Validate the space, record the parent run, then run the Tuner. Returns (results, folder)."""
+    """Validate the space, record the parent run, then run the Tuner."""
     from trainables.data.file_index import remembered_walks
 
     store = None
@@ -160,7 +170,7 @@ def run_search(space_path: Path, storage_path: str | Path, tracking_uri: Optiona
             store, state = _prepare_search(spec, space_path, storage_path, tracking_uri, address, name,
                                            tracking_offline)
         return _run(spec, store, state, restore=False, address=address, offline=tracking_offline,
-                    flush_seconds=flush_seconds), store.location
+                    flush_seconds=flush_seconds)
     finally:
         _end_ray(store)
 
@@ -182,17 +192,13 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
     prepare_train_indexes(spec, store)
     space_text = yaml.safe_dump(spec.file.model_dump(mode="json"), sort_keys=False)
     store.write_text(SPACE_COPY, space_text)
-    with tempfile.TemporaryDirectory() as folder:
-        local_copy = Path(folder) / SPACE_COPY
-        local_copy.write_text(space_text)
-        if online:
-            parent = tracking.start_search_run(tracking_uri, spec.name, store.location, local_copy,
-                                               spec.stratify_by())
-        else:  # --tracking-offline: the sender creates the parent run when the server answers
-            parent = ""
-            tracking_session.journal_search_run(store, spec.name, space_text, spec.stratify_by())
-    state = SearchState(spec.name, tracking_uri, parent)
+    state = SearchState(spec.name, tracking_uri, "")
     state.save(store)
+    # The parent run goes through the journal like every MLflow record: online it is shipped now (its id
+    # lands in the state file); --tracking-offline leaves it to the sender, when the server answers.
+    tracking_session.journal_search_run(store, spec.name, space_text, spec.stratify_by())
+    if online:
+        tracking_session.sync(store, state, notify=lambda message: None)
     return store, state
 
 
@@ -217,6 +223,6 @@ def resume_search(experiment_dir: str | Path, address: Optional[str] = None, tra
     try:
         _start_cluster(spec, address, f"{store}/{state.space_file}")
         return _run(spec, store, state, restore=True, address=address, offline=tracking_offline,
-                    flush_seconds=flush_seconds), store.location
+                    flush_seconds=flush_seconds)
     finally:
         _end_ray(store)
