@@ -18,8 +18,20 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from search.space.sections import PBTMutations, SchedulerConfig, SearchAlgorithmConfig
-from search.tuning.schedulers import STATE_FILE, StratifiedASHA, StratifiedPBT, build_scheduler, stratum_key
+from search.errors import LicSearchError
+from search.space.sections import (
+    PBTMutations,
+    SchedulerConfig,
+    SearchAlgorithmConfig,
+    stratify_keys,
+)
+from search.tuning.schedulers import (
+    STATE_FILE,
+    StratifiedASHA,
+    StratifiedPBT,
+    build_scheduler,
+    stratum_key,
+)
 from tests.conftest import tiny_trial
 from trainables import metrics as M
 from trainables.config import TrialConfig
@@ -253,7 +265,8 @@ def test_pbt_mutations_always_give_valid_configs_within_bounds():
 def spec_of(search: dict, scheduler: dict, budget: int = 6):
     file = SimpleNamespace(search=SearchAlgorithmConfig(**search), scheduler=SchedulerConfig(**scheduler),
                            trial=tiny_trial())
-    return SimpleNamespace(file=file, budget=lambda: budget)
+    return SimpleNamespace(file=file, budget=lambda: budget,
+                           stratify_by=lambda: stratify_keys(file.search, file.scheduler, file.trial))
 
 
 def test_build_scheduler_from_space_sections():
@@ -281,7 +294,9 @@ def test_asha_compares_trials_only_at_equal_budget_when_budgets_vary():
     trial = tiny_trial(**{"schedule.iterations": {"grid": [8, 16]}, "schedule.milestones": [0.5]})
     file = SimpleNamespace(search=SearchAlgorithmConfig(), trial=trial,
                            scheduler=SchedulerConfig(type="asha", grace_period=2, reduction_factor=2))
-    budgeted = build_scheduler(SimpleNamespace(file=file, budget=lambda: 16))
+    budgeted = build_scheduler(SimpleNamespace(file=file, budget=lambda: 16,
+                                               stratify_by=lambda: stratify_keys(file.search, file.scheduler, trial)))
+    budgeted._require_state = False  # fed hand-made trials with no experiment folder
     assert budgeted._stratify_by == ("loss.lmbda", "loss.distortion", "schedule.iterations")
     blind = asha(max_t=16, grace_period=2)  # stratified by the default keys only
     short_losses = {2: 1.0, 4: 0.6, 8: 0.4}  # decayed at 4
@@ -554,3 +569,15 @@ def test_describe_setup_lines():
     assert pbt_lines[1] == "strata: none (every trial is compared with every other)"
     assert pbt_lines[2] == ("scheduler: pbt per stratum, every 5 iterations (burn-in 0), the bottom 0.25 clones "
                             "the top; mutates schedule.lr (1e-05, 0.001)")
+
+
+def test_a_search_scheduler_that_cannot_keep_its_rungs_says_so():
+    """The rung records are what a resumed search prunes against: a search's ASHA (built by build_scheduler)
+    that finds no experiment folder stops with an error instead of logging a warning and forgetting them."""
+    scheduler = asha(require_state=True)
+    trial = make_trial("lost")  # a hand-made trial: no storage context, so no experiment folder
+    with pytest.raises(LicSearchError, match="no experiment folder to keep the rung records"):
+        scheduler.on_trial_add(None, trial)
+    free, unpersisted = make_trial("free"), asha()  # library use (no search): a warning, and it goes on
+    unpersisted.on_trial_add(None, free)
+    assert unpersisted.on_trial_result(None, free, result(1, 0.5)) == CONTINUE

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
-from search.space.sections import DEFAULT_STRATIFY_BY, stratify_keys, trial_default
+from search.space.sections import DEFAULT_STRATIFY_BY, trial_default
 from search.space.strata import stratum_of
 from trainables import metrics as M
 from trainables.errors import LicSearchError
@@ -109,7 +109,7 @@ class StratifiedASHA(FIFOScheduler):
     def __init__(self, *, max_t: int, metric: Optional[str] = None, mode: Optional[str] = None,
                  grace_period: int = 1, reduction_factor: float = 2.0, brackets: int = 1,
                  stratify_by: Iterable[str] = DEFAULT_STRATIFY_BY, time_attr: str = M.ITERATIONS,
-                 state_path: Optional[str] = None):
+                 state_path: Optional[str] = None, require_state: bool = False):
         if not max_t > 0:
             raise ValueError(f"max_t must be positive, got {max_t}")
         if not 0 < grace_period <= max_t:
@@ -131,6 +131,7 @@ class StratifiedASHA(FIFOScheduler):
         self._metric = metric
         self._mode = mode
         self._state_path = state_path
+        self._require_state = require_state  # a search's scheduler: rungs that cannot be kept are an error
         self._strata: dict[str, list[_Bracket]] = {}
         self._assignment: dict[str, tuple[str, int]] = {}  # trial_id -> (stratum, bracket index)
         self._stopped: dict[str, float] = {}  # trial_id -> time of the STOP decision
@@ -275,6 +276,9 @@ class StratifiedASHA(FIFOScheduler):
         self._loaded = True
         self._target = self._locate(trial)
         if self._target is None:
+            if self._require_state:
+                raise LicSearchError("StratifiedASHA: the trial names no experiment folder to keep the rung records "
+                                     f"in ({STATE_FILE}); a resumed search would prune against empty rungs")
             logger.warning("StratifiedASHA: no experiment folder known; rungs will not survive a restore")
             return
         from pyarrow.fs import FileType
@@ -298,7 +302,7 @@ class StratifiedASHA(FIFOScheduler):
             return None
         try:
             return storage.storage_filesystem, f"{storage.experiment_fs_path.rstrip('/')}/{STATE_FILE}"
-        except Exception:  # a storage context without an experiment folder
+        except AttributeError:  # a storage context without an experiment folder (Ray's, before the Tuner set one)
             return None
 
     def _save(self) -> None:
@@ -470,7 +474,7 @@ def build_scheduler(spec) -> TrialScheduler:
     """The scheduler of a space (``spec.file.scheduler``, ``spec.file.search``, ``spec.budget()``)."""
     config = spec.file.scheduler
     search = spec.file.search
-    stratify_by = tuple(getattr(search, "stratify_by", DEFAULT_STRATIFY_BY))
+    stratify_by = tuple(spec.stratify_by())  # the strata of every scheduler, estimate, best and report
     if config.type == "fifo":
         return FIFOScheduler()
     if config.type == "pbt":
@@ -483,9 +487,8 @@ def build_scheduler(spec) -> TrialScheduler:
         )
     if config.type != "asha":
         raise LicSearchError(f"scheduler.type: unknown scheduler {config.type!r}; allowed: asha, fifo, pbt")
-    stratify_by = tuple(stratify_keys(search, config, spec.file.trial))  # plus the budget keys that vary
     return StratifiedASHA(
         metric=search.metric, mode=search.mode, max_t=getattr(config, "max_t", None) or spec.budget(),
         grace_period=config.grace_period, reduction_factor=config.reduction_factor, brackets=config.brackets,
-        stratify_by=stratify_by,
+        stratify_by=stratify_by, require_state=True,
     )
