@@ -13,6 +13,7 @@ from compressai.losses import RateDistortionLoss as CompressAIRateDistortionLoss
 from trainables.config import MS_SSIM_LAMBDAS, MSE_LAMBDAS
 from trainables.losses import (
     DISTORTIONS,
+    MEASURED,
     LossError,
     RateDistortionLoss,
     _truncated_ms_ssim,
@@ -22,6 +23,7 @@ from trainables.losses import (
     ms_ssim_levels,
     multiscale_ssim,
     psnr,
+    rd_loss_value,
     register_distortion,
     top_channel_energy_share,
 )
@@ -112,7 +114,7 @@ def test_the_papers_lambdas_are_accepted_and_bad_arguments_are_errors():
 def test_registering_a_distortion_twice_is_an_error():
     assert {"mse", "ms-ssim"} <= set(DISTORTIONS)
     with pytest.raises(LossError, match="'mse' is already registered"):
-        register_distortion("mse")(lambda x_hat, x: (x.sum(), {}))
+        register_distortion("mse", measured=lambda values: 0.0)(lambda x_hat, x: (x.sum(), {}))
 
 
 # ------------------------------------------------------------------------ MS-SSIM
@@ -215,3 +217,18 @@ def test_branch_energy_share_definition():
     assert math.isnan(branch_energy_share(torch.zeros_like(y), torch.zeros_like(y)))
     with pytest.raises(LossError, match="same shape"):
         branch_energy_share(y, y[:, :4])
+
+
+@pytest.mark.parametrize("distortion", ["mse", "ms-ssim"])
+def test_measured_rd_loss_is_the_training_loss(distortion):
+    """Evaluation and the LOF sweep score with rd_loss_value: for one reconstruction it equals what
+    RateDistortionLoss trained on (λ·D + bpp with the same D), for every registered distortion."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 256, 256)
+    x_hat = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    likelihoods = {"y": torch.full((1, 8, 16, 16), 0.5)}
+    trained = RateDistortionLoss(distortion, 0.013)({"x_hat": x_hat, "likelihoods": likelihoods}, x)
+    measured = rd_loss_value(distortion, 0.013, float(trained["bpp"]), mse=float(trained["mse"]),
+                             ms_ssim=float(trained["ms_ssim"]) if "ms_ssim" in trained else None)
+    assert measured == pytest.approx(float(trained["loss"]), rel=1e-5)
+    assert set(MEASURED) == set(DISTORTIONS)  # every distortion says how to score a measured reconstruction

@@ -12,7 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Paper Section 4.1: s_ll, s_lh, s_hl, s_hh initialised to (1, 0.5, 0.5, 0); the authors'
 # released code uses (0.5, 0.5, 0.5, 0).

@@ -28,6 +28,7 @@ __all__ = [
     "LossError",
     "DISTORTIONS",
     "register_distortion",
+    "rd_loss_value",
     "bpp",
     "RateDistortionLoss",
     "MS_SSIM_WEIGHTS",
@@ -119,7 +120,10 @@ def multiscale_ssim(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
 
 def _truncated_ms_ssim(x: Tensor, y: Tensor, data_range: float, levels: int) -> Tensor:
     """pytorch_msssim's MS-SSIM loop over ``levels`` scales with renormalised weights."""
-    from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim  # the library's own SSIM pieces
+    from pytorch_msssim.ssim import (  # the library's own SSIM pieces
+        _fspecial_gauss_1d,
+        _ssim,
+    )
 
     weights = x.new_tensor(MS_SSIM_WEIGHTS[:levels])
     weights = weights / weights.sum()
@@ -163,28 +167,51 @@ def psnr(x: Tensor, y: Tensor, data_range: float = 1.0) -> float:
 
 # ----------------------------------------------------------------- distortions
 DistortionFn = Callable[[Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]
+#: D from measured quality: ``{"mse": mean MSE on [0, 1], "ms_ssim": MS-SSIM or None} -> D``.
+MeasuredFn = Callable[[Mapping[str, Optional[float]]], float]
 DISTORTIONS: dict[str, DistortionFn] = {}
+MEASURED: dict[str, MeasuredFn] = {}
 
 
-def register_distortion(name: str) -> Callable[[DistortionFn], DistortionFn]:
-    """Register ``fn(x_hat, x) -> (D, extra metrics)``; the loss is λ·D + bpp. Duplicate = error."""
+def register_distortion(name: str, measured: MeasuredFn) -> Callable[[DistortionFn], DistortionFn]:
+    """Register ``fn(x_hat, x) -> (D, extra metrics)``; the loss is λ·D + bpp. Duplicate = error.
+
+    ``measured`` gives the same D from the quality values an evaluation measures, so training, evaluation
+    and the LOF sweep score a reconstruction with one definition of the R-D loss (:func:`rd_loss_value`)."""
 
     def decorator(fn: DistortionFn) -> DistortionFn:
         if name in DISTORTIONS:
             raise LossError(f"distortion {name!r} is already registered")
         DISTORTIONS[name] = fn
+        MEASURED[name] = measured
         return fn
 
     return decorator
 
 
-@register_distortion("mse")
+def rd_loss_value(distortion: str, lmbda: float, bpp: float, *, mse: Optional[float],
+                  ms_ssim: Optional[float] = None) -> float:
+    """λ·D + bpp of measured values (NaN when the quality D needs was not measured)."""
+    if distortion not in MEASURED:
+        raise LossError(f"distortion must be one of {sorted(MEASURED)}, got {distortion!r}")
+    value = MEASURED[distortion]({"mse": mse, "ms_ssim": ms_ssim})
+    return lmbda * value + bpp
+
+
+def _measured(key: str, transform: Callable[[float], float]) -> MeasuredFn:
+    def measured(values: Mapping[str, Optional[float]]) -> float:
+        value = values.get(key)
+        return math.nan if value is None else transform(float(value))
+    return measured
+
+
+@register_distortion("mse", measured=_measured("mse", lambda mse: 255.0**2 * mse))
 def _mse_distortion(x_hat: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     mse = F.mse_loss(x_hat, x)
     return 255.0**2 * mse, {"mse": mse}
 
 
-@register_distortion("ms-ssim")
+@register_distortion("ms-ssim", measured=_measured("ms_ssim", lambda quality: 1.0 - quality))
 def _ms_ssim_distortion(x_hat: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     quality = multiscale_ssim(x_hat, x, data_range=1.0)
     with torch.no_grad():

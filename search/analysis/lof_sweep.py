@@ -24,6 +24,7 @@ from search.space.strata import stratum_label
 from search.tracking import client as tracking
 from search.tracking import names as T
 from search.tracking.queries import SearchSelection, best_trials, winners
+from trainables.losses import rd_loss_value
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")  # Ray Tune's checkpoint folders in a trial folder
 
@@ -85,18 +86,17 @@ def latest_checkpoint(experiment_dir: str, trial_id: str) -> Path:
 
 
 def rd_loss(result: Any, distortion: str) -> Optional[float]:
-    """λ·D + bpp of the real bitstream (D as in trainables.losses: 255²·MSE or 1 − MS-SSIM), mean over images."""
+    """λ·D + bpp of the real bitstream (D as the loss registry defines it: trainables.losses.rd_loss_value),
+    mean over images; None when the checkpoint names no λ or an image lacks the quality D needs."""
     if result.lmbda is None:
         return None
     losses = []
     for image in result.images:
-        if distortion == "ms-ssim":
-            if image.ms_ssim is None:
-                return None
-            d = 1.0 - image.ms_ssim
-        else:
-            d = 255.0 ** 2 * 10 ** (-image.psnr / 10) if math.isfinite(image.psnr) else 0.0
-        losses.append(result.lmbda * d + image.bpp)
+        mse = 10 ** (-image.psnr / 10) if math.isfinite(image.psnr) else 0.0  # PSNR on [0, 1] back to MSE
+        loss = rd_loss_value(distortion, result.lmbda, image.bpp, mse=mse, ms_ssim=image.ms_ssim)
+        if math.isnan(loss):
+            return None
+        losses.append(loss)
     return sum(losses) / len(losses) if losses else None
 
 

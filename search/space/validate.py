@@ -195,7 +195,9 @@ def _check_auxt_knobs(file: str, trials: list[TrialConfig]) -> None:
 
 def _check_models(file: str, trials: list[TrialConfig]) -> None:
     """Backbone names against the registry; AuxT stages against the backbone's stage count."""
-    from trainables.auxt.attach import selected_stages  # torch: imported when a space is checked, not at CLI start
+    from trainables.auxt.attach import (
+        selected_stages,  # torch: imported when a space is checked, not at CLI start
+    )
     from trainables.backbones import BACKBONES
     from trainables.errors import LicSearchError
 

@@ -5,8 +5,19 @@ Public API: the building blocks (:class:`DWT2d`, :class:`IDWT2d`, :class:`WLS`,
 them to any registered backbone at its declared stage positions.
 """
 
-from trainables.auxt.attach import AugmentedTransform, AuxTConfigError, attach_auxt, selected_stages
-from trainables.auxt.shortcuts import IWLS, OLP, WLS, SubbandScaling, orthogonality_penalty
+from trainables.auxt.attach import (
+    AugmentedTransform,
+    AuxTConfigError,
+    attach_auxt,
+    selected_stages,
+)
+from trainables.auxt.shortcuts import (
+    IWLS,
+    OLP,
+    WLS,
+    SubbandScaling,
+    orthogonality_penalty,
+)
 from trainables.auxt.wavelets import DWT2d, IDWT2d, split_subbands
 
 __all__ = [

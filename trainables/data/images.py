@@ -39,7 +39,12 @@ from torch.utils.data import DataLoader, Dataset
 from trainables import metrics as M
 from trainables.config import DataConfig
 from trainables.data.crop_schedule import CropPlan
-from trainables.data.file_index import IMAGE_SUFFIXES, TrainingFiles, list_training_files, training_files
+from trainables.data.file_index import (
+    IMAGE_SUFFIXES,
+    TrainingFiles,
+    list_training_files,
+    training_files,
+)
 from trainables.errors import DataError
 
 __all__ = [

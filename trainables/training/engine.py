@@ -243,7 +243,13 @@ class Trainer:
         """R-D metrics on the held-out images: whole images padded, metrics on the unpadded area."""
         from trainables.data.images import crop_to, load_eval_images, pad_to_multiple
         from trainables.losses import bpp as bits_per_pixel
-        from trainables.losses import branch_energy_share, ms_ssim, psnr, top_channel_energy_share
+        from trainables.losses import (
+            branch_energy_share,
+            ms_ssim,
+            psnr,
+            rd_loss_value,
+            top_channel_energy_share,
+        )
 
         if self._eval_images is None:
             self._eval_images = load_eval_images(self.config.data)
@@ -272,10 +278,7 @@ class Trainer:
             count += 1
         result = {name: total / count for name, total in totals.items()}
         loss = self.config.loss
-        if loss.distortion == "mse":
-            distortion = loss.lmbda * 255**2 * result[M.EVAL_MSE]
-        else:
-            distortion = loss.lmbda * (1.0 - result.get(M.EVAL_MS_SSIM, math.nan))
-        result[M.EVAL_RD_LOSS] = distortion + result[M.EVAL_BPP]
+        result[M.EVAL_RD_LOSS] = rd_loss_value(loss.distortion, loss.lmbda, result[M.EVAL_BPP],
+                                               mse=result[M.EVAL_MSE], ms_ssim=result.get(M.EVAL_MS_SSIM))
         result[M.EVAL_ORTHO_LOSS] = float(self.model.ortho_loss())
         return result
