@@ -15,10 +15,10 @@ import json
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from search.space.sections import trial_default
-from search.space.strata import flat_params
+from search.space.strata import AUXT_ENABLED_KEY, auxt_enabled, flat_params
 
 LAMBDA_KEY = "loss.lmbda"
-AUXT_KEY = "model.auxt.enabled"  # shown as the AuxT setting: "off" or the wavelet (and placement)
+AUXT_KEY = AUXT_ENABLED_KEY  # shown as the AuxT setting: "off" or the wavelet (and placement)
 AUXT_PREFIX = "model.auxt."
 SEPARATOR = " · "
 #: Headers for keys whose last component alone would say too little.
@@ -66,7 +66,7 @@ def label(key: str, keys: Sequence[str] = ()) -> str:
 
 def auxt_setting(config: Mapping[str, Any]) -> str:
     """``off``, or the AuxT wavelet (with its placement when not both transforms): ``haar``."""
-    if str(raw_value(config, AUXT_KEY)).lower() not in ("true", "1"):
+    if not auxt_enabled(config):
         return "off"
     wavelet = str(raw_value(config, "model.auxt.wavelet") or "on")
     placement = str(raw_value(config, "model.auxt.placement") or "both")

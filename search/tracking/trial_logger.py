@@ -29,7 +29,7 @@ from typing import Any, Optional
 import yaml
 from ray import tune
 
-from search.space.strata import family_key
+from search.space.strata import auxt_enabled, family_key
 from search.tracking import journal as J
 from search.tracking import names as T
 from search.tracking import run_names
@@ -41,8 +41,8 @@ from trainables.config import flatten
 
 
 def auxt_tag(config: dict) -> str:
-    auxt = config.get("model", {}).get("auxt", {})
-    return auxt.get("placement", "both") if auxt.get("enabled") else "off"
+    """The ``lic_search.auxt`` tag: ``off``, or where AuxT sits (``both``, ``analysis``, ``synthesis``)."""
+    return config.get("model", {}).get("auxt", {}).get("placement", "both") if auxt_enabled(config) else "off"
 
 
 def _param_value(value: Any) -> str:
