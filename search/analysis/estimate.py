@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 
 from search.space import SearchSpec
 from search.space import keypath as kp
+from search.space.primitives import KINDS
 from search.space.strata import stratum_of
 from trainables.config import TrialConfig
 
@@ -114,25 +115,11 @@ class TrialPlan:
                    for stage, start, end in zip(phases, starts, starts[1:]))
 
 
-def _draw(kind: str, args: list, rng: random.Random) -> Any:
-    """One value of a non-grid primitive (the estimate only needs a plausible draw, not Ray's)."""
-    if kind == "choice":
-        return copy.deepcopy(rng.choice(args))
-    if kind == "uniform":
-        return rng.uniform(args[0], args[1])
-    if kind == "loguniform":
-        return math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
-    if kind == "randint":
-        return rng.randrange(args[0], args[1])
-    low, high, q = args
-    return round(rng.uniform(low, high) / q) * q
-
-
 def _resolve(node: Any, rng: random.Random) -> Any:
     """Replace every (non-grid) primitive in ``node`` by a drawn value."""
     found = kp.primitive(node)
     if found is not None:
-        return _resolve(_draw(*found, rng), rng)
+        return _resolve(KINDS[found[0]].draw(found[1], rng), rng)
     if isinstance(node, dict):
         return {key: _resolve(value, rng) for key, value in node.items()}
     return node

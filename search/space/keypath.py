@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable, Optional, Union
 
+from search.space.primitives import KINDS
+
 #: The sampling primitives of a space file's ``trial`` section (a mapping with one of these as its only key).
-PRIMITIVES: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
+PRIMITIVES: tuple[str, ...] = tuple(KINDS)  # what each one means: search.space.primitives
 
 Keys = tuple  # a key path inside a nested config, e.g. ("model", "auxt", "lambda_orth")
 KeyPath = Union[Keys, str]  # a tuple of keys, or the same keys joined by dots ("loss.lmbda")

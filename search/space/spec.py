@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional
 from search.space import keypath as kp
 from search.space.describe import describe_spec
 from search.space.files import SpaceFile
+from search.space.primitives import KINDS
 from search.space.sections import stratify_keys
 
 AUXT_PATH = ("model", "auxt")
@@ -23,15 +24,7 @@ EDGE_CAP = 2048  # most edge-value combinations checked for interactions (every 
 
 def edge_values(kind: str, args: list) -> list:
     """Values a primitive can produce that validation must see: all of a grid/choice, the ends of a range."""
-    if kind in ("grid", "choice"):
-        return list(args)
-    if kind == "randint":
-        return [args[0], args[1] - 1]
-    if kind == "quniform":
-        low, high, q = args
-        return [round(low / q) * q, round(high / q) * q]
-    return [args[0], args[1]]
-
+    return KINDS[kind].edges(args)
 
 
 def collapse_auxt(template: dict) -> tuple[dict, Optional[str]]:
@@ -97,15 +90,7 @@ class SearchSpec:
             kind, args = primitive
             if kind == "grid":
                 return tune.grid_search([to_domain(a) for a in args])
-            if kind == "choice":
-                return tune.choice(list(args))
-            if kind == "uniform":
-                return tune.uniform(*args)
-            if kind == "loguniform":
-                return tune.loguniform(*args)
-            if kind == "randint":
-                return tune.randint(*args)
-            return tune.quniform(*args)
+            return KINDS[kind].domain(args)
 
         return to_domain(self.template)
 
