@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,10 +20,13 @@ from typing import Any, Optional, Sequence
 from search.analysis.bdrate import bd_rate
 from search.analysis.curves import CurveError, RDCurve
 from search.errors import LicSearchError
-from search.experiment.store import is_uri
+from search.experiment.state import SearchState
+from search.experiment.store import ExperimentStore, is_uri
 from search.space.strata import stratum_label
 from search.tracking import client as tracking
+from search.tracking import journal as J
 from search.tracking import names as T
+from search.tracking import session as tracking_session
 from search.tracking.queries import SearchSelection, best_trials, winners
 from trainables.losses import rd_loss_value
 
@@ -108,14 +112,14 @@ def setting_metrics(label: str, result: Any, distortion: str) -> dict[str, float
     return {lof_metric(label, k): float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
-def _log(client, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
-    import time
-
-    from mlflow.entities import Metric, RunTag
-
+def _log(folder: str, trial_id: str, metrics: dict[str, float], tags: dict[str, str]) -> int:
+    """``lof/*`` metrics and tags onto the trial's run, through the search's tracking journal (an outage delays
+    them to ``lic-search sync``). Returns the records still pending."""
+    store = ExperimentStore(folder)
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                     tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+    return tracking_session.record(store, SearchState.load(store), J.BATCH, trial_id,
+                                   metrics=[[k, v, now, 0] for k, v in metrics.items()],
+                                   tags={k: v[:5000] for k, v in tags.items()})
 
 
 def sweep_search(selection: SearchSelection, data: Path, settings: Sequence[Any], device: str = "auto",
@@ -143,12 +147,15 @@ def sweep_search(selection: SearchSelection, data: Path, settings: Sequence[Any]
         if log:
             metrics = {k: v for s, r in zip(settings, results)
                        for k, v in setting_metrics(s.label, r, distortion).items()}
-            _log(client, trial.run_id, metrics, {
+            pending = _log(folders[parent], trial.trial_id, metrics, {
                 T.TAG_LOF_DATA: str(Path(data).resolve()) + ("" if max_images is None else f" (first {max_images})"),
                 T.TAG_LOF_CHECKPOINT: str(checkpoint),
                 T.TAG_LOF_SETTINGS: json.dumps({s.label: {"iterations": s.iterations, "lr": s.lr,
                                                           "latents": s.latents, "proxy": s.proxy} for s in settings}),
             })
+            if pending:
+                print(f"note: lof/* metrics of trial {trial.trial_id} wait in the tracking journal ({pending} records); "
+                      f"ship them with: lic-search sync {folders[parent]}")
     return swept
 
 

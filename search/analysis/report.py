@@ -36,6 +36,8 @@ from search.analysis.families import (
 from search.analysis.lof_sweep import lof_summary
 from search.analysis.report_render import DATA_FILE, REPORT_FILE, render_report
 from search.errors import TrackingError
+from search.experiment.state import STATE_FILE, SearchState
+from search.experiment.store import ExperimentStore
 from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
 from search.space.strata import (
     AUXT_ENABLED_KEY,
@@ -47,8 +49,10 @@ from search.space.strata import (
     typed_params,
 )
 from search.tracking import client as tracking
+from search.tracking import journal as J
 from search.tracking import names as T
 from search.tracking import run_names
+from search.tracking import session as tracking_session
 from search.tracking.queries import select_search, trial_runs
 from trainables import metrics as M
 from trainables.errors import LicSearchError
@@ -149,6 +153,7 @@ class Report:
     files: list[Path]
     data: dict[str, Any]
     attached_to: Optional[str] = None
+    pending: int = 0  # tracking records (the report's attachment among them) not in MLflow yet
 
 
 @dataclass
@@ -364,15 +369,26 @@ def generate_report(experiment: str, tracking_uri: Optional[str] = None, out: Op
     folder = Path(out) if out is not None else Path("reports") / _safe_name(experiment)
     report = build_report(search, folder, anchors, include_stopped=include_stopped, method=method)
     if attach and search.parent_run_id:
-
-        try:
-            tracking.client_for(search.tracking_uri).log_artifacts(search.parent_run_id, str(folder),
-                                                                   artifact_path=ARTIFACT_PATH)
-        except Exception as error:  # the files are written; say why they are not in MLflow
-            raise TrackingError(f"report written to {folder} but not attached to parent run "
-                                f"{search.parent_run_id}: {error.__class__.__name__}: {error}") from None
-        report.attached_to = search.parent_run_id
+        report.attached_to, report.pending = _attach(search, folder)
     return report
+
+
+def _attach(search: SearchRecord, folder: Path) -> tuple[Optional[str], int]:
+    """The report folder onto the parent run: through the search's tracking journal when its experiment folder is
+    here (an outage delays it to ``lic-search sync``); directly when the report is made on another machine."""
+    client = tracking.client_for(search.tracking_uri)
+    experiment_dir = client.get_run(search.parent_run_id).data.tags.get(T.TAG_SEARCH_DIR, "")
+    store = ExperimentStore(experiment_dir) if experiment_dir else None
+    if store is not None and store.exists(STATE_FILE):
+        pending = tracking_session.record(store, SearchState.load(store), J.ARTIFACTS, None,
+                                          folder=str(folder.resolve()), artifact_path=ARTIFACT_PATH)
+        return (None, pending) if pending else (search.parent_run_id, 0)
+    try:
+        client.log_artifacts(search.parent_run_id, str(folder), artifact_path=ARTIFACT_PATH)
+    except Exception as error:  # noqa: BLE001 - MLflow's and the network's: the files are written, say why not attached
+        raise TrackingError(f"report written to {folder} but not attached to parent run "
+                            f"{search.parent_run_id}: {error.__class__.__name__}: {error}") from None
+    return search.parent_run_id, 0
 
 
 def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None,

@@ -62,4 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"AuxT speed-up {summary['auxt_family']} vs {summary['no_auxt_family']}: {summary['speedup']:.2f}x")
     if report.attached_to:
         print(f"attached to MLflow run {report.attached_to} under '{ARTIFACT_PATH}/'")
+    elif report.pending:
+        print(f"note: MLflow did not take the report yet; it waits in the search's tracking journal "
+              f"({report.pending} records): ship it with lic-search sync {args.experiment}")
     return 0

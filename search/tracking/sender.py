@@ -127,6 +127,8 @@ class Sender:
             self._log_batch(group)
         elif first["op"] == J.SUMMARY:
             self._summary(first)
+        elif first["op"] == J.ARTIFACTS:
+            self.client.log_artifacts(self._run_of(first), first["folder"], artifact_path=first["artifact_path"])
         else:
             raise ValueError(f"{self.journal.location}: record {first['seq']} has unknown op {first['op']!r}")
 

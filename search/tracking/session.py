@@ -50,13 +50,21 @@ def journal_search_run(store: ExperimentStore, name: str, space_text: str, strat
 
 def record_summary(store: ExperimentStore, state, fields: dict, seconds: float = DEFAULT_FLUSH_SECONDS) -> int:
     """Journal the end-of-search summary for the parent run (:func:`search.monitor.summary.parent_summary`, its
-    note naming :data:`search.tracking.journal.PARENT_RUN_PLACEHOLDER`) and ship it for at most ``seconds``.
+    note naming :data:`search.tracking.journal.PARENT_RUN_PLACEHOLDER`) and ship it (see :func:`record`)."""
+    return record(store, state, J.SUMMARY, None, seconds, **fields)
+
+
+def record(store: ExperimentStore, state, op: str, trial: Optional[str], seconds: float = DEFAULT_FLUSH_SECONDS,
+           **fields) -> int:
+    """Journal one record of a finished search (LOF metrics, a report, the summary) and ship it for at most
+    ``seconds``: commands after the search write to MLflow the way the search does, so an outage delays the
+    record instead of losing it or crashing the command.
 
     It ships only when nothing else is pending and the server answers: behind records the search could
     not ship (an outage) it waits for ``lic-search sync`` or resume, in order. Returns the records pending."""
     journal = J.Journal(store)
     waiting = journal.pending
-    journal.append(J.SUMMARY, None, **fields)
+    journal.append(op, trial, **fields)
     if waiting or not reachable(state.tracking_uri, offline=True, notify=lambda message: None):
         return journal.pending
     try:
