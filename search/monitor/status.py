@@ -190,4 +190,4 @@ def sync_tracking(store: ExperimentStore, state, driver_alive: bool, seconds: fl
             + (f"; {left} left: lic-search sync {store.location}" if left else ""))
 
 
-__all__ = ["Driver", "record_driver", "heartbeat", "record_end", "read_driver", "resolve", "load", "report"]
+__all__ = ["describe_driver", "resolve", "load", "report"]

@@ -91,36 +91,32 @@ def _check_metric(name: str, where: str) -> str:
     return name
 
 
-def trial_key_exists(dotted: str) -> bool:
-    """Whether ``dotted`` names a leaf of :class:`TrialConfig` (``loss.lmbda``, ``schedule.lr``)."""
+def _trial_field(dotted: str) -> Optional[Any]:
+    """The pydantic field of :class:`TrialConfig` at ``dotted`` (``loss.lmbda``), or None when there is none."""
     model: Any = TrialConfig
-    parts = dotted.split(".")
-    for index, part in enumerate(parts):
-        fields = getattr(model, "model_fields", None)
-        if fields is None or part not in fields:
-            return False
-        annotation = fields[part].annotation
-        is_last = index == len(parts) - 1
-        if is_last:
-            return not (isinstance(annotation, type) and issubclass(annotation, BaseModel))
-        model = annotation
-    return False
-
-
-def trial_default(dotted: str) -> Any:
-    """The :class:`TrialConfig` default at ``dotted`` (None when it has none), for keys a space leaves out."""
-    model: Any = TrialConfig
-    parts = dotted.split(".")
-    for index, part in enumerate(parts):
+    field = None
+    for part in dotted.split("."):
         fields = getattr(model, "model_fields", None)
         if fields is None or part not in fields:
             return None
         field = fields[part]
-        if index == len(parts) - 1:
-            default = field.get_default(call_default_factory=True)
-            return None if type(default).__name__ == "PydanticUndefinedType" else default
         model = field.annotation
-    return None
+    return field
+
+
+def trial_key_exists(dotted: str) -> bool:
+    """Whether ``dotted`` names a leaf of :class:`TrialConfig` (``loss.lmbda``, ``schedule.lr``)."""
+    field = _trial_field(dotted)
+    return field is not None and not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel))
+
+
+def trial_default(dotted: str) -> Any:
+    """The :class:`TrialConfig` default at ``dotted`` (None when it has none), for keys a space leaves out."""
+    field = _trial_field(dotted)
+    if field is None:
+        return None
+    default = field.get_default(call_default_factory=True)
+    return None if type(default).__name__ == "PydanticUndefinedType" else default
 
 
 class _Strict(BaseModel):

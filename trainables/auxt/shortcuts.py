@@ -109,6 +109,22 @@ def _nonlinearity(kind: Nonlinearity, channels: int, inverse: bool) -> nn.Module
     raise ValueError(f"nonlinearity must be one of none, relu, gdn, but got {kind!r}")
 
 
+def _resampler(downsample: Downsample, channels: int, wavelet: str, *, inverse: bool) -> tuple[nn.Module, int]:
+    """WLS's 2x downsampler (IWLS's upsampler when ``inverse``) and the channel count on the subband side.
+
+    ``dwt`` is the paper's (I)DWT; A3 ``avgpool`` pairs with nearest upsampling (its adjoint), A4 a strided
+    (transposed) convolution to 4x the channels."""
+    if downsample == "dwt":
+        return (IDWT2d(channels, wavelet) if inverse else DWT2d(channels, wavelet)), 4 * channels
+    if downsample == "avgpool":
+        return (nn.Upsample(scale_factor=2, mode="nearest") if inverse else nn.AvgPool2d(2)), channels
+    if downsample == "strided_conv":
+        conv = nn.ConvTranspose2d(4 * channels, channels, 2, stride=2) if inverse else nn.Conv2d(channels, 4 * channels,
+                                                                                                    2, stride=2)
+        return conv, 4 * channels
+    raise ValueError(f"downsample must be one of dwt, avgpool, strided_conv, but got {downsample!r}")
+
+
 class WLS(nn.Module):
     """Wavelet-based linear shortcut (Figure 5b): (B, C, H, W) -> (B, D, H/2, W/2)."""
 
@@ -126,17 +142,7 @@ class WLS(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        if downsample == "dwt":
-            self.down: nn.Module = DWT2d(in_channels, wavelet)
-            expanded = 4 * in_channels
-        elif downsample == "avgpool":  # A3
-            self.down = nn.AvgPool2d(2)
-            expanded = in_channels
-        elif downsample == "strided_conv":  # A4
-            self.down = nn.Conv2d(in_channels, 4 * in_channels, kernel_size=2, stride=2)
-            expanded = 4 * in_channels
-        else:
-            raise ValueError(f"downsample must be one of dwt, avgpool, strided_conv, but got {downsample!r}")
+        self.down, expanded = _resampler(downsample, in_channels, wavelet, inverse=False)
         # A2 removes the scaling; A3/A4 remove it too since there are no subbands to scale.
         use_scaling = scaling and downsample == "dwt"
         self.scaling: nn.Module = (
@@ -179,17 +185,7 @@ class IWLS(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        if downsample == "dwt":
-            self.up: nn.Module = IDWT2d(out_channels, wavelet)
-            expanded = 4 * out_channels
-        elif downsample == "avgpool":  # A3: nearest upsampling, the adjoint of 2x2 average pooling
-            self.up = nn.Upsample(scale_factor=2, mode="nearest")
-            expanded = out_channels
-        elif downsample == "strided_conv":  # A4
-            self.up = nn.ConvTranspose2d(4 * out_channels, out_channels, kernel_size=2, stride=2)
-            expanded = 4 * out_channels
-        else:
-            raise ValueError(f"downsample must be one of dwt, avgpool, strided_conv, but got {downsample!r}")
+        self.up, expanded = _resampler(downsample, out_channels, wavelet, inverse=True)
         use_scaling = scaling and downsample == "dwt"
         self.olp = OLP(in_channels, expanded, constrained=constrained)
         self.act = _nonlinearity(nonlinearity, expanded, inverse=True)
