@@ -12,3 +12,22 @@ def add_verbose_option(parser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="Ray Tune's own output (a box per trial start and result, a line per checkpoint) "
                              "instead of the compact live view")
+
+
+def add_search_options(parser) -> None:
+    """The options of the commands that run a search (run, resume): cluster, console and tracking."""
+    add_cluster_options(parser)
+    add_verbose_option(parser)
+    add_tracking_options(parser)
+
+
+def add_tracking_options(parser) -> None:
+    """The tracking options of the commands that run searches (run, resume)."""
+    from search.tracking.session import DEFAULT_FLUSH_SECONDS
+
+    parser.add_argument("--tracking-offline", action="store_true",
+                        help="start even when the MLflow tracking server is unreachable: record to the experiment's "
+                             "tracking journal and ship when it answers (or later with `lic-search sync`)")
+    parser.add_argument("--tracking-flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS, metavar="S",
+                        help="at the end of the search, wait at most S seconds for pending tracking records to reach "
+                             "MLflow; the rest stays in the journal for `lic-search sync` (default: %(default)s)")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from search.commands._shared import add_cluster_options, add_verbose_option
-from search.commands.sync import add_tracking_options
+from search.commands._shared import add_search_options
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("resume", help="continue an interrupted search from its experiment folder")
     parser.add_argument("experiment_dir", help="the folder `run` printed, e.g. lic_search_results/quickstart")
-    add_cluster_options(parser)
-    add_verbose_option(parser)
-    add_tracking_options(parser)
+    add_search_options(parser)
     parser.set_defaults(func=_resume)
 
 
@@ -22,7 +19,6 @@ def _resume(args) -> int:
     console.configure(verbose=args.verbose)
 
     outcome = tuner.resume_search(args.experiment_dir, address=args.address,
-                                          tracking_offline=args.tracking_offline,
-                                          flush_seconds=args.tracking_flush_seconds)
+                                  tracking_offline=args.tracking_offline, flush_seconds=args.tracking_flush_seconds)
     ending.print_ending(outcome.results, outcome.folder)
     return 130 if outcome.interrupted else 0

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.commands._shared import add_cluster_options, add_verbose_option
-from search.commands.sync import add_tracking_options
+from search.commands._shared import add_search_options
 
 DEFAULT_STORAGE = "lic_search_results"
 
@@ -19,9 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: sqlite store ./mlflow.db, what `mlflow ui` opens)")
     parser.add_argument("--name", default=None, help="override the search name from the space file")
-    add_cluster_options(parser)
-    add_verbose_option(parser)
-    add_tracking_options(parser)
+    add_search_options(parser)
     parser.set_defaults(func=_run)
 
 
@@ -32,7 +29,7 @@ def _run(args) -> int:
     console.configure(verbose=args.verbose)
 
     outcome = tuner.run_search(args.space, args.storage_path, tracking_uri=args.tracking_uri,
-                                       address=args.address, name=args.name, tracking_offline=args.tracking_offline,
-                                       flush_seconds=args.tracking_flush_seconds)
+                               address=args.address, name=args.name, tracking_offline=args.tracking_offline,
+                               flush_seconds=args.tracking_flush_seconds)
     ending.print_ending(outcome.results, outcome.folder)
     return 130 if outcome.interrupted else 0

@@ -13,18 +13,6 @@ import time
 DEFAULT_STORAGE = "lic_search_results"
 
 
-def add_tracking_options(parser) -> None:
-    """The tracking options of the commands that run searches (run, resume)."""
-    from search.tracking.session import DEFAULT_FLUSH_SECONDS
-
-    parser.add_argument("--tracking-offline", action="store_true",
-                        help="start even when the MLflow tracking server is unreachable: record to the experiment's "
-                             "tracking journal and ship when it answers (or later with `lic-search sync`)")
-    parser.add_argument("--tracking-flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS, metavar="S",
-                        help="at the end of the search, wait at most S seconds for pending tracking records to reach "
-                             "MLflow; the rest stays in the journal for `lic-search sync` (default: %(default)s)")
-
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sync", help="ship tracking records a search left in its journal to MLflow")
     parser.add_argument("experiment", help="the experiment folder, or a search name under --storage-path")
