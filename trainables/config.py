@@ -106,6 +106,14 @@ class ModelConfig(_Strict):
     N: Optional[int] = Field(None, gt=0, description="Backbone width N; null = the backbone's default.")
     M: Optional[int] = Field(None, gt=0, description="Latent channels M; null = the backbone's default.")
     auxt: AuxTConfig = Field(default_factory=AuxTConfig)
+    init_from: Optional[str] = Field(
+        None, description="Start from these weights instead of random ones: a checkpoint folder or state.pt of "
+        "this tool, or a CompressAI state dict file (weights only; optimizers, schedule and iteration start fresh).",
+    )
+    init_from_partial: bool = Field(
+        False, description="With init_from: allow adding AuxT to weights trained without it (AuxT's parameters "
+        "keep their initialisation).",
+    )
 
 
 CROP_MIN = 16  # smallest training crop (data.crop_size and every crop_schedule stage)

@@ -29,6 +29,11 @@ DATA_SKIPPED_IMAGES = "data/skipped_images"  # of those, found unreadable and sk
 DIVERGED = "diverged"
 DIVERGED_REASON = "diverged_reason"
 
+# A trial started from ``model.init_from`` (first attempt only; a resumed one loads its own checkpoint):
+INIT_LOADED_TENSORS = "init/loaded_tensors"  # state-dict entries loaded from the file
+INIT_KEPT_TENSORS = "init/kept_tensors"  # entries left at their initialisation (AuxT, init_from_partial)
+INIT_KEPT_KEYS = "init_kept_keys"  # their names, comma-separated (a string; recorded as an MLflow tag)
+
 NODE_ID = "node_id"  # Ray node that ran the result (a string; recorded as an MLflow tag)
 
 DEFAULT_METRIC = EVAL_RD_LOSS

@@ -77,9 +77,11 @@ class _TrainStats:
 class Trainer:
     """Owns model, optimizers, schedule and RNG for one trial."""
 
-    def __init__(self, config: TrialConfig, device: Optional[torch.device] = None):
+    def __init__(self, config: TrialConfig, device: Optional[torch.device] = None, warm_start: bool = True):
+        """``warm_start=False``: skip ``model.init_from`` (a resumed trial loads its own checkpoint instead)."""
         from trainables.losses import RateDistortionLoss
         from trainables.model import create_model
+        from trainables.warm_start import apply_warm_start
 
         self.config = config
         self.device = device or resolve_device(config.performance.device)
@@ -88,7 +90,9 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(config.schedule.seed)
-        self.model = create_model(config.model).to(self.device)
+        model = create_model(config.model)
+        self.warm_start = apply_warm_start(model, config.model) if warm_start else None  # weights only
+        self.model = model.to(self.device)
         if perf.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if perf.compile else self.model

@@ -20,6 +20,7 @@ from trainables.config import TrialConfig
 from trainables.errors import TrainingDivergedError
 from trainables.training.checkpoint import load_checkpoint, save_checkpoint
 from trainables.training.engine import Trainer
+from trainables.warm_start import warm_start_result
 
 
 def _trial_resources() -> dict[str, float]:
@@ -74,8 +75,9 @@ def train_lic(config: dict) -> None:
 
     apply_resource_limits(_trial_resources())
     trial_config = TrialConfig.model_validate(config)
-    trainer = Trainer(trial_config)
     checkpoint = tune.get_checkpoint()
+    trainer = Trainer(trial_config, warm_start=checkpoint is None)
+    started_from = warm_start_result(trainer.warm_start)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(load_checkpoint(Path(folder), map_location=trainer.device))
@@ -83,6 +85,7 @@ def train_lic(config: dict) -> None:
     try:
         for result in trainer.train():
             result[M.NODE_ID] = node
+            result.update(started_from)
             with tempfile.TemporaryDirectory(prefix="lic-ckpt-") as folder:
                 save_checkpoint(trainer.state_dict(), Path(folder))
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
