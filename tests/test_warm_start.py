@@ -138,3 +138,35 @@ def test_trainer_starts_fresh_from_loaded_weights(tmp_path):
     assert started.warm_start.loaded == len(source.model.state_dict())
     resumed = Trainer(config, warm_start=False)  # a resumed trial loads its own checkpoint instead
     assert resumed.warm_start is None and not _same_weights(resumed.model, source.model)
+
+
+def _space(tmp_path, init_from, **model) -> "Path":
+    import yaml
+
+    from tests.conftest import SAMPLES
+
+    space = {"name": "warm", "trial": {
+        "model": {**_model_config("mbt2018-mean", False).model_dump(include={"backbone", "N", "M"}),
+                  "init_from": init_from, **model},
+        "data": {"train": str(SAMPLES / "train"), "eval": str(SAMPLES / "eval"), "crop_size": 64, "batch_size": 2},
+        "schedule": {"iterations": 4, "eval_every": 2}}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_the_space_checks_init_from_before_ray_starts(tmp_path):
+    """Relative paths are resolved against the space file; a bad file is a SpaceError at its key path."""
+    from search.errors import SpaceError
+    from search.space import load_space
+
+    _save_tool_checkpoint(tmp_path / "ckpt", _model_config("mbt2018-mean", False))
+    spec = load_space(_space(tmp_path, "ckpt"))
+    assert spec.file.trial["model"]["init_from"] == str(tmp_path / "ckpt")
+    cases = {"nowhere": "no checkpoint at", "ckpt": "set model.init_from_partial: true"}
+    for init_from, message in cases.items():
+        with pytest.raises(SpaceError, match=message) as refused:
+            load_space(_space(tmp_path, init_from, auxt={"enabled": True}))
+        assert refused.value.key_path == "trial.model.init_from"
+        assert str(refused.value).startswith(str(tmp_path / "space.yaml"))
+    assert load_space(_space(tmp_path, "ckpt", auxt={"enabled": True}, init_from_partial=True))

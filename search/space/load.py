@@ -82,21 +82,27 @@ def _resolve_path(file: str, where: str, value: Any, base: Path) -> Any:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+PATH_KEYS = {"data": ("train", "eval"), "model": ("init_from",)}  # trial keys that hold paths
+
+
 def resolve_paths(file: str, trial: dict, base: Path) -> None:
-    """Data folders relative to the space file (inside grid/choice values too)."""
-    data = trial.get("data")
-    datas = kp.primitive(data)[1] if kp.primitive(data) and isinstance(kp.primitive(data)[1], list) else [data]
-    for entry in datas:
-        if not isinstance(entry, dict):
-            continue
-        for key in ("train", "eval"):
-            value = entry.get(key)
-            where = f"trial.data.{key}"
-            primitive = kp.primitive(value)
-            if primitive is None:
-                entry[key] = _resolve_path(file, where, value, base)
-            elif primitive[0] in ("grid", "choice") and isinstance(primitive[1], list):
-                value[primitive[0]] = [_resolve_path(file, where, v, base) for v in primitive[1]]
+    """Data folders and ``model.init_from`` relative to the space file (inside grid/choice values too)."""
+    for section, keys in PATH_KEYS.items():
+        node = trial.get(section)
+        primitive = kp.primitive(node)
+        entries = primitive[1] if primitive and isinstance(primitive[1], list) else [node]
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            for key in keys:
+                value = entry.get(key)
+                where = f"trial.{section}.{key}"
+                primitive = kp.primitive(value)
+                if primitive is None:
+                    if value is not None:
+                        entry[key] = _resolve_path(file, where, value, base)
+                elif primitive[0] in ("grid", "choice") and isinstance(primitive[1], list):
+                    value[primitive[0]] = [_resolve_path(file, where, v, base) for v in primitive[1]]
 
 
 

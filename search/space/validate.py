@@ -281,3 +281,26 @@ def check_spec(file: str, spec: SearchSpec, check_data: bool = True) -> None:
     _check_search(file, spec, trials)
     if check_data:
         _check_data(file, trials)
+        check_warm_starts(file, trials)
+
+
+def check_warm_starts(file: str, trials: list[TrialConfig], where: str = "trial.model.init_from") -> None:
+    """Every ``model.init_from`` against the model it initialises (built once on the CPU), before Ray starts."""
+    import torch
+
+    from trainables.model import create_model
+    from trainables.warm_start import WarmStartError, plan
+
+    checked: set[str] = set()
+    for trial in trials:
+        model = trial.model
+        key = model.model_dump_json()
+        if not model.init_from or key in checked:
+            continue
+        checked.add(key)
+        with torch.no_grad():
+            state = create_model(model).state_dict()
+        try:
+            plan(state, model.init_from, model, model.init_from_partial)
+        except WarmStartError as error:
+            raise SpaceError(file, where, str(error).removeprefix("model.init_from: ")) from None
