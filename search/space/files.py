@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,15 @@ class ResourcesConfig(_Strict):
     max_failures: int = Field(2, ge=0, description="Retries of a crashed trial from its last checkpoint.")
 
 
+class LadderConfig(_Strict):
+    """A rate ladder: each rate family's anchor rate point first, the others fine-tuned from its weights."""
+
+    anchor: dict[str, Any] = Field(..., min_length=1, description="The rate point trained from scratch, per rate "
+                                   "family: every rate key that varies with its value, e.g. {loss.lmbda: 0.0483}.")
+    fine_tune: dict[str, Any] = Field(default_factory=dict, description="Dotted trial keys set for every other "
+                                      "rate point, e.g. {schedule.iterations: 200000, schedule.lr: 5.0e-5}.")
+
+
 class SpaceFile(_Strict):
     """A search-space file (the YAML's top level)."""
 
@@ -33,4 +42,6 @@ class SpaceFile(_Strict):
                                           description="Search algorithm settings.")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="Trial scheduler settings.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Per-trial resources.")
+    ladder: Optional[LadderConfig] = Field(None, description="Train the rate points as a ladder: anchors from "
+                                           "scratch, every other rate point fine-tuned from its family's anchor.")
 

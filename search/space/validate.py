@@ -15,6 +15,7 @@ from search.errors import SpaceError
 from search.space import keypath as kp
 from search.space.describe import describe_type, model_of, show, unwrap_optional
 from search.space.keypath import PRIMITIVES
+from search.space.ladder import check_ladder
 from search.space.sections import check_search_setup
 from search.space.spec import SearchSpec
 from search.space.training_data import check_training_data
@@ -279,6 +280,7 @@ def check_spec(file: str, spec: SearchSpec, check_data: bool = True) -> None:
     _check_auxt_knobs(file, trials)
     _check_models(file, trials)
     _check_search(file, spec, trials)
+    check_ladder(file, spec)
     if check_data:
         _check_data(file, trials)
         check_warm_starts(file, trials)

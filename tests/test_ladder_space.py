@@ -1,0 +1,91 @@
+"""The `ladder:` section: the anchor and fine-tune sub-spaces, fine-tune configs, and every bad ladder
+refused before Ray starts with the file and key path."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from search.errors import SpaceError
+from search.space import load_space
+from search.space.ladder import anchor_spec, fine_tune_configs, fine_tune_spec, rate_points
+from tests.conftest import SAMPLES
+
+LAMBDAS = [0.0067, 0.013, 0.025, 0.0483]
+
+
+def ladder_space(tmp_path, ladder=None, name="ladder", **sections) -> "Path":
+    """A tiny ladder space: 4 λ, 2 learning rates (two families), ASHA."""
+    space = {
+        "name": name,
+        "trial": {
+            "model": {"backbone": "mbt2018-mean", "N": 8, "M": 8},
+            "data": {"train": str(SAMPLES / "train"), "eval": str(SAMPLES / "eval"), "crop_size": 64,
+                     "batch_size": 2, "num_workers": 0, "max_eval_images": 2},
+            "loss": {"lmbda": {"grid": LAMBDAS}},
+            "schedule": {"iterations": 40, "eval_every": 10, "lr": {"grid": [1e-3, 3e-3]}},
+        },
+        "scheduler": {"type": "asha", "grace_period": 10},
+        "ladder": ladder if ladder is not None else {"anchor": {"loss.lmbda": 0.0483},
+                                                     "fine_tune": {"schedule.iterations": 10, "schedule.lr": 5e-4}},
+        **sections,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def test_phases_of_a_ladder(tmp_path):
+    spec = load_space(ladder_space(tmp_path))
+    assert [p["loss.lmbda"] for p in rate_points(spec)] == [0.0483, 0.0067, 0.013, 0.025]  # the anchor first
+    anchors = anchor_spec(spec)
+    assert anchors.trial_count() == 2 and anchors.file.ladder is None
+    assert {c["loss"]["lmbda"] for c in anchors.configs()} == {0.0483}
+    phase = fine_tune_spec(spec)
+    assert phase.trial_count() == 3 and phase.budget() == 10  # fine_tune sets schedule.lr: one lr left
+    assert {c["loss"]["lmbda"] for c in phase.configs()} == {0.0067, 0.013, 0.025}
+    anchor = next(anchors.configs())
+    configs = list(fine_tune_configs(spec, anchor, "/ckpt/anchor"))
+    assert [c["loss"]["lmbda"] for c in configs] == [0.0067, 0.013, 0.025]
+    assert all(c["model"]["init_from"] == "/ckpt/anchor" and c["schedule"]["iterations"] == 10
+               and c["schedule"]["lr"] == 5e-4 and c["data"] == anchor["data"] for c in configs)
+    assert anchor["model"].get("init_from") is None  # the anchor's config is not changed
+
+
+BAD = {
+    "pbt": (None, {"scheduler": {"type": "pbt", "pbt": {"perturbation_interval": 10, "mutations": {"lr": [1e-3, 3e-3]}}}},
+            "ladder", "a ladder runs with scheduler type asha or fifo"),
+    "anchor_not_a_rate_key": ({"anchor": {"schedule.lr": 1e-3}}, {}, "ladder.anchor",
+                              "must give a value for each rate key that varies (loss.lmbda)"),
+    "anchor_not_in_grid": ({"anchor": {"loss.lmbda": 0.1}}, {}, "ladder.anchor.loss.lmbda",
+                           "must be one of the grid values [0.0067, 0.013, 0.025, 0.0483], got 0.1"),
+    "fine_tune_model": ({"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"model.N": 16}}, {},
+                        "ladder.fine_tune.model.N", "keeps the anchor's rate family and model"),
+    "fine_tune_unknown": ({"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.lrr": 1e-4}}, {},
+                          "ladder.fine_tune.schedule.lrr", "not a trial key"),
+    "fine_tune_primitive": ({"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.lr": {"grid": [1e-4]}}}, {},
+                            "ladder.fine_tune.schedule.lr", "takes a plain value"),
+    "fine_tune_invalid": ({"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 0}}, {},
+                          "ladder.fine_tune", "invalid at trial.schedule.iterations"),
+    "grace_over_fine_tune_budget": ({"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 5}}, {},
+                                    "scheduler.grace_period", "in the fine-tune phase, whose budget is 5"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_ladders_are_refused(tmp_path, case):
+    ladder, sections, where, message = BAD[case]
+    path = ladder_space(tmp_path, ladder, **sections)
+    with pytest.raises(SpaceError) as refused:
+        load_space(path)
+    assert refused.value.key_path == where and message in str(refused.value), str(refused.value)
+    assert str(refused.value).startswith(str(path))
+
+
+def test_a_ladder_needs_rate_points(tmp_path):
+    path = ladder_space(tmp_path)
+    space = yaml.safe_load(path.read_text())
+    space["trial"]["loss"]["lmbda"] = 0.013
+    path.write_text(yaml.safe_dump(space))
+    with pytest.raises(SpaceError, match="no rate key varies: make one of trial.loss.lmbda"):
+        load_space(path)
