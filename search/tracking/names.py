@@ -32,6 +32,12 @@ METRIC_LOF_PREFIX = "lof/"  # trial run: `lof/<setting>/<bpp|psnr|rd_loss|encode
 TAG_LOF_DATA = "lic_search.lof.data"  # trial run: the image folder the LOF sweep evaluated on
 TAG_LOF_CHECKPOINT = "lic_search.lof.checkpoint"  # trial run: the checkpoint the LOF sweep loaded
 TAG_LOF_SETTINGS = "lic_search.lof.settings"  # trial run: JSON {setting: {iterations, lr, latents, proxy}}
+TAG_INIT_FROM = "lic_search.init_from"  # trial run: JSON {checkpoint, anchor_trial, anchor_run} of a warm start
+TAG_INIT_KEPT = "lic_search.init_from.kept_keys"  # trial run: keys left at initialisation (init_from_partial)
+TAG_LADDER = "lic_search.ladder"  # trial run of a ladder search: "anchor" | "fine_tune"
+TAG_LADDER_CHILDREN = "lic_search.ladder.children"  # anchor run: JSON list of its fine-tuned trials' trial ids
+LADDER_ANCHOR = "anchor"
+LADDER_FINE_TUNE = "fine_tune"
 
 ARTIFACT_TRIAL_CONFIG = "trial_config.yaml"
 ARTIFACT_SPACE = "space.yaml"

@@ -12,6 +12,7 @@ trials themselves (MLflow params). A key a config leaves out takes its
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from search.space.sections import trial_default
@@ -22,7 +23,8 @@ AUXT_KEY = AUXT_ENABLED_KEY  # shown as the AuxT setting: "off" or the wavelet (
 AUXT_PREFIX = "model.auxt."
 SEPARATOR = " · "
 #: Headers for keys whose last component alone would say too little.
-LABELS = {LAMBDA_KEY: "λ", AUXT_KEY: "auxt", "model.auxt.lambda_orth": "λ_orth", "schedule.lr": "lr"}
+LABELS = {LAMBDA_KEY: "λ", AUXT_KEY: "auxt", "model.auxt.lambda_orth": "λ_orth", "schedule.lr": "lr",
+          "model.init_from": "init"}
 _SECTIONS = ("model.", "loss.", "schedule.", "data.")
 
 
@@ -96,7 +98,22 @@ def value(config: Mapping[str, Any], key: str) -> str:
         return auxt_setting(config)
     if key.startswith(AUXT_PREFIX) and auxt_setting(config) == "off":
         return "-"
+    if key == INIT_FROM_KEY:
+        return init_source(raw_value(config, key))
     return show(raw_value(config, key), key)
+
+
+INIT_FROM_KEY = "model.init_from"
+_RAY_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_")  # in Ray's trial folder names
+
+
+def init_source(path: Any) -> str:
+    """Where a trial's weights started: ``scratch``, the anchor trial id of a ladder checkpoint, or the file name."""
+    if path in (None, "", "None"):
+        return "scratch"
+    text = str(path)
+    found = _RAY_TRIAL_ID.search(text)
+    return f"trial {found.group(1)}" if found else text.rstrip("/").rsplit("/", 1)[-1]
 
 
 def trial_name(config: Mapping[str, Any], keys: Sequence[str] = (LAMBDA_KEY, AUXT_KEY)) -> str:

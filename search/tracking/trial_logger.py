@@ -111,6 +111,8 @@ class MlflowTrialLogger(tune.Callback):
         # What tells this search's trials apart (search.tracking.run_names.column_keys of the space): run names.
         self.name_keys = list(name_keys or (run_names.LAMBDA_KEY, run_names.AUXT_KEY))
         self._client = None
+        self.ladder_role: Optional[str] = None  # set by a ladder search per phase (tag lic_search.ladder)
+        self.ladder_plan = None  # the fine-tune phase's LadderPlan: which anchor a warm start comes from
         self._attach(journal, sender, recover_from_mlflow)
         self._reset()
 
@@ -151,6 +153,10 @@ class MlflowTrialLogger(tune.Callback):
     def _runs(self) -> dict[str, str]:
         """Trial id -> MLflow run id, for the runs the sender has created or found so far."""
         return self._journal.run_ids
+
+    def run_ids(self) -> dict[str, str]:
+        """Trial id -> MLflow run id of the runs created or found so far."""
+        return dict(self._runs)
 
     def _shipped(self) -> None:
         if self._direct:
@@ -218,13 +224,34 @@ class MlflowTrialLogger(tune.Callback):
             T.TAG_FAMILY: family_key(config),
             T.TAG_FAMILY_NAME: run_names.family_name(config, self.name_keys),
         }
+        run_name = run_names.trial_name(config, self.name_keys)
+        if self.ladder_role:
+            tags[T.TAG_LADDER] = self.ladder_role
+        init_from = config.get("model", {}).get("init_from")
+        origin = self.ladder_plan.origin(init_from) if init_from and self.ladder_plan else None
+        if init_from:
+            tags[T.TAG_INIT_FROM] = json.dumps({"checkpoint": init_from} | ({
+                "anchor_trial": origin.anchor_trial,
+                "anchor_run": origin.anchor_run or self._runs.get(origin.anchor_trial)} if origin else {}))
+        if origin:  # a ladder's fine-tuned rate point belongs to its anchor's family
+            tags[T.TAG_FAMILY], tags[T.TAG_FAMILY_NAME] = origin.family, origin.name
+            run_name += f"{run_names.SEPARATOR}fine-tuned"
+            self._link_child(origin.anchor_trial, trial.trial_id)
         params = _param_strings(config)
-        self._journal.append(J.CREATE_RUN, trial.trial_id, run_name=run_names.trial_name(config, self.name_keys),
+        self._journal.append(J.CREATE_RUN, trial.trial_id, run_name=run_name,
                              tags=tags, params=params,
                              text=yaml.safe_dump(config, sort_keys=False), artifact=T.ARTIFACT_TRIAL_CONFIG)
         self._initial[trial.trial_id] = params
         self._branches[trial.trial_id] = Branch(signature=_signature(params))
         self._last_step[trial.trial_id] = 0
+
+    def _link_child(self, anchor: str, child: str) -> None:
+        """Add a fine-tuned trial to its anchor run's ``lic_search.ladder.children`` (trial ids, in order)."""
+        children: list[str] = []
+        for record in self._journal.trial_records(anchor):
+            children = json.loads((record.get("tags") or {}).get(T.TAG_LADDER_CHILDREN, json.dumps(children)))
+        if child not in children:
+            self._journal.append(J.BATCH, anchor, tags={T.TAG_LADDER_CHILDREN: json.dumps(children + [child])})
 
     # ------------------------------------------------------------ PBT branches
     def _follow_branch(self, trial) -> None:
@@ -288,9 +315,11 @@ class MlflowTrialLogger(tune.Callback):
             return  # already recorded before a resume: the restored trial recomputed it exactly
         now = _now()
         values = [[key, float(value), now, step] for key, value in result.items()
-                  if (key == M.ITERATIONS or key.startswith(("eval/", "train/", "data/")))
+                  if (key == M.ITERATIONS or key.startswith(("eval/", "train/", "data/", "init/")))
                   and isinstance(value, (int, float)) and not isinstance(value, bool)]
         tags = {T.TAG_NODE: str(result[M.NODE_ID])} if M.NODE_ID in result else {}
+        if result.get(M.INIT_KEPT_KEYS):
+            tags[T.TAG_INIT_KEPT] = str(result[M.INIT_KEPT_KEYS])[:5000]
         self._journal.append(J.BATCH, trial.trial_id, metrics=values + self._branch_metrics(trial, step, now),
                              tags=tags)
         self._last_step[trial.trial_id] = step

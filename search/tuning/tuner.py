@@ -17,14 +17,17 @@ import yaml
 
 from search.errors import LicSearchError
 from search.experiment import ray_session
+from search.experiment.ladder_plan import LadderPlan
 from search.experiment.state import SPACE_COPY, STATE_FILE, SearchState
-from search.experiment.store import ExperimentStore
+from search.experiment.store import ExperimentStore, is_uri
 from search.experiment.train_index import prepare_train_indexes
 from search.monitor import console
 from search.space import SearchSpec, load_space
 from search.tracking import client as tracking
+from search.tracking import names as T
 from search.tracking import run_names
 from search.tracking import session as tracking_session
+from search.tuning import ladder
 from search.tuning.interrupt import GracefulStop
 from search.tuning.resource_check import check_cluster
 from search.tuning.schedulers import build_scheduler
@@ -82,7 +85,22 @@ def _start_cluster(spec: SearchSpec, address: Optional[str], file: str) -> None:
         raise
 
 
-def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, callbacks: list):
+@dataclass
+class Phase:
+    """One Tuner of a search: the whole search, or one phase of a ladder (:mod:`search.tuning.ladder`).
+
+    ``spec`` builds the scheduler and search algorithm, ``store`` is the Ray experiment folder, and
+    ``points`` are the explicit trial configs of a ladder's fine-tune phase (None: the space's own)."""
+
+    spec: SearchSpec
+    store: ExperimentStore
+    points: Optional[list[dict]] = None
+
+    def param_space(self) -> dict:
+        return {} if self.points is not None else tuner_param_space(self.spec)
+
+
+def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool, callbacks: list):
     from ray import tune
 
     from trainables.training.indexed_trainable import train_lic_indexed
@@ -92,7 +110,7 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore
     trainable = tune.with_parameters(train_lic_indexed, train_indexes=prepare_train_indexes(spec, store))
     trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
     if restore:
-        tuner = tune.Tuner.restore(store.location, trainable=trainable, param_space=tuner_param_space(spec),
+        tuner = tune.Tuner.restore(phase.store.location, trainable=trainable, param_space=phase.param_space(),
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
         # The restored RunConfig holds the callbacks as pickled then: this driver's take their place.
         run_config = tuner._local_tuner.get_run_config()
@@ -101,8 +119,8 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore
         run_config.verbose = console.ray_verbosity()  # this driver's --verbose, not the first one's
         return tuner
     run_config = tune.RunConfig(
-        name=store.name,
-        storage_path=store.parent,
+        name=phase.store.name,
+        storage_path=phase.store.parent,
         callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=resources.max_failures),
         # PBT restores clones from other trials' checkpoints: keep a few more of them.
@@ -110,13 +128,14 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore
         verbose=console.ray_verbosity(),  # Ray's boxes only with --verbose (search.monitor.console)
     )
     tune_config = tune.TuneConfig(
-        num_samples=tune_num_samples(spec),
-        scheduler=build_scheduler(spec),
-        search_alg=build_search_algorithm(spec),
+        num_samples=len(phase.points) if phase.points is not None else tune_num_samples(phase.spec),
+        scheduler=build_scheduler(phase.spec),
+        search_alg=(ladder.search_algorithm(phase.spec, phase.points) if phase.points is not None
+                    else build_search_algorithm(phase.spec)),
         # Importing torch + CompressAI costs seconds per process: keep trial actors warm.
         reuse_actors=True,
     )
-    return tune.Tuner(trainable, param_space=tuner_param_space(spec), tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable, param_space=phase.param_space(), tune_config=tune_config, run_config=run_config)
 
 
 def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, address: Optional[str],
@@ -132,12 +151,16 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
     recorder = tracking_session.TrackingSession(store, state, name_keys=run_names.column_keys(spec.configs()),
                                                 flush_seconds=flush_seconds)
     stop = GracefulStop()
-    tuner = _tuner(spec, store, state, restore, [recorder.logger, stop, *console.callbacks(spec, store)])
     status = "FAILED"
     recorder.start()
     installed = stop.install()
     try:
-        results = tuner.fit()
+        if spec.file.ladder is None:
+            tuner = _tuner(spec, store, Phase(spec, store), restore,
+                           [recorder.logger, stop, *console.callbacks(spec, store)])
+            results = tuner.fit()
+        else:
+            results = _run_ladder(spec, store, restore, recorder, stop)
         status = "KILLED" if stop.requested else "FINISHED"
         if stop.requested:
             print(f"\nlic-search: search stopped by Ctrl-C; continue it with: lic-search resume {store}")
@@ -146,6 +169,43 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
         if installed:
             stop.uninstall()
         recorder.close(status)
+
+
+def _run_ladder(spec: SearchSpec, store: ExperimentStore, restore: bool, recorder, stop) -> list:
+    """The anchor phase (unless ``ladder.json`` says it ended), then the fine-tune phase; all results."""
+    from ray import tune
+
+    plan = LadderPlan.load(store)
+    anchors = Phase(ladder.anchor_spec(spec), store)
+    results: list = []
+    if plan is None:
+        recorder.logger.ladder_role = T.LADDER_ANCHOR
+        results = list(_tuner(spec, store, anchors, restore, [recorder.logger, stop,
+                                                               *console.callbacks(anchors.spec, store)]).fit())
+        if stop.requested:
+            return results
+        plan = ladder.plan(spec, results, recorder.logger.run_ids())
+        plan.save(store)
+        restore = False  # the fine-tune phase starts now
+    else:
+        results = list(_phase_results(anchors))
+    fine_tunes = Phase(ladder.fine_tune_spec(spec), ladder.phase_store(store), plan.configs)
+    started = restore and tune.Tuner.can_restore(fine_tunes.store.location)
+    print(f"ladder: {sum(bool(f.checkpoint) for f in plan.families)} of {len(plan.families)} rate families "
+          f"fine-tune {len(plan.configs)} trials from their anchors", *plan.lines(), sep="\n")
+    if not plan.configs:
+        return results
+    recorder.logger.ladder_role = T.LADDER_FINE_TUNE
+    recorder.logger.ladder_plan = plan
+    tuner = _tuner(spec, store, fine_tunes, started, [recorder.logger, stop, *console.callbacks(fine_tunes.spec, store)])
+    return results + list(tuner.fit())
+
+
+def _phase_results(phase: Phase) -> list:
+    """A finished phase's results, read back from its Ray experiment folder (no trial runs)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    return list(ResultGrid(ExperimentAnalysis(phase.store.location)))
 
 
 def _end_ray(store: Optional[ExperimentStore]) -> None:
@@ -187,6 +247,9 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
     if store.exists(STATE_FILE):
         raise LicSearchError(f"{store} already holds a search named {spec.name!r}: "
                              f"continue it with `lic-search resume {store}` or pass --name")
+    if spec.file.ladder is not None and is_uri(store.location):
+        raise LicSearchError(f"{space_path}: ladder: fine-tuned trials load their anchor's checkpoint by path, so a "
+                             f"ladder needs a local or mounted --storage-path, not {store.parent}")
     _start_cluster(spec, address, str(space_path))
     store.create()
     prepare_train_indexes(spec, store)
