@@ -51,6 +51,7 @@ class TrialPoint:
     psnr: Optional[float] = None
     ms_ssim: Optional[float] = None
     rd_loss_history: list[tuple[int, float]] = field(default_factory=list)  # (iteration, eval/rd_loss)
+    family: Optional[str] = None  # recorded family key (a ladder's fine-tunes: their anchor's), else from params
 
     @property
     def lmbda(self) -> Optional[float]:
@@ -101,9 +102,11 @@ def group_families(trials: Iterable[TrialPoint]) -> list[Family]:
     """Group trials into families, in order of first appearance; trials inside sorted by λ."""
     families: dict[str, Family] = {}
     for trial in trials:
-        key = family_key(trial.params)
+        key = trial.family or family_key(trial.params)
         if key not in families:
             families[key] = Family(key, family_params(trial.params), [])
+        if key == family_key(trial.params):  # the recipe as its own trials (a ladder's anchor) have it
+            families[key].params = family_params(trial.params)
         families[key].trials.append(trial)
     for family in families.values():
         family.trials.sort(key=lambda t: (t.lmbda is None, t.lmbda or 0.0, t.trial_id))

@@ -76,6 +76,7 @@ class TrialRecord:
     params: dict[str, str]
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
     family_name: Optional[str] = None  # the lic_search.family_name tag (readable; absent on older runs)
+    family: Optional[str] = None  # the lic_search.family tag (a ladder's fine-tunes: their anchor's family)
     lof: dict[str, float] = field(default_factory=dict)  # lof/<setting>/* metrics of `eval --search` (LOF sweep)
 
     def final(self, metric: str) -> Optional[float]:
@@ -98,7 +99,7 @@ class TrialRecord:
     def point(self) -> TrialPoint:
         return TrialPoint(self.trial_id, dict(self.params), bpp=self.final(M.EVAL_BPP), psnr=self.final(M.EVAL_PSNR),
                           ms_ssim=self.final(M.EVAL_MS_SSIM),
-                          rd_loss_history=list(self.histories.get(M.EVAL_RD_LOSS, [])))
+                          rd_loss_history=list(self.histories.get(M.EVAL_RD_LOSS, [])), family=self.family)
 
 
 @dataclass
@@ -136,7 +137,7 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             trial_id=tags.get(T.TAG_TRIAL_ID) or run.info.run_name or run.info.run_id,
             status=tags.get(T.TAG_STATUS),
             params=dict(run.data.params),
-            family_name=tags.get(T.TAG_FAMILY_NAME) or None,
+            family_name=tags.get(T.TAG_FAMILY_NAME) or None, family=tags.get(T.TAG_FAMILY) or None,
             histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
             lof={k: v for k, v in run.data.metrics.items() if k.startswith(T.METRIC_LOF_PREFIX)},
         ))
@@ -336,10 +337,11 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
         pair, rows = _pair_rows(with_auxt, without, labels, method)
         content.auxt_pairs.append(pair)
         content.speed += rows
-    family_of = {t.trial_id: labels.get(family_key(t.params)) for t in used}
+    family_of = {t.trial_id: labels.get(t.family or family_key(t.params)) for t in used}
     content.best = best_per_rate_point(search.trials, search.stratify_by, metric, content.mode, family_of)
     content.trials = [{"trial_id": t.trial_id, "run_id": t.run_id, "family": family_of.get(t.trial_id),
                        "auxt": t.auxt, "lmbda": t.lmbda, "status": t.status, "iterations": t.iterations,
+                       "init": run_names.init_source(t.params.get(run_names.INIT_FROM_KEY)),
                        "stratum": stratum_of(typed_params(t.params), search.stratify_by),
                        "final": {m: t.final(m) for m in HISTORY_METRICS if t.final(m) is not None}}
                       for t in search.trials]

@@ -263,12 +263,15 @@ def _lof_section(content: "ReportContent") -> list[str]:
 
 
 def _trial_table(content: "ReportContent") -> str:
+    """One row per trial; an ``init`` column (scratch, or the weights it started from) when any was warm-started."""
+    warm = any(t.get("init", "scratch") != "scratch" for t in content.trials)
     rows = [[t["trial_id"], t["family"] or "-", "yes" if t["auxt"] else "no", _fmt(t["lmbda"], "g"),
+             *([t.get("init", "scratch")] if warm else []),
              t["status"] or "-", _fmt(t["iterations"], "d"), _fmt(t["final"].get(M.EVAL_BPP)),
              _fmt(t["final"].get(M.EVAL_PSNR), ".2f"), _fmt(t["final"].get(M.EVAL_MS_SSIM), ".4f"),
              _fmt(t["final"].get(M.EVAL_RD_LOSS))] for t in content.trials]
-    return _table(["trial", "family", "AuxT", "λ", "status", "iterations", "bpp", "PSNR", "MS-SSIM",
-                   M.EVAL_RD_LOSS], rows)
+    return _table(["trial", "family", "AuxT", "λ", *(["init"] if warm else []), "status", "iterations", "bpp",
+                   "PSNR", "MS-SSIM", M.EVAL_RD_LOSS], rows)
 
 
 # ------------------------------------------------------------------------------------ render

@@ -60,9 +60,10 @@ def ray_verbosity() -> int:
     return 1 if _settings["verbose"] else 0
 
 
-def callbacks(spec: SearchSpec, store: ExperimentStore) -> list:
-    """The callbacks the Tuner gets from this module: the live view, or (``--verbose``) only the driver record."""
-    return [LiveConsole(spec, store, show=not _settings["verbose"])]
+def callbacks(spec: SearchSpec, store: ExperimentStore, configs: Optional[list[dict]] = None) -> list:
+    """The callbacks the Tuner gets from this module: the live view, or (``--verbose``) only the driver record.
+    ``configs``: the explicit trials of a ladder's fine-tune phase (default: the space's)."""
+    return [LiveConsole(spec, store, show=not _settings["verbose"], configs=configs)]
 
 
 def interactive(stream: TextIO) -> bool:
@@ -74,16 +75,16 @@ class LiveConsole(tune.Callback):
     """Counts, running trials, best per rate point, elapsed, device-hours and ETA, as the search runs."""
 
     def __init__(self, spec: SearchSpec, store: ExperimentStore, show: bool = True,
-                 stream: Optional[TextIO] = None):
+                 stream: Optional[TextIO] = None, configs: Optional[list[dict]] = None):
         resources = spec.file.resources
         gpus = resources.gpus_per_trial > 0
         self.store_location = store.location
         self.name = spec.name
-        self.expected = spec.trial_count()
+        self.expected = spec.trial_count() if configs is None else len(configs)
         self.device = "GPU" if gpus else "CPU"
         self.per_trial = resources.gpus_per_trial if gpus else resources.cpus_per_trial
         self.ranking = summary.Ranking.of(spec.file.search.model_dump(mode="json"))
-        self.keys = run_names.column_keys(spec.configs())
+        self.keys = run_names.column_keys(spec.configs() if configs is None else configs)
         self.show = show
         self._stream = stream
         self._reset()

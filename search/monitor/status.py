@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from search.errors import LicSearchError
 from search.experiment.drivers import Driver, read_driver
+from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderPlan
 from search.experiment.state import STATE_FILE, SearchState
 from search.experiment.store import ExperimentStore, is_uri
 from search.monitor import progress, summary
@@ -121,9 +122,10 @@ def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver],
     folder = Path(store.location)
     spec = load_space(folder / state.space_file, check_data=False)
     trials = []
-    for record in _ray_trials(folder):
+    phases = [folder, folder / FINE_TUNE_FOLDER]  # a ladder's fine-tune phase is its own Ray experiment
+    for phase, record in [(phase, record) for phase in phases for record in _ray_trials(phase)]:
         config = record.get("config") or {}
-        result = _last_result(folder / record.get("relative_logdir", ""))
+        result = _last_result(phase / record.get("relative_logdir", ""))
         budget = progress.budget_of(config)
         trials.append(progress.TrialView(
             trial_id=record["trial_id"], state=progress.trial_state(record.get("status", "PENDING"), result, budget),
@@ -135,11 +137,13 @@ def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver],
     elapsed = None
     if driver is not None:
         elapsed = (driver.ended or (time.time() if driver.alive() is not False else driver.heartbeat)) - driver.started
+    plan = LadderPlan.load(store)
+    expected = spec.trial_count() if plan is None else len(plan.families) + len(plan.configs)
     view = progress.SearchView(
-        name=state.name, folder=store.location, trials=trials, expected=spec.trial_count(), elapsed=elapsed,
+        name=state.name, folder=store.location, trials=trials, expected=expected, elapsed=elapsed,
         device="GPU" if gpus else "CPU", per_trial=resources.gpus_per_trial if gpus else resources.cpus_per_trial,
         ranking=summary.Ranking.of(spec.file.search.model_dump(mode="json")),
-        keys=run_names.column_keys(spec.configs()))
+        keys=run_names.column_keys([*spec.configs(), *(t.config for t in trials)]))
     return view, driver, state
 
 

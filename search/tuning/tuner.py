@@ -197,7 +197,8 @@ def _run_ladder(spec: SearchSpec, store: ExperimentStore, restore: bool, recorde
         return results
     recorder.logger.ladder_role = T.LADDER_FINE_TUNE
     recorder.logger.ladder_plan = plan
-    tuner = _tuner(spec, store, fine_tunes, started, [recorder.logger, stop, *console.callbacks(fine_tunes.spec, store)])
+    tuner = _tuner(spec, store, fine_tunes, started,
+                   [recorder.logger, stop, *console.callbacks(fine_tunes.spec, store, plan.configs)])
     return results + list(tuner.fit())
 
 
