@@ -89,3 +89,21 @@ def test_a_ladder_needs_rate_points(tmp_path):
     path.write_text(yaml.safe_dump(space))
     with pytest.raises(SpaceError, match="no rate key varies: make one of trial.loss.lmbda"):
         load_space(path)
+
+
+def test_best_export_of_a_ladder_writes_a_ladder(tmp_path):
+    """The winners of a ladder search (an anchor and fine-tuned rate points) become a ladder space again."""
+    from search.tracking.queries import ladder_template
+
+    spec = load_space(ladder_space(tmp_path))
+    anchor = next(anchor_spec(spec).configs())
+    tuned = list(fine_tune_configs(spec, anchor, "/ckpt"))
+    template, ladder = ladder_template([tuned[0], anchor, *tuned[1:]], ["fine_tune", "anchor", "fine_tune", "fine_tune"])
+    assert ladder == {"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 10, "schedule.lr": 5e-4}}
+    assert template["loss"]["lmbda"] == {"grid": sorted(LAMBDAS)} and "init_from" not in template["model"]
+    assert template["schedule"] == anchor["schedule"]
+    path = tmp_path / "again.yaml"
+    path.write_text(yaml.safe_dump({"name": "again", "trial": template, "ladder": ladder,
+                                    "scheduler": {"type": "fifo"}}))
+    assert [p["loss.lmbda"] for p in rate_points(load_space(path))] == [0.0483, 0.0067, 0.013, 0.025]
+    assert ladder_template([anchor, anchor], [None, None]) is None  # not a ladder: the usual export

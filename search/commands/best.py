@@ -65,7 +65,7 @@ def _export(args, selection, run_ids: list[str], why: str) -> None:
     from search.tracking.queries import export_space
 
     written = export_space(args.experiment, run_ids, args.export, tracking_uri=selection.tracking_uri,
-                           iterations=args.iterations, why=why)
+                           iterations=args.iterations, why=why, stratify_by=selection.stratify_by)
     for path in written:
         print(f"wrote {path} ({why}; run it with: lic-search run {path})", file=sys.stderr)
     if len(written) > 1:

@@ -206,8 +206,40 @@ def _grid_template(configs: Sequence[dict]) -> Optional[dict]:
     return template
 
 
+def ladder_template(configs: Sequence[dict], roles: Sequence[Optional[str]],
+                    stratify_by: Sequence[str] = DEFAULT_STRATIFY_BY) -> Optional[tuple[dict, dict]]:
+    """(trial template, ladder section) that re-runs a ladder search's winners as a ladder, or None.
+
+    The recipe is the anchor winner's (one anchor among ``configs``); the rate points are the
+    winners' values at the stratify keys that differ; ``fine_tune`` is what the fine-tuned winners
+    set differently from the anchor (their budget and learning rate), ``init_from`` aside."""
+    from trainables.config import flatten
+
+    anchors = [c for c, role in zip(configs, roles) if role == T.LADDER_ANCHOR]
+    tuned = [flatten(c) for c, role in zip(configs, roles) if role == T.LADDER_FINE_TUNE]
+    if len(anchors) != 1 or not tuned:
+        return None
+    anchor = flatten(anchors[0])
+    flats = [flatten(c) for c in configs]
+    rates = [k for k in stratify_by if len({json.dumps(f.get(k)) for f in flats}) > 1]
+    fine_tune = {k: v for k, v in tuned[0].items()
+                 if k not in rates and not k.startswith("model.init_from") and anchor.get(k) != v}
+    template = json.loads(json.dumps(anchors[0]))
+    template.get("model", {}).pop("init_from", None)
+    template.get("model", {}).pop("init_from_partial", None)
+    for key in rates:
+        values = sorted({f.get(key) for f in flats}, key=lambda v: (str(type(v)), v))
+        node = template
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = {"grid": values}
+    return template, {"anchor": {k: anchor.get(k) for k in rates}, "fine_tune": fine_tune}
+
+
 def export_space(experiment: str, run_ids: Sequence[str], target: Path, tracking_uri: Optional[str] = None,
-                 iterations: Optional[int] = None, why: str = "") -> list[Path]:
+                 iterations: Optional[int] = None, why: str = "",
+                 stratify_by: Sequence[str] = DEFAULT_STRATIFY_BY) -> list[Path]:
     """Write space file(s) that train exactly the given trials' configs again, at full (or given) budget.
 
     One file with a grid over the configs when they differ in one section (e.g. only ``loss``:
@@ -217,17 +249,21 @@ def export_space(experiment: str, run_ids: Sequence[str], target: Path, tracking
     import yaml
 
     uri = tracking_uri or tracking.default_tracking_uri()
-    configs = []
+    configs, roles = [], []
+    client = tracking.client_for(uri)
     for run_id in run_ids:
         config = trial_config(run_id, uri)
-        if iterations:
+        role = client.get_run(run_id).data.tags.get(T.TAG_LADDER)
+        if iterations and role != T.LADDER_FINE_TUNE:
             config["schedule"]["iterations"] = iterations
         if config not in configs:
             configs.append(config)
+            roles.append(role)
     if not configs:
         raise LicSearchError(f"--export: no trial of {experiment!r} to export")
     target = Path(target)
-    template = _grid_template(configs)
+    ladder = ladder_template(configs, roles, stratify_by)
+    template = _grid_template(configs) if ladder is None else ladder[0]
     if template is not None:
         plan = [(target, template, run_ids)]
     else:
@@ -243,10 +279,12 @@ def export_space(experiment: str, run_ids: Sequence[str], target: Path, tracking
             "search": {"algorithm": "random", "num_samples": 1},
             "scheduler": {"type": "fifo"},
         }
+        if ladder is not None:  # a ladder search is re-run as a ladder: its anchor first, the rest fine-tuned
+            space["ladder"] = ladder[1]
         path.write_text(yaml.safe_dump(space, sort_keys=False))
         written.append(path)
     return written
 
 
 __all__ = ["SearchSelection", "select_search", "trial_runs", "best_trials", "winners", "trial_config",
-           "export_space"]
+           "export_space", "ladder_template"]
