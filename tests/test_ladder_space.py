@@ -107,3 +107,17 @@ def test_best_export_of_a_ladder_writes_a_ladder(tmp_path):
                                     "scheduler": {"type": "fifo"}}))
     assert [p["loss.lmbda"] for p in rate_points(load_space(path))] == [0.0483, 0.0067, 0.013, 0.025]
     assert ladder_template([anchor, anchor], [None, None]) is None  # not a ladder: the usual export
+
+
+def test_estimate_prices_the_ladder_beside_the_from_scratch_grid(tmp_path, capsys):
+    from search.analysis.estimate import plan_ladder
+    from search.cli import main
+
+    path = ladder_space(tmp_path)
+    anchors, tuned = plan_ladder(load_space(path))
+    assert [t.iterations for t in anchors] == [40, 40] and [t.iterations for t in tuned] == [10] * 6
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ladder (2 anchor(s) from scratch, then 6 rate point(s) fine-tuned from them" in out
+    assert "80 + 60 = 140 iterations" in out
+    assert "from scratch (the same 8 trials, no ladder): 320 iterations" in out and "the ladder is 44% of it" in out

@@ -39,7 +39,8 @@ from search.space.primitives import KINDS
 from search.space.strata import stratum_of
 from trainables.config import TrialConfig
 
-__all__ = ["StepConfig", "Stage", "TrialPlan", "RungCount", "Estimate", "step_config", "plan_trials", "asha_rungs",
+__all__ = ["StepConfig", "Stage", "TrialPlan", "RungCount", "Estimate", "step_config", "plan_trials", "plan_configs",
+           "plan_ladder", "asha_rungs",
            "asha_iterations", "trials_per_device", "wall_hours", "estimate"]
 
 # AuxT knobs that change a loss weight or an initial value, not the work of a step.
@@ -132,17 +133,35 @@ def plan_trials(spec: SearchSpec, seed: Optional[int] = 0) -> list[TrialPlan]:
     template, num_samples, stratify_by = spec.template, spec.file.search.num_samples, spec.stratify_by()
     sites = [(keys, args) for keys, kind, args in kp.primitive_sites(template) if kind == "grid"]
     rng = random.Random(seed)
-    plans = []
+    plains = []
     for combo in itertools.product(*(args for _, args in sites)):
         point = kp.substitute(template, ((keys, value) for (keys, _), value in zip(sites, combo)))
-        for _ in range(num_samples):
-            plain = _resolve(point, rng)
-            config = TrialConfig.model_validate(plain)
-            dumped = config.model_dump(mode="json")
-            stratum = tuple((key, repr(value)) for key, value in stratum_of(dumped, stratify_by).items())
-            plans.append(TrialPlan(step_config(config), config.schedule.iterations, config.schedule.eval_every,
-                                   stratum, plain, _stages(config, plain)))
+        plains += [_resolve(point, rng) for _ in range(num_samples)]
+    return plan_configs(plains, stratify_by)
+
+
+def plan_configs(plains: Sequence[dict], stratify_by: Sequence[str]) -> list[TrialPlan]:
+    """The :class:`TrialPlan` of each plain trial config, in its stratum at ``stratify_by``."""
+    plans = []
+    for plain in plains:
+        config = TrialConfig.model_validate(plain)
+        dumped = config.model_dump(mode="json")
+        stratum = tuple((key, repr(value)) for key, value in stratum_of(dumped, stratify_by).items())
+        plans.append(TrialPlan(step_config(config), config.schedule.iterations, config.schedule.eval_every,
+                               stratum, plain, _stages(config, plain)))
     return plans
+
+
+def plan_ladder(spec: SearchSpec) -> tuple[list[TrialPlan], list[TrialPlan]]:
+    """A ladder space's trials: (the anchors, the fine-tuned rate points of every anchor's family).
+
+    Priced as if every anchor finished its budget (under ASHA only the anchors that do are fine-tuned,
+    so this is the most the fine-tune phase costs)."""
+    from search.space.ladder import anchor_spec, fine_tune_configs
+
+    anchors = plan_trials(anchor_spec(spec), seed=spec.file.search.seed)
+    tuned = [config for anchor in anchors for config in fine_tune_configs(spec, anchor.config, "<anchor checkpoint>")]
+    return anchors, plan_configs(tuned, spec.stratify_by())
 
 
 def _stages(config: TrialConfig, plain: dict) -> tuple[Stage, ...]:

@@ -46,8 +46,30 @@ def _stage_share(trial, step) -> float:
     return sum(end - s.at for s, end in zip(phases, ends) if s.step == step)
 
 
+def _print_ladder(ladder, seconds, scratch, file, gpus: int, unit: str) -> None:
+    """The ladder's cost (anchors, then fine-tunes, each phase at its own concurrency) beside the from-scratch grid."""
+    from search.analysis.estimate import estimate
+
+    anchors, tuned = ladder
+    resources = file.resources
+    phases = [estimate(trials, seconds, file.scheduler, gpus=gpus, gpus_per_trial=resources.gpus_per_trial,
+                       max_concurrent=file.search.max_concurrent) for trials in (anchors, tuned) if trials]
+    iterations = sum(p.grid_iterations for p in phases)
+    hours = sum(p.grid_hours for p in phases)
+    wall = sum(p.grid_wall_hours for p in phases)
+    fine = phases[1].grid_iterations if len(phases) > 1 else 0
+    print(f"\nladder ({len(anchors)} anchor(s) from scratch, then {len(tuned)} rate point(s) fine-tuned from them; "
+          f"every anchor finishing its budget): {phases[0].grid_iterations:,} + {fine:,} = {iterations:,} iterations, "
+          f"{_hours(hours).replace(' h', ' ' + unit, 1)}, wall {_hours(wall)}")
+    print(f"from scratch (the same {len(anchors) + len(tuned)} trials, no ladder): {scratch.grid_iterations:,} "
+          f"iterations, {_hours(scratch.grid_hours).replace(' h', ' ' + unit, 1)}, wall "
+          f"{_hours(scratch.grid_wall_hours)}; the ladder is {iterations / max(scratch.grid_iterations, 1):.0%} of it")
+    if file.scheduler.type == "asha":
+        print("  under ASHA only the anchors that finish their budget are fine-tuned: the ladder costs at most this")
+
+
 def _estimate(args) -> int:
-    from search.analysis.estimate import estimate, plan_trials
+    from search.analysis.estimate import estimate, plan_ladder, plan_trials
     from search.analysis.step_timing import device_label, seconds_per_iteration
     from search.space import load_space
     from trainables.device import resolve_device
@@ -68,9 +90,10 @@ def _estimate(args) -> int:
     print(f"space: {spec.path} ({file.name}): {len(trials)} trials, scheduler {file.scheduler.type}")
     print(f"timed on: {device_label(device)}" + ("" if kind == "GPU" else
           "  -- no GPU used: these are CPU timings, CPU-hours, not GPU-hours"))
+    ladder = plan_ladder(spec) if file.ladder is not None else ([], [])
     seconds = {}
     first = {}
-    for trial in trials:  # every stage of a data.crop_schedule is its own step configuration
+    for trial in [*trials, *ladder[0], *ladder[1]]:  # every stage of a data.crop_schedule is its own step config
         for stage in trial.phases():
             first.setdefault(stage.step, stage.config)
     for step, config in sorted(first.items()):
@@ -106,6 +129,8 @@ def _estimate(args) -> int:
     if result.asha_wall_hours is not None:
         wall += f", ASHA {_hours(result.asha_wall_hours)}"
     print(wall)
+    if file.ladder is not None:
+        _print_ladder(ladder, seconds, result, file, args.gpus, unit)
     if 0 < resources.gpus_per_trial < 1:
         print("note: trials sharing a GPU are assumed to split it (no speed-up from packing); "
               "bench/gpu_acceptance.py measures the real packing gain")
