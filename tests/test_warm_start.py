@@ -9,7 +9,7 @@ import torch
 from trainables.backbones import BACKBONES
 from trainables.config import ModelConfig, TrialConfig
 from trainables.model import create_model
-from trainables.warm_start import WarmStartError, apply_warm_start
+from trainables.training.warm_start import WarmStartError, apply_warm_start
 
 from conftest import tiny_trial
 

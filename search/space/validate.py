@@ -291,7 +291,7 @@ def check_warm_starts(file: str, trials: list[TrialConfig], where: str = "trial.
     import torch
 
     from trainables.model import create_model
-    from trainables.warm_start import WarmStartError, plan
+    from trainables.training.warm_start import WarmStartError, plan
 
     checked: set[str] = set()
     for trial in trials:

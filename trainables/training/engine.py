@@ -81,7 +81,7 @@ class Trainer:
         """``warm_start=False``: skip ``model.init_from`` (a resumed trial loads its own checkpoint instead)."""
         from trainables.losses import RateDistortionLoss
         from trainables.model import create_model
-        from trainables.warm_start import apply_warm_start
+        from trainables.training.warm_start import apply_warm_start
 
         self.config = config
         self.device = device or resolve_device(config.performance.device)

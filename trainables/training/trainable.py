@@ -20,7 +20,7 @@ from trainables.config import TrialConfig
 from trainables.errors import TrainingDivergedError
 from trainables.training.checkpoint import load_checkpoint, save_checkpoint
 from trainables.training.engine import Trainer
-from trainables.warm_start import warm_start_result
+from trainables.training.warm_start import warm_start_result
 
 
 def _trial_resources() -> dict[str, float]:
