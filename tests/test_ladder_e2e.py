@@ -51,7 +51,7 @@ def test_ladder_fine_tunes_from_the_anchor_and_resumes_after_sigkill(tmp_path: P
 
     try:
         try:
-            wait_for(fine_tuning, 240, "the fine-tuned trial half-way", interval=0.2)
+            wait_for(fine_tuning, 420, "the fine-tuned trial half-way", interval=0.2)
         except BaseException:
             kill_session(driver)
             raise
