@@ -121,3 +121,30 @@ def test_estimate_prices_the_ladder_beside_the_from_scratch_grid(tmp_path, capsy
     assert "ladder (2 anchor(s) from scratch, then 6 rate point(s) fine-tuned from them" in out
     assert "80 + 60 = 140 iterations" in out
     assert "from scratch (the same 8 trials, no ladder): 320 iterations" in out and "the ladder is 44% of it" in out
+
+
+def test_only_finished_anchors_are_fine_tuned_and_each_family_says_why(tmp_path):
+    from types import SimpleNamespace
+
+    from search.tuning.ladder import plan
+
+    spec = load_space(ladder_space(tmp_path))
+    low_lr, high_lr = list(anchor_spec(spec).configs())[:1] * 2
+    high_lr = {**high_lr, "schedule": {**high_lr["schedule"], "lr": 3e-3}}
+
+    def result(trial_id, config, iterations, error=None, checkpoint="/ckpt/{}", **metrics):
+        return SimpleNamespace(config=config, error=error, path=f"/r/{trial_id}",
+                               metrics={"trial_id": trial_id, "iterations": iterations, **metrics},
+                               checkpoint=SimpleNamespace(path=checkpoint.format(trial_id)))
+
+    finished = plan(spec, [result("a", low_lr, 40), result("b", high_lr, 20)], {"a": "run-a"})
+    assert [(f.anchor_trial, f.checkpoint, f.anchor_run) for f in finished.families] == [
+        ("a", "/ckpt/a", "run-a"), ("b", None, None)]
+    assert finished.families[1].reason == "stopped by the scheduler at iteration 20 of 40"
+    assert len(finished.configs) == 3 and {c["model"]["init_from"] for c in finished.configs} == {"/ckpt/a"}
+    assert "not fine-tuned: anchor b stopped by the scheduler" in "\n".join(finished.lines())
+    others = plan(spec, [result("c", low_lr, 10, error=RuntimeError("boom")),
+                         result("d", high_lr, 40, diverged=1, diverged_reason="non-finite loss at iteration 7")], {})
+    assert [f.reason for f in others.families] == ["errored (RuntimeError)",
+                                                   "diverged (non-finite loss at iteration 7)"]
+    assert others.configs == []
