@@ -132,6 +132,11 @@ def describe_spec(spec: SearchSpec) -> str:
         shown.append(f"{iterations}" + (f" (lr decay at {decay})" if decay else ""))
     lines.append(f"iteration budget: {spec.budget()} (max); per trial: {'; '.join(shown)}")
     lines.extend(describe_setup(file.search, file.scheduler, spec.budget(), file.trial))
+    if file.ladder is not None:
+        anchor = ", ".join(f"{k}={show(v)}" for k, v in file.ladder.anchor.items())
+        tuned = ", ".join(f"{k}={show(v)}" for k, v in file.ladder.fine_tune.items()) or "nothing changed"
+        lines.append(f"ladder: per rate family, {anchor} from scratch first; every other rate point then fine-tuned "
+                     f"from its final weights with {tuned}")
     r = file.resources
     lines.append(f"resources: {r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU per trial; "
                  f"{r.max_failures} retries from checkpoint")
