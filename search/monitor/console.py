@@ -85,6 +85,8 @@ class LiveConsole(tune.Callback):
         self.per_trial = resources.gpus_per_trial if gpus else resources.cpus_per_trial
         self.ranking = summary.Ranking.of(spec.file.search.model_dump(mode="json"))
         self.keys = run_names.column_keys(spec.configs() if configs is None else configs)
+        if configs is not None and run_names.INIT_FROM_KEY not in self.keys:  # a ladder's fine-tunes: say from where
+            self.keys.append(run_names.INIT_FROM_KEY)
         self.show = show
         self._stream = stream
         self._reset()
