@@ -101,6 +101,42 @@ class AuxTConfig(_Strict):
         return self.enabled and self.placement in ("both", "synthesis")
 
 
+class LLICConfig(_Strict):
+    """Knobs of the llic-style backbone (a reconstruction of LLIC's transforms; read by no other backbone)."""
+
+    kernel_sizes: tuple[int, int, int, int] = Field(
+        (11, 11, 9, 9), description="Large depth-wise kernel size K per analysis stage (image side first; "
+        "mirrored in the synthesis), odd. Default from a third-party reading of LLIC."
+    )
+    kernel: Literal["self-conditioned", "static"] = Field(
+        "self-conditioned", description="self-conditioned: each sample's kernel = a static kernel + an offset "
+        "generated from the block's input (SCST); static: a plain depth-wise convolution."
+    )
+    channel_factors: bool = Field(True, description="Self-conditioned per-channel factors in the channel "
+                                  "blocks (SCCT); false drops them.")
+
+    @field_validator("kernel_sizes")
+    @classmethod
+    def _odd(cls, sizes: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        bad = [k for k in sizes if k < 1 or k % 2 == 0]
+        if bad:
+            raise ValueError(f"kernel sizes must be odd and >= 1 (a centred kernel), but got {list(sizes)}")
+        return sizes
+
+
+class MSPConfig(_Strict):
+    """Knobs of the msp-style backbone (a progressive sub-lattice entropy model; read by no other backbone)."""
+
+    steps: Literal[1, 2, 4, 8, 16] = Field(
+        4, description="Sequential decoding steps of the latent (the profile): 1 = hyperprior only, 2 = "
+        "checkerboard, 4 = the stride-2 phases, 8 / 16 = finer; the same for every image size."
+    )
+
+
+#: ModelConfig sections that belong to one backbone each (``BackboneSpec.options`` names one).
+BACKBONE_OPTION_SECTIONS: tuple[str, ...] = ("llic", "msp")
+
+
 class ModelConfig(_Strict):
     backbone: str = Field("mbt2018-mean", description="Registered backbone name (see `lic-search models`).")
     N: Optional[int] = Field(None, gt=0, description="Backbone width N; null = the backbone's default.")
@@ -114,6 +150,8 @@ class ModelConfig(_Strict):
         False, description="With init_from: allow adding AuxT to weights trained without it (AuxT's parameters "
         "keep their initialisation).",
     )
+    llic: LLICConfig = Field(default_factory=LLICConfig)
+    msp: MSPConfig = Field(default_factory=MSPConfig)
 
 
 CROP_MIN = 16  # smallest training crop (data.crop_size and every crop_schedule stage)

@@ -10,6 +10,10 @@ EVAL_MSE = "eval/mse"
 EVAL_ORTHO_LOSS = "eval/ortho_loss"  # orthogonality penalty of all OLPs (unweighted)
 EVAL_TOP10_ENERGY = "eval/energy_top10"  # share of latent energy in the top 10% channels
 EVAL_AUXT_ENERGY = "eval/auxt_energy_share"  # share of latent energy from the AuxT branch
+# Sequential entropy-decoding steps of ŷ per image (mean over the eval images), as the backbone declares
+# them: a decode-time proxy that needs no timing (msp-style: its `steps`; a serial context model: one per
+# latent position). Reported only by backbones that declare it (all registered ones do).
+EVAL_DECODE_STEPS = "eval/decode_steps"
 
 TRAIN_LOSS = "train/loss"
 TRAIN_RD_LOSS = "train/rd_loss"

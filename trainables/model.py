@@ -119,6 +119,12 @@ class LICModel(nn.Module):
                 update_registered_buffers(module, name, names, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def decode_steps(self, height: int, width: int) -> Optional[int]:
+        """Sequential entropy-decoding steps of ŷ for a padded ``height`` x ``width`` image (None: undeclared)."""
+        if self.spec.decode_steps is None:
+            return None
+        return int(self.spec.decode_steps(self.backbone, height // 16, width // 16))
+
     @torch.no_grad()
     def compress(self, x: Tensor) -> dict[str, Any]:
         self.check_input(x)
@@ -133,7 +139,8 @@ def create_model(cfg: ModelConfig) -> LICModel:
     """Build ``cfg.backbone`` at widths (N, M) (defaults when null) and attach ``cfg.auxt``."""
     spec = get_backbone(cfg.backbone)
     N, M = spec.resolve(cfg.N, cfg.M)
-    backbone = spec.build(N, M)
+    options = () if spec.options is None else (getattr(cfg, spec.options),)
+    backbone = spec.build(N, M, *options)
     attach_auxt(backbone, spec, cfg.auxt, N, M)
     return LICModel(backbone, spec, cfg, N, M)
 

@@ -41,7 +41,7 @@ KNOWN_METRICS: tuple[str, ...] = tuple(sorted({
 MAXIMISED_METRICS: frozenset[str] = frozenset({M.EVAL_PSNR, M.EVAL_MS_SSIM, M.TRAIN_ITERS_PER_S})
 #: Metrics where smaller is better: rate, distortion and every loss.
 MINIMISED_METRICS: frozenset[str] = frozenset({
-    M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_MSE, M.EVAL_ORTHO_LOSS,
+    M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_MSE, M.EVAL_ORTHO_LOSS, M.EVAL_DECODE_STEPS,
     M.TRAIN_LOSS, M.TRAIN_RD_LOSS, M.TRAIN_BPP, M.TRAIN_DISTORTION, M.TRAIN_ORTHO_LOSS, M.TRAIN_AUX_LOSS,
 })
 # The rest (energy shares, train/lr) are diagnostics with no better direction: a search on them names its mode.

@@ -214,6 +214,7 @@ def _check_models(file: str, trials: list[TrialConfig]) -> None:
             except LicSearchError as error:
                 raise SpaceError(file, "trial.model.auxt.stages", f"{error} (backbone {name!r} has "
                                  f"{BACKBONES[name].num_stages} stages)") from None
+    _check_backbone_options(file, trials, BACKBONES)
     built: set[str] = set()
     for trial in trials:
         model = trial.model
@@ -222,6 +223,21 @@ def _check_models(file: str, trials: list[TrialConfig]) -> None:
             continue  # registered default widths are tested with the registry
         built.add(key)
         _try_build(file, model)
+
+
+def _check_backbone_options(file: str, trials: list[TrialConfig], backbones: dict) -> None:
+    """Reject a backbone's own section (``model.llic``, ``model.msp``) set where no trial's backbone reads it."""
+    from trainables.config import BACKBONE_OPTION_SECTIONS, ModelConfig
+
+    for section in BACKBONE_OPTION_SECTIONS:
+        default = getattr(ModelConfig(), section)
+        setting = [t.model for t in trials if getattr(t.model, section) != default]
+        if setting and not any(backbones[m.backbone].options == section for m in setting):
+            readers = sorted(name for name, spec in backbones.items() if spec.options == section)
+            raise SpaceError(file, f"trial.model.{section}", f"has no effect: only backbone(s) "
+                             f"{', '.join(readers)} read model.{section}, but every trial that sets it uses "
+                             f"{', '.join(sorted({m.backbone for m in setting}))}; set model.backbone to "
+                             f"{readers[0]} or remove the section")
 
 
 def _try_build(file: str, model: Any) -> None:

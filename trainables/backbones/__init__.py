@@ -1,6 +1,6 @@
 """Registered LIC backbones; importing this package fills :data:`BACKBONES`."""
 
-from trainables.backbones import elic, mbt2018, stf, tcm  # noqa: F401  (registration side effect)
+from trainables.backbones import elic, llic, mbt2018, msp, stf, tcm  # noqa: F401  (registration side effect)
 from trainables.backbones.registry import (
     BACKBONES,
     BackboneError,

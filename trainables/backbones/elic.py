@@ -36,6 +36,7 @@ def channel_groups(M: int) -> list[int]:
     up_layers=(1, 5, 10, 14),
     pad_multiple=64,
     test_widths=(16, 40),
+    decode_steps=lambda model, height, width: 2 * len(model.groups),  # checkerboard halves of each group
 )
 def build_elic(N: int, M: int) -> CompressionModel:
     """ELIC, He et al. 2022 (CompressAI Elic2022Chandelier)."""

@@ -21,6 +21,7 @@ from trainables.backbones.registry import register_backbone
     up_layers=(0, 2, 4, 6),
     pad_multiple=64,
     test_widths=(16, 24),
+    decode_steps=lambda model, height, width: 1,  # ŷ in one parallel step from the hyperprior
 )
 def build_mbt2018_mean(N: int, M: int) -> CompressionModel:
     """Mean-scale hyperprior, Minnen et al. 2018 (CompressAI MeanScaleHyperprior)."""

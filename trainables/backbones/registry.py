@@ -13,15 +13,24 @@ declared per backbone, never a copied forward pass):
   and the output of ``g_s``.
 * ``down_layers`` / ``up_layers``: the resampling layers themselves, for Appendix A.2
   (``replace_resampling``).
+
+Optional per backbone:
+
+* ``options``: the ``model.<section>`` of the trial config holding this backbone's own knobs
+  (``llic``, ``msp``); its builder then takes it as a third argument, ``build(N, M, options)``.
+* ``decode_steps(model, y_height, y_width)``: how many sequential entropy-decoding steps the
+  latent ŷ needs once ẑ is decoded (each step one run of the parameter networks and one
+  range-decoding pass); trials report it as ``eval/decode_steps``, a decode-time proxy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Optional
 
 from compressai.models import CompressionModel
 
+from trainables.config import BACKBONE_OPTION_SECTIONS
 from trainables.errors import LicSearchError
 
 __all__ = ["BackboneSpec", "BackboneError", "BACKBONES", "register_backbone", "get_backbone"]
@@ -31,7 +40,8 @@ class BackboneError(LicSearchError):
     """Unknown backbone name, duplicate registration or an inconsistent stage plan."""
 
 
-Builder = Callable[[int, int], CompressionModel]
+Builder = Callable[..., CompressionModel]  # build(N, M) or, with ``options``, build(N, M, options)
+DecodeSteps = Callable[[Any, int, int], int]
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class BackboneSpec:
     # Tiny (N, M) for registry-driven tests (timm's ``test-*`` variants, as width overrides).
     test_widths: tuple[int, int] = (16, 40)
     description: str = field(default="", compare=False)
+    options: Optional[str] = None
+    decode_steps: Optional[DecodeSteps] = field(default=None, compare=False)
 
     @property
     def num_stages(self) -> int:
@@ -63,6 +75,9 @@ BACKBONES: dict[str, BackboneSpec] = {}
 
 
 def _check_plan(spec: BackboneSpec) -> None:
+    if spec.options is not None and spec.options not in BACKBONE_OPTION_SECTIONS:
+        raise BackboneError(f"backbone {spec.name!r}: options must name a model section, one of "
+                            f"{', '.join(BACKBONE_OPTION_SECTIONS)}, but got {spec.options!r}")
     stages = len(spec.widths(spec.N, spec.M)) - 1
     for key in ("analysis_positions", "synthesis_positions", "down_layers", "up_layers"):
         value = getattr(spec, key)

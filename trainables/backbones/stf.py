@@ -214,6 +214,7 @@ class STF(ChannelContextModel):
     up_layers=(1, 3, 5, 7),
     pad_multiple=64,
     test_widths=(12, 96),
+    decode_steps=lambda model, height, width: model.num_slices,
 )
 def build_stf(N: int, M: int) -> CompressionModel:
     """STF, Zou et al. CVPR 2022 (embed dim N=48, M=8N=384, window 4, 12 slices)."""

@@ -175,6 +175,7 @@ def _tcm_plan(test_widths: tuple[int, int]) -> dict:
         up_layers=(0, 3, 6, 9),
         pad_multiple=64,
         test_widths=test_widths,
+        decode_steps=lambda model, height, width: model.num_slices,
     )
 
 

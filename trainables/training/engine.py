@@ -277,6 +277,9 @@ class Trainer:
                 values[M.EVAL_MS_SSIM] = quality
             if out.get("y_auxt") is not None:
                 values[M.EVAL_AUXT_ENERGY] = branch_energy_share(out["y"], out["y_auxt"])
+            steps = self.model.decode_steps(*padded.shape[-2:])
+            if steps is not None:
+                values[M.EVAL_DECODE_STEPS] = float(steps)
             for name, value in values.items():
                 totals[name] = totals.get(name, 0.0) + value
             count += 1
