@@ -47,6 +47,17 @@ def test_stf_matches_the_release_and_the_auxt_channel_plan(capsys) -> None:
     assert row["params_auxt"] / 1e6 == pytest.approx(100.64, rel=0.01)
 
 
+def test_reconstructions_are_listed_and_take_auxt_on_their_declared_widths(capsys) -> None:
+    # llic-style has ELIC's stage widths (3, N, N, N, M) and msp-style mbt2018-mean's: AuxT's shortcuts,
+    # attached at the stage positions each declares, add exactly the same parameters.
+    rows = {r["name"]: r for r in _run_json(capsys, "--params-only", "--backbone", "llic-style", "--backbone", "elic",
+                                             "--backbone", "msp-style", "--backbone", "mbt2018-mean")}
+    gain = {name: row["params_auxt"] - row["params"] for name, row in rows.items()}
+    assert gain["llic-style"] == gain["elic"] and gain["msp-style"] == gain["mbt2018-mean"]
+    assert rows["llic-style"]["params"] / 1e6 == pytest.approx(32.25, rel=0.01)
+    assert rows["msp-style"]["params"] / 1e6 == pytest.approx(25.52, rel=0.01)
+
+
 def test_auxt_macs_equal_the_analytic_count_of_its_shortcuts(capsys) -> None:
     (row,) = _run_json(capsys, "--backbone", "mbt2018-mean")
     # Per stage k (C_k -> C_k+1 channels, P_k+1 output pixels of 768x512 / 4^(k+1)), WLS and

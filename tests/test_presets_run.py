@@ -1,9 +1,10 @@
-"""Three representative scaled-down presets run end to end (Ray local cluster, MLflow, CPU).
+"""Representative scaled-down presets run end to end (Ray local cluster, MLflow, CPU).
 
 Chosen to cover the kinds of experiment the presets reproduce: an AuxT ablation grid
 (wavelet bases, Figure 8b), the backbones × AuxT table (Table 1, two CompressAI backbones),
-a rate family with the MS-SSIM objective, and the lr / patch-size schedules (each trial's MLflow
-lr and crop-size history checked against its schedule).
+a rate family with the MS-SSIM objective, the lr / patch-size schedules (each trial's MLflow
+lr and crop-size history checked against its schedule), the llic-style kernel ablation and
+the two-objective (R-D loss, decode steps) NSGA-II search over msp-style profiles.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ SMOKE = REPO / "spaces" / "smoke"
     ("backbones_conv.yaml", "model.backbone"),
     ("rate_ms_ssim.yaml", "loss.lmbda"),
     ("schedules.yaml", "schedule.decay"),
+    ("ablation_llic.yaml", "model.llic.kernel"),
+    ("msp_profiles.yaml", "model.msp.steps"),
 ])
 def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path, ray_cluster):
     from search.tuning.tuner import run_search
@@ -50,3 +53,5 @@ def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path,
         from tests.test_schedules import check_schedule_histories
 
         assert check_schedule_histories(runs, uri) == {"step", "cosine", "plateau"}
+    if preset == "msp_profiles.yaml":  # the second objective: each profile's decoding steps, whatever the image
+        assert all(r.data.metrics[M.EVAL_DECODE_STEPS] == int(r.data.params["model.msp.steps"]) for r in runs)
