@@ -56,7 +56,8 @@ def _decode_times(model: nn.Module, x: torch.Tensor, repeats: int, device: torch
 
 
 @torch.no_grad()
-def decode_table(sizes, profiles, N: int, M: int, repeats: int, serial_repeats: int, device: torch.device) -> list[dict]:
+def decode_table(sizes, profiles, N: int, M: int, repeats: int, serial_repeats: int, device: torch.device,
+                 serial_sizes=None) -> list[dict]:
     from compressai.models import JointAutoregressiveHierarchicalPriors
 
     torch.manual_seed(0)
@@ -68,12 +69,13 @@ def decode_table(sizes, profiles, N: int, M: int, repeats: int, serial_repeats: 
     for height, width in sizes:
         x = torch.rand(1, 3, height, width, device=device)
         row: dict = {"size": f"{width}x{height}", "positions": (height // 16) * (width // 16)}
-        row["mbt2018"] = _decode_times(serial, x, serial_repeats, device)
+        if serial_sizes is None or (height, width) in serial_sizes:
+            row["mbt2018"] = _decode_times(serial, x, serial_repeats, device)
         for steps in profiles:
             msp.steps = steps
             row[steps] = _decode_times(msp, x, repeats, device)
         rows.append(row)
-        print(f"{row['size']}: mbt2018 {row['mbt2018']['full']:.3f} s; "
+        print(f"{row['size']}: mbt2018 {row['mbt2018']['full'] if 'mbt2018' in row else '-'} s; "
               + ", ".join(f"msp{s} {row[s]['full']:.3f} s" for s in profiles), file=sys.stderr)
     return rows
 
@@ -94,6 +96,14 @@ def stb_table(channels: int, repeats: int, device: torch.device) -> list[dict]:
     return rows
 
 
+def _fmt(value: Optional[float]) -> str:
+    return "not run" if value is None else f"{value:.3f}"
+
+
+def _ratio(serial: Optional[float], value: float) -> str:
+    return "-" if serial is None else f"{serial / max(value, 1e-9):.1f}x"
+
+
 def _load() -> str:
     try:
         return " / ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -112,20 +122,21 @@ def render(rows: list[dict], stb: list[dict], profiles, args, command: str, devi
              + " | " + " | ".join(f"ratio steps={s}" for s in profiles) + " |",
              "|---|---:|---:|" + "---:|" * (2 * len(profiles))]
     for row in rows:
-        serial = row["mbt2018"]["full"]
-        lines.append(f"| {row['size']} | {row['positions']} | {serial:.3f} | "
+        serial = row["mbt2018"]["full"] if "mbt2018" in row else None
+        lines.append(f"| {row['size']} | {row['positions']} | {_fmt(serial)} | "
                      + " | ".join(f"{row[s]['full']:.3f}" for s in profiles) + " | "
-                     + " | ".join(f"{serial / row[s]['full']:.1f}x" for s in profiles) + " |")
+                     + " | ".join(_ratio(serial, row[s]["full"]) for s in profiles) + " |")
     lines += ["", "## Latent decoding alone (s): full decode − g_s on the same ŷ", "",
               "| image | g_s (mbt2018) | g_s (msp) | mbt2018 (serial) | "
               + " | ".join(f"msp steps={s}" for s in profiles)
               + " | " + " | ".join(f"ratio steps={s}" for s in profiles) + " |",
               "|---|---:|---:|---:|" + "---:|" * (2 * len(profiles))]
     for row in rows:
-        serial = row["mbt2018"]["latent"]
-        lines.append(f"| {row['size']} | {row['mbt2018']['g_s']:.3f} | {row[profiles[0]]['g_s']:.3f} | {serial:.3f} | "
+        serial = row["mbt2018"]["latent"] if "mbt2018" in row else None
+        serial_gs = row["mbt2018"]["g_s"] if "mbt2018" in row else None
+        lines.append(f"| {row['size']} | {_fmt(serial_gs)} | {row[profiles[0]]['g_s']:.3f} | {_fmt(serial)} | "
                      + " | ".join(f"{row[s]['latent']:.3f}" for s in profiles) + " | "
-                     + " | ".join(f"{serial / max(row[s]['latent'], 1e-9):.1f}x" for s in profiles) + " |")
+                     + " | ".join(_ratio(serial, row[s]["latent"]) for s in profiles) + " |")
     lines += ["", "## LLIC-style STB against a static depth-wise convolution (ms, median)", "",
               "| K | feature map (C x H x W) | static dw KxK | self-conditioned KxK | ratio | whole STB | ratio |",
               "|---:|---|---:|---:|---:|---:|---:|"]
@@ -144,6 +155,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "768x512, 1024²)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--serial-repeats", type=int, default=1, help="repeats of the (slow) serial decode")
+    parser.add_argument("--serial-sizes", default=None, help="WxH list: run the serial mbt2018 only at these sizes "
+                        "(default: every size; it takes minutes per megapixel on a CPU)")
     parser.add_argument("--stb-channels", type=int, default=192)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
@@ -155,7 +168,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     profiles = [int(s) for s in args.profiles.split(",")]
     sizes = SIZES if args.sizes is None else [tuple(int(v) for v in s.split("x"))[::-1] for s in args.sizes.split(",")]
-    rows = decode_table(sizes, profiles, args.N, args.M, args.repeats, args.serial_repeats, device)
+    serial_sizes = None if args.serial_sizes is None else [tuple(int(v) for v in s.split("x"))[::-1]
+                                                            for s in args.serial_sizes.split(",")]
+    rows = decode_table(sizes, profiles, args.N, args.M, args.repeats, args.serial_repeats, device, serial_sizes)
     stb = stb_table(args.stb_channels, max(args.repeats, 3), device)
     text = render(rows, stb, profiles, args, command_line("bench/decode_time.py", argv), device)
     if args.output:
