@@ -19,7 +19,7 @@ from search.space.ladder import check_ladder
 from search.space.sections import check_search_setup
 from search.space.spec import SearchSpec
 from search.space.training_data import check_training_data
-from trainables.config import AuxTConfig, TrialConfig
+from trainables.config import BACKBONE_OPTION_SECTIONS, AuxTConfig, ModelConfig, TrialConfig
 
 
 def check_structure(file: str, node: Any, keys: kp.Keys = (), inside: Optional[kp.Keys] = None) -> None:
@@ -227,8 +227,6 @@ def _check_models(file: str, trials: list[TrialConfig]) -> None:
 
 def _check_backbone_options(file: str, trials: list[TrialConfig], backbones: dict) -> None:
     """Reject a backbone's own section (``model.llic``, ``model.msp``) set where no trial's backbone reads it."""
-    from trainables.config import BACKBONE_OPTION_SECTIONS, ModelConfig
-
     for section in BACKBONE_OPTION_SECTIONS:
         default = getattr(ModelConfig(), section)
         setting = [t.model for t in trials if getattr(t.model, section) != default]
