@@ -142,7 +142,8 @@ def render(rows: list[dict], stb: list[dict], profiles, args, command: str, devi
               "|---:|---|---:|---:|---:|---:|---:|"]
     for row in stb:
         lines.append(f"| {row['kernel']} | {row['map']} | {1e3 * row['static']:.1f} | {1e3 * row['adaptive']:.1f} | "
-                     f"{row['adaptive'] / row['static']:.2f} | {1e3 * row['stb']:.1f} | {row['stb'] / row['static']:.2f} |")
+                     f"{row['adaptive'] / row['static']:.2f} | {1e3 * row['stb']:.1f} | "
+                     f"{row['stb'] / row['static']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

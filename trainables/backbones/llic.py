@@ -49,7 +49,8 @@ Assumed here (NOT in any source; each is a choice a faithful build may change):
    B·C; no unfold, which costs K² times the memory).
 5. CTB(x) = x + s(x) ⊙ Gate(x), Gate(x) = P2(a ⊙ sigmoid(b)), (a, b) = split(P1(x)) with P1:
    C -> 4C (hidden width 2C, expansion ratio 2); a sigmoid gate (GLU) rather than GELU's
-   (GEGLU), which is quadratic in the input and, without normalisation, diverged; SCCT factors s(x) = 2·sigmoid(MLP(avgpool(x)))
+   (GEGLU), which is quadratic in the input and, without normalisation, diverged; SCCT factors
+   s(x) = 2·sigmoid(MLP(avgpool(x)))
    with MLP C -> C/4 -> C (GELU), so s starts near 1. ``channel_factors: false`` drops s.
 6. ELIC entropy model at M = 320 with ELIC's groups [16, 16, 32, 64, 192] (scaled for other M,
    as the ``elic`` backbone); LLIC's own per-variant entropy settings are not known.
