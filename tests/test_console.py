@@ -61,7 +61,7 @@ def test_mlflow_trial_runs_are_named_by_lambda_auxt_and_what_varies(quickstart):
     names = [run.info.run_name for run in runs]
     assert all(name.startswith("λ=0.013 · auxt=") and " · λ_orth=" in name and " · lr=" in name for name in names)
     assert sum("auxt=off" in name for name in names) == 3 and sum("auxt=haar" in name for name in names) == 6
-    assert all("λ_orth=-" in name for name in names if "auxt=off" in name)  # knobs of AuxT off change nothing
+    assert all("λ_orth=n/a" in name for name in names if "auxt=off" in name)  # AuxT off: not applicable
     families = {run.data.tags[T.TAG_FAMILY]: run.data.tags[T.TAG_FAMILY_NAME] for run in runs}
     assert len(families) == 9  # lr is sampled per trial: every trial its own family ...
     for run in runs:  # ... named by what its trials share: the run name without λ
@@ -157,7 +157,7 @@ def test_view_counts_progress_best_device_hours_and_eta(tmp_path: Path, monkeypa
                         "ETA 2h36m")
     assert lines[1].startswith("  a 50/100 it  rd_loss 2  bpp 0.5  PSNR 30.00  λ=0.013 · auxt=haar")
     assert lines[2].startswith("  best at λ=0.013, distortion=mse: eval/rd_loss = 1.5000 at 100 iterations")
-    assert lines[2].endswith("auxt=off · λ_orth=- · lr=2e-3 (trial b)")
+    assert lines[2].endswith("auxt=off · λ_orth=n/a · lr=2e-3 (trial b)")
 
 
 def test_console_redraws_in_a_terminal_and_prints_plain_lines_otherwise(tmp_path: Path, monkeypatch):

@@ -255,6 +255,8 @@ def test_estimate_command_on_the_quickstart(capsys) -> None:
     assert 0 < float(asha.group(1)) < float(grid.group(1))
     assert re.search(r"rung 100: 9 trial\(s\) reach it, 5 go on", out)
     assert re.search(r"^wall time on .*: grid [\d.]+ h.*, ASHA [\d.]+ h", out, re.M)
+    assert re.search(r"search launch: [\d.]+ s starting Ray, [\d.]+ s for a fresh worker to import", out)
+    assert re.search(r"s/iteration, [\d.]+ s/evaluation with its checkpoint, [\d.]+ s start-up", out)
 
 
 def test_estimate_command_times_each_crop_schedule_stage(tmp_path: Path, capsys) -> None:
@@ -271,13 +273,18 @@ trial:
   schedule: {{iterations: 100, eval_every: 50}}
 resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 """)
-    assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu"]) == 0
+    assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu", "--launch", "0"]) == 0
     out = capsys.readouterr().out
-    times = {int(crop): (int(batch), float(s), share) for batch, crop, s, share in re.findall(
-        r"batch (\d+), crop (\d+), amp \w+: ([\d.e+-]+) s/iteration \(1 trial\(s\), crop_schedule stage: (\d+%)", out)}
+    number = r"([\d.e+-]+)"
+    times = {int(crop): (int(batch), float(s), share, float(evaluation), float(startup))
+             for batch, crop, s, evaluation, startup, share in re.findall(
+                 rf"batch (\d+), crop (\d+), amp \w+: {number} s/iteration, {number} s/evaluation with its checkpoint, "
+                 rf"{number} s start-up \(1 trial\(s\), crop_schedule stage: (\d+%)", out)}
     assert times.keys() == {64, 128}, out
     assert (times[64][0], times[64][2], times[128][0], times[128][2]) == (2, "80%", 1, "20%")
+    assert all(t[3] > 0 and t[4] > 0 for t in times.values())  # evaluations and start-up are measured
     grid = re.search(r"^grid \(every trial its full budget\): 100 iterations, ([\d.e+-]+) CPU-hours", out, re.M)
     assert grid, out
-    expected = (80 * times[64][1] + 20 * times[128][1]) / 3600
-    assert float(grid.group(1)) == pytest.approx(expected, rel=6e-3)  # printed to 3 significant digits
+    # the stages' steps, the first stage's start-up, the evaluation at 50 (crop 64) and at 100 (crop 128)
+    expected = (80 * times[64][1] + 20 * times[128][1] + times[64][4] + times[64][3] + times[128][3]) / 3600
+    assert float(grid.group(1)) == pytest.approx(expected, rel=1e-2)  # printed to 3-4 significant digits

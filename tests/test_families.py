@@ -91,9 +91,10 @@ def test_group_and_rank_families_by_bd_rate():
     curve = families[1].curve()
     assert curve.bpp == sorted(curve.bpp) and curve.extra["trial_id"][0] == "b0"
     differ = distinguishing_params(families)
-    assert differ[families[0].key] == {"model.auxt.enabled": "False", "model.auxt.lambda_orth": "-",
-                                       "model.auxt.scaling_init": "-", "schedule.lr": "0.0001"}
-    assert differ[families[1].key] == {"model.auxt.enabled": "True", "model.auxt.lambda_orth": "0.1",
+    # shown as names and tables show them: the AuxT setting, "n/a" for the knobs of AuxT off (not "default")
+    assert differ[families[0].key] == {"model.auxt.enabled": "off", "model.auxt.lambda_orth": "n/a",
+                                       "model.auxt.scaling_init": "n/a", "schedule.lr": "0.0001"}
+    assert differ[families[1].key] == {"model.auxt.enabled": "haar", "model.auxt.lambda_orth": "0.1",
                                        "model.auxt.scaling_init": "(1.0, 0.5, 0.5, 0.0)", "schedule.lr": "0.0001"}
 
 

@@ -46,6 +46,14 @@ def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path,
     assert all(r.data.tags[T.TAG_STATUS] == "completed" for r in runs)
     assert all(math.isfinite(r.data.metrics[M.EVAL_RD_LOSS]) for r in runs)
     assert len({r.data.params.get(varied) for r in runs}) >= 2  # the preset's knob really varied
+    if preset == "ablation_wavelets.yaml":  # labelled variants name the runs, tag them, and the anchor is recorded
+        from search.tracking.queries import select_search
+
+        assert sorted(r.data.tags[T.TAG_VARIANT] for r in runs) == sorted(spec.variants.labels())
+        assert all(r.info.run_name.startswith(r.data.tags[T.TAG_VARIANT] + " · λ=") for r in runs)
+        assert all(r.data.tags[T.TAG_FAMILY_NAME] == r.data.tags[T.TAG_VARIANT] for r in runs)
+        selection = select_search(spec.name, uri)
+        assert selection.anchor == "anchor" and list(selection.variants) == spec.variants.labels()
     if preset == "rate_ms_ssim.yaml":
         assert all(r.data.params["loss.distortion"] == "ms-ssim" for r in runs)
         assert all(0 < r.data.metrics[M.EVAL_MS_SSIM] <= 1 for r in runs)

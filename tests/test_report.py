@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -113,7 +112,9 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
                  "--anchor", str(search["anchor"])])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "2 rate families (2 with a BD-rate)" in printed and "AuxT speed-up F1 vs F2: 2.00x" in printed
+    # the no-AuxT family is the search's anchor (no search.anchor recorded: the one AuxT-off family): listed
+    # first as F1, never ranked against itself
+    assert "2 rate families (1 with a BD-rate)" in printed and "AuxT speed-up F2 vs F1: 2.00x" in printed
 
     for name in ("rd_psnr.png", "rd_ms_ssim.png", "convergence.png", "energy.png"):
         width, height = _valid_png(out / name)
@@ -126,38 +127,44 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     data = json.loads((out / DATA_FILE).read_text())
     families = {f["label"]: f for f in data["families"]}
     assert set(families) == {"F1", "F2"}  # the stopped and the errored trial form no family
-    assert families["F1"]["auxt"] and not families["F2"]["auxt"]
-    assert families["F1"]["lambdas"] == list(LAMBDAS) and families["F1"]["points"] == 4
+    assert families["F2"]["auxt"] and not families["F1"]["auxt"]
+    assert families["F1"]["is_anchor"] and families["F1"]["rank"] is None and families["F2"]["rank"] == 1
+    assert data["anchor_family"] == "F1" and data["anchor_how"] == "the family with AuxT off"
+    assert families["F2"]["lambdas"] == list(LAMBDAS) and families["F2"]["points"] == 4
     # readable names, not the family hash (no lic_search.family_name tag here: named from the params)
-    assert (families["F1"]["name"], families["F2"]["name"]) == ("auxt=haar", "auxt=off")
-    assert families["F1"]["key"] != "auxt=haar" and len(families["F1"]["key"]) == 12
-    assert "| F1 | auxt=haar | yes | 4 |" in markdown and "| F2 | auxt=off | no | 4 |" in markdown
+    assert (families["F2"]["name"], families["F1"]["name"]) == ("auxt=haar", "auxt=off")
+    assert families["F2"]["key"] != "auxt=haar" and len(families["F2"]["key"]) == 12
+    assert "| F2 | 1 | auxt=haar | yes | 4 |" in markdown and "| F1 | anchor | auxt=off | no | 4 |" in markdown
+    assert "## Rate savings against the anchor" in markdown
+    # against the search's own anchor: rates 1.10 / 1.25 of the same qualities = -12% (PSNR and MS-SSIM);
+    # the anchor has no BD-rate against itself
+    assert families["F2"]["bd_rate"]["F1 psnr"] == pytest.approx(-12.0, abs=1e-6)
+    assert families["F2"]["bd_rate"]["F1 ms-ssim"] == pytest.approx(-12.0, abs=1e-6)
+    assert "F1 psnr" not in families["F1"]["bd_rate"]
     # against the extra anchor the curves are exact rate scalings: +10% and +25%
-    assert families["F1"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(10.0, abs=1e-6)
-    assert families["F2"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(25.0, abs=1e-6)
+    assert families["F2"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(10.0, abs=1e-6)
+    assert families["F1"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(25.0, abs=1e-6)
     # against the shipped VTM curve: recomputed here from the logged points with the bjontegaard
     # package directly (not lic-search's bd_rate), MS-SSIM converted to dB by hand
-    f1_curve = load_curve(out / "curves" / "F1.json")
+    f1_curve = load_curve(out / "curves" / "F2.json")
     four = load_curve(search["anchor"])
     f1_bpp = [b * AUXT_RATE for b in four.bpp]
     assert f1_curve.bpp == pytest.approx(f1_bpp)
     vtm = load_curve(shipped_anchor())
     expected_vtm = _independent_bd_rate(vtm.bpp, vtm.psnr, f1_bpp, four.psnr)
-    assert families["F1"]["bd_rate"]["VTM psnr"] == pytest.approx(expected_vtm, abs=1e-9)
-    in_db = lambda values: [-10 * math.log10(1 - v) for v in values]  # noqa: E731
-    assert families["F1"]["bd_rate"]["VTM ms-ssim"] == pytest.approx(
-        _independent_bd_rate(vtm.bpp, in_db(vtm.ms_ssim), f1_bpp, in_db(four.ms_ssim)), abs=1e-9)
+    assert families["F2"]["bd_rate"]["VTM psnr"] == pytest.approx(expected_vtm, abs=1e-9)
     # the BD-rate table as printed in the Markdown
-    f1_row = next(line for line in markdown.splitlines() if line.startswith("| F1 |"))
-    assert "+10.00%" in f1_row and f"{expected_vtm:+.2f}%" in f1_row and "| yes |" in f1_row
-    assert "+25.00%" in next(line for line in markdown.splitlines() if line.startswith("| F2 |"))
+    f1_row = next(line for line in markdown.splitlines() if line.startswith("| F2 |"))
+    assert "| -12.00% | -12.00% |" in f1_row and "+10.00%" in f1_row and f"{expected_vtm:+.2f}%" in f1_row
+    anchor_row = next(line for line in markdown.splitlines() if line.startswith("| F1 |"))
+    assert "| anchor | anchor |" in anchor_row and "+25.00%" in anchor_row
 
     # AuxT family against its no-AuxT counterpart: rates 1.10 / 1.25 of the same qualities = -12%
     (pair,) = data["auxt_pairs"]
-    assert (pair["auxt_family"], pair["no_auxt_family"]) == ("F1", "F2")
+    assert (pair["auxt_family"], pair["no_auxt_family"]) == ("F2", "F1") and not pair["bound"]
     assert pair["bd_rate"]["psnr"] == pytest.approx((AUXT_RATE / NO_AUXT_RATE - 1) * 100, abs=1e-6)
     assert pair["bd_rate"]["ms-ssim"] == pytest.approx(-12.0, abs=1e-6) and pair["speedup"] == pytest.approx(2.0)
-    pair_row = next(line for line in markdown.splitlines() if line.startswith("| F1 vs F2 | -12.00% |"))
+    pair_row = next(line for line in markdown.splitlines() if line.startswith("| F2 vs F1 | -12.00% |"))
     assert "| -12.00% | 50.0% | 2.00× |" in pair_row
 
     # speed: AuxT reaches the no-AuxT final loss at iteration 200 of 400 at every λ
@@ -168,7 +175,7 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
         assert row["fraction"] == pytest.approx(0.5) and row["no_auxt_iterations_to_auxt_final"] is None
     summary = next(s for s in data["speed"] if s["lmbda"] is None)
     assert summary["speedup"] == pytest.approx(2.0)
-    speed_rows = [line for line in markdown.splitlines() if line.startswith("| F1 vs F2 | 0.0")]
+    speed_rows = [line for line in markdown.splitlines() if line.startswith("| F2 vs F1 | 0.0")]
     assert len(speed_rows) == 4 and all("| 200 | 400 | 50.0% | 2.00× |" in row for row in speed_rows)
 
     # best per rate point: AuxT wins at every λ (R-D loss 0.45·scale < 0.6·scale); the stopped trial (5.0 at
@@ -177,7 +184,7 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     assert [(b["stratum"]["loss.lmbda"], b["trial_id"], b["of"]) for b in best] == [
         (0.0067, "auxt_0", 3), (0.013, "auxt_1", 2), (0.025, "auxt_2", 2), (0.0483, "auxt_3", 2)]
     assert [b["value"] for b in best] == pytest.approx([0.45 * (1 + i) for i in range(4)])
-    assert "## Best trial per rate point" in markdown and "| λ=0.0483, distortion=mse | auxt_3 | F1 |" in markdown
+    assert "## Best trial per rate point" in markdown and "| λ=0.0483, distortion=mse | auxt_3 | F2 |" in markdown
     assert "best at λ=0.013, distortion=mse: trial auxt_1" in printed
 
     trials = {t["trial_id"]: t for t in data["trials"]}

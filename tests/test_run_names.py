@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.commands.best import trial_table
+from search.commands.best import row_keys, trial_table
 from search.space import load_space
 from search.space.strata import typed_params
 from search.tracking import run_names as R
@@ -16,15 +16,28 @@ def _ablation_configs() -> list[dict]:
     return list(load_space(SPACES / "smoke" / "ablation_components.yaml").configs())
 
 
-def test_columns_of_the_components_ablation_tell_a1_to_a4_apart():
+def test_columns_of_the_components_ablation_tell_a1_to_a4_apart_from_the_model_built():
+    """Unlabelled, A3/A4 show no scaling ('n/a': without a DWT there are no subbands) and no Haar."""
     configs = _ablation_configs()
     keys = R.column_keys(configs)
     assert keys[:2] == [R.LAMBDA_KEY, R.AUXT_KEY]
     assert set(keys[2:]) == {"model.auxt.projection", "model.auxt.scaling", "model.auxt.downsample"}
     assert [R.label(k, keys) for k in keys] == ["λ", "auxt", "auxt.projection", "auxt.scaling", "auxt.downsample"]
-    grid = {tuple(R.value(c, k) for k in keys[2:]) for c in configs}
-    assert grid == {("unconstrained", "True", "dwt"), ("orthogonal", "False", "dwt"),
-                    ("orthogonal", "True", "avgpool"), ("orthogonal", "True", "strided_conv")}
+    grid = {tuple(R.value(c, k) for k in keys[1:]) for c in configs}
+    assert grid == {("haar", "unconstrained", "True", "dwt"), ("haar", "orthogonal", "False", "dwt"),
+                    ("avgpool", "orthogonal", "n/a", "avgpool"), ("strided_conv", "orthogonal", "n/a", "strided_conv")}
+
+
+def test_labelled_variants_name_runs_and_families_and_replace_their_knobs():
+    spec = load_space(SPACES / "smoke" / "ablation_components.yaml")
+    configs = list(spec.configs())
+    keys = R.column_keys(configs, spec.variants)
+    assert keys == [R.VARIANT_KEY, R.LAMBDA_KEY]  # the label names every model.auxt.* knob
+    names = {R.trial_name(c, keys, spec.variants.label_of(c)) for c in configs}
+    assert names == {"A1 unconstrained OLP · λ=0.0483", "A2 no scaling · λ=0.0483", "A3 avgpool · λ=0.0483",
+                     "A4 strided conv · λ=0.0483"}
+    assert {R.family_name(c, keys, spec.variants.label_of(c)) for c in configs} == set(spec.variants.labels())
+    assert not any("scaling" in n or "haar" in n for n in names if n.startswith(("A3", "A4")))
 
 
 def test_varying_keys_from_mlflow_params_equal_those_from_configs():
@@ -39,13 +52,16 @@ def test_best_table_has_one_column_per_varying_key_with_readable_headers():
     rows = [{"stratum": {"loss.lmbda": 0.0483}, "rank": i + 1, "status": "completed",
              "metrics": {"eval/rd_loss": 1.0 + i, "eval/bpp": 0.5, "eval/psnr": 30.0, "iterations": 24.0},
              "params": typed_params({k: str(v) for k, v in flatten(c).items()})} for i, c in enumerate(configs)]
-    keys = R.column_keys(r["params"] for r in rows)
+    keys = row_keys(rows)
     header, lines = trial_table(rows, "eval/rd_loss", keys)
     assert header[-5:] == ["λ", "auxt", "auxt.projection", "auxt.scaling", "auxt.downsample"]
-    assert "enabled" not in header
+    assert "enabled" not in header and "variant" not in header  # no run carries a variant tag
     assert [line[-3:] for line in lines] == [["unconstrained", "True", "dwt"], ["orthogonal", "False", "dwt"],
-                                             ["orthogonal", "True", "avgpool"], ["orthogonal", "True", "strided_conv"]]
-    assert all(line[-5:-3] == ["0.0483", "haar"] for line in lines)
+                                             ["orthogonal", "n/a", "avgpool"], ["orthogonal", "n/a", "strided_conv"]]
+    assert [line[-4] for line in lines] == ["haar", "haar", "avgpool", "strided_conv"]
+    labelled = [{**row, "variant": f"A{i + 1}"} for i, row in enumerate(rows)]
+    header, lines = trial_table(labelled, "eval/rd_loss", row_keys(labelled))
+    assert header[7] == "variant" and [line[7] for line in lines] == ["A1", "A2", "A3", "A4"]
     assert len({tuple(line[-3:]) for line in lines}) == 4  # every row of A1-A4 reads differently
 
 
@@ -57,7 +73,7 @@ def test_quickstart_names_show_lambda_auxt_lambda_orth_and_lr():
     off = next(c for c in configs if not c["model"]["auxt"]["enabled"])
     lambda_orth = R.show(on["model"]["auxt"]["lambda_orth"])
     assert R.trial_name(on, keys) == f"λ=0.013 · auxt=haar · λ_orth={lambda_orth} · lr=5e-4"
-    assert R.trial_name(off, keys).startswith("λ=0.013 · auxt=off · λ_orth=- · lr=")  # knobs of AuxT off: '-'
+    assert R.trial_name(off, keys).startswith("λ=0.013 · auxt=off · λ_orth=n/a · lr=")  # AuxT off: not applicable
     assert R.family_name(on, keys) == R.trial_name(on, keys).split(" · ", 1)[1]
 
 

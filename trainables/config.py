@@ -100,6 +100,39 @@ class AuxTConfig(_Strict):
     def in_synthesis(self) -> bool:
         return self.enabled and self.placement in ("both", "synthesis")
 
+    def inactive_knobs(self) -> frozenset[str]:
+        """The knobs that change nothing in the model this config builds (see :func:`inactive_auxt_knobs`)."""
+        return inactive_auxt_knobs(self.model_dump(mode="json"))
+
+
+def inactive_auxt_knobs(values: dict[str, Any]) -> frozenset[str]:
+    """AuxT knobs (field names) that do nothing given the others; ``values`` are AuxTConfig fields,
+    a field left out at its default.
+
+    What the model builder does (trainables.auxt): nothing at all when AuxT is off or placed
+    nowhere; no wavelet and no subband scaling when the DWT is replaced (A3 avgpool, A4 strided
+    conv); no scaling init without scaling; no orthogonality penalty with an unconstrained
+    projection (A1) or ``lambda_orth`` 0. Names and families are read from this, so a label
+    never claims a part the model does not have.
+    """
+    fields = AuxTConfig.model_fields
+    get = lambda key: values.get(key, fields[key].default)  # noqa: E731
+    if not get("enabled") or get("placement") == "none":
+        return frozenset(k for k in fields if k != "enabled" and (k != "placement" or not get("enabled")))
+    inactive: set[str] = set()
+    if get("downsample") != "dwt":
+        inactive |= {"wavelet", "scaling", "scaling_init"}
+    if not get("scaling"):
+        inactive.add("scaling_init")
+    if get("projection") == "unconstrained":
+        inactive |= {"lambda_orth", "ortho_norm"}
+    try:
+        if float(get("lambda_orth")) == 0.0:
+            inactive.add("ortho_norm")
+    except (TypeError, ValueError):
+        pass
+    return frozenset(inactive)
+
 
 class LLICConfig(_Strict):
     """Knobs of the llic-style backbone (a reconstruction of LLIC's transforms; read by no other backbone)."""

@@ -16,6 +16,7 @@ BD-rate across image sets and labels likelihood rates.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -64,6 +65,27 @@ class ImageSet:
 # The Kodak set: 24 images, 18 landscape 768x512 and 6 portrait 512x768.
 KODAK = ImageSet(count=24, sizes={"768x512": 18, "512x768": 6}, folder="Kodak (kodim01-24)")
 SHIPPED_ANCHOR_SETS = {"kodak": KODAK}  # anchors/<dataset>/ -> the images its curves were measured on
+
+
+@functools.lru_cache(maxsize=64)
+def eval_image_set(folder: str, limit: Optional[int] = None) -> Optional[ImageSet]:
+    """The images training evaluates on (the first ``limit`` of ``folder`` by name, as
+    ``trainables.data.images.load_eval_images`` takes them), sizes read from the file headers;
+    None when the folder is not readable here (a search run elsewhere)."""
+    from PIL import Image
+
+    from trainables.data.images import list_images
+
+    try:
+        files = list_images(Path(folder))[:limit] if limit is not None else list_images(Path(folder))
+        sizes: dict[str, int] = {}
+        for path in files:
+            with Image.open(path) as image:
+                key = f"{image.width}x{image.height}"
+            sizes[key] = sizes.get(key, 0) + 1
+    except (LicSearchError, OSError, ValueError):
+        return None
+    return ImageSet(count=len(files), sizes=sizes, folder=folder) if files else None
 
 
 def shipped_anchor(dataset: str = "kodak", codec: str = "vtm") -> Path:
@@ -282,6 +304,7 @@ def save_curve(curve: RDCurve, path: Path | str) -> Path:
     return path
 
 
-__all__ = ["RDCurve", "CurveError", "ImageSet", "KODAK", "RATE_BITSTREAM", "RATE_LIKELIHOOD", "check_comparable",
+__all__ = ["RDCurve", "CurveError", "ImageSet", "eval_image_set",
+           "KODAK", "RATE_BITSTREAM", "RATE_LIKELIHOOD", "check_comparable",
            "curve_from_dict", "evaluation_curve", "load_curve", "save_curve", "shipped_anchor",
            "METRIC_KEYS", "PSNR_KEYS", "MS_SSIM_KEYS", "BPP_KEY"]

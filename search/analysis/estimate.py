@@ -2,8 +2,9 @@
 
 Pure functions only (no timing, no Ray): :func:`plan_trials` turns a validated space into
 the trials Ray Tune will run (every grid point × ``num_samples``; non-grid primitives drawn
-with the search seed), and :func:`estimate` turns those trials plus a measured time per
-iteration of each distinct step configuration into device-hours and wall time.
+with the search seed), and :func:`estimate` turns those trials plus the measured
+:class:`StepCost` of each distinct step configuration (per iteration, per evaluation with its
+checkpoint, once at start-up) and the search's launch time into device-hours and wall time.
 
 A trial with a ``data.crop_schedule`` runs one step configuration per stage (larger crops,
 other batch sizes later): its cost is each stage's iterations at that stage's time per
@@ -39,8 +40,8 @@ from search.space.primitives import KINDS
 from search.space.strata import stratum_of
 from trainables.config import TrialConfig
 
-__all__ = ["StepConfig", "Stage", "TrialPlan", "RungCount", "Estimate", "step_config", "plan_trials", "plan_configs",
-           "plan_ladder", "asha_rungs",
+__all__ = ["StepConfig", "StepCost", "Stage", "TrialPlan", "RungCount", "Estimate", "step_config", "plan_trials",
+           "plan_configs", "plan_ladder", "asha_rungs",
            "asha_iterations", "trials_per_device", "wall_hours", "estimate"]
 
 # AuxT knobs that change a loss weight or an initial value, not the work of a step.
@@ -67,6 +68,25 @@ class StepConfig:
                                                        ("compile", self.compile)) if on)
         return (f"{self.backbone}{widths}, AuxT {self.auxt}, batch {self.batch_size}, crop {self.crop_size}, "
                 f"amp {self.amp}{extras}")
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What a trial pays, measured per step configuration (:mod:`search.analysis.step_timing`).
+
+    A trial is more than its steps: each evaluation (on the space's eval set, at ``eval_every``)
+    with the checkpoint saved after it, and building the trainer (model, data index, eval images)
+    plus the first steps' extra time before it runs at speed. Leaving them out made the estimate of
+    a small ablation 1.9x too low."""
+
+    iteration: float  # seconds per training step
+    evaluation: float = 0.0  # seconds per evaluation, its checkpoint included
+    startup: float = 0.0  # seconds once per trial
+
+
+def cost_of(value: "StepCost | float") -> StepCost:
+    """A bare number is seconds per iteration (no evaluation or start-up cost measured)."""
+    return value if isinstance(value, StepCost) else StepCost(float(value))
 
 
 def step_config(config: TrialConfig) -> StepConfig:
@@ -108,12 +128,26 @@ class TrialPlan:
         """The stages, at least one (an unstaged trial: ``step`` from 0)."""
         return list(self.stages) or [Stage(0.0, self.step, self.config)]
 
-    def seconds(self, upto: float, seconds: dict[StepConfig, float]) -> float:
-        """Seconds of the trial's first ``upto`` iterations: each stage's share at its own step time."""
+    def evaluations(self, upto: float) -> list[int]:
+        """The iterations at which the trial evaluates (and checkpoints) in its first ``upto``: every
+        ``eval_every`` and at the end of its budget, as the engine does."""
+        end = min(upto, self.iterations)
+        points = list(range(self.eval_every, int(end) + 1, self.eval_every))
+        if end >= self.iterations and (not points or points[-1] != self.iterations):
+            points.append(self.iterations)
+        return points
+
+    def seconds(self, upto: float, seconds: "dict[StepConfig, StepCost | float]") -> float:
+        """Seconds of the trial's first ``upto`` iterations: each stage's share at its own step time, each
+        evaluation at the cost of the stage it falls in, and the first stage's start-up."""
         phases = self.phases()
         starts = [int(round(s.at * self.iterations)) for s in phases] + [max(upto, self.iterations)]
-        return sum(max(0, min(upto, end) - start) * seconds[stage.step]
-                   for stage, start, end in zip(phases, starts, starts[1:]))
+        costs = [cost_of(seconds[stage.step]) for stage in phases]
+        steps = sum(max(0, min(upto, end) - start) * cost.iteration
+                    for cost, start, end in zip(costs, starts, starts[1:]))
+        evaluations = sum(next(c for c, s, e in zip(costs, starts, starts[1:]) if s < point <= e).evaluation
+                          for point in self.evaluations(upto))
+        return costs[0].startup + steps + evaluations
 
 
 def _resolve(node: Any, rng: random.Random) -> Any:
@@ -265,11 +299,16 @@ class Estimate:
     device_hours_per_trial_hour: float  # gpus_per_trial for multi-GPU trials, else 1
 
 
-def estimate(trials: Sequence[TrialPlan], seconds: dict[StepConfig, float], scheduler: Any, *,
-             gpus: int = 1, gpus_per_trial: float = 1.0, max_concurrent: Optional[int] = None) -> Estimate:
+def estimate(trials: Sequence[TrialPlan], seconds: "dict[StepConfig, StepCost | float]", scheduler: Any, *,
+             gpus: int = 1, gpus_per_trial: float = 1.0, max_concurrent: Optional[int] = None,
+             launch: float = 0.0, worker_start: float = 0.0) -> Estimate:
     """Device-hours and wall time of a search (see the module docstring).
 
-    ``seconds`` maps each :class:`StepConfig` (of every stage) to its measured seconds per iteration;
+    ``seconds`` maps each :class:`StepConfig` (of every stage) to its measured :class:`StepCost` (or bare
+    seconds per iteration); ``launch``: seconds before the first trial trains (starting Ray and a
+    worker process), added to the wall time; ``worker_start``: seconds a fresh Ray worker spends importing
+    the trainable inside its first trial's time (Ray reuses the worker for later trials), charged once per
+    concurrent slot to the device-hours too (it is part of ``launch`` for the wall time);
     ``scheduler`` is the space's ``scheduler`` section (``type``, ``grace_period``,
     ``reduction_factor``, ``brackets``, ``max_t``). With ``gpus_per_trial`` 0 the trials run on
     CPUs and ``gpus`` is ignored: ``max_concurrent`` (else every trial) run at once.
@@ -308,18 +347,20 @@ def estimate(trials: Sequence[TrialPlan], seconds: dict[StepConfig, float], sche
     concurrent = max(1, min(concurrent, len(trials) or 1))
     # Trials spread evenly over the devices; a device shared by k trials runs each k times slower.
     slowdown = max(1.0, concurrent / gpus) if 0 < gpus_per_trial < 1 else 1.0
+    first_trials = worker_start * min(concurrent, len(trials)) / 3600.0 * per_trial_devices
     asha_hours = None
     asha_wall = None
     if asha_runs is not None:
         asha_trial_hours = [t.seconds(run, seconds) / 3600.0 for run, t in zip(asha_runs, trials)]
-        asha_hours = sum(asha_trial_hours) * per_trial_devices
-        asha_wall = wall_hours(asha_trial_hours, concurrent, slowdown)
+        asha_hours = sum(asha_trial_hours) * per_trial_devices + first_trials
+        asha_wall = wall_hours(asha_trial_hours, concurrent, slowdown) + launch / 3600.0
     return Estimate(
-        trials=len(trials), grid_iterations=grid_iterations, grid_hours=sum(hours) * per_trial_devices,
+        trials=len(trials), grid_iterations=grid_iterations,
+        grid_hours=sum(hours) * per_trial_devices + first_trials,
         asha_iterations=sum(asha_runs) if asha_runs is not None else None, asha_hours=asha_hours,
         rungs=[RungCount(m, reach, passed) for m, (reach, passed) in sorted(rung_totals.items())],
         concurrent=concurrent, devices=gpus if gpus_per_trial > 0 else 0,
-        grid_wall_hours=wall_hours(hours, concurrent, slowdown), asha_wall_hours=asha_wall,
+        grid_wall_hours=wall_hours(hours, concurrent, slowdown) + launch / 3600.0, asha_wall_hours=asha_wall,
         device_hours_per_trial_hour=per_trial_devices,
     )
 

@@ -26,8 +26,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
-from search.analysis.bdrate import MIN_POINTS, BDResult, bd_rate
-from search.analysis.curves import RATE_LIKELIHOOD, CurveError, RDCurve
+from search.analysis.bdrate import MIN_POINTS, MIN_SHORTER_OVERLAP, BDResult, bd_rate
+from search.analysis.curves import RATE_LIKELIHOOD, CurveError, ImageSet, RDCurve, eval_image_set
+from search.space.variants import SEPARATOR as VARIANT_SEPARATOR
+from search.tracking import run_names
 from search.space.strata import (
     LAMBDA_KEY,
     SEED_KEY,
@@ -52,6 +54,7 @@ class TrialPoint:
     ms_ssim: Optional[float] = None
     rd_loss_history: list[tuple[int, float]] = field(default_factory=list)  # (iteration, eval/rd_loss)
     family: Optional[str] = None  # recorded family key (a ladder's fine-tunes: their anchor's), else from params
+    variant: Optional[str] = None  # its variant label (``label:`` in the space; the lic_search.variant tag)
 
     @property
     def lmbda(self) -> Optional[float]:
@@ -79,8 +82,23 @@ class Family:
         return auxt_enabled(self.params)
 
     @property
+    def variant(self) -> Optional[str]:
+        """The variant label its trials carry (None in an unlabelled space)."""
+        return next((t.variant for t in self.trials if t.variant), None)
+
+    @property
     def lambdas(self) -> list[Optional[float]]:
         return [t.lmbda for t in self.trials]
+
+    def image_set(self) -> Optional[ImageSet]:
+        """The images its trials evaluated on (``data.eval``, first ``data.max_eval_images``) when they share
+        one folder that is readable here; None otherwise (the curve then says it does not know)."""
+        sets = {(str(flat_params(t.params).get("data.eval")), str(flat_params(t.params).get("data.max_eval_images")))
+                for t in self.trials}
+        if len(sets) != 1:
+            return None
+        folder, limit = sets.pop()
+        return eval_image_set(folder, None if limit in ("None", "null") else int(float(limit)))
 
     def curve(self, name: Optional[str] = None) -> RDCurve:
         """The family's R-D curve from its trials' final eval points, sorted by rate."""
@@ -95,7 +113,16 @@ class Family:
             rate=RATE_LIKELIHOOD,  # eval/bpp: −log2 likelihoods on the trial's eval images, not a bitstream
             extra={"lmbda": [t.lmbda for t in points], "trial_id": [t.trial_id for t in points]},
             source=f"family {self.key}",
+            image_set=self.image_set(),
         )
+
+    def is_curve(self, curve: RDCurve) -> bool:
+        """Whether ``curve`` is this family's own (a saved ``curves/<family>.json`` given as anchor)."""
+        ids = curve.extra.get("trial_id")
+        if ids:
+            return sorted(map(str, ids)) == sorted(t.trial_id for t in self.trials if t.has_point)
+        own = self.curve()
+        return own.bpp == curve.bpp and own.psnr == curve.psnr
 
 
 def group_families(trials: Iterable[TrialPoint]) -> list[Family]:
@@ -114,10 +141,39 @@ def group_families(trials: Iterable[TrialPoint]) -> list[Family]:
 
 
 def distinguishing_params(families: Sequence[Family]) -> dict[str, dict[str, str]]:
-    """Per family key, the params whose values differ between the families (how to tell them apart)."""
+    """Per family key, the params whose shown values differ between the families (how to tell them
+    apart): a key a family leaves out shows its default, a knob that does nothing in its model ``n/a``."""
     keys = sorted({k for f in families for k in f.params})
-    varying = [k for k in keys if len({f.params.get(k) for f in families}) > 1]
-    return {f.key: {k: f.params.get(k, "-") for k in varying} for f in families}
+    shown = {f.key: {k: run_names.value(f.params, k) for k in keys} for f in families}
+    varying = [k for k in keys if len({shown[f.key][k] for f in families}) > 1]
+    return {f.key: {k: shown[f.key][k] for k in varying} for f in families}
+
+
+def other_images(curve: RDCurve, anchor: RDCurve) -> Optional[str]:
+    """Why ``curve`` cannot be compared with a published ``anchor``: both say which images they were measured
+    on and the sets differ (training-time evaluation on crops against VTM on Kodak); None when they may."""
+    if curve.image_set is None or anchor.image_set is None or curve.image_set.same_images_as(anchor.image_set):
+        return None
+    return (f"not comparable to {anchor.name}: evaluated on {curve.image_set.describe()}, "
+            f"{anchor.name} on {anchor.image_set.describe()}")
+
+
+def anchor_family(families: Sequence[Family], label: Optional[str]) -> tuple[Optional[Family], str]:
+    """The family rate savings are measured against, and how it was chosen (or why there is none).
+
+    ``label``: the space's ``search.anchor.label`` (a variant's label, or one part of a composed
+    label); without it the one family with AuxT off, as in the AuxT paper's Figure 8."""
+    if label:
+        found = [f for f in families if f.variant and label in f.variant.split(VARIANT_SEPARATOR)]
+        if len(found) == 1:
+            return found[0], f"search.anchor: {label}"
+        return None, (f"search.anchor {label!r} names {len(found)} families" if found
+                      else f"no finished family carries the anchor label {label!r}")
+    off = [f for f in families if not f.auxt]
+    if len(off) == 1:
+        return off[0], "the family with AuxT off"
+    return None, (f"{len(off)} families have AuxT off; mark the anchor with search.anchor: {{label: ...}}" if off
+                  else "no family has AuxT off; mark the anchor with search.anchor: {label: ...}")
 
 
 @dataclass
@@ -128,6 +184,7 @@ class FamilyRank:
     result: Optional[BDResult]
     reason: Optional[str] = None
     rank: Optional[int] = None
+    is_anchor: bool = False  # the family IS the anchor: never ranked against itself
 
     @property
     def bd_rate(self) -> Optional[float]:
@@ -136,14 +193,25 @@ class FamilyRank:
 
 def rank_families(families: Sequence[Family], anchor: RDCurve, metric: str = "psnr", method: str = "pchip",
                   min_points: int = MIN_POINTS) -> list[FamilyRank]:
-    """Families ranked by BD-rate against ``anchor`` (lowest first); those without one come last."""
+    """Families ranked by BD-rate against ``anchor`` (lowest first); those without one come last.
+
+    A BD-rate needs the overlap rule (:data:`MIN_SHORTER_OVERLAP` of the shorter quality range);
+    the family whose own curve ``anchor`` is comes first, marked, with no rank."""
     ranked: list[FamilyRank] = []
     for family in families:
+        if family.is_curve(anchor):
+            ranked.append(FamilyRank(family, None, "the anchor", is_anchor=True))
+            continue
+        other = other_images(family.curve(), anchor) if anchor.rate != RATE_LIKELIHOOD else None
+        if other:
+            ranked.append(FamilyRank(family, None, other))
+            continue
         try:
-            ranked.append(FamilyRank(family, bd_rate(family.curve(), anchor, metric, method, min_points)))
+            ranked.append(FamilyRank(family, bd_rate(family.curve(), anchor, metric, method, min_points,
+                                                     MIN_SHORTER_OVERLAP)))
         except CurveError as error:
             ranked.append(FamilyRank(family, None, _short_reason(str(error), family)))
-    ranked.sort(key=lambda r: (r.result is None, r.bd_rate if r.result is not None else 0.0))
+    ranked.sort(key=lambda r: (not r.is_anchor, r.result is None, r.bd_rate if r.result is not None else 0.0))
     for position, entry in enumerate(r for r in ranked if r.result is not None):
         entry.rank = position + 1
     return ranked
@@ -189,10 +257,14 @@ class SpeedResult:
     anchor_final_loss: float
     test_reaches_anchor_final: Optional[float]  # iterations test needs to reach anchor's final loss
     anchor_reaches_test_final: Optional[float]  # iterations anchor needs to reach test's final loss
+    #: test was at or below the anchor's final loss at its FIRST evaluation: nothing earlier was measured, so
+    #: the share is an upper bound (and the speed-up a lower bound), not an interpolated measurement.
+    reached_at_first_eval: bool = False
 
     @property
     def fraction(self) -> Optional[float]:
-        """Share of the anchor's iterations test needs for the anchor's final loss (0.5 = 2x faster)."""
+        """Share of the anchor's iterations test needs for the anchor's final loss (0.5 = 2x faster);
+        an upper bound when :attr:`reached_at_first_eval`."""
         if self.test_reaches_anchor_final is None or self.anchor_iterations <= 0:
             return None
         return self.test_reaches_anchor_final / self.anchor_iterations
@@ -217,6 +289,7 @@ def training_speed(test: History, anchor: History) -> SpeedResult:
         anchor_final_loss=anchor_final,
         test_reaches_anchor_final=iterations_to_reach(test_points, anchor_final),
         anchor_reaches_test_final=iterations_to_reach(anchor_points, test_final),
+        reached_at_first_eval=test_points[0][1] <= anchor_final,
     )
 
 
@@ -239,6 +312,11 @@ class FamilySpeed:
     def speedup(self) -> Optional[float]:
         fraction = self.fraction
         return None if fraction is None else 1.0 / fraction
+
+    @property
+    def bound(self) -> bool:
+        """The summary is a lower bound on the speed-up: some λ reached the loss at its first evaluation."""
+        return any(r.reached_at_first_eval for r in self.per_lambda.values())
 
 
 def family_speed(test: Family, anchor: Family) -> FamilySpeed:
@@ -267,7 +345,7 @@ def auxt_pairs(families: Sequence[Family]) -> list[tuple[Family, Family]]:
 
 
 __all__ = [
-    "TrialPoint", "Family", "FamilyRank", "SpeedResult", "FamilySpeed",
+    "TrialPoint", "Family", "FamilyRank", "SpeedResult", "FamilySpeed", "anchor_family", "other_images",
     "family_key", "family_params", "auxt_enabled", "group_families", "distinguishing_params", "rank_families",
     "iterations_to_reach", "training_speed", "family_speed", "auxt_pairs", "LAMBDA_KEY", "SEED_KEY",
 ]

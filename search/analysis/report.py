@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from search.analysis.bdrate import bd_rate
-from search.analysis.curves import (
-    CurveError,
-    RDCurve,
-    check_comparable,
-    load_curve,
-    shipped_anchor,
-)
+from search.analysis.bdrate import MIN_SHORTER_OVERLAP, bd_rate
+from search.analysis.curves import RATE_LIKELIHOOD, CurveError, RDCurve, load_curve, shipped_anchor
 from search.analysis.families import (
+    anchor_family,
+    other_images,
     Family,
     FamilyRank,
     FamilySpeed,
@@ -77,6 +73,7 @@ class TrialRecord:
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
     family_name: Optional[str] = None  # the lic_search.family_name tag (readable; absent on older runs)
     family: Optional[str] = None  # the lic_search.family tag (a ladder's fine-tunes: their anchor's family)
+    variant: Optional[str] = None  # the lic_search.variant tag: its variant label in a labelled space
     lof: dict[str, float] = field(default_factory=dict)  # lof/<setting>/* metrics of `eval --search` (LOF sweep)
 
     def final(self, metric: str) -> Optional[float]:
@@ -99,7 +96,8 @@ class TrialRecord:
     def point(self) -> TrialPoint:
         return TrialPoint(self.trial_id, dict(self.params), bpp=self.final(M.EVAL_BPP), psnr=self.final(M.EVAL_PSNR),
                           ms_ssim=self.final(M.EVAL_MS_SSIM),
-                          rd_loss_history=list(self.histories.get(M.EVAL_RD_LOSS, [])), family=self.family)
+                          rd_loss_history=list(self.histories.get(M.EVAL_RD_LOSS, [])), family=self.family,
+                          variant=self.variant)
 
 
 @dataclass
@@ -110,6 +108,8 @@ class SearchRecord:
     trials: list[TrialRecord]
     stratify_by: tuple[str, ...] = DEFAULT_STRATIFY_BY
     selection: str = ""  # which search was read (SearchSelection.describe)
+    anchor: Optional[str] = None  # search.anchor's label, recorded on the parent run
+    variants: tuple[str, ...] = ()  # the space's variant labels in file order (the table's order)
 
 
 def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
@@ -138,12 +138,13 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             status=tags.get(T.TAG_STATUS),
             params=dict(run.data.params),
             family_name=tags.get(T.TAG_FAMILY_NAME) or None, family=tags.get(T.TAG_FAMILY) or None,
+            variant=tags.get(T.TAG_VARIANT) or None,
             histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
             lof={k: v for k, v in run.data.metrics.items() if k.startswith(T.METRIC_LOF_PREFIX)},
         ))
     trials.sort(key=lambda t: t.trial_id)
     return SearchRecord(experiment, uri, selection.parent_run_id, trials, selection.stratify_by,
-                        selection.describe())
+                        selection.describe(), selection.anchor, selection.variants)
 
 
 # ------------------------------------------------------------------------------------ computing
@@ -168,8 +169,8 @@ class ReportContent:
     metric: str
     mode: str
     generated: str
-    ordered: list[Family]  # families, best BD-rate first
-    labels: dict[str, str]  # family key -> F1, F2, ...
+    ordered: list[Family]  # families: the space's variant order (anchor first), else best BD-rate first
+    labels: dict[str, str]  # family key -> its variant label, else F1, F2, ...
     varying: list[str]  # params that tell the families apart (AuxT has its own column)
     with_ms_ssim: bool
     curves: dict[str, RDCurve]  # label -> the family's curve as saved in curves/<label>.json
@@ -182,6 +183,8 @@ class ReportContent:
     trials: list[dict] = field(default_factory=list)
     schedules: list[dict] = field(default_factory=list)  # per trial with a train/lr history: lr (and crop) vs step
     lof: list[dict] = field(default_factory=list)  # per LOF setting: gain over lof0 and encode-time ratio
+    anchor_family: Optional[str] = None  # label of the family every BD-rate is first measured against
+    anchor_how: str = ""  # how it was chosen (search.anchor, the AuxT-off family) or why there is none
 
     @property
     def anchor_names(self) -> list[str]:
@@ -201,7 +204,8 @@ class ReportContent:
         return {"experiment": search.experiment, "tracking_uri": search.tracking_uri,
                 "parent_run_id": search.parent_run_id, "generated": self.generated, "method": self.method,
                 "stratify_by": list(self.stratify_by), "metric": self.metric, "mode": self.mode,
-                "anchors": self.anchor_names, "best_per_rate_point": self.best, "families": self.families,
+                "anchors": self.anchor_names, "anchor_family": self.anchor_family, "anchor_how": self.anchor_how,
+                "best_per_rate_point": self.best, "families": self.families,
                 "auxt_pairs": self.auxt_pairs, "speed": self.speed, "trials": self.trials,
                 "schedules": self.schedules, "latent_overfitting": self.lof}
 
@@ -220,10 +224,16 @@ def _labelled_curve(family: Family, label: str) -> RDCurve:
 
 
 def _bd(curve: RDCurve, anchor: RDCurve, metric: str, method: str) -> tuple[Optional[float], Optional[str]]:
-    """BD-rate of ``curve`` against ``anchor``, or None and the short reason it has none."""
+    """BD-rate of ``curve`` against ``anchor``, or None and the short reason it has none.
+
+    Two families of the search are compared as they are (same rate estimate, same eval images);
+    a published anchor only on its own images ("not comparable" otherwise). Both under the overlap rule.
+    That family curves are training-time likelihood rates is said once, above the table."""
     try:
-        note = check_comparable(curve, anchor)  # refuses across image sets; labels training-time eval/bpp
-        return bd_rate(curve, anchor, metric, method).bd_rate, note
+        other = other_images(curve, anchor) if anchor.rate != RATE_LIKELIHOOD else None
+        if other:
+            return None, other
+        return bd_rate(curve, anchor, metric, method, min_shorter_overlap=MIN_SHORTER_OVERLAP).bd_rate, None
     except CurveError as error:
         text = str(error)
         pair, own = f"{curve.source} and {anchor.source}: ", f"{curve.source}: "
@@ -232,6 +242,17 @@ def _bd(curve: RDCurve, anchor: RDCurve, metric: str, method: str) -> tuple[Opti
         elif text.startswith(own):
             text = text[len(own):]
         return None, text
+
+
+def family_labels(families: Sequence[Family]) -> dict[str, str]:
+    """Family key -> short label: its variant label (labelled spaces; ``#2`` added when two families share
+    one, e.g. two seeds), else ``F1``, ``F2``... in order."""
+    labels: dict[str, str] = {}
+    for index, family in enumerate(families):
+        label = family.variant or f"F{index + 1}"
+        taken = sum(1 for other in labels.values() if other == label or other.startswith(label + " #"))
+        labels[family.key] = label if not taken else f"{label} #{taken + 1}"
+    return labels
 
 
 def family_names(families: Sequence[Family], trials: Sequence[TrialRecord]) -> dict[str, str]:
@@ -256,12 +277,16 @@ def _family_row(entry: FamilyRank, label: str, curve: RDCurve, anchors: Sequence
     bd: dict[str, Optional[float]] = {}
     reasons: list[str] = []
     for anchor in anchors:
+        if family.is_curve(anchor):
+            continue  # never against itself: its cells read "anchor"
         bd[f"{anchor.name} psnr"], reason = _bd(curve, anchor, "psnr", method)
         reasons += [reason] if reason else []
-    if with_ms_ssim and curve.ms_ssim is not None:
-        bd[f"{anchors[0].name} ms-ssim"], reason = _bd(curve, anchors[0], "ms-ssim", method)
-        reasons += [reason] if reason else []
-    return {"label": label, "key": family.key, "name": name, "auxt": family.auxt, "points": len(curve),
+        if with_ms_ssim and curve.ms_ssim is not None and anchor is anchors[0] and anchor.ms_ssim is not None:
+            bd[f"{anchor.name} ms-ssim"], reason = _bd(curve, anchor, "ms-ssim", method)
+            reasons += [reason] if reason else []
+    return {"label": label, "key": family.key, "name": name, "variant": family.variant, "is_anchor": entry.is_anchor,
+            "auxt": family.auxt, "points": len(curve),
+            "images": curve.image_set.describe() if curve.image_set else None,
             "lambdas": [l for l in family.lambdas if l is not None], "trials": [t.trial_id for t in family.trials],
             "params": differ, "bd_rate": bd, "rank": entry.rank,
             "curve": curve.to_dict()["results"] if len(curve) else None, "notes": list(dict.fromkeys(reasons))}
@@ -278,14 +303,15 @@ def _pair_rows(with_auxt: Family, without: Family, labels: dict[str, str], metho
             continue
         bd[metric], reason = _bd(curve_on, curve_off, metric, method)
         notes += [reason] if reason else []
-    pair = {**names, "bd_rate": bd, "fraction": speed.fraction, "speedup": speed.speedup,
+    pair = {**names, "bd_rate": bd, "fraction": speed.fraction, "speedup": speed.speedup, "bound": speed.bound,
             "notes": list(dict.fromkeys(notes))}
     rows = [{**names, "lmbda": lmbda, "auxt_final_loss": r.test_final_loss, "no_auxt_final_loss": r.anchor_final_loss,
              "auxt_iterations_to_no_auxt_final": r.test_reaches_anchor_final, "no_auxt_iterations": r.anchor_iterations,
              "no_auxt_iterations_to_auxt_final": r.anchor_reaches_test_final, "fraction": r.fraction,
-             "speedup": r.speedup} for lmbda, r in speed.per_lambda.items()]
+             "speedup": r.speedup, "bound": r.reached_at_first_eval} for lmbda, r in speed.per_lambda.items()]
     if speed.per_lambda:
-        rows.append({**names, "lmbda": None, "fraction": speed.fraction, "speedup": speed.speedup})
+        rows.append({**names, "lmbda": None, "fraction": speed.fraction, "speedup": speed.speedup,
+                     "bound": speed.bound})
     return pair, rows
 
 
@@ -311,9 +337,18 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
     anchors = list(anchors) or [load_curve(shipped_anchor())]
     statuses = _family_statuses(include_stopped)
     used = [t for t in search.trials if t.status in statuses]
-    ranking = rank_families(group_families(t.point() for t in used), anchors[0], "psnr", method)
-    labels = {entry.family.key: f"F{i + 1}" for i, entry in enumerate(ranking)}
+    families = group_families(t.point() for t in used)
+    own_anchor, anchor_how = anchor_family(families, search.anchor)
+    if own_anchor is not None:  # Figure 8: rate savings against the search's own anchor first, VTM second
+        anchors = [_labelled_curve(own_anchor, "anchor")] + anchors
+    ranking = rank_families(families, anchors[0], "psnr", method)
+    order = {label: i for i, label in enumerate(search.variants)}
+    if order:  # the space's order (the paper's table), the anchor first
+        ranking.sort(key=lambda e: (not e.is_anchor, order.get(e.family.variant or "", len(order))))
     ordered = [entry.family for entry in ranking]
+    labels = family_labels(ordered)
+    if own_anchor is not None:
+        anchors[0].name = anchors[0].source = labels[own_anchor.key]
     differ = distinguishing_params(ordered)
     names = family_names(ordered, used)
     counts: dict[str, int] = {}
@@ -325,7 +360,8 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
         generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         ordered=ordered, labels=labels,
         varying=sorted({k for params in differ.values() for k in params} - {AUXT_ENABLED_KEY}),
-        with_ms_ssim=any(f.curve().ms_ssim is not None for f in ordered), curves={}, used=len(used), counts=counts)
+        with_ms_ssim=any(f.curve().ms_ssim is not None for f in ordered), curves={}, used=len(used), counts=counts,
+        anchor_family=labels[own_anchor.key] if own_anchor is not None else None, anchor_how=anchor_how)
     for entry in ranking:
         label = labels[entry.family.key]
         curve = _labelled_curve(entry.family, label)
@@ -337,15 +373,17 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
         pair, rows = _pair_rows(with_auxt, without, labels, method)
         content.auxt_pairs.append(pair)
         content.speed += rows
-    family_of = {t.trial_id: labels.get(t.family or family_key(t.params)) for t in used}
+    recipe_of = {t.trial_id: labels.get(t.family or family_key(t.params)) for t in search.trials}  # its family
+    family_of = {t.trial_id: recipe_of[t.trial_id] for t in used}  # the family it counts in
     content.best = best_per_rate_point(search.trials, search.stratify_by, metric, content.mode, family_of)
     content.trials = [{"trial_id": t.trial_id, "run_id": t.run_id, "family": family_of.get(t.trial_id),
+                       "recipe": recipe_of[t.trial_id], "variant": t.variant,
                        "auxt": t.auxt, "lmbda": t.lmbda, "status": t.status, "iterations": t.iterations,
                        "init": run_names.init_source(t.params.get(run_names.INIT_FROM_KEY)),
                        "stratum": stratum_of(typed_params(t.params), search.stratify_by),
                        "final": {m: t.final(m) for m in HISTORY_METRICS if t.final(m) is not None}}
                       for t in search.trials]
-    content.schedules = [{"trial_id": t.trial_id, "family": family_of.get(t.trial_id), "lmbda": t.lmbda,
+    content.schedules = [{"trial_id": t.trial_id, "family": recipe_of[t.trial_id], "lmbda": t.lmbda,
                           "auxt": t.auxt, "status": t.status, "lr": t.histories[M.TRAIN_LR],
                           "crop_size": t.histories.get(M.TRAIN_CROP_SIZE) or []}
                          for t in search.trials if t.histories.get(M.TRAIN_LR)]
@@ -398,20 +436,28 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
                              include_stopped: bool = False, selection=None) -> list[dict[str, Any]]:
     """Rate families of one search ranked by BD-rate (for ``lic-search best --by family``).
 
-    One JSON-ready row per family, best first; families without a BD-rate (fewer than 4
-    points, no overlap with the anchor) come last with ``rank`` and ``bd_rate`` None and a ``reason``.
+    Against ``anchor_file``, else the search's own anchor family (``search.anchor``, or its one AuxT-off
+    family), else VTM on Kodak. One JSON-ready row per family: the anchor first (``is_anchor``, no rank),
+    then best first; families without a BD-rate (fewer than 4 points, too little overlap with the
+    anchor) come last with ``rank`` and ``bd_rate`` None and a ``reason``.
     ``family`` is the family's id (the ``lic_search.family`` hash), ``family_name`` its readable name.
     """
-    anchor = load_curve(anchor_file if anchor_file is not None else shipped_anchor())
     search = load_search(experiment, tracking_uri, selection)
     statuses = _family_statuses(include_stopped)
     used = [t for t in search.trials if t.status in statuses]
     run_of = {t.trial_id: t.run_id for t in used}
-    ranking = rank_families(group_families(t.point() for t in used), anchor, metric, method)
+    families = group_families(t.point() for t in used)
+    own_anchor, _ = anchor_family(families, search.anchor) if anchor_file is None else (None, "")
+    if own_anchor is not None:  # the search's own anchor variant, as Figure 8 measures rate savings
+        labels = family_labels(families)
+        anchor = _labelled_curve(own_anchor, labels[own_anchor.key])
+    else:
+        anchor = load_curve(anchor_file if anchor_file is not None else shipped_anchor())
+    ranking = rank_families(families, anchor, metric, method)
     differ = distinguishing_params([entry.family for entry in ranking])
     names = family_names([entry.family for entry in ranking], used)
     return [{"rank": entry.rank, "family": entry.family.key, "family_name": names[entry.family.key],
-             "auxt": entry.family.auxt,
+             "variant": entry.family.variant, "is_anchor": entry.is_anchor, "auxt": entry.family.auxt,
              "bd_rate": entry.bd_rate, "anchor": anchor.name, "metric": metric, "method": method,
              "reason": entry.reason, "points": len(entry.family.curve()),
              "lambdas": [l for l in entry.family.lambdas if l is not None],

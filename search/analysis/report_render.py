@@ -11,11 +11,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from search.analysis.bdrate import quality_db
-from search.analysis.curves import CurveError, RDCurve, save_curve
+from search.analysis.bdrate import MIN_SHORTER_OVERLAP, quality_db
+from search.analysis.curves import RATE_LIKELIHOOD, CurveError, RDCurve, save_curve
 from search.analysis.families import Family
 from search.space.strata import stratum_label
 from search.tracking import names as T
+from search.tracking import run_names
 from trainables import metrics as M
 
 if TYPE_CHECKING:
@@ -28,14 +29,13 @@ PLOT_RD_MS_SSIM = "rd_ms_ssim.png"
 PLOT_CONVERGENCE = "convergence.png"
 PLOT_ENERGY = "energy.png"
 PLOT_SCHEDULE = "schedule.png"
-AUXT_COLOURS = {True: "tab:red", False: "tab:blue"}
 
 
 # ---------------------------------------------------------------------------------- formatting
-def _fmt(value: Optional[float], spec: str = ".4g", suffix: str = "") -> str:
+def _fmt(value: Optional[float], spec: str = ".4g", suffix: str = "", prefix: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
-    return f"{value:{spec}}{suffix}"
+    return f"{prefix}{value:{spec}}{suffix}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -58,31 +58,81 @@ def _figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 
 
 
 # ------------------------------------------------------------------------------------- plots
-def _plot_rd(path: Path, labelled: Sequence[tuple[str, Family]], anchors: Sequence[RDCurve], metric: str) -> bool:
+OTHER = "other"  # trials outside every family the report ranks (stopped, errored): grey
+STYLE = {True: "-", False: "--"}  # line style: AuxT solid, no AuxT dashed; the colour is the variant
+
+
+def family_colours(labels: Sequence[str]) -> dict[str, Any]:
+    """One colour per family (variant), in table order: tab10, or tab20 beyond ten families."""
+    from matplotlib import colormaps
+
+    if len(labels) <= 10:
+        colours: dict[str, Any] = {label: f"C{i}" for i, label in enumerate(labels)}
+    else:
+        colours = {label: colormaps["tab20"](i % 20) for i, label in enumerate(labels)}
+    return {**colours, OTHER: "0.6"}
+
+
+def _family_legend(ax, colours: dict[str, Any], auxt: dict[str, bool], shown: Sequence[str]) -> list[str]:
+    """One legend entry per family drawn: its colour, its AuxT line style. Returns the entries."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[label], linestyle=STYLE[auxt.get(label, True)], marker=".",
+                      label=label) for label in colours if label in shown]
+    ax.legend(handles=handles, fontsize="small", title="solid: AuxT, dashed: no AuxT", title_fontsize="x-small")
+    return [h.get_label() for h in handles]
+
+
+def _legend_colours(ax) -> dict[str, str]:
+    """The legend of ``ax`` as {entry: colour}: what report.json records so a reader (and a test) can
+    check that every variant has its own colour."""
+    from matplotlib.colors import to_hex
+
+    legend = ax.get_legend()
+    return {text.get_text(): to_hex(line.get_color()) for text, line in zip(legend.get_texts(), legend.legend_handles)}
+
+
+def _fit(ax, xs: Sequence[float], ys: Sequence[float], margin: float = 0.08) -> None:
+    """Axes limits from the search's own points (a published anchor far away is clipped, not in charge)."""
+    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        low, high = min(values), max(values)
+        pad = (high - low) * margin or abs(high) * 0.05 or 0.1
+        setter(low - pad, high + pad)
+
+
+def _plot_rd(path: Path, labelled: Sequence[tuple[str, Family]], anchors: Sequence[RDCurve], metric: str,
+             colours: dict[str, Any]) -> Optional[dict[str, str]]:
     curves = [(label, f, f.curve()) for label, f in labelled]
     curves = [(label, f, c) for label, f, c in curves if len(c) and (metric == "psnr" or c.ms_ssim is not None)]
     if not curves:
-        return False
+        return None
     figure, (ax,) = _figure()
+    xs: list[float] = []
+    ys: list[float] = []
+    for label, family, curve in curves:
+        quality = list(quality_db(curve.values(metric), metric))
+        xs += curve.bpp
+        ys += quality
+        ax.plot(curve.bpp, quality, color=colours[label], marker="o", linestyle=STYLE[family.auxt],
+                label=label)
     for anchor in anchors:
+        if anchor.rate == RATE_LIKELIHOOD:
+            continue  # the search's own anchor family, drawn above
         try:
             values = anchor.values(metric)
         except CurveError:
             continue
         order = sorted(range(len(anchor)), key=lambda i: anchor.bpp[i])
         ax.plot([anchor.bpp[i] for i in order], quality_db([values[i] for i in order], metric), color="0.45",
-                linestyle=":", marker=".", label=f"{anchor.name} (anchor)")
-    colours = [f"C{i % 10}" for i in range(len(curves))]
-    for colour, (label, family, curve) in zip(colours, curves):
-        ax.plot(curve.bpp, quality_db(curve.values(metric), metric), color=colour, marker="o",
-                linestyle="-" if family.auxt else "--", label=f"{label} ({'AuxT' if family.auxt else 'no AuxT'})")
-    ax.set_xlabel("bpp")
+                linestyle=":", marker=".", label=f"{anchor.name} (clipped to the search's range)")
+    _fit(ax, xs, ys)
+    ax.set_xlabel("bpp (training-time eval/bpp)")
     ax.set_ylabel("PSNR-RGB (dB)" if metric == "psnr" else "MS-SSIM-RGB (dB)")
-    ax.set_title(f"R-D curves of the rate families ({'PSNR' if metric == 'psnr' else 'MS-SSIM'})")
+    ax.set_title(f"R-D curves per variant ({'PSNR' if metric == 'psnr' else 'MS-SSIM'})", fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     figure.savefig(path, dpi=110)
-    return True
+    return _legend_colours(ax)
 
 
 def _log_y(ax) -> None:
@@ -96,93 +146,94 @@ def _log_y(ax) -> None:
     ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
 
 
-def _auxt_legend(ax) -> None:
-    from matplotlib.lines import Line2D
+def _trial_style(trial: "TrialRecord", family_of: dict[str, Optional[str]], colours: dict[str, Any]) -> dict:
+    """A trial's line: its family's colour, AuxT line style; stopped or unfinished trials faint, with x marks."""
+    finished = trial.status in (None, T.STATUS_COMPLETED)
+    return {"color": colours.get(family_of.get(trial.trial_id) or OTHER, colours[OTHER]),
+            "linestyle": STYLE[trial.auxt], "marker": "." if finished else "x", "alpha": 0.85 if finished else 0.35}
 
-    ax.legend(handles=[Line2D([], [], color=AUXT_COLOURS[True], label="AuxT"),
-                       Line2D([], [], color=AUXT_COLOURS[False], label="no AuxT")], fontsize="small")
 
-
-def _plot_convergence(path: Path, trials: Sequence["TrialRecord"]) -> bool:
+def _plot_convergence(path: Path, trials: Sequence["TrialRecord"], family_of: dict[str, Optional[str]],
+                      colours: dict[str, Any], auxt: dict[str, bool]) -> Optional[dict[str, str]]:
     with_history = [t for t in trials if t.histories.get(M.EVAL_RD_LOSS)]
     if not with_history:
-        return False
+        return None
     lambdas = sorted({t.lmbda for t in with_history}, key=lambda v: (v is None, v or 0.0))
     ncols = min(3, len(lambdas))
     nrows = math.ceil(len(lambdas) / ncols)
     figure, axes = _figure(ncols, nrows, width=5.0, height=3.8)
+    shown = {family_of.get(t.trial_id) or OTHER for t in with_history}
     for ax, lmbda in zip(axes, lambdas):
         panel = [t for t in with_history if t.lmbda == lmbda]
         positive = True
         for trial in panel:
             steps, values = zip(*trial.histories[M.EVAL_RD_LOSS])
             positive &= all(v > 0 for v in values)
-            ax.plot(steps, values, color=AUXT_COLOURS[trial.auxt], alpha=0.85, marker=".",
-                    linestyle="-" if trial.status in (None, T.STATUS_COMPLETED) else ":")
+            ax.plot(steps, values, **_trial_style(trial, family_of, colours))
         if positive:
             _log_y(ax)
-        ax.set_title(f"λ = {lmbda:g}" if lmbda is not None else "λ unknown")
+        ax.set_title(f"λ = {lmbda:g}" if lmbda is not None else "λ unknown", fontsize="medium")
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"{M.EVAL_RD_LOSS}")
         ax.grid(True, alpha=0.3)
-        _auxt_legend(ax)
+    _family_legend(axes[0], colours, auxt, sorted(shown))
     for ax in axes[len(lambdas):]:
         ax.set_visible(False)
-    figure.suptitle("Eval R-D loss during training\n(dotted: stopped or unfinished trials)")
+    figure.suptitle("Eval R-D loss during training (faint, x: stopped or unfinished)", fontsize="medium")
     figure.savefig(path, dpi=110)
-    return True
+    return _legend_colours(axes[0])
 
 
-def _plot_schedule(path: Path, schedules: Sequence[dict]) -> bool:
-    """Learning rate (and, when any trial stages its crops, crop size) against iterations, one
-    colour per family: the shapes behind the bends of the convergence plot."""
-    from matplotlib.lines import Line2D
-
+def _plot_schedule(path: Path, schedules: Sequence[dict], colours: dict[str, Any],
+                   auxt: dict[str, bool]) -> Optional[dict[str, str]]:
+    """Learning rate (and, when any trial stages its crops, crop size) against iterations, one colour per
+    family, drawn as steps (a step decay is a step, not a slope between two logged points)."""
     if not schedules:
-        return False
+        return None
     staged = any(s["crop_size"] for s in schedules)
     figure, axes = _figure(2 if staged else 1, 1, width=5.5, height=3.8)
-    families = sorted({s["family"] or "no family" for s in schedules}, key=lambda f: (len(f), f))
-    colours = {family: f"C{i % 10}" for i, family in enumerate(families)}
     panels = [(axes[0], "lr", M.TRAIN_LR)] + ([(axes[1], "crop_size", M.TRAIN_CROP_SIZE)] if staged else [])
     for ax, key, metric in panels:
         for schedule in schedules:
             if schedule[key]:
                 steps, values = zip(*schedule[key])
-                ax.plot(steps, values, color=colours[schedule["family"] or "no family"], alpha=0.8,
-                        drawstyle="steps-post" if key == "crop_size" else "default", marker=".",
-                        linestyle="-" if schedule["status"] in (None, T.STATUS_COMPLETED) else ":")
+                finished = schedule["status"] in (None, T.STATUS_COMPLETED)
+                ax.plot(steps, values, color=colours.get(schedule["family"] or OTHER, colours[OTHER]),
+                        alpha=0.8 if finished else 0.35, drawstyle="steps-post", linestyle=STYLE[schedule["auxt"]])
         if key == "lr" and all(v > 0 for s in schedules for _, v in s["lr"]):
             _log_y(ax)
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(handles=[Line2D([], [], color=colours[f], label=f) for f in families], fontsize="small")
-    figure.suptitle("Schedules per family (one line per trial; dotted: stopped or unfinished)")
+    _family_legend(axes[0], colours, auxt, {s["family"] or OTHER for s in schedules})
+    figure.suptitle("Schedules per family (one line per trial)", fontsize="medium")
     figure.savefig(path, dpi=110)
-    return True
+    return _legend_colours(axes[0])
 
 
-def _plot_energy(path: Path, trials: Sequence["TrialRecord"]) -> list[str]:
-    panels = [(m, title) for m, title in ((M.EVAL_TOP10_ENERGY, "share of latent energy in the top 10% channels"),
-                                          (M.EVAL_AUXT_ENERGY, "share of latent energy from the AuxT branch"))
+def _plot_energy(path: Path, trials: Sequence["TrialRecord"], family_of: dict[str, Optional[str]],
+                 colours: dict[str, Any], auxt: dict[str, bool]) -> Optional[dict[str, str]]:
+    panels = [(m, title) for m, title in ((M.EVAL_TOP10_ENERGY, "latent energy in the top 10% channels"),
+                                          (M.EVAL_AUXT_ENERGY, "latent energy from the AuxT branch"))
               if any(t.histories.get(m) for t in trials)]
     if not panels:
-        return []
+        return None
     figure, axes = _figure(len(panels), 1, width=5.5, height=4.0)
     for ax, (metric, title) in zip(axes, panels):
+        drawn = set()
         for trial in trials:
             history = trial.histories.get(metric)
             if history:
                 steps, values = zip(*history)
-                ax.plot(steps, values, color=AUXT_COLOURS[trial.auxt], alpha=0.8, marker=".")
-        ax.set_title(title, fontsize="medium")
+                ax.plot(steps, values, **_trial_style(trial, family_of, colours))
+                drawn.add(family_of.get(trial.trial_id) or OTHER)
+        ax.set_title(f"share of {title}", fontsize="medium")
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
-        _auxt_legend(ax)
+        _family_legend(ax, colours, auxt, drawn)
     figure.savefig(path, dpi=110)
-    return [m for m, _ in panels]
+    return _legend_colours(axes[0])
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -192,29 +243,45 @@ def _percent(value: Optional[float]) -> str:
 
 def _family_table(content: "ReportContent") -> str:
     anchors = content.anchor_names
-    header = ["family", "name", "AuxT", "points", "λ", *content.varying,
-              *[f"BD-rate vs {a} (PSNR)" for a in anchors]]
+    header = ["variant" if content.search.variants else "family", "rank", "name", "AuxT", "points", "λ",
+              *(run_names.label(k, content.varying) for k in content.varying), f"BD-rate vs {anchors[0]} (PSNR)"]
     if content.with_ms_ssim:
         header.append(f"BD-rate vs {anchors[0]} (MS-SSIM)")
+    header += [f"BD-rate vs {a} (PSNR)" for a in anchors[1:]]
     rows = []
     for family in content.families:
-        cells = [_percent(family["bd_rate"].get(f"{a} psnr")) for a in anchors]
-        if content.with_ms_ssim:
-            key = f"{anchors[0]} ms-ssim"
-            cells.append(_percent(family["bd_rate"][key]) if key in family["bd_rate"] else "-")
-        rows.append([family["label"], family["name"], "yes" if family["auxt"] else "no", str(family["points"]),
+        def cell(key: str) -> str:
+            if family["is_anchor"] and key.startswith(f"{anchors[0]} "):
+                return "anchor"
+            return _percent(family["bd_rate"][key]) if key in family["bd_rate"] else "-"
+
+        cells = [cell(f"{anchors[0]} psnr")] + ([cell(f"{anchors[0]} ms-ssim")] if content.with_ms_ssim else [])
+        cells += [cell(f"{a} psnr") for a in anchors[1:]]
+        rank = "anchor" if family["is_anchor"] else str(family["rank"]) if family["rank"] is not None else "-"
+        rows.append([family["label"], rank, family["name"], "yes" if family["auxt"] else "no", str(family["points"]),
                      ", ".join(f"{l:g}" for l in family["lambdas"]) or "-",
                      *[family["params"].get(k, "-") for k in content.varying], *cells, "; ".join(family["notes"])])
     return _table(header + ["notes"], rows)
+
+
+def _share(fraction: Optional[float], bound: bool) -> str:
+    """Share of the no-AuxT iterations: ``≤ 25.0%`` when reached at the first evaluation (an upper bound)."""
+    return _fmt(None if fraction is None else 100 * fraction, ".1f", "%", "≤ " if bound else "")
+
+
+def _speedup(speedup: Optional[float], bound: bool) -> str:
+    """``2.10×`` measured between evaluations, or ``≥ 4.00× (reached at the first evaluation)``: a lower bound."""
+    if speedup is None:
+        return "-"
+    return f"≥ {speedup:.2f}× (reached at the first evaluation)" if bound else f"{speedup:.2f}×"
 
 
 def _pair_table(content: "ReportContent") -> str:
     rows = []
     for pair in content.auxt_pairs:
         cells = [_percent(pair["bd_rate"][m]) if m in pair["bd_rate"] else "-" for m in ("psnr", "ms-ssim")]
-        fraction = pair["fraction"]
         rows.append([f"{pair['auxt_family']} vs {pair['no_auxt_family']}", *cells,
-                     _fmt(None if fraction is None else 100 * fraction, ".1f", "%"), _fmt(pair["speedup"], ".2f", "×"),
+                     _share(pair["fraction"], pair["bound"]), _speedup(pair["speedup"], pair["bound"]),
                      "; ".join(pair["notes"])])
     return _table(["AuxT vs no AuxT", "BD-rate (PSNR)", "BD-rate (MS-SSIM)", "share of iterations", "speed-up",
                    "notes"], rows)
@@ -223,11 +290,12 @@ def _pair_table(content: "ReportContent") -> str:
 def _speed_rows(content: "ReportContent") -> list[list[str]]:
     rows = []
     for s in (s for s in content.speed if s["lmbda"] is not None):
-        fraction = s["fraction"]
+        bound = s["bound"]
         rows.append([f"{s['auxt_family']} vs {s['no_auxt_family']}", f"{s['lmbda']:g}", _fmt(s["auxt_final_loss"]),
-                     _fmt(s["no_auxt_final_loss"]), _fmt(s["auxt_iterations_to_no_auxt_final"], ".0f"),
-                     _fmt(s["no_auxt_iterations"], ".0f"), _fmt(None if fraction is None else 100 * fraction, ".1f", "%"),
-                     _fmt(s["speedup"], ".2f", "×"), _fmt(s["no_auxt_iterations_to_auxt_final"], ".0f")])
+                     _fmt(s["no_auxt_final_loss"]),
+                     _fmt(s["auxt_iterations_to_no_auxt_final"], ".0f", "", "≤ " if bound else ""),
+                     _fmt(s["no_auxt_iterations"], ".0f"), _share(s["fraction"], bound),
+                     _speedup(s["speedup"], bound), _fmt(s["no_auxt_iterations_to_auxt_final"], ".0f")])
     return rows
 
 
@@ -275,19 +343,40 @@ def _trial_table(content: "ReportContent") -> str:
 
 
 # ------------------------------------------------------------------------------------ render
-def _plots(content: "ReportContent", out: Path) -> dict[str, Optional[str]]:
-    plots: dict[str, Optional[str]] = {}
+def _anchor_intro(content: "ReportContent") -> list[str]:
+    """Which family is the anchor and why, and which images the curves come from (Figure 8's setting)."""
+    images = sorted({f["images"] for f in content.families if f.get("images")})
+    source = ("Curves are training-time evaluations (`eval/bpp`, a likelihood estimate) on "
+              + ("; ".join(images) if images else "the trials' eval images (folder not readable here)")
+              + ": comparable with each other, not with published curves measured on other images "
+              "(those columns say \"not comparable\"); `lic-search eval` measures real bitstreams on Kodak.")
+    if content.anchor_family:
+        return [f"Each variant's BD-rate against the search's anchor **{content.anchor_family}** "
+                f"({content.anchor_how}), as the AuxT paper's Figure 8 reports rate savings; "
+                f"{', '.join(content.anchor_names[1:]) or 'no published anchor'} as a second column. " + source, ""]
+    return [f"No anchor family ({content.anchor_how}): BD-rates against {content.anchor_names[0]}. " + source, ""]
+
+
+def _curve_file(label: str) -> str:
+    """``A1 unconstrained OLP`` -> ``A1_unconstrained_OLP.json``: a file name any shell reads."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label) + ".json"
+
+
+def _plots(content: "ReportContent", out: Path) -> dict[str, Optional[dict[str, str]]]:
+    """Draw every plot; per file name its legend ({entry: colour}), None when there was nothing to draw."""
     labelled = [(content.labels[f.key], f) for f in content.ordered]
-    for name, metric in ((PLOT_RD_PSNR, "psnr"), (PLOT_RD_MS_SSIM, "ms-ssim")):
-        plots[name] = name if _plot_rd(out / name, labelled, content.anchors, metric) else None
-    trials = content.search.trials
-    plots[PLOT_CONVERGENCE] = PLOT_CONVERGENCE if _plot_convergence(out / PLOT_CONVERGENCE, trials) else None
-    plots[PLOT_ENERGY] = PLOT_ENERGY if _plot_energy(out / PLOT_ENERGY, trials) else None
-    plots[PLOT_SCHEDULE] = PLOT_SCHEDULE if _plot_schedule(out / PLOT_SCHEDULE, content.schedules) else None
+    colours = family_colours([label for label, _ in labelled])
+    auxt = {label: family.auxt for label, family in labelled}
+    plots = {name: _plot_rd(out / name, labelled, content.anchors, metric, colours)
+             for name, metric in ((PLOT_RD_PSNR, "psnr"), (PLOT_RD_MS_SSIM, "ms-ssim"))}
+    trials, family_of = content.search.trials, {t["trial_id"]: t["recipe"] for t in content.trials}
+    plots[PLOT_CONVERGENCE] = _plot_convergence(out / PLOT_CONVERGENCE, trials, family_of, colours, auxt)
+    plots[PLOT_ENERGY] = _plot_energy(out / PLOT_ENERGY, trials, family_of, colours, auxt)
+    plots[PLOT_SCHEDULE] = _plot_schedule(out / PLOT_SCHEDULE, content.schedules, colours, auxt)
     return plots
 
 
-def _markdown(content: "ReportContent", plots: dict[str, Optional[str]]) -> str:
+def _markdown(content: "ReportContent", plots: dict[str, Optional[dict[str, str]]]) -> str:
     search = content.search
     used_statuses = "completed" + (" and stopped" if content.include_stopped else "")
     excluded = len(search.trials) - content.used
@@ -310,13 +399,16 @@ def _markdown(content: "ReportContent", plots: dict[str, Optional[str]]) -> str:
         "",
         _best_table(content) if content.best else f"_No trial has a finite {content.metric} yet._",
         "",
-        "## Rate families and BD-rate",
+        "## Rate savings against the anchor" if content.anchor_family else "## Rate families and BD-rate",
         "",
+        *_anchor_intro(content),
         "A family is one training recipe at several R-D trade-offs λ (trials whose configs differ only in "
         "`loss.lmbda`); its final eval points form one R-D curve. BD-rate: average bitrate difference at equal "
-        f"quality against the anchor ({method} interpolation; negative = fewer bits). Families are ranked by "
-        f"BD-rate against {anchor} (PSNR); curves need at least 4 points. Each family's curve is in "
-        "`curves/<family>.json` (CompressAI results format: `lic-search bd-rate curves/F1.json`).",
+        f"quality against the anchor ({method} interpolation; negative = fewer bits), given only where the two "
+        f"quality ranges share at least {MIN_SHORTER_OVERLAP:.0%} of the shorter one (else n/a, with the overlap). "
+        f"Ranked by BD-rate against {anchor} (PSNR); curves need at least 4 points; a family is never ranked "
+        f"against itself. Each family's curve is in `curves/<family>.json` (CompressAI results format: "
+        "`lic-search bd-rate curves/<family>.json`).",
         "",
         _family_table(content) if content.families else "_No completed trial has eval/bpp and eval/psnr yet._",
         "",
@@ -381,12 +473,13 @@ def render_report(content: "ReportContent", out: Path) -> tuple[Path, list[Path]
     Returns the Markdown file, every file written, and the JSON data."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = [save_curve(curve, out / "curves" / f"{label}.json") for label, curve in content.curves.items()]
+    files = [save_curve(curve, out / "curves" / _curve_file(label)) for label, curve in content.curves.items()]
     plots = _plots(content, out)
-    files += [out / p for p in plots.values() if p]
+    files += [out / name for name, legend in plots.items() if legend is not None]
     markdown = out / REPORT_FILE
     markdown.write_text(_markdown(content, plots))
-    data = {**content.data(), "plots": {k: v for k, v in plots.items() if v}}
+    data = {**content.data(), "plots": {name: name for name, legend in plots.items() if legend is not None},
+            "legends": {name: legend for name, legend in plots.items() if legend is not None}}
     data_file = out / DATA_FILE
     data_file.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return markdown, [markdown, data_file, *files], data

@@ -14,16 +14,19 @@ from __future__ import annotations
 import copy
 import math
 import platform
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
+from search.analysis.estimate import StepCost
 from trainables import metrics as M
 from trainables.config import TrialConfig
 
-__all__ = ["device_label", "TimedRun", "timed_run", "seconds_per_iteration"]
+__all__ = ["device_label", "TimedRun", "timed_run", "seconds_per_iteration", "step_cost", "launch_seconds"]
 
 
 def device_label(device: torch.device) -> str:
@@ -76,3 +79,63 @@ def seconds_per_iteration(config: dict, steps: int = 30, warmup: int = 10, data:
                           device: Optional[torch.device] = None) -> float:
     """Mean seconds per iteration of the trial ``config`` over at least ``steps`` timed iterations."""
     return timed_run(config, steps, warmup, data, device).seconds_per_iteration
+
+
+def step_cost(config: dict, steps: int = 30, warmup: int = 10, data: Optional[Path] = None,
+              device: Optional[torch.device] = None, repeats: int = 2) -> StepCost:
+    """Everything one trial of ``config`` pays, each part measured with the real engine:
+
+    * per iteration: :func:`timed_run`;
+    * per evaluation: :meth:`Trainer.evaluate` on the space's eval set (``data.eval``, its
+      ``max_eval_images``; ``data`` when the space's folder is not here), plus saving the checkpoint
+      the trainable writes after each evaluation (best of ``repeats``);
+    * once: building a fresh trainer (model, optimizers), its training loader, the first step
+      beyond a steady one, and loading the eval images (what a trial does before it runs at speed).
+    """
+    from trainables.data.images import load_eval_images, make_train_loader
+    from trainables.training.checkpoint import save_checkpoint
+    from trainables.training.engine import Trainer
+
+    per_iteration = timed_run(config, steps, warmup, data, device).seconds_per_iteration
+    plain = copy.deepcopy(config)
+    if data is not None:
+        plain.setdefault("data", {})["train"] = str(data)
+        if not Path(str(plain["data"].get("eval", ""))).is_dir():
+            plain["data"]["eval"] = str(data)
+    trial = TrialConfig.model_validate(plain)
+    started = time.perf_counter()
+    trainer = Trainer(trial, device=device)
+    loader = make_train_loader(trial.data, seed=trial.schedule.seed, device_type=trainer.device.type,
+                               iterations=trial.schedule.iterations)
+    trainer._step(next(iter(loader)).to(trainer.device))
+    trainer._eval_images = load_eval_images(trial.data)
+    startup = max(0.0, time.perf_counter() - started - per_iteration)
+    evaluation = min(_timed(trainer.evaluate) for _ in range(repeats))
+    with tempfile.TemporaryDirectory(prefix="lic-estimate-") as folder:
+        checkpoint = min(_timed(lambda: save_checkpoint(trainer.state_dict(), Path(folder))) for _ in range(repeats))
+    return StepCost(per_iteration, evaluation + checkpoint, startup)
+
+
+def _timed(work: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def launch_seconds() -> tuple[float, float]:
+    """(worker, ray): seconds a fresh Python process spends importing the trainable (what each Ray worker
+    does inside its first trial's time) and then starting a local Ray instance (what ``lic-search run``
+    does first), measured in a child process so this one's warm imports do not hide them."""
+    import subprocess
+    import sys
+
+    code = ("import time; t = time.perf_counter(); import trainables.training.trainable, ray; w = time.perf_counter(); "
+            "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False, "
+            "logging_level='ERROR'); ray.shutdown(); print(w - t, time.perf_counter() - w)")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    try:
+        worker, ray = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
+        return worker, ray
+    except (IndexError, ValueError):
+        return 0.0, time.perf_counter() - started

@@ -42,7 +42,8 @@ def register(subparsers) -> None:
                              "differing only in the R-D lambda) by BD-rate against --anchor; families are shown by "
                              "their readable name, --json also has their id under 'family' (default: %(default)s)")
     parser.add_argument("--anchor", type=Path, default=None,
-                        help="with --by family: anchor curve in CompressAI's results format (default: VTM on Kodak)")
+                        help="with --by family: anchor curve in CompressAI's results format (default: the search's "
+                             "anchor variant, search.anchor or its one AuxT-off family; else VTM on Kodak)")
     parser.add_argument("--export", type=Path, default=None, metavar="BEST.yaml",
                         help="write a space file that re-runs the best trial of every rate point (with --by "
                              "family: every trial of the best family) at full budget")
@@ -92,11 +93,15 @@ def _best_families(args, selection) -> int:
     if not rows:
         print("no rate families (no completed trials)")
         return 0
-    header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['anchor']}", "points", "λ", "differs in", "why no BD-rate"]
-    lines = [[str(row["rank"]) if row["rank"] is not None else "-", row["family_name"], "yes" if row["auxt"] else "no",
-              "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%", str(row["points"]),
+    header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['anchor']}", "points", "λ", "differs in",
+              "why no BD-rate"]
+    lines = [["anchor" if row["is_anchor"] else str(row["rank"]) if row["rank"] is not None else "-",
+              row["family_name"], "yes" if row["auxt"] else "no",
+              "-" if row["is_anchor"] else "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%",
+              str(row["points"]),
               ", ".join(f"{v:g}" for v in row["lambdas"]) or "-",
-              ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "-", row["reason"] or ""]
+              ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "-",
+              "" if row["is_anchor"] else row["reason"] or ""]
              for row in rows]
     _print_table(header, lines)
     return 0
@@ -125,9 +130,9 @@ def _best(args) -> int:
         if not best:
             raise LicSearchError(f"--export: no trial has a finite {args.metric}; nothing to re-run")
         _export(args, selection, [r["run_id"] for r in best], f"the best trial of each of {len(best)} rate points")
-    keys = run_names.column_keys(row["params"] for row in rows)
+    keys = row_keys(rows)
     if args.json:
-        rows = [{**row, "varying": run_names.described(row["params"], keys)} for row in rows]
+        rows = [{**row, "varying": run_names.described(row["params"], keys, row.get("variant"))} for row in rows]
         print(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return 0
     if not rows:
@@ -138,6 +143,13 @@ def _best(args) -> int:
     best = winners(rows)
     print("\nbest per rate point: " + "; ".join(f"{stratum_label(r['stratum'])}: run {r['run_id']}" for r in best))
     return 0
+
+
+def row_keys(rows: list[dict]) -> list[str]:
+    """The columns of ``best``'s table: the variant label when the trials carry one (a labelled space),
+    then every key that varies (:func:`search.tracking.run_names.column_keys`)."""
+    keys = run_names.column_keys(row["params"] for row in rows)
+    return ([run_names.VARIANT_KEY] if any(row.get("variant") for row in rows) else []) + keys
 
 
 def trial_table(rows: list[dict], metric: str, keys: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -152,5 +164,5 @@ def trial_table(rows: list[dict], metric: str, keys: list[str]) -> tuple[list[st
         lines.append([stratum_label(row["stratum"]), "-" if row["rank"] is None else str(row["rank"]),
                       fmt(m.get(metric)), fmt(m.get(M.EVAL_BPP)), fmt(m.get(M.EVAL_PSNR)),
                       fmt(m.get(M.ITERATIONS)), row["status"] or "-"]
-                     + [run_names.value(row["params"], k) for k in keys])
+                     + [run_names.value(row["params"], k, row.get("variant")) for k in keys])
     return header, lines

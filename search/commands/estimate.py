@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         description="Time a few real training steps (the training engine, on this machine's GPU if it has one, "
                     "else its CPU) of each distinct model/batch/crop/precision configuration in the space, and "
                     "print the device-hours of the whole search (a data.crop_schedule's stages timed each at their "
-                    "own crop and batch size, weighted by their length): as a grid (every trial its full budget) and "
+                    "own crop and batch size, weighted by their length; each evaluation on the space's eval set at "
+                    "its eval_every with its checkpoint, and each trial's start-up, measured too): as a grid (every "
+                    "trial its full budget) and "
                     "under its ASHA schedule (from the rungs), and the wall time on --gpus GPUs.",
     )
     parser.add_argument("space", type=Path, help="search-space YAML file (see spaces/)")
@@ -26,6 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="time on this image folder instead of the space's data (the step time depends on "
                              "crop and batch size, not on the images), e.g. samples/kodak-crops/train")
+    parser.add_argument("--launch", type=float, default=None, metavar="S",
+                        help="seconds before the first trial trains (Ray start, worker imports), added to the wall "
+                             "time (default: measured in a fresh process, which starts a local Ray instance)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to time the steps (default: a GPU if present, else the CPU)")
     parser.set_defaults(func=_estimate)
@@ -70,7 +75,7 @@ def _print_ladder(ladder, seconds, scratch, file, gpus: int, unit: str) -> None:
 
 def _estimate(args) -> int:
     from search.analysis.estimate import estimate, plan_ladder, plan_trials
-    from search.analysis.step_timing import device_label, seconds_per_iteration
+    from search.analysis.step_timing import device_label, launch_seconds, step_cost
     from search.space import load_space
     from trainables.device import resolve_device
     from trainables.training.trainable import apply_resource_limits
@@ -97,17 +102,25 @@ def _estimate(args) -> int:
         for stage in trial.phases():
             first.setdefault(stage.step, stage.config)
     for step, config in sorted(first.items()):
-        seconds[step] = seconds_per_iteration(config, steps=args.steps, warmup=args.warmup, data=args.data,
-                                              device=device)
+        seconds[step] = step_cost(config, steps=args.steps, warmup=args.warmup, data=args.data, device=device)
         count = sum(1 for t in trials if any(s.step == step for s in t.phases()))
         staged = [t for t in trials if len(t.phases()) > 1 and any(s.step == step for s in t.phases())]
         share = ""
         if staged:
             fractions = sorted({_stage_share(t, step) for t in staged})
             share = ", crop_schedule stage: " + "/".join(f"{f:.0%}" for f in fractions) + " of the budget"
-        print(f"  {step.label()}: {seconds[step]:.4g} s/iteration ({count} trial(s){share})", flush=True)
+        cost = seconds[step]
+        print(f"  {step.label()}: {cost.iteration:.4g} s/iteration, {cost.evaluation:.3g} s/evaluation with its "
+              f"checkpoint, {cost.startup:.3g} s start-up ({count} trial(s){share})", flush=True)
+    if args.launch is None:
+        worker, ray_start = launch_seconds()
+        print(f"  search launch: {ray_start:.3g} s starting Ray, {worker:.3g} s for a fresh worker to import the "
+              "trainable (once per concurrent slot, in its first trial's time)", flush=True)
+    else:
+        worker, ray_start = 0.0, args.launch
+        print(f"  search launch (--launch): {ray_start:.3g} s", flush=True)
     result = estimate(trials, seconds, file.scheduler, gpus=args.gpus, gpus_per_trial=resources.gpus_per_trial,
-                      max_concurrent=file.search.max_concurrent)
+                      max_concurrent=file.search.max_concurrent, launch=ray_start + worker, worker_start=worker)
     unit = f"{kind}-hours"
     print(f"\ngrid (every trial its full budget): {result.grid_iterations:,} iterations, "
           f"{_hours(result.grid_hours).replace(' h', ' ' + unit, 1)}")

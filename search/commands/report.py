@@ -54,12 +54,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"best at {stratum_label(best['stratum'])}: trial {best['trial_id']} "
               f"({report.data['metric']} {best['value']:.4g}, of {best['of']})")
     if ranked:
-        best = ranked[0]
+        best = min(ranked, key=lambda f: f["rank"])
         value = best["bd_rate"].get(f"{report.data['anchors'][0]} psnr")
         print(f"best family: {best['label']} (BD-rate {value:+.2f}% vs {report.data['anchors'][0]})")
     summaries = [s for s in report.data["speed"] if s["lmbda"] is None and s["speedup"] is not None]
     for summary in summaries:
-        print(f"AuxT speed-up {summary['auxt_family']} vs {summary['no_auxt_family']}: {summary['speedup']:.2f}x")
+        bound = " (a lower bound: reached at the first evaluation)" if summary["bound"] else ""
+        print(f"AuxT speed-up {summary['auxt_family']} vs {summary['no_auxt_family']}: "
+              f"{'≥ ' if bound else ''}{summary['speedup']:.2f}x{bound}")
     if report.attached_to:
         print(f"attached to MLflow run {report.attached_to} under '{ARTIFACT_PATH}/'")
     elif report.pending:

@@ -84,9 +84,10 @@ class LiveConsole(tune.Callback):
         self.device = "GPU" if gpus else "CPU"
         self.per_trial = resources.gpus_per_trial if gpus else resources.cpus_per_trial
         self.ranking = summary.Ranking.of(spec.file.search.model_dump(mode="json"))
-        self.keys = run_names.column_keys(spec.configs() if configs is None else configs)
+        self.keys = run_names.column_keys(spec.configs() if configs is None else configs, spec.variants)
         if configs is not None and run_names.INIT_FROM_KEY not in self.keys:  # a ladder's fine-tunes: say from where
             self.keys.append(run_names.INIT_FROM_KEY)
+        self.variants = spec.variants
         self.show = show
         self._stream = stream
         self._reset()
@@ -128,7 +129,7 @@ class LiveConsole(tune.Callback):
                 float(result.get("time_total_s", 0.0) or 0.0)))
         return progress.SearchView(self.name, self.store_location, views, self.expected,
                                    time.time() - (self._started or time.time()),
-                                   self.device, self.per_trial, self.ranking, self.keys)
+                                   self.device, self.per_trial, self.ranking, self.keys, self.variants)
 
     def _print(self, lines: list[str]) -> None:
         self.stream.write("\n".join(lines) + "\n")
@@ -200,7 +201,7 @@ class LiveConsole(tune.Callback):
         if state == "errored":
             scores = f"diverged: {result.get('diverged_reason', 'non-finite loss')}"
         self._event(f"[{done}/{self.expected}] {trial.trial_id} {state} at {int(m.get('iterations', 0) or 0)}/{budget} "
-                    f"it: {scores} — {run_names.trial_name(trial.config, self.keys)}")
+                    f"it: {scores} — {self._name(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._begin()
@@ -209,7 +210,11 @@ class LiveConsole(tune.Callback):
         self._reported.add(trial.trial_id)
 
         self._event(f"[{len(self._reported)}/{self.expected}] {trial.trial_id} errored: {error_summary(trial)} — "
-                    f"{run_names.trial_name(trial.config, self.keys)} (details: {getattr(trial, 'path', '')})")
+                    f"{self._name(trial)} (details: {getattr(trial, 'path', '')})")
+
+    def _name(self, trial) -> str:
+        """The trial's readable name: its variant label first in a labelled space, then what varies."""
+        return run_names.trial_name(trial.config, self.keys, self.variants.label_of(trial.config))
 
     def on_experiment_end(self, trials, **info):
         self._begin()

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 from search.monitor import summary
+from search.space.variants import Variants
 from search.tracking import run_names
 from trainables import metrics as M
 
@@ -68,6 +69,7 @@ class SearchView:
     per_trial: float = 1.0  # devices (GPUs, else CPUs) per trial
     ranking: summary.Ranking = field(default_factory=summary.Ranking)
     keys: Optional[list[str]] = None  # distinguishing keys (default: those varying across the trials)
+    variants: Variants = field(default_factory=Variants)  # the space's labelled variants (names)
 
     def counts(self) -> dict[str, int]:
         counts = {state: 0 for state in STATES}
@@ -100,10 +102,15 @@ class SearchView:
 
     def best(self) -> list[summary.Best]:
         entries = [summary.Entry(t.trial_id, t.config, t.metrics) for t in self.trials if t.state != "errored"]
-        return summary.best_per_rate_point(entries, self.ranking, self._keys())
+        return summary.best_per_rate_point(entries, self.ranking, self._keys(), self.variants)
 
     def _keys(self) -> list[str]:
-        return self.keys if self.keys is not None else run_names.column_keys(t.config for t in self.trials)
+        return self.keys if self.keys is not None else run_names.column_keys((t.config for t in self.trials),
+                                                                             self.variants)
+
+    def trial_name(self, trial: TrialView, keys: Sequence[str]) -> str:
+        """The trial's readable name (its variant label first in a labelled space)."""
+        return run_names.trial_name(trial.config, keys, self.variants.label_of(trial.config))
 
     def to_json(self) -> dict[str, Any]:
         keys = self._keys()
@@ -112,7 +119,8 @@ class SearchView:
             "elapsed_s": self.elapsed, "eta_s": self.eta(), "device": self.device,
             "device_hours": self.device_hours(), "device_hours_unit": f"{self.device}-hours",
             "trials": [{**{k: v for k, v in asdict(t).items() if k != "config"},
-                        "name": run_names.trial_name(t.config, keys), "varying": run_names.described(t.config, keys)}
+                        "name": self.trial_name(t, keys),
+                        "varying": run_names.described(t.config, keys, self.variants.label_of(t.config))}
                        for t in self.trials],
             "best": [{"rate_point": b.stratum, "trial_id": b.trial_id, "name": b.name, "metrics": b.metrics,
                       "varying": b.varying} for b in self.best()],
@@ -149,10 +157,10 @@ def header(view: SearchView) -> str:
             f"{view.device_hours():.2f} {view.device}-hours · ETA {duration(view.eta())}")
 
 
-def trial_line(trial: TrialView, keys: Sequence[str]) -> str:
+def trial_line(trial: TrialView, name: str) -> str:
     m = trial.metrics
     return (f"  {trial.trial_id} {trial.iteration}/{trial.budget} it  rd_loss {_num(m.get(M.EVAL_RD_LOSS))}  "
-            f"bpp {_num(m.get(M.EVAL_BPP))}  PSNR {_db(m.get(M.EVAL_PSNR))}  {run_names.trial_name(trial.config, keys)}")
+            f"bpp {_num(m.get(M.EVAL_BPP))}  PSNR {_db(m.get(M.EVAL_PSNR))}  {name}")
 
 
 def render(view: SearchView, max_running: int = 8) -> list[str]:
@@ -161,7 +169,7 @@ def render(view: SearchView, max_running: int = 8) -> list[str]:
     out = [header(view)]
     running = [t for t in view.trials if t.state == "running"]
     for trial in running[:max_running]:
-        out.append(trial_line(trial, keys))
+        out.append(trial_line(trial, view.trial_name(trial, keys)))
     if len(running) > max_running:
         out.append(f"  ... and {len(running) - max_running} more running")
     for line in summary.lines(view.best(), view.ranking):

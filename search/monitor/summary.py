@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
 from search.space.strata import finite, rank_within_strata, stratum_label, stratum_of
 from search.tracking import names as T
+from search.space.variants import Variants
 from search.tracking import run_names
 from trainables import metrics as M
 
@@ -65,17 +66,18 @@ class Ranking:
 
 
 def best_per_rate_point(entries: Iterable[Entry], ranking: Ranking = Ranking(),
-                        keys: Optional[Sequence[str]] = None) -> list[Best]:
+                        keys: Optional[Sequence[str]] = None, variants: Variants = Variants()) -> list[Best]:
     """The rank-1 trial of every rate point that has a finite score, in natural rate-point order.
 
-    ``keys`` are the distinguishing keys (default: those varying across ``entries``)."""
+    ``keys`` are the distinguishing keys (default: those varying across ``entries``); ``variants``
+    names the trials of a labelled space."""
     entries = [e for e in entries if e.config and e.metrics]
-    keys = list(keys) if keys is not None else run_names.column_keys(e.config for e in entries)
+    keys = list(keys) if keys is not None else run_names.column_keys((e.config for e in entries), variants)
     ranked = rank_within_strata(entries, lambda e: stratum_of(e.config, ranking.stratify_by),
                                 lambda e: e.metrics.get(ranking.metric), ranking.mode)
-    return [Best(stratum, e.trial_id, run_names.trial_name(e.config, keys),
+    return [Best(stratum, e.trial_id, run_names.trial_name(e.config, keys, variants.label_of(e.config)),
                  {m: finite(e.metrics.get(m)) for m in dict.fromkeys((ranking.metric, *SHOWN_METRICS, M.ITERATIONS))},
-                 run_names.described(e.config, keys))
+                 run_names.described(e.config, keys, variants.label_of(e.config)))
             for e, stratum, rank in ranked if rank == 1]
 
 

@@ -115,13 +115,16 @@ def describe_spec(spec: SearchSpec) -> str:
     if file.description:
         lines.append(f"description: {file.description}")
     lines.append("trial (every key, defaults filled in):")
-    lines.extend(_render(_overlay(base, file.trial)))
+    lines.extend(_render(_overlay(base, spec.trial)))
     sites = kp.primitive_sites(spec.template)
     grids = [f"{kp.dotted(k, '')} ({len(a)})" for k, kind, a in sites if kind == "grid"]
     lines.append("")
     if spec.collapse_note:
         lines.append(spec.collapse_note)
     lines.append(f"grid: {' x '.join(grids) if grids else 'none'} = {spec.grid_size()} point(s)")
+    for site in spec.variants.sites:
+        lines.append(f"variants at {kp.dotted(site.keys, '')}: " + ", ".join(v.label for v in site.variants)
+                     + (f" (anchor: {spec.anchor_label()})" if spec.anchor_label() else ""))
     lines.append(f"trials: {spec.grid_size()} grid point(s) x {file.search.num_samples} sample(s) = "
                  f"{spec.trial_count()}")
     budgets = sorted({(c["schedule"]["iterations"], tuple(c["schedule"].get("milestones", ())))
@@ -131,7 +134,7 @@ def describe_spec(spec: SearchSpec) -> str:
         decay = ", ".join(str(int(round(m * iterations))) for m in milestones)
         shown.append(f"{iterations}" + (f" (lr decay at {decay})" if decay else ""))
     lines.append(f"iteration budget: {spec.budget()} (max); per trial: {'; '.join(shown)}")
-    lines.extend(describe_setup(file.search, file.scheduler, spec.budget(), file.trial))
+    lines.extend(describe_setup(file.search, file.scheduler, spec.budget(), spec.trial))
     if file.ladder is not None:
         anchor = ", ".join(f"{k}={show(v)}" for k, v in file.ladder.anchor.items())
         tuned = ", ".join(f"{k}={show(v)}" for k, v in file.ladder.fine_tune.items()) or "nothing changed"

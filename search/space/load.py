@@ -17,6 +17,7 @@ from search.errors import SpaceError
 from search.space import keypath as kp
 from search.space.files import SpaceFile
 from search.space.spec import SearchSpec
+from search.space.variants import split_labels
 from search.space.validate import check_spec, check_structure, pydantic_error
 
 
@@ -125,7 +126,8 @@ def load_space(path: str | Path, check_data: bool = True) -> SearchSpec:
                          "schedule, performance); put sampling primitives on its values")
     check_structure(file, space.trial)
     resolve_paths(file, space.trial, path.parent)
-    spec = SearchSpec(path.resolve(), space)
+    trial, variants = split_labels(file, space.trial)  # the file keeps its labels (the search's stored copy)
+    spec = SearchSpec(path.resolve(), space, variants, trial)
     check_spec(file, spec, check_data)
     return spec
 

@@ -123,6 +123,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class AnchorConfig(_Strict):
+    """The variant every other variant's rate saving is measured against (Figure 8's anchor)."""
+
+    label: str = Field(..., min_length=1, description="The `label:` of a grid/choice variant of this space.")
+
+
 class SearchAlgorithmConfig(_Strict):
     """How trial configs are proposed."""
 
@@ -156,6 +162,10 @@ class SearchAlgorithmConfig(_Strict):
         "min; psnr, ms_ssim: max). A mode that contradicts the metric is an error.",
     )
     seed: Optional[int] = None
+    anchor: Optional[AnchorConfig] = Field(
+        None, description="The variant `report` and `best --by family` measure BD-rates against, by its label "
+        "(e.g. {label: anchor}); null = the AuxT-off family when there is exactly one.",
+    )
     stratify_by: list[str] = Field(
         default_factory=lambda: list(DEFAULT_STRATIFY_BY),
         description="Trial keys whose values must match for two trials to be compared "

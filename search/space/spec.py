@@ -16,6 +16,7 @@ from search.space import keypath as kp
 from search.space.describe import describe_spec
 from search.space.files import SpaceFile
 from search.space.primitives import KINDS
+from search.space.variants import Variants
 from search.space.sections import stratify_keys
 
 AUXT_PATH = ("model", "auxt")
@@ -67,10 +68,13 @@ def collapse_auxt(template: dict) -> tuple[dict, Optional[str]]:
 class SearchSpec:
     """A validated space: what the tuner needs, and the resolved template for display."""
 
-    def __init__(self, path: Path, file: SpaceFile):
+    def __init__(self, path: Path, file: SpaceFile, variants: Optional[Variants] = None,
+                 trial: Optional[dict] = None):
         self.path = path
         self.file = file
-        self.template, self.collapse_note = collapse_auxt(file.trial)
+        self.variants = variants or Variants()  # the labelled grid/choice values (search.space.variants)
+        self.trial = file.trial if trial is None else trial  # the file's trial section without labels
+        self.template, self.collapse_note = collapse_auxt(self.trial)
         self.warnings: list[str] = []
 
     @property
@@ -106,7 +110,7 @@ class SearchSpec:
 
         Drawn from the file's template, not the AuxT-collapsed one: the same values, but no
         primitive sits inside another's values there."""
-        return edge_configs(self.file.trial)
+        return edge_configs(self.trial)
 
     def budget(self) -> int:
         """The largest iteration budget any trial can get (ASHA's max_t)."""
@@ -115,7 +119,11 @@ class SearchSpec:
     def stratify_by(self) -> list[str]:
         """Keys whose values must match for two trials to be compared (``search.stratify_by``, plus
         ``schedule.iterations``/``milestones`` under ASHA where they vary)."""
-        return stratify_keys(self.file.search, self.file.scheduler, self.file.trial)
+        return stratify_keys(self.file.search, self.file.scheduler, self.trial)
+
+    def anchor_label(self) -> Optional[str]:
+        """The label of the variant rate savings are measured against (``search.anchor``), if set."""
+        return self.file.search.anchor.label if self.file.search.anchor is not None else None
 
     def describe(self) -> str:
         """What `lic-search validate` prints: resolved template, counts, budget and settings."""

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
 
 from search.space.keypath import get_path
 from search.space.sections import DEFAULT_STRATIFY_BY, trial_default
-from trainables.config import flatten
+from trainables.config import flatten, inactive_auxt_knobs
 
 Row = TypeVar("Row")
 Stratum = dict[str, Any]
@@ -150,17 +150,29 @@ def auxt_enabled(params: Mapping[str, object]) -> bool:
     return is_truthy(flat_params(params).get(AUXT_ENABLED_KEY, False))
 
 
+def inactive_keys(params: Mapping[str, object]) -> frozenset[str]:
+    """Dotted keys that change nothing in the model a trial builds (AuxT knobs that do nothing given
+    the others: :func:`trainables.config.inactive_auxt_knobs`); works on configs and MLflow params."""
+    flat = flat_params(params)
+    values = {key[len(AUXT_PREFIX):]: parse_param(value) for key, value in flat.items()
+              if key.startswith(AUXT_PREFIX) and "." not in key[len(AUXT_PREFIX):]}
+    values["enabled"] = auxt_enabled(flat)
+    return frozenset(AUXT_PREFIX + knob for knob in inactive_auxt_knobs(values))
+
+
 def family_params(params: Mapping[str, object], *, ignore_auxt: bool = False) -> dict[str, str]:
-    """The params that define a trial's family: all but λ (and the knobs of a disabled AuxT).
+    """The params that define a trial's family: all but λ and the knobs that do nothing
+    (:func:`inactive_keys`: all AuxT knobs of a disabled AuxT, the scaling of a DWT-less one...).
 
     ``params`` is a flat (dotted) or nested config. ``ignore_auxt`` drops every ``model.auxt.*``
     key as well: two families equal under it differ only in their AuxT settings.
     """
     flat = flat_params(params)
     enabled = auxt_enabled(flat)
+    inactive = inactive_keys(flat)
     kept: dict[str, str] = {}
     for key, value in flat.items():
-        if key == LAMBDA_KEY:
+        if key == LAMBDA_KEY or key in inactive:
             continue
         if key.startswith(AUXT_PREFIX) and (ignore_auxt or not enabled):
             continue

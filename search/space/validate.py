@@ -19,6 +19,7 @@ from search.space.ladder import check_ladder
 from search.space.sections import check_search_setup
 from search.space.spec import SearchSpec
 from search.space.training_data import check_training_data
+from search.space.strata import family_params, parse_param
 from trainables.config import BACKBONE_OPTION_SECTIONS, AuxTConfig, ModelConfig, TrialConfig
 
 
@@ -176,7 +177,7 @@ def _check_trials(file: str, spec: SearchSpec) -> list[TrialConfig]:
         try:
             trials.append(TrialConfig.model_validate(config))
         except ValidationError as error:
-            raise pydantic_error(file, TrialConfig, error, "trial", _site_of(config, base, spec.file.trial)) from None
+            raise pydantic_error(file, TrialConfig, error, "trial", _site_of(config, base, spec.trial)) from None
     return trials
 
 
@@ -280,7 +281,7 @@ def _check_data(file: str, trials: list[TrialConfig]) -> None:
 
 def _check_search(file: str, spec: SearchSpec, trials: list[TrialConfig]) -> None:
     search, scheduler = spec.file.search, spec.file.scheduler
-    check_search_setup(search, scheduler, spec.file.trial, spec.budget(), file)
+    check_search_setup(search, scheduler, spec.trial, spec.budget(), file)
     random_sites = [s for s in kp.primitive_sites(spec.template) if s[1] != "grid"]
     if search.num_samples > 1 and not random_sites:
         spec.warnings.append(f"search.num_samples is {search.num_samples} but nothing is random: each grid "
@@ -288,9 +289,37 @@ def _check_search(file: str, spec: SearchSpec, trials: list[TrialConfig]) -> Non
 
 
 
+def _check_variants(file: str, spec: SearchSpec) -> None:
+    """``search.anchor`` names a label of the space; no two labels of a site build the same model
+    (a knob that does nothing, like A3's scaling, does not tell variants apart)."""
+    anchor = spec.file.search.anchor
+    labels = spec.variants.labels()
+    if anchor is not None and anchor.label not in labels:
+        allowed = ", ".join(repr(label) for label in labels) or "none: no grid/choice value has a `label`"
+        raise SpaceError(file, "search.anchor.label", f"{anchor.label!r} is not a variant label of this space; "
+                         f"labels: {allowed}")
+    base = next(spec.configs())
+    for site in spec.variants.sites:
+        seen: dict[str, str] = {}
+        for variant in site.variants:
+            if variant.drawn:
+                continue  # a primitive inside the variant: its models differ by draw
+            config = kp.substitute(base, [(site.keys, {})])
+            for key, value in dict(variant.fixed).items():
+                kp.set_path(config, key, parse_param(value))
+            dumped = TrialConfig.model_validate(config).model_dump(mode="json")
+            recipe = repr(sorted(family_params(dumped).items()))
+            if recipe in seen:
+                raise SpaceError(file, kp.dotted(site.keys), f"variants {seen[recipe]!r} and {variant.label!r} "
+                                 "build the same model (a knob that does nothing given the others, e.g. scaling "
+                                 "without a DWT, does not tell them apart); drop one or change what it sets")
+            seen[recipe] = variant.label
+
+
 def check_spec(file: str, spec: SearchSpec, check_data: bool = True) -> None:
     """Every check after parsing: edge configs, AuxT knobs, models, search setup, data folders."""
     trials = _check_trials(file, spec)
+    _check_variants(file, spec)
     _check_auxt_knobs(file, trials)
     _check_models(file, trials)
     _check_search(file, spec, trials)

@@ -39,6 +39,8 @@ class SearchSelection:
     stratify_by: tuple[str, ...]
     searches: int  # parent runs of this name in the store
     everything: bool = False  # --all: every trial run of the experiment, with or without a parent
+    anchor: Optional[str] = None  # the anchor variant's label the searches recorded (one, or None)
+    variants: tuple[str, ...] = ()  # the variant labels in the space's order (the first search's)
 
     @property
     def parent_run_id(self) -> Optional[str]:
@@ -88,6 +90,20 @@ def _stratify_by(parents: Sequence) -> tuple[str, ...]:
     return tuple(keys) if parents else DEFAULT_STRATIFY_BY
 
 
+def _anchor(parents: Sequence) -> Optional[str]:
+    """The anchor label the searches recorded, when they agree on one (``search.anchor``)."""
+    labels = {run.data.tags.get(T.TAG_ANCHOR) for run in parents}
+    return labels.pop() if len(labels) == 1 else None
+
+
+def _variants(parents: Sequence) -> tuple[str, ...]:
+    labels: list[str] = []
+    for run in parents:
+        text = run.data.tags.get(T.TAG_VARIANTS)
+        labels += [label for label in (json.loads(text) if text else []) if label not in labels]
+    return tuple(labels)
+
+
 def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: Optional[str] = None,
                   all_searches: bool = False) -> SearchSelection:
     """The latest search named ``experiment``, the one whose parent run is ``run_id``, or all of them."""
@@ -98,7 +114,8 @@ def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: O
                          order_by=["attributes.start_time DESC"])
     if all_searches:
         return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in parents),
-                               _stratify_by(parents), len(parents), everything=True)
+                               _stratify_by(parents), len(parents), everything=True, anchor=_anchor(parents),
+                               variants=_variants(parents))
     if run_id is not None:
         chosen = [p for p in parents if p.info.run_id == run_id]
         if not chosen:
@@ -108,7 +125,7 @@ def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: O
     else:
         chosen = parents[:1]
     return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in chosen),
-                           _stratify_by(chosen), len(parents))
+                           _stratify_by(chosen), len(parents), anchor=_anchor(chosen), variants=_variants(chosen))
 
 
 def _started(run) -> str:
@@ -136,6 +153,7 @@ def _summary(run, stratify_by: Sequence[str]) -> dict[str, Any]:
         "status": run.data.tags.get(T.TAG_STATUS),
         "status_detail": run.data.tags.get(T.TAG_STATUS_DETAIL),
         "family": run.data.tags.get(T.TAG_FAMILY),
+        "variant": run.data.tags.get(T.TAG_VARIANT),
         "stratum": stratum_of(params, stratify_by),
         "params": params,
         "metrics": dict(run.data.metrics),

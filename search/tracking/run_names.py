@@ -16,15 +16,18 @@ import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from search.space.sections import trial_default
-from search.space.strata import AUXT_ENABLED_KEY, auxt_enabled, flat_params
+from search.space.strata import AUXT_ENABLED_KEY, auxt_enabled, flat_params, inactive_keys
+from search.space.variants import Variants
 
 LAMBDA_KEY = "loss.lmbda"
 AUXT_KEY = AUXT_ENABLED_KEY  # shown as the AuxT setting: "off" or the wavelet (and placement)
 AUXT_PREFIX = "model.auxt."
+VARIANT_KEY = "variant"  # not a config key: the trial's variant label (``label:`` in the space)
 SEPARATOR = " · "
+NOT_APPLICABLE = "n/a"  # a knob that does nothing in this trial's model (not "left at its default")
 #: Headers for keys whose last component alone would say too little.
 LABELS = {LAMBDA_KEY: "λ", AUXT_KEY: "auxt", "model.auxt.lambda_orth": "λ_orth", "schedule.lr": "lr",
-          "model.init_from": "init"}
+          "model.init_from": "init", VARIANT_KEY: "variant"}
 _SECTIONS = ("model.", "loss.", "schedule.", "data.")
 
 
@@ -49,9 +52,11 @@ def varying_keys(configs: Iterable[Mapping[str, Any]]) -> list[str]:
     return [k for k in keys if len({str(raw_value(f, k)) for f in flats}) > 1]
 
 
-def column_keys(configs: Iterable[Mapping[str, Any]]) -> list[str]:
-    """What distinguishes trials: λ, the AuxT setting, then every other varying key."""
-    return [LAMBDA_KEY, AUXT_KEY] + [k for k in varying_keys(configs) if k not in (LAMBDA_KEY, AUXT_KEY)]
+def column_keys(configs: Iterable[Mapping[str, Any]], variants: Variants = Variants()) -> list[str]:
+    """What distinguishes trials: the variant label (labelled spaces), λ, the AuxT setting, then every
+    other varying key; keys under a labelled grid/choice are named by the label instead."""
+    head = ([VARIANT_KEY] if variants else []) + [LAMBDA_KEY] + ([] if variants.covers(AUXT_KEY) else [AUXT_KEY])
+    return head + [k for k in varying_keys(configs) if k not in head and not variants.covers(k)]
 
 
 def label(key: str, keys: Sequence[str] = ()) -> str:
@@ -67,12 +72,14 @@ def label(key: str, keys: Sequence[str] = ()) -> str:
 
 
 def auxt_setting(config: Mapping[str, Any]) -> str:
-    """``off``, or the AuxT wavelet (with its placement when not both transforms): ``haar``."""
-    if not auxt_enabled(config):
-        return "off"
-    wavelet = str(raw_value(config, "model.auxt.wavelet") or "on")
+    """``off``, or what replaces the backbone's resampling in the shortcut: the wavelet (``haar``) or,
+    without a DWT, the downsampling (``avgpool``), with the placement when not both transforms."""
     placement = str(raw_value(config, "model.auxt.placement") or "both")
-    return wavelet if placement == "both" else f"{wavelet}/{placement}"
+    if not auxt_enabled(config) or placement == "none":
+        return "off"
+    downsample = str(raw_value(config, "model.auxt.downsample") or "dwt")
+    basis = str(raw_value(config, "model.auxt.wavelet") or "on") if downsample == "dwt" else downsample
+    return basis if placement == "both" else f"{basis}/{placement}"
 
 
 def show(value: Any, key: str = "") -> str:
@@ -91,13 +98,16 @@ def show(value: Any, key: str = "") -> str:
     return str(value)
 
 
-def value(config: Mapping[str, Any], key: str) -> str:
-    """The shown value of ``key`` in a trial's config: the AuxT setting for ``auxt``, ``-`` for the
-    knobs of a disabled AuxT (they change nothing)."""
+def value(config: Mapping[str, Any], key: str, variant: Optional[str] = None) -> str:
+    """The shown value of ``key`` in a trial's config: the variant label for ``variant``, the AuxT
+    setting for ``auxt``, ``n/a`` for a knob that does nothing in the model built (AuxT off, scaling
+    without a DWT...), the default itself for a key left out."""
+    if key == VARIANT_KEY:
+        return variant or "?"
     if key == AUXT_KEY:
         return auxt_setting(config)
-    if key.startswith(AUXT_PREFIX) and auxt_setting(config) == "off":
-        return "-"
+    if key in inactive_keys(config):
+        return NOT_APPLICABLE
     if key == INIT_FROM_KEY:
         return init_source(raw_value(config, key))
     return show(raw_value(config, key), key)
@@ -116,20 +126,26 @@ def init_source(path: Any) -> str:
     return f"trial {found.group(1)}" if found else text.rstrip("/").rsplit("/", 1)[-1]
 
 
-def trial_name(config: Mapping[str, Any], keys: Sequence[str] = (LAMBDA_KEY, AUXT_KEY)) -> str:
-    """``λ=0.0035 · auxt=haar · lr=2.2e-3``: the trial's values at ``keys`` (see :func:`column_keys`)."""
-    return SEPARATOR.join(f"{label(k, keys)}={value(config, k)}" for k in keys)
+def trial_name(config: Mapping[str, Any], keys: Sequence[str] = (LAMBDA_KEY, AUXT_KEY),
+               variant: Optional[str] = None) -> str:
+    """``A1 unconstrained · λ=0.0035`` or ``λ=0.0035 · auxt=haar · lr=2.2e-3``: the trial's values at
+    ``keys`` (see :func:`column_keys`), the variant label as it is."""
+    return SEPARATOR.join(value(config, k, variant) if k == VARIANT_KEY else f"{label(k, keys)}={value(config, k)}"
+                          for k in keys)
 
 
-def family_name(config: Mapping[str, Any], keys: Sequence[str] = (LAMBDA_KEY, AUXT_KEY)) -> str:
+def family_name(config: Mapping[str, Any], keys: Sequence[str] = (LAMBDA_KEY, AUXT_KEY),
+                variant: Optional[str] = None) -> str:
     """A rate family's readable name: the trial name without λ (what its trials share)."""
-    return trial_name(config, [k for k in keys if k != LAMBDA_KEY])
+    return trial_name(config, [k for k in keys if k != LAMBDA_KEY], variant)
 
 
-def described(config: Mapping[str, Any], keys: Optional[Sequence[str]]) -> dict[str, str]:
+def described(config: Mapping[str, Any], keys: Optional[Sequence[str]],
+              variant: Optional[str] = None) -> dict[str, str]:
     """``{dotted key: shown value}`` for ``keys`` (JSON output: full keys, readable values)."""
-    return {k: value(config, k) for k in (keys or (LAMBDA_KEY, AUXT_KEY))}
+    return {k: value(config, k, variant) for k in (keys or (LAMBDA_KEY, AUXT_KEY))}
 
 
-__all__ = ["LAMBDA_KEY", "AUXT_KEY", "varying_keys", "column_keys", "label", "auxt_setting", "show", "value",
+__all__ = ["LAMBDA_KEY", "AUXT_KEY", "VARIANT_KEY", "NOT_APPLICABLE", "varying_keys",
+           "column_keys", "label", "auxt_setting", "show", "value",
            "trial_name", "family_name", "described", "raw_value"]

@@ -8,7 +8,7 @@ in the journal for ``lic-search sync`` (which resume runs first).
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from search.errors import TrackingError
 from search.experiment.store import ExperimentStore
@@ -36,15 +36,27 @@ def reachable(tracking_uri: str, offline: bool, notify: Callable[[str], None] = 
         return False
 
 
-def journal_search_run(store: ExperimentStore, name: str, space_text: str, stratify_by: list[str]) -> None:
-    """The parent run of a search started offline: created by the sender when the server answers."""
+def search_tags(experiment_dir: str, stratify_by: list[str], anchor: Optional[str] = None,
+                variants: Sequence[str] = ()) -> dict[str, str]:
+    """The parent run's tags: role, experiment folder, rate-point keys, the variant labels (file order:
+    the report's table order) and the anchor variant's label."""
     import json
 
+    tags = {T.TAG_ROLE: T.ROLE_SEARCH, T.TAG_SEARCH_DIR: str(experiment_dir),
+            T.TAG_STRATIFY_BY: json.dumps(list(stratify_by))}
+    if variants:
+        tags[T.TAG_VARIANTS] = json.dumps(list(variants))
+    return {**tags, T.TAG_ANCHOR: anchor} if anchor else tags
+
+
+def journal_search_run(store: ExperimentStore, name: str, space_text: str, stratify_by: list[str],
+                       anchor: Optional[str] = None, variants: Sequence[str] = ()) -> None:
+    """The parent run of a search, created by the sender (now when online, else when the server answers);
+    ``anchor`` and ``variants``: the space's ``search.anchor`` label and its variant labels."""
     journal = J.Journal(store)
     journal.create()
     journal.append(J.CREATE_SEARCH, None, run_name=name,
-                   tags={T.TAG_ROLE: T.ROLE_SEARCH, T.TAG_SEARCH_DIR: store.location,
-                         T.TAG_STRATIFY_BY: json.dumps(stratify_by)},
+                   tags=search_tags(store.location, stratify_by, anchor, variants),
                    text=space_text, artifact=T.ARTIFACT_SPACE)
 
 
@@ -100,7 +112,7 @@ def remember_parent(store: ExperimentStore, state, journal: J.Journal) -> None:
 class TrackingSession:
     """Journal + background sender + :class:`search.tracking.client.MlflowTrialLogger` for one driver."""
 
-    def __init__(self, store: ExperimentStore, state, name_keys: Optional[list[str]] = None,
+    def __init__(self, store: ExperimentStore, state, name_keys: Optional[list[str]] = None, variants=None,
                  flush_seconds: float = DEFAULT_FLUSH_SECONDS, notify: Callable[[str], None] = print):
         import os
 
@@ -117,7 +129,8 @@ class TrackingSession:
         self.sender = Sender(self.journal, state.tracking_uri, state.name, state.parent_run_id or None, notify=notify)
         self.logger = MlflowTrialLogger(state.tracking_uri, state.name, state.parent_run_id or None,
                                         journal=self.journal, sender=self.sender,
-                                        recover_from_mlflow=not recorded_before, name_keys=name_keys)
+                                        recover_from_mlflow=not recorded_before, name_keys=name_keys,
+                                        variants=variants)
 
     def start(self) -> None:
         self.journal.append(J.STATUS, None, status="RUNNING", time=int(time.time() * 1000))

@@ -30,6 +30,7 @@ import yaml
 from ray import tune
 
 from search.space.strata import auxt_enabled, family_key
+from search.space.variants import Variants
 from search.tracking import journal as J
 from search.tracking import names as T
 from search.tracking import run_names
@@ -104,12 +105,13 @@ class MlflowTrialLogger(tune.Callback):
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: Optional[str],
                  journal: Optional[J.Journal] = None, sender=None, recover_from_mlflow: Optional[bool] = None,
-                 name_keys: Optional[list[str]] = None):
+                 name_keys: Optional[list[str]] = None, variants: Optional[Variants] = None):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         # What tells this search's trials apart (search.tracking.run_names.column_keys of the space): run names.
         self.name_keys = list(name_keys or (run_names.LAMBDA_KEY, run_names.AUXT_KEY))
+        self.variants = variants or Variants()  # the space's labelled variants: run names and the variant tag
         self._client = None
         self.ladder_role: Optional[str] = None  # set by a ladder search per phase (tag lic_search.ladder)
         self.ladder_plan = None  # the fine-tune phase's LadderPlan: which anchor a warm start comes from
@@ -222,9 +224,12 @@ class MlflowTrialLogger(tune.Callback):
             T.TAG_AUXT: auxt_tag(config),
             T.TAG_STATUS: T.STATUS_RUNNING,
             T.TAG_FAMILY: family_key(config),
-            T.TAG_FAMILY_NAME: run_names.family_name(config, self.name_keys),
         }
-        run_name = run_names.trial_name(config, self.name_keys)
+        variant = self.variants.label_of(config)
+        tags[T.TAG_FAMILY_NAME] = run_names.family_name(config, self.name_keys, variant)
+        if variant:
+            tags[T.TAG_VARIANT] = variant
+        run_name = run_names.trial_name(config, self.name_keys, variant)
         if self.ladder_role:
             tags[T.TAG_LADDER] = self.ladder_role
         init_from = config.get("model", {}).get("init_from")

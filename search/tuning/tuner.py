@@ -148,7 +148,8 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
         session = ray_session.current_local_session()
         if session is not None:
             ray_session.record(store, session)
-    recorder = tracking_session.TrackingSession(store, state, name_keys=run_names.column_keys(spec.configs()),
+    recorder = tracking_session.TrackingSession(store, state, variants=spec.variants,
+                                                name_keys=run_names.column_keys(spec.configs(), spec.variants),
                                                 flush_seconds=flush_seconds)
     stop = GracefulStop()
     status = "FAILED"
@@ -260,7 +261,8 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
     state.save(store)
     # The parent run goes through the journal like every MLflow record: online it is shipped now (its id
     # lands in the state file); --tracking-offline leaves it to the sender, when the server answers.
-    tracking_session.journal_search_run(store, spec.name, space_text, spec.stratify_by())
+    tracking_session.journal_search_run(store, spec.name, space_text, spec.stratify_by(), spec.anchor_label(),
+                                        spec.variants.labels())
     if online:
         tracking_session.sync(store, state, notify=lambda message: None)
     return store, state
