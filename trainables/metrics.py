@@ -36,5 +36,19 @@ INIT_KEPT_KEYS = "init_kept_keys"  # their names, comma-separated (a string; rec
 
 NODE_ID = "node_id"  # Ray node that ran the result (a string; recorded as an MLflow tag)
 
+# A result that is not an evaluation carries NOTICE (its kind: 'checkpoint' on the clock, 'preempted'
+# after SIGTERM, 'restored' after skipping damaged checkpoints), the iteration, and NaN scores (Ray
+# requires the scheduler's metric in every result). Schedulers, searchers, MLflow histories and the
+# scores the console shows skip it: use is_notice.
+NOTICE = "notice"
+NOTICE_CHECKPOINT, NOTICE_PREEMPTED, NOTICE_RESTORED = "checkpoint", "preempted", "restored"
+DAMAGED_CHECKPOINTS = "damaged_checkpoints"  # with notice 'restored': "path: problem" lines of those skipped
+RESTORED_AT = "restored_at"  # in every result of an attempt that started from a checkpoint: its iteration
+
+
+def is_notice(result: dict) -> bool:
+    """Whether a result is a notice (a checkpoint or a restore between evaluations), not an evaluation."""
+    return bool(result.get(NOTICE))
+
 DEFAULT_METRIC = EVAL_RD_LOSS
 DEFAULT_MODE = "min"

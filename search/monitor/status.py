@@ -28,6 +28,7 @@ from search.tracking import names as T
 from search.tracking import run_names
 from search.tracking import session as tracking_session
 from search.tracking.queries import select_search
+from trainables import metrics as M
 
 
 def describe_driver(driver: Driver) -> str:
@@ -101,15 +102,20 @@ def _ray_trials(folder: Path) -> list[dict]:
 
 
 def _last_result(trial_folder: Path) -> dict:
+    """The trial's latest scores, at its latest iteration (a notice after them moves only the iteration)."""
     path = trial_folder / "result.json"
     if not path.is_file():
         return {}
+    latest = None
     for line in reversed(path.read_text().splitlines()):
         try:
-            return json.loads(line)
+            result = json.loads(line)
         except ValueError:
             continue  # a line being written
-    return {}
+        latest = latest or result
+        if not M.is_notice(result):
+            return result | {M.ITERATIONS: latest.get(M.ITERATIONS, result.get(M.ITERATIONS))}
+    return {M.ITERATIONS: latest.get(M.ITERATIONS)} if latest else {}
 
 
 def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver], Any]:

@@ -308,6 +308,9 @@ class MlflowTrialLogger(tune.Callback):
         if result.get(M.DIVERGED):
             self._shipped()
             return  # NaN scores, not measurements: on_trial_complete records the reason
+        if M.is_notice(result):  # a checkpoint or restore between evaluations: tags only, no history points
+            self._record_notice(trial, result)
+            return
         step = int(result.get(M.ITERATIONS, 0))
         self._last_iteration[trial.trial_id] = step
         if step <= self._last_step.get(trial.trial_id, 0):
@@ -323,6 +326,17 @@ class MlflowTrialLogger(tune.Callback):
         self._journal.append(J.BATCH, trial.trial_id, metrics=values + self._branch_metrics(trial, step, now),
                              tags=tags)
         self._last_step[trial.trial_id] = step
+        self._shipped()
+
+    def _record_notice(self, trial, result: dict) -> None:
+        tags = {}
+        where = f"iteration {int(result.get(M.ITERATIONS, 0))} on node {result.get(M.NODE_ID, '?')}"
+        if result.get(M.DAMAGED_CHECKPOINTS):
+            tags[T.TAG_DAMAGED_CHECKPOINTS] = str(result[M.DAMAGED_CHECKPOINTS])[:5000]
+        if result.get(M.NOTICE) == M.NOTICE_PREEMPTED:
+            tags[T.TAG_PREEMPTED] = where
+        if tags:
+            self._journal.append(J.BATCH, trial.trial_id, tags=tags)
         self._shipped()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -98,7 +98,7 @@ class PrunedOptunaSearch(OptunaSearch):
         self._reported[trial_id] = int(step)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self._completed_trials:
+        if trial_id not in self._completed_trials and not M.is_notice(result):
             self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
