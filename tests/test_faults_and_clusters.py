@@ -379,3 +379,56 @@ def test_ctrl_c_twice_stops_at_once(tmp_path: Path):
     assert "stopping now" in output and f"lic-search resume {experiment}" in output
     assert took < 60 and not list(experiment.glob("*/checkpoint_*"))  # no trial reached its checkpoint
     assert not _alive(instance), [(p.pid, p.name()) for p in _alive(instance)]
+
+
+def _trial_results(experiment_dir: Path) -> list[dict]:
+    """Every result Ray recorded for the search's only trial (result.json lines)."""
+    (result_file,) = experiment_dir.glob("*/result.json")
+    return [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+
+
+def _trial_process(uri: str, experiment: str, past_iteration: int):
+    """The process training the search's trial, once its MLflow run has passed ``past_iteration``."""
+    runs = trial_runs(uri, experiment)
+    if not runs or runs[0].data.metrics.get(M.ITERATIONS, 0) < past_iteration:
+        return None
+    for process in psutil.process_iter(["cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if "ImplicitFunc" in title and "train" in title:
+            return process
+    return None
+
+
+def test_sigterm_checkpoints_at_once_and_the_trial_resumes_there_without_using_max_failures(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # max_failures: 0 (write_space): a preemption counted as a failure would end the trial errored.
+    space = write_space(tmp_path, "preempt", {"schedule.iterations": 120, "schedule.eval_every": 40,
+                                              "schedule.checkpoint_minutes": 0.01, "model.auxt.enabled": True},
+                        {"max_concurrent": 1}, {"type": "fifo"})
+    results = tmp_path / "results"
+    log = tmp_path / "driver.log"
+    driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri], log)
+    try:
+        victim = wait_for(lambda: _trial_process(uri, "preempt", 40), 300, "the trial past its first evaluation",
+                          interval=0.2)
+        victim.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        kill_session(driver)
+    lines = _trial_results(results / "preempt")
+    (told,) = [r for r in lines if r.get(M.NOTICE) == M.NOTICE_PREEMPTED]
+    stopped_at = told[M.ITERATIONS]
+    after = lines[lines.index(told) + 1:]
+    assert after and all(r[M.RESTORED_AT] == stopped_at for r in after)  # the next attempt started right there
+    assert all(M.RESTORED_AT not in r for r in lines[:lines.index(told)])
+    assert [r[M.ITERATIONS] for r in lines if not M.is_notice(r)] == [40, 80, 120]
+    assert any(r.get(M.NOTICE) == M.NOTICE_CHECKPOINT for r in lines)  # the clock checkpointed between them
+    state = next((results / "preempt").glob("experiment_state-*.json")).read_text()
+    assert '\\"num_failures\\": 0' in state
+    assert "got SIGTERM: checkpointed at iteration" in log.read_text()
+    run = trial_runs(uri, "preempt")[0]
+    assert run.data.tags[T.TAG_STATUS] == "completed"
+    assert run.data.tags[T.TAG_PREEMPTED].startswith(f"iteration {stopped_at} on node ")
+    client = client_for(uri)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [40, 80, 120]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.ITERATIONS)] == [40, 80, 120]

@@ -176,7 +176,9 @@ def train_lic(config: dict) -> None:
                 save_checkpoint(trainer.state_dict(), Path(folder))
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
             clock.restart()
-            if result.get(M.NOTICE) == PREEMPTED or stop_requested():
+            if stop_requested():
+                if result.get(M.NOTICE) != PREEMPTED:  # told while evaluating: that checkpoint is the one to resume
+                    tune.report(notice_result(PREEMPTED, trainer.iteration, **restored_at, **{M.NODE_ID: node}))
                 raise TrialPreempted(f"SIGTERM: checkpointed at iteration {trainer.iteration} on node {node}; "
                                      "the trial continues from there")
     except TrainingDivergedError as error:
