@@ -432,3 +432,84 @@ def test_sigterm_checkpoints_at_once_and_the_trial_resumes_there_without_using_m
     client = client_for(uri)
     assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [40, 80, 120]
     assert [m.step for m in client.get_metric_history(run.info.run_id, M.ITERATIONS)] == [40, 80, 120]
+
+
+def _node_processes(root: subprocess.Popen) -> list:
+    """A `ray start --block` node: the CLI process, its raylet and the raylet's workers."""
+    try:
+        parent = psutil.Process(root.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_a_lost_worker_node_costs_one_checkpoint_interval_not_the_trial(tmp_path: Path):
+    import secrets
+
+    port = free_port()
+    # One token for the nodes and the driver; the head notices a dead node within seconds, not ~30 s.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    fast = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+            "RAY_health_check_initial_delay_ms": "1000"}
+    head = start([RAY_CLI, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                  "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
+                 tmp_path / "head.log", {**auth, **fast})
+    worker = None
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), 60, "the head node")
+        worker = start([RAY_CLI, "start", "--block", f"--address={address}", "--num-cpus=1",
+                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], tmp_path / "worker.log", auth)
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 60, "the worker node")
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        # Two trials, one per node; the clock checkpoints between evaluations (every 0.6 s).
+        space = write_space(tmp_path, "lost", {"schedule.iterations": 120, "schedule.eval_every": 40,
+                                               "schedule.checkpoint_minutes": 0.01}, {"max_concurrent": 2},
+                            {"type": "fifo"})
+        space.write_text(space.read_text().replace("max_failures: 0", "max_failures: 1"))
+        results = tmp_path / "results"
+        log = tmp_path / "driver.log"
+        driver = start(LIC_SEARCH + ["run", str(space), "--address", address, "--storage-path", str(results),
+                                     "--tracking-uri", uri], log, auth)
+        try:
+            def training_on_worker():
+                runs = trial_runs(uri, "lost")
+                if len(runs) < 2 or min(r.data.metrics.get(M.ITERATIONS, 0) for r in runs) < 40:
+                    return None
+                return [p for p in _node_processes(worker) if "ImplicitFunc" in " ".join(p.cmdline())]
+
+            wait_for(training_on_worker, 300, "a trial training on the worker node past an evaluation", interval=0.2)
+            for process in _node_processes(worker):  # the node is gone: its raylet and workers die at once
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
+        finally:
+            kill_session(driver)
+        client = client_for(uri)
+        runs = trial_runs(uri, "lost")
+        assert len(runs) == 2 and all(r.data.tags[T.TAG_STATUS] == "completed" for r in runs)
+        for run in runs:  # each history continuous, no step twice
+            assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [40, 80, 120]
+            assert [m.step for m in client.get_metric_history(run.info.run_id, M.ITERATIONS)] == [40, 80, 120]
+        assert len({r.data.tags[T.TAG_NODE] for r in runs}) == 1  # both ended on the head node
+        moved = []
+        for result_file in (results / "lost").glob("*/result.json"):
+            lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+            restored = [r for r in lines if M.RESTORED_AT in r]
+            if restored:
+                before = lines[:lines.index(restored[0])]
+                # Resumed from the last checkpoint the lost attempt reported: at most one clock interval lost.
+                assert restored[0][M.RESTORED_AT] == before[-1][M.ITERATIONS]
+                assert len({r[M.NODE_ID] for r in before}) == 1 and restored[0][M.NODE_ID] != before[-1][M.NODE_ID]
+                moved.append(result_file)
+        assert len(moved) == 1
+    finally:
+        for process in (worker, head):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    kill_session(process)
