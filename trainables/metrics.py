@@ -23,6 +23,9 @@ TRAIN_CROP_SIZE = "train/crop_size"  # training crop (pixels) of the last batch;
 
 DATA_TRAIN_IMAGES = "data/train_images"  # training files listed (the index); unreadable ones included
 DATA_SKIPPED_IMAGES = "data/skipped_images"  # of those, found unreadable and skipped by this trial so far
+# "path<TAB>reason" lines of those files (at most SKIPPED_FILES_LISTED), in the first result after the list grew
+SKIPPED_FILES = "skipped_files"
+SKIPPED_FILES_LISTED = 1000
 
 # The last result of a trial whose loss went non-finite: DIVERGED = 1, the reason, NaN scores.
 # The trial ends there (errored in MLflow); Ray neither retries nor resumes it (resume is exact).

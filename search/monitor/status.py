@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from search.errors import LicSearchError
+from search.experiment import skipped
 from search.experiment.drivers import Driver, read_driver
 from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderPlan
 from search.experiment.state import STATE_FILE, SearchState
@@ -166,11 +167,14 @@ def report(store: ExperimentStore) -> tuple[list[str], dict[str, Any]]:
     tracking = sync_tracking(store, state, driver_alive=alive is not False)
     if tracking:
         lines.append(tracking)
+    named = skipped.describe(store)
+    if named:
+        lines.append(named)
     if resume:
         lines.append(f"The driver is gone; continue with: {resume}")
     data = {**view.to_json(), "driver": asdict(driver) if driver else None, "driver_alive": alive,
             "resume_command": resume, "tracking_uri": state.tracking_uri, "parent_run_id": state.parent_run_id,
-            "tracking": tracking}
+            "tracking": tracking, "skipped_files": skipped.skipped_files(store)}
     return lines, data
 
 

@@ -29,6 +29,7 @@ from typing import Any, Optional
 import yaml
 from ray import tune
 
+from search.experiment import skipped
 from search.space.strata import auxt_enabled, family_key
 from search.tracking import journal as J
 from search.tracking import names as T
@@ -323,8 +324,11 @@ class MlflowTrialLogger(tune.Callback):
         tags = {T.TAG_NODE: str(result[M.NODE_ID])} if M.NODE_ID in result else {}
         if result.get(M.INIT_KEPT_KEYS):
             tags[T.TAG_INIT_KEPT] = str(result[M.INIT_KEPT_KEYS])[:5000]
+        files = result.get(M.SKIPPED_FILES)  # the unreadable training files, when the list grew
+        if files and self._journal.store is not None:
+            skipped.record(self._journal.store, trial.trial_id, str(files))
         self._journal.append(J.BATCH, trial.trial_id, metrics=values + self._branch_metrics(trial, step, now),
-                             tags=tags)
+                             tags=tags, **({"text": str(files), "artifact": skipped.ARTIFACT} if files else {}))
         self._last_step[trial.trial_id] = step
         self._shipped()
 
