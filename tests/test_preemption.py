@@ -106,17 +106,18 @@ def test_truncated_newest_checkpoint_falls_back_to_the_older_one_and_names_it(tm
     assert len(damaged) == 1 and str(newest) in damaged[0] and "bytes" in damaged[0]
 
 
-def test_a_newer_unregistered_checkpoint_of_the_trial_is_preferred(tmp_path: Path):
-    """A checkpoint written after the one Ray knows (its driver died first) is used; another trial's is not."""
+def test_only_ray_s_checkpoint_or_older_ones_of_the_trial_are_tried(tmp_path: Path):
+    """A checkpoint newer than Ray's (written while the driver was gone) is not used: its evaluation never reached
+    the driver, so the history would miss it. Another trial's checkpoint (a PBT clone) gets no fallback."""
     from ray import tune
 
     known, newer = _trial_checkpoints(tmp_path, [2, 4])
     trainer = Trainer(_config())
     assert restore(trainer, tune.Checkpoint(str(known)), "abc12_00000") == []
-    assert trainer.iteration == 4
-    other = Trainer(_config())
-    restore(other, tune.Checkpoint(str(known)), "zzz99_00001")  # a PBT clone of this trial: Ray's choice only
-    assert other.iteration == 2
+    assert trainer.iteration == 2  # not 4: the newer checkpoint is not the one Ray registered
+    (newer / STATE_FILE).write_bytes(b"")
+    with pytest.raises(LicSearchError, match="no checkpoint of this trial loads"):  # not its folder: no fallback
+        restore(Trainer(_config()), tune.Checkpoint(str(newer)), "zzz99_00001")
 
 
 def test_no_loadable_checkpoint_fails_naming_every_file(tmp_path: Path):

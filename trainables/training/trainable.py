@@ -98,8 +98,10 @@ def _checkpoint_index(path: str) -> int:
 
 def restore_candidates(checkpoint, trial_id: Optional[str]) -> list:
     """The checkpoints to try, best first: Ray's (the newest it registered) and, when it lies in
-    this trial's own folder, the trial's other checkpoints there: newer ones first (written but
-    not registered when the driver went away), then older ones (a fallback for damage)."""
+    this trial's own folder, the trial's older checkpoints there, newest first (a fallback for damage).
+
+    Newer ones (written while the driver went away) are not used: the results they were reported with
+    never reached the driver, so the trial's history would miss those evaluations."""
     from pyarrow import fs as pafs
     from ray import tune
 
@@ -113,11 +115,8 @@ def restore_candidates(checkpoint, trial_id: Optional[str]) -> list:
         return [checkpoint]
     siblings = sorted((i.path for i in infos if i.type == pafs.FileType.Directory and _checkpoint_index(i.path) >= 0
                        and i.path.rstrip("/") != path), key=_checkpoint_index, reverse=True)
-    mine = _checkpoint_index(path)
-    newer = [p for p in siblings if _checkpoint_index(p) > mine]
-    older = [p for p in siblings if _checkpoint_index(p) < mine]
-    return ([tune.Checkpoint(p, checkpoint.filesystem) for p in newer] + [checkpoint]
-            + [tune.Checkpoint(p, checkpoint.filesystem) for p in older])
+    older = [p for p in siblings if _checkpoint_index(p) < _checkpoint_index(path)]
+    return [checkpoint] + [tune.Checkpoint(p, checkpoint.filesystem) for p in older]
 
 
 def restore(trainer: Trainer, checkpoint, trial_id: Optional[str]) -> list[str]:
