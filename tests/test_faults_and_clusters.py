@@ -292,17 +292,8 @@ def test_trial_process_killed_mid_training_is_retried_from_its_checkpoint(tmp_pa
     driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri],
                    tmp_path / "driver.log")
     try:
-        def trial_worker():
-            runs = trial_runs(uri, "retry")
-            if not runs or runs[0].data.metrics.get(M.ITERATIONS, 0) < 40:
-                return None
-            for process in psutil.process_iter(["cmdline"]):
-                title = " ".join(process.info["cmdline"] or [])
-                if "ImplicitFunc" in title and "train" in title:
-                    return process
-            return None
-
-        victim = wait_for(trial_worker, 300, "a trial process past its first checkpoints", interval=0.2)
+        victim = wait_for(lambda: _trial_process(driver, uri, "retry", 40), 300,
+                          "a trial process past its first checkpoints", interval=0.2)
         victim.kill()
         assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
@@ -387,16 +378,30 @@ def _trial_results(experiment_dir: Path) -> list[dict]:
     return [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
 
 
-def _trial_process(uri: str, experiment: str, past_iteration: int):
+def trial_processes(root_pid: int) -> list:
+    """Trial processes (``ray::ImplicitFunc.train``) among the descendants of ``root_pid`` (a driver that
+    started its own Ray instance, or a `ray start` node): never another search's on the same machine."""
+    try:
+        descendants = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for process in descendants:
+        try:
+            title = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if "ImplicitFunc" in title and "train" in title:
+            found.append(process)
+    return found
+
+
+def _trial_process(driver: subprocess.Popen, uri: str, experiment: str, past_iteration: int):
     """The process training the search's trial, once its MLflow run has passed ``past_iteration``."""
     runs = trial_runs(uri, experiment)
     if not runs or runs[0].data.metrics.get(M.ITERATIONS, 0) < past_iteration:
         return None
-    for process in psutil.process_iter(["cmdline"]):
-        title = " ".join(process.info["cmdline"] or [])
-        if "ImplicitFunc" in title and "train" in title:
-            return process
-    return None
+    return next(iter(trial_processes(driver.pid)), None)
 
 
 def test_sigterm_checkpoints_at_once_and_the_trial_resumes_there_without_using_max_failures(tmp_path: Path):
@@ -409,8 +414,8 @@ def test_sigterm_checkpoints_at_once_and_the_trial_resumes_there_without_using_m
     log = tmp_path / "driver.log"
     driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri], log)
     try:
-        victim = wait_for(lambda: _trial_process(uri, "preempt", 40), 300, "the trial past its first evaluation",
-                          interval=0.2)
+        victim = wait_for(lambda: _trial_process(driver, uri, "preempt", 40), 300,
+                          "the trial past its first evaluation", interval=0.2)
         victim.send_signal(signal.SIGTERM)
         assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
     finally:
@@ -476,7 +481,7 @@ def test_a_lost_worker_node_costs_one_checkpoint_interval_not_the_trial(tmp_path
                 runs = trial_runs(uri, "lost")
                 if len(runs) < 2 or min(r.data.metrics.get(M.ITERATIONS, 0) for r in runs) < 40:
                     return None
-                return [p for p in _node_processes(worker) if "ImplicitFunc" in " ".join(p.cmdline())]
+                return trial_processes(worker.pid)
 
             wait_for(training_on_worker, 300, "a trial training on the worker node past an evaluation", interval=0.2)
             for process in _node_processes(worker):  # the node is gone: its raylet and workers die at once

@@ -3,7 +3,6 @@ adjusts (eval_every above the budget) and what this machine lacks (GPUs)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
