@@ -407,15 +407,20 @@ def _trial_process(driver: subprocess.Popen, uri: str, experiment: str, past_ite
 def test_sigterm_checkpoints_at_once_and_the_trial_resumes_there_without_using_max_failures(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # max_failures: 0 (write_space): a preemption counted as a failure would end the trial errored.
-    space = write_space(tmp_path, "preempt", {"schedule.iterations": 120, "schedule.eval_every": 40,
+    space = write_space(tmp_path, "preempt", {"schedule.iterations": 200, "schedule.eval_every": 40,
                                               "schedule.checkpoint_minutes": 0.01, "model.auxt.enabled": True},
                         {"max_concurrent": 1}, {"type": "fifo"})
     results = tmp_path / "results"
     log = tmp_path / "driver.log"
     driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri], log)
     try:
-        victim = wait_for(lambda: _trial_process(driver, uri, "preempt", 40), 300,
-                          "the trial past its first evaluation", interval=0.2)
+        def past_first_evaluation():  # read from Ray's result.json: MLflow gets it later (the sender's pace)
+            for result_file in (results / "preempt").glob("*/result.json"):
+                if '"iterations": 40' in result_file.read_text():
+                    return next(iter(trial_processes(driver.pid)), None)
+            return None
+
+        victim = wait_for(past_first_evaluation, 300, "the trial past its first evaluation", interval=0.1)
         victim.send_signal(signal.SIGTERM)
         assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
     finally:
@@ -426,7 +431,7 @@ def test_sigterm_checkpoints_at_once_and_the_trial_resumes_there_without_using_m
     after = lines[lines.index(told) + 1:]
     assert after and all(r[M.RESTORED_AT] == stopped_at for r in after)  # the next attempt started right there
     assert all(M.RESTORED_AT not in r for r in lines[:lines.index(told)])
-    assert [r[M.ITERATIONS] for r in lines if not M.is_notice(r)] == [40, 80, 120]
+    assert [r[M.ITERATIONS] for r in lines if not M.is_notice(r)] == [40, 80, 120, 160, 200]
     assert any(r.get(M.NOTICE) == M.NOTICE_CHECKPOINT for r in lines)  # the clock checkpointed between them
     state = next((results / "preempt").glob("experiment_state-*.json")).read_text()
     assert '\\"num_failures\\": 0' in state
@@ -435,8 +440,8 @@ def test_sigterm_checkpoints_at_once_and_the_trial_resumes_there_without_using_m
     assert run.data.tags[T.TAG_STATUS] == "completed"
     assert run.data.tags[T.TAG_PREEMPTED].startswith(f"iteration {stopped_at} on node ")
     client = client_for(uri)
-    assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [40, 80, 120]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, M.ITERATIONS)] == [40, 80, 120]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [40, 80, 120, 160, 200]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.ITERATIONS)] == [40, 80, 120, 160, 200]
 
 
 def _node_processes(root: subprocess.Popen) -> list:
