@@ -425,17 +425,18 @@ def test_sigterm_checkpoints_at_once_and_the_trial_resumes_there_without_using_m
         assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
     finally:
         kill_session(driver)
+    # Ray's result.json may miss the last line of an attempt that ended (the notice itself); the console, the
+    # run's tag and every result of the next attempt say where it stopped.
     lines = _trial_results(results / "preempt")
-    (told,) = [r for r in lines if r.get(M.NOTICE) == M.NOTICE_PREEMPTED]
-    stopped_at = told[M.ITERATIONS]
-    after = lines[lines.index(told) + 1:]
-    assert after and all(r[M.RESTORED_AT] == stopped_at for r in after)  # the next attempt started right there
-    assert all(M.RESTORED_AT not in r for r in lines[:lines.index(told)])
+    first = next(i for i, r in enumerate(lines) if M.RESTORED_AT in r)
+    stopped_at = lines[first][M.RESTORED_AT]
+    assert all(r[M.RESTORED_AT] == stopped_at for r in lines[first:])  # the next attempt started right there
+    assert all(M.RESTORED_AT not in r and r[M.ITERATIONS] <= stopped_at for r in lines[:first])
+    assert f"got SIGTERM: checkpointed at iteration {stopped_at};" in log.read_text()
     assert [r[M.ITERATIONS] for r in lines if not M.is_notice(r)] == [40, 80, 120, 160, 200]
     assert any(r.get(M.NOTICE) == M.NOTICE_CHECKPOINT for r in lines)  # the clock checkpointed between them
     state = next((results / "preempt").glob("experiment_state-*.json")).read_text()
     assert '\\"num_failures\\": 0' in state
-    assert "got SIGTERM: checkpointed at iteration" in log.read_text()
     run = trial_runs(uri, "preempt")[0]
     assert run.data.tags[T.TAG_STATUS] == "completed"
     assert run.data.tags[T.TAG_PREEMPTED].startswith(f"iteration {stopped_at} on node ")
@@ -510,8 +511,9 @@ def test_a_lost_worker_node_costs_one_checkpoint_interval_not_the_trial(tmp_path
             restored = [r for r in lines if M.RESTORED_AT in r]
             if restored:
                 before = lines[:lines.index(restored[0])]
-                # Resumed from the last checkpoint the lost attempt reported: at most one clock interval lost.
-                assert restored[0][M.RESTORED_AT] == before[-1][M.ITERATIONS]
+                # Resumed from a checkpoint at or past every result Ray recorded of the lost attempt (result.json
+                # may miss its last line): at most one clock interval lost.
+                assert restored[0][M.RESTORED_AT] >= max(r[M.ITERATIONS] for r in before)
                 assert len({r[M.NODE_ID] for r in before}) == 1 and restored[0][M.NODE_ID] != before[-1][M.NODE_ID]
                 moved.append(result_file)
         assert len(moved) == 1
