@@ -260,7 +260,12 @@ def test_large_set_skips_broken_files_deterministically_and_counts_them(large: P
         warnings.simplefilter("ignore", SkippedImagesWarning)
         stream = make_train_loader(cfg, seed=5)
         batches = [next(stream) for _ in range(10)]  # 30 samples: two epochs of 15 files
-        assert stream.data_metrics() == {M.DATA_TRAIN_IMAGES: 15.0, M.DATA_SKIPPED_IMAGES: 2.0}
+        metrics = stream.data_metrics()
+        named = metrics.pop(M.SKIPPED_FILES).splitlines()  # the files, each with why it could not be read
+        assert metrics == {M.DATA_TRAIN_IMAGES: 15.0, M.DATA_SKIPPED_IMAGES: 2.0}
+        assert sorted(line.split("\t")[0] for line in named) == sorted(str(large / name) for name in BROKEN)
+        assert all(line.split("\t")[1] for line in named)
+        assert M.SKIPPED_FILES not in stream.data_metrics()  # named once, until more are found
         resumed = make_train_loader(cfg, seed=5, start_iteration=6)
         assert all(torch.equal(next(resumed), batches[k]) for k in range(6, 10))
         serial = make_train_loader(cfg.model_copy(update={"num_workers": 0}), seed=5)
@@ -356,12 +361,19 @@ def test_search_on_an_imagenet_shaped_tree_reports_images_used_and_skipped(tmp_p
         ray.shutdown()
     out = capsys.readouterr().out
     assert "training images listed: 15; unreadable training images skipped: 2 in total over 1 trial(s)" in out
+    folder = tmp_path / "results" / "tree"
+    assert f"unreadable training files: {tree}/" in out and f"full lists: {folder}/skipped_images/<trial>.txt" in out
+    (listed,) = (folder / "skipped_images").glob("*.txt")
+    assert sorted(line.split("\t")[0] for line in listed.read_text().splitlines()) == sorted(
+        str(tree / name) for name in BROKEN)
     assert (tmp_path / "results" / "tree" / MANIFEST).is_file()
     client = client_for(uri)
     experiment = client.get_experiment_by_name("tree")
     (run,) = [r for r in client.search_runs([experiment.experiment_id]) if M.DATA_SKIPPED_IMAGES in r.data.metrics]
     assert run.data.metrics[M.DATA_TRAIN_IMAGES] == 15 and run.data.metrics[M.DATA_SKIPPED_IMAGES] == 2
     assert [m.step for m in client.get_metric_history(run.info.run_id, M.DATA_SKIPPED_IMAGES)] == [3, 6]
+    artifact = Path(client.download_artifacts(run.info.run_id, "skipped_images.txt", str(tmp_path)))
+    assert artifact.read_text() == listed.read_text().rstrip("\n")
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 64, 65, 1000, 4097])
@@ -373,3 +385,17 @@ def test_epoch_permutation_is_a_seeded_bijection(count: int):
     assert order == [EpochPermutation(count, 11)(i) for i in range(count)]
     if count >= 64:
         assert order != [EpochPermutation(count, 12)(i) for i in range(count)] and order != sorted(order)
+
+
+def test_status_and_summary_name_the_first_skipped_files_and_where_the_lists_are(tmp_path: Path):
+    from search.experiment import skipped
+    from search.experiment.store import ExperimentStore
+
+    store = ExperimentStore(tmp_path / "search")
+    assert skipped.describe(store) is None
+    skipped.record(store, "t1", "/data/a.jpg\tOSError: truncated\n/data/b.jpg\tUnidentifiedImageError: x")
+    skipped.record(store, "t2", "/data/b.jpg\tUnidentifiedImageError: x\n/data/c.jpg\tOSError: y\n/data/d.jpg\tz")
+    assert skipped.describe(store) == (
+        "unreadable training files: /data/a.jpg (OSError: truncated); /data/b.jpg (UnidentifiedImageError: x); "
+        f"/data/c.jpg (OSError: y) and 1 more; full lists: {store.location}/skipped_images/<trial>.txt "
+        "(and each trial's MLflow artifact skipped_images.txt)")

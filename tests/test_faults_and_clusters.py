@@ -292,17 +292,8 @@ def test_trial_process_killed_mid_training_is_retried_from_its_checkpoint(tmp_pa
     driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri],
                    tmp_path / "driver.log")
     try:
-        def trial_worker():
-            runs = trial_runs(uri, "retry")
-            if not runs or runs[0].data.metrics.get(M.ITERATIONS, 0) < 40:
-                return None
-            for process in psutil.process_iter(["cmdline"]):
-                title = " ".join(process.info["cmdline"] or [])
-                if "ImplicitFunc" in title and "train" in title:
-                    return process
-            return None
-
-        victim = wait_for(trial_worker, 300, "a trial process past its first checkpoints", interval=0.2)
+        victim = wait_for(lambda: _trial_process(driver, uri, "retry", 40), 300,
+                          "a trial process past its first checkpoints", interval=0.2)
         victim.kill()
         assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
@@ -379,3 +370,158 @@ def test_ctrl_c_twice_stops_at_once(tmp_path: Path):
     assert "stopping now" in output and f"lic-search resume {experiment}" in output
     assert took < 60 and not list(experiment.glob("*/checkpoint_*"))  # no trial reached its checkpoint
     assert not _alive(instance), [(p.pid, p.name()) for p in _alive(instance)]
+
+
+def _trial_results(experiment_dir: Path) -> list[dict]:
+    """Every result Ray recorded for the search's only trial (result.json lines)."""
+    (result_file,) = experiment_dir.glob("*/result.json")
+    return [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+
+
+def trial_processes(root_pid: int) -> list:
+    """Trial processes (``ray::ImplicitFunc.train``) among the descendants of ``root_pid`` (a driver that
+    started its own Ray instance, or a `ray start` node): never another search's on the same machine."""
+    try:
+        descendants = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for process in descendants:
+        try:
+            title = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if "ImplicitFunc" in title and "train" in title:
+            found.append(process)
+    return found
+
+
+def _trial_process(driver: subprocess.Popen, uri: str, experiment: str, past_iteration: int):
+    """The process training the search's trial, once its MLflow run has passed ``past_iteration``."""
+    runs = trial_runs(uri, experiment)
+    if not runs or runs[0].data.metrics.get(M.ITERATIONS, 0) < past_iteration:
+        return None
+    return next(iter(trial_processes(driver.pid)), None)
+
+
+def test_sigterm_checkpoints_at_once_and_the_trial_resumes_there_without_using_max_failures(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # max_failures: 0 (write_space): a preemption counted as a failure would end the trial errored.
+    space = write_space(tmp_path, "preempt", {"schedule.iterations": 200, "schedule.eval_every": 40,
+                                              "schedule.checkpoint_minutes": 0.01, "model.auxt.enabled": True},
+                        {"max_concurrent": 1}, {"type": "fifo"})
+    results = tmp_path / "results"
+    log = tmp_path / "driver.log"
+    driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri], log)
+    try:
+        def past_first_evaluation():  # read from Ray's result.json: MLflow gets it later (the sender's pace)
+            for result_file in (results / "preempt").glob("*/result.json"):
+                if '"iterations": 40' in result_file.read_text():
+                    return next(iter(trial_processes(driver.pid)), None)
+            return None
+
+        victim = wait_for(past_first_evaluation, 300, "the trial past its first evaluation", interval=0.1)
+        victim.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        kill_session(driver)
+    # Ray's result.json may miss the last line of an attempt that ended (the notice itself); the console, the
+    # run's tag and every result of the next attempt say where it stopped.
+    lines = _trial_results(results / "preempt")
+    first = next(i for i, r in enumerate(lines) if M.RESTORED_AT in r)
+    stopped_at = lines[first][M.RESTORED_AT]
+    assert all(r[M.RESTORED_AT] == stopped_at for r in lines[first:])  # the next attempt started right there
+    assert all(M.RESTORED_AT not in r and r[M.ITERATIONS] <= stopped_at for r in lines[:first])
+    assert f"got SIGTERM: checkpointed at iteration {stopped_at};" in log.read_text()
+    assert [r[M.ITERATIONS] for r in lines if not M.is_notice(r)] == [40, 80, 120, 160, 200]
+    assert any(r.get(M.NOTICE) == M.NOTICE_CHECKPOINT for r in lines)  # the clock checkpointed between them
+    state = next((results / "preempt").glob("experiment_state-*.json")).read_text()
+    assert '\\"num_failures\\": 0' in state
+    run = trial_runs(uri, "preempt")[0]
+    assert run.data.tags[T.TAG_STATUS] == "completed"
+    assert run.data.tags[T.TAG_PREEMPTED].startswith(f"iteration {stopped_at} on node ")
+    client = client_for(uri)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [40, 80, 120, 160, 200]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.ITERATIONS)] == [40, 80, 120, 160, 200]
+
+
+def _node_processes(root: subprocess.Popen) -> list:
+    """A `ray start --block` node: the CLI process, its raylet and the raylet's workers."""
+    try:
+        parent = psutil.Process(root.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_a_lost_worker_node_costs_one_checkpoint_interval_not_the_trial(tmp_path: Path):
+    import secrets
+
+    port = free_port()
+    # One token for the nodes and the driver; the head notices a dead node within seconds, not ~30 s.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    fast = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+            "RAY_health_check_initial_delay_ms": "1000"}
+    head = start([RAY_CLI, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                  "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
+                 tmp_path / "head.log", {**auth, **fast})
+    worker = None
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), 60, "the head node")
+        worker = start([RAY_CLI, "start", "--block", f"--address={address}", "--num-cpus=1",
+                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], tmp_path / "worker.log", auth)
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 60, "the worker node")
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        # Two trials, one per node; the clock checkpoints between evaluations (every 0.6 s).
+        space = write_space(tmp_path, "lost", {"schedule.iterations": 120, "schedule.eval_every": 40,
+                                               "schedule.checkpoint_minutes": 0.01}, {"max_concurrent": 2},
+                            {"type": "fifo"})
+        space.write_text(space.read_text().replace("max_failures: 0", "max_failures: 1"))
+        results = tmp_path / "results"
+        log = tmp_path / "driver.log"
+        driver = start(LIC_SEARCH + ["run", str(space), "--address", address, "--storage-path", str(results),
+                                     "--tracking-uri", uri], log, auth)
+        try:
+            def training_on_worker():
+                runs = trial_runs(uri, "lost")
+                if len(runs) < 2 or min(r.data.metrics.get(M.ITERATIONS, 0) for r in runs) < 40:
+                    return None
+                return trial_processes(worker.pid)
+
+            wait_for(training_on_worker, 300, "a trial training on the worker node past an evaluation", interval=0.2)
+            for process in _node_processes(worker):  # the node is gone: its raylet and workers die at once
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
+        finally:
+            kill_session(driver)
+        client = client_for(uri)
+        runs = trial_runs(uri, "lost")
+        assert len(runs) == 2 and all(r.data.tags[T.TAG_STATUS] == "completed" for r in runs)
+        for run in runs:  # each history continuous, no step twice
+            assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [40, 80, 120]
+            assert [m.step for m in client.get_metric_history(run.info.run_id, M.ITERATIONS)] == [40, 80, 120]
+        assert len({r.data.tags[T.TAG_NODE] for r in runs}) == 1  # both ended on the head node
+        moved = []
+        for result_file in (results / "lost").glob("*/result.json"):
+            lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+            restored = [r for r in lines if M.RESTORED_AT in r]
+            if restored:
+                before = lines[:lines.index(restored[0])]
+                # Resumed from a checkpoint at or past every result Ray recorded of the lost attempt (result.json
+                # may miss its last line): at most one clock interval lost.
+                assert restored[0][M.RESTORED_AT] >= max(r[M.ITERATIONS] for r in before)
+                assert len({r[M.NODE_ID] for r in before}) == 1 and restored[0][M.NODE_ID] != before[-1][M.NODE_ID]
+                moved.append(result_file)
+        assert len(moved) == 1
+    finally:
+        for process in (worker, head):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    kill_session(process)

@@ -88,6 +88,9 @@ def test_optuna_search_private_members_pruned_optuna_search_uses():
     searcher.on_trial_complete("t", {"loss": 0.5, "iterations": 4})
     assert searcher._ot_study.trials[0].state == optuna.trial.TrialState.PRUNED
     assert "t" in searcher._completed_trials
+    # The JSON state (StratifiedOptunaSearch.save/restore) asks running trials again with their parameters
+    # against OptunaSearch._space, the Optuna distributions Ray converted the space to.
+    assert set(searcher._space) == {"x"} and isinstance(searcher._space["x"], optuna.distributions.FloatDistribution)
 
 
 @pytest.mark.parametrize("package, bound", [("ray", "2.61"), ("optuna", "5.1")])

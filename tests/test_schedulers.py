@@ -581,3 +581,21 @@ def test_a_search_scheduler_that_cannot_keep_its_rungs_says_so():
     free, unpersisted = make_trial("free"), asha()  # library use (no search): a warning, and it goes on
     unpersisted.on_trial_add(None, free)
     assert unpersisted.on_trial_result(None, free, result(1, 0.5)) == CONTINUE
+
+
+def test_notices_between_evaluations_leave_asha_and_pbt_alone():
+    """A checkpoint between evaluations reports NaN scores (Ray wants the metric in every result): ASHA would stop
+    a trial on NaN and PBT would rank it; both skip notices and decide on the evaluations alone."""
+    from trainables.training.trainable import notice_result
+
+    scheduler, trial = asha(), make_trial("t")
+    assert scheduler.on_trial_result(None, trial, notice_result(M.NOTICE_CHECKPOINT, 3)) == CONTINUE
+    assert scheduler.on_trial_result(None, trial, notice_result(M.NOTICE_PREEMPTED, 5)) == CONTINUE
+    assert trial.trial_id not in scheduler._stopped
+    assert feed(scheduler, trial, {1: 1.0, 2: 0.9}) == [CONTINUE, CONTINUE]
+    population = pbt()
+    trials = [make_trial("p0"), make_trial("p1")]
+    for each in trials:
+        population.on_trial_add(_Controller(trials), each)
+    assert population.on_trial_result(_Controller(trials), trials[0], notice_result(M.NOTICE_CHECKPOINT, 4)) == CONTINUE
+    assert population._trial_state[trials[0]].last_score is None

@@ -6,6 +6,7 @@ Unit tests drive the searchers with real Optuna studies through Ray's Searcher i
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
@@ -153,11 +154,17 @@ def test_searcher_state_survives_save_and_restore(tmp_path: Path):
     searcher = StratifiedOptunaSearch(ray_space(), metric=M.EVAL_RD_LOSS, mode="min", samples_per_cell=2, seed=0)
     first = searcher.suggest("a")
     searcher.on_trial_complete("a", evaluation(6, 1.0))
-    searcher.suggest("b")
-    searcher.save(str(tmp_path / "searcher.pkl"))
+    second = searcher.suggest("b")
+    searcher.on_trial_result("b", evaluation(2, 3.0))
+    searcher.save(str(tmp_path / "searcher.json"))
+    saved = json.loads((tmp_path / "searcher.json").read_text())  # JSON, no pickle: loading it runs no code
+    assert saved["trial_config"]["a"] == first
     restored = StratifiedOptunaSearch(ray_space(), metric=M.EVAL_RD_LOSS, mode="min", samples_per_cell=2, seed=0)
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    assert restored.suggest("a") == first
+    restored.restore(str(tmp_path / "searcher.json"))
+    assert restored.suggest("a") == first and restored.suggest("b") == second
+    running = restored._searchers[restored._trial_cell["b"]]._ot_trials["b"]
+    assert running.params == searcher._searchers[searcher._trial_cell["b"]]._ot_trials["b"].params
+    assert dict(running.study.trials[running.number].intermediate_values) == {2: 3.0}
     restored.on_trial_complete("b", evaluation(3, 2.0))  # stopped after the restore: still pruned
     assert [len(s.trials) for _, s in restored.studies()] == [1, 1]
     assert [s.trials[0].state for _, s in restored.studies()] == [COMPLETE, PRUNED]

@@ -299,6 +299,9 @@ class ScheduleConfig(_Strict):
 
     iterations: int = Field(..., ge=1, description="Iteration budget of the trial.")
     eval_every: int = Field(100, ge=1, description="Evaluate (and checkpoint) every K iterations.")
+    checkpoint_minutes: float = Field(
+        30.0, ge=0.0, description="Also checkpoint at least this often between evaluations (a preemption or a "
+        "lost node then costs at most this much work); 0 = only at evaluations. SIGTERM always checkpoints.")
     lr: float = Field(1e-4, gt=0.0)
     aux_lr: float = Field(1e-3, gt=0.0, description="Entropy-bottleneck quantile optimizer learning rate.")
     decay: Literal["step", "cosine", "plateau"] = Field(

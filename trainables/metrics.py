@@ -27,6 +27,9 @@ TRAIN_CROP_SIZE = "train/crop_size"  # training crop (pixels) of the last batch;
 
 DATA_TRAIN_IMAGES = "data/train_images"  # training files listed (the index); unreadable ones included
 DATA_SKIPPED_IMAGES = "data/skipped_images"  # of those, found unreadable and skipped by this trial so far
+# "path<TAB>reason" lines of those files (at most SKIPPED_FILES_LISTED), in the first result after the list grew
+SKIPPED_FILES = "skipped_files"
+SKIPPED_FILES_LISTED = 1000
 
 # The last result of a trial whose loss went non-finite: DIVERGED = 1, the reason, NaN scores.
 # The trial ends there (errored in MLflow); Ray neither retries nor resumes it (resume is exact).
@@ -39,6 +42,20 @@ INIT_KEPT_TENSORS = "init/kept_tensors"  # entries left at their initialisation 
 INIT_KEPT_KEYS = "init_kept_keys"  # their names, comma-separated (a string; recorded as an MLflow tag)
 
 NODE_ID = "node_id"  # Ray node that ran the result (a string; recorded as an MLflow tag)
+
+# A result that is not an evaluation carries NOTICE (its kind: 'checkpoint' on the clock, 'preempted'
+# after SIGTERM, 'restored' after skipping damaged checkpoints), the iteration, and NaN scores (Ray
+# requires the scheduler's metric in every result). Schedulers, searchers, MLflow histories and the
+# scores the console shows skip it: use is_notice.
+NOTICE = "notice"
+NOTICE_CHECKPOINT, NOTICE_PREEMPTED, NOTICE_RESTORED = "checkpoint", "preempted", "restored"
+DAMAGED_CHECKPOINTS = "damaged_checkpoints"  # with notice 'restored': "path: problem" lines of those skipped
+RESTORED_AT = "restored_at"  # in every result of an attempt that started from a checkpoint: its iteration
+
+
+def is_notice(result: dict) -> bool:
+    """Whether a result is a notice (a checkpoint or a restore between evaluations), not an evaluation."""
+    return bool(result.get(NOTICE))
 
 DEFAULT_METRIC = EVAL_RD_LOSS
 DEFAULT_MODE = "min"

@@ -22,8 +22,25 @@ def register(subparsers) -> None:
     parser.set_defaults(func=_validate)
 
 
+def gpu_warnings(resources) -> list[str]:
+    """GPUs a trial asks for that this machine lacks: `run` here would refuse (a cluster is checked by `run
+    --address` when it starts, since validate starts no Ray)."""
+    import math
+
+    import torch
+
+    wanted = resources.gpus_per_trial
+    local = torch.cuda.device_count()
+    if wanted <= 0 or local >= math.ceil(wanted):
+        return []
+    return [f"warning: resources.gpus_per_trial is {wanted:g} but this machine has {local or 'no'} GPU"
+            f"{'' if local == 1 else 's'}: `lic-search run` here would refuse the space; on a cluster, "
+            "`lic-search run --address HOST:PORT` checks its nodes before any trial starts"]
+
+
 def _validate(args) -> int:
     from search.space import describe_schema, load_space
+    from search.space.describe import budget_notes
 
     if args.keys:
         print(describe_schema())
@@ -42,6 +59,8 @@ def _validate(args) -> int:
     print(spec.describe())
     for summary in summaries:
         print(summary.describe())
+    for line in budget_notes(spec.configs()) + gpu_warnings(spec.file.resources):
+        print(line)
     print(f"\nOK: {args.space} is valid ({spec.trial_count()} trials"
           f"{'' if not args.no_data_check else '; data folders not checked'})")
     return 0

@@ -7,9 +7,22 @@ Ray's, through the same pyarrow filesystem.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow.fs
+
+from trainables.errors import LicSearchError
+
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+NAME_RULE = "letters, digits, _ . - with at least one letter or digit (so never . or ..)"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a search (its MLflow experiment and folder), or None."""
+    if not re.match(NAME_PATTERN, name or "") or not re.search(r"[A-Za-z0-9]", name):
+        return f"{name!r} is not a search name: use {NAME_RULE}"
+    return None
 
 
 def is_uri(location: str) -> bool:
@@ -29,8 +42,20 @@ class ExperimentStore:
 
     @classmethod
     def under(cls, storage_path: str | Path, name: str) -> "ExperimentStore":
+        """The folder of search ``name`` in ``storage_path``: always a folder directly inside it (checked after
+        resolving symlinks, so neither the name nor a link inside the storage path can point elsewhere)."""
+        problem = name_problem(name)
+        if problem is not None:
+            raise LicSearchError(problem)
         storage = str(storage_path)
-        return cls(f"{storage.rstrip('/')}/{name}" if is_uri(storage) else Path(storage) / name)
+        if is_uri(storage):
+            return cls(f"{storage.rstrip('/')}/{name}")
+        store = cls(Path(storage) / name)
+        root = Path(storage).resolve()
+        if Path(store.location).parent != root:
+            raise LicSearchError(f"the experiment folder of {name!r} resolves to {store.location}, outside the "
+                                 f"storage path {root}: pick another name or remove the link {Path(storage) / name}")
+        return store
 
     @property
     def name(self) -> str:

@@ -26,6 +26,7 @@ from search.monitor import progress, summary
 from search.space import SearchSpec
 from search.tracking import run_names
 from search.tracking.trial_logger import error_summary
+from trainables import metrics as M
 
 PLAIN_PERIOD_S = 30.0  # not a terminal: one status line this often
 REDRAW_PERIOD_S = 1.0  # a terminal: redraw at most this often
@@ -98,6 +99,7 @@ class LiveConsole(tune.Callback):
         self._last_beat = 0.0
         self._drawn = 0  # lines of the last in-place redraw
         self._reported: set[str] = set()
+        self._scored: dict[str, dict] = {}  # each trial's latest evaluation (notices carry no scores)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -123,9 +125,10 @@ class LiveConsole(tune.Callback):
         for trial in trials:
             result = trial.last_result or {}
             budget = progress.budget_of(trial.config)
+            scored = self._scored.get(trial.trial_id, {}) if M.is_notice(result) else result
             views.append(progress.TrialView(
                 trial.trial_id, progress.trial_state(trial.status, result, budget),
-                int(result.get("iterations", 0) or 0), budget, trial.config, progress.numeric(result),
+                int(result.get("iterations", 0) or 0), budget, trial.config, progress.numeric(scored),
                 float(result.get("time_total_s", 0.0) or 0.0)))
         return progress.SearchView(self.name, self.store_location, views, self.expected,
                                    time.time() - (self._started or time.time()),
@@ -185,6 +188,21 @@ class LiveConsole(tune.Callback):
             drivers.heartbeat(self.store)
         if self.show:
             self._draw(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._begin()
+        if not M.is_notice(result):
+            self._scored[trial.trial_id] = result
+            return
+        if not self.show:
+            return
+        at = f"iteration {int(result.get(M.ITERATIONS, 0))}"
+        if result.get(M.NOTICE) == M.NOTICE_PREEMPTED:
+            self._event(f"{trial.trial_id} got SIGTERM: checkpointed at {at}; it continues from there "
+                        "(a preemption, not a failure)")
+        elif result.get(M.DAMAGED_CHECKPOINTS):
+            self._event(f"{trial.trial_id} restored at {at}, skipping damaged checkpoints: "
+                        + "; ".join(str(result[M.DAMAGED_CHECKPOINTS]).splitlines()))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._begin()

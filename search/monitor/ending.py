@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from search.errors import LicSearchError
+from search.experiment import skipped
 from search.experiment.state import SPACE_COPY, SearchState
 from search.experiment.store import ExperimentStore
 from search.monitor import summary
@@ -28,6 +29,9 @@ def print_ending(results, folder: str | Path) -> None:
     )
     print(skipped_images(results).describe())
     store, state, ranking = _search_state(folder)
+    named = skipped.describe(store) if store is not None else None
+    if named:
+        print(named)
     entries = [summary.Entry(str(r.metrics.get("trial_id", "?")), r.config, r.metrics)
                for r in results if not r.error and r.metrics and r.config]
     best = summary.best_per_rate_point(entries, ranking)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from search.errors import LicSearchError
+from search.experiment import skipped
 from search.experiment.drivers import Driver, read_driver
 from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderPlan
 from search.experiment.state import STATE_FILE, SearchState
@@ -28,6 +29,7 @@ from search.tracking import names as T
 from search.tracking import run_names
 from search.tracking import session as tracking_session
 from search.tracking.queries import select_search
+from trainables import metrics as M
 
 
 def describe_driver(driver: Driver) -> str:
@@ -101,15 +103,20 @@ def _ray_trials(folder: Path) -> list[dict]:
 
 
 def _last_result(trial_folder: Path) -> dict:
+    """The trial's latest scores, at its latest iteration (a notice after them moves only the iteration)."""
     path = trial_folder / "result.json"
     if not path.is_file():
         return {}
+    latest = None
     for line in reversed(path.read_text().splitlines()):
         try:
-            return json.loads(line)
+            result = json.loads(line)
         except ValueError:
             continue  # a line being written
-    return {}
+        latest = latest or result
+        if not M.is_notice(result):
+            return result | {M.ITERATIONS: latest.get(M.ITERATIONS, result.get(M.ITERATIONS))}
+    return {M.ITERATIONS: latest.get(M.ITERATIONS)} if latest else {}
 
 
 def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver], Any]:
@@ -161,11 +168,14 @@ def report(store: ExperimentStore) -> tuple[list[str], dict[str, Any]]:
     tracking = sync_tracking(store, state, driver_alive=alive is not False)
     if tracking:
         lines.append(tracking)
+    named = skipped.describe(store)
+    if named:
+        lines.append(named)
     if resume:
         lines.append(f"The driver is gone; continue with: {resume}")
     data = {**view.to_json(), "driver": asdict(driver) if driver else None, "driver_alive": alive,
             "resume_command": resume, "tracking_uri": state.tracking_uri, "parent_run_id": state.parent_run_id,
-            "tracking": tracking}
+            "tracking": tracking, "skipped_files": skipped.skipped_files(store)}
     return lines, data
 
 

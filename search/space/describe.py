@@ -170,3 +170,21 @@ def describe_schema() -> str:
     walk(SpaceFile, "")
     return "\n".join(lines)
 
+
+
+def budget_notes(configs) -> list[str]:
+    """What the trial config quietly adjusts, said out loud: ``eval_every`` above ``iterations`` is lowered
+    to the budget (each such trial evaluates and checkpoints at its last iteration only)."""
+    from trainables.config import ScheduleConfig
+
+    default = ScheduleConfig.model_fields["eval_every"].default
+    pairs: dict[tuple[int, int, bool], None] = {}
+    for config in configs:
+        schedule = config.get("schedule") or {}
+        given = "eval_every" in schedule
+        every, budget = schedule.get("eval_every", default), schedule.get("iterations")
+        if isinstance(every, int) and isinstance(budget, int) and every > budget:
+            pairs[(every, budget, given)] = None
+    return [f"note: trial.schedule.eval_every {every}{'' if given else ' (the default)'} is above "
+            f"trial.schedule.iterations {budget}: such trials evaluate and checkpoint only at iteration {budget} "
+            f"(eval_every is lowered to {budget})" for every, budget, given in pairs]

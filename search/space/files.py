@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from search.experiment.store import NAME_RULE, name_problem
 from search.space.sections import SchedulerConfig, SearchAlgorithmConfig
 
 
@@ -33,8 +34,7 @@ class LadderConfig(_Strict):
 class SpaceFile(_Strict):
     """A search-space file (the YAML's top level)."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$",
-                      description="Search name: MLflow experiment and results folder (letters, digits, _ . -).")
+    name: str = Field(..., description=f"Search name: MLflow experiment and results folder ({NAME_RULE}).")
     description: str = Field("", description="Free text; presets state their GPU budget here.")
     trial: dict[str, Any] = Field(..., description="Trial config template (trainables.config.TrialConfig); any "
                                   "value may be a sampling primitive.")
@@ -44,4 +44,12 @@ class SpaceFile(_Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Per-trial resources.")
     ladder: Optional[LadderConfig] = Field(None, description="Train the rate points as a ladder: anchors from "
                                            "scratch, every other rate point fine-tuned from its family's anchor.")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
 

@@ -28,7 +28,7 @@ PARENT = ""  # key of the search's parent run in the run map
 # Record operations (``op``)
 CREATE_SEARCH = "create_search"  # the parent run: experiment, run_name, tags, text (space.yaml)
 CREATE_RUN = "create_run"  # a trial's run: tags, params, text (trial_config.yaml)
-BATCH = "batch"  # metrics [[key, value, timestamp_ms, step], ...] and/or tags {key: value}
+BATCH = "batch"  # metrics [[key, value, timestamp_ms, step], ...] and/or tags {key: value}; text at artifact
 STATUS = "status"  # run status RUNNING | FINISHED | FAILED | KILLED, at ``time`` (ms)
 ARTIFACTS = "artifacts"  # a local folder logged under ``artifact_path`` (the report); replays overwrite
 SUMMARY = "summary"  # the parent run's end-of-search summary: text at artifact, tags, metrics, note

@@ -200,6 +200,9 @@ class Sender:
         if points or tags:
             metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in points]
             self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        for record in group:  # an artifact (the skipped-files list): an overwrite, safe to replay
+            if record.get("text") is not None:
+                self.client.log_text(run_id, record["text"], record["artifact"])
         self._verified.add(trial)
 
     def _summary(self, record: dict) -> None:

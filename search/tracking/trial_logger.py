@@ -29,6 +29,7 @@ from typing import Any, Optional
 import yaml
 from ray import tune
 
+from search.experiment import skipped
 from search.space.strata import auxt_enabled, family_key
 from search.space.variants import Variants
 from search.tracking import journal as J
@@ -313,6 +314,9 @@ class MlflowTrialLogger(tune.Callback):
         if result.get(M.DIVERGED):
             self._shipped()
             return  # NaN scores, not measurements: on_trial_complete records the reason
+        if M.is_notice(result):  # a checkpoint or restore between evaluations: tags only, no history points
+            self._record_notice(trial, result)
+            return
         step = int(result.get(M.ITERATIONS, 0))
         self._last_iteration[trial.trial_id] = step
         if step <= self._last_step.get(trial.trial_id, 0):
@@ -325,9 +329,23 @@ class MlflowTrialLogger(tune.Callback):
         tags = {T.TAG_NODE: str(result[M.NODE_ID])} if M.NODE_ID in result else {}
         if result.get(M.INIT_KEPT_KEYS):
             tags[T.TAG_INIT_KEPT] = str(result[M.INIT_KEPT_KEYS])[:5000]
+        files = result.get(M.SKIPPED_FILES)  # the unreadable training files, when the list grew
+        if files and self._journal.store is not None:
+            skipped.record(self._journal.store, trial.trial_id, str(files))
         self._journal.append(J.BATCH, trial.trial_id, metrics=values + self._branch_metrics(trial, step, now),
-                             tags=tags)
+                             tags=tags, **({"text": str(files), "artifact": skipped.ARTIFACT} if files else {}))
         self._last_step[trial.trial_id] = step
+        self._shipped()
+
+    def _record_notice(self, trial, result: dict) -> None:
+        tags = {}
+        where = f"iteration {int(result.get(M.ITERATIONS, 0))} on node {result.get(M.NODE_ID, '?')}"
+        if result.get(M.DAMAGED_CHECKPOINTS):
+            tags[T.TAG_DAMAGED_CHECKPOINTS] = str(result[M.DAMAGED_CHECKPOINTS])[:5000]
+        if result.get(M.NOTICE) == M.NOTICE_PREEMPTED:
+            tags[T.TAG_PREEMPTED] = where
+        if tags:
+            self._journal.append(J.BATCH, trial.trial_id, tags=tags)
         self._shipped()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

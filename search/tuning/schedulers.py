@@ -181,8 +181,8 @@ class StratifiedASHA(FIFOScheduler):
         self._save()
 
     def on_trial_result(self, tune_controller, trial: "Trial", result: dict) -> str:
-        if self._time_attr not in result or self._metric not in result:
-            return TrialScheduler.CONTINUE
+        if M.is_notice(result) or self._time_attr not in result or self._metric not in result:
+            return TrialScheduler.CONTINUE  # a notice (checkpoint between evaluations) has no scores
         time = float(result[self._time_attr])
         if not math.isfinite(float(result[self._metric])):  # NaN/inf at any rung: nothing to compare, stop
             self._stopped[trial.trial_id] = time
@@ -373,6 +373,8 @@ class StratifiedPBT(PopulationBasedTraining):
         return stratum_key(trial.config, self._stratify_by)
 
     def on_trial_result(self, tune_controller, trial: "Trial", result: dict) -> str:
+        if M.is_notice(result):
+            return TrialScheduler.CONTINUE  # a checkpoint between evaluations: PBT acts on evaluations only
         self._current_stratum = self.stratum_of(trial)
         try:
             return super().on_trial_result(tune_controller, trial, result)

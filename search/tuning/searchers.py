@@ -25,9 +25,9 @@ use :func:`tuner_param_space` and :func:`tune_num_samples` when building the Tun
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
-import pickle
 import warnings
 from typing import Any, Optional, Union
 
@@ -98,7 +98,7 @@ class PrunedOptunaSearch(OptunaSearch):
         self._reported[trial_id] = int(step)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self._completed_trials:
+        if trial_id not in self._completed_trials and not M.is_notice(result):
             self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
@@ -216,13 +216,83 @@ class StratifiedOptunaSearch(Searcher):
                 if searcher is not None]
 
     # ----------------------------------------------------------- persistence
+    # JSON, not pickle: resuming an experiment folder must not run code found in it (Ray's own
+    # tuner.pkl aside, see the README). Optuna trials are written with Optuna's own distribution
+    # JSON and rebuilt with add_trial (finished) or enqueue_trial + ask (running).
+    CKPT_FILE_TMPL = "searcher-state-{}.json"
+
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__.copy(), handle)
+        state = {"version": 1, "counts": self._counts, "trial_cell": self._trial_cell,
+                 "trial_config": self._trial_config,
+                 "cells": [None if s is None else _cell_state(s) for s in self._searchers]}
+        with open(checkpoint_path, "w") as handle:
+            json.dump(state, handle)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
+        with open(checkpoint_path) as handle:
+            state = json.load(handle)
+        if len(state["cells"]) != len(self._searchers):
+            raise LicSearchError(f"{checkpoint_path}: the saved Optuna state has {len(state['cells'])} grid points, "
+                                 f"the space {len(self._searchers)}; was the space changed?")
+        self._counts = list(state["counts"])
+        self._trial_cell = {k: int(v) for k, v in state["trial_cell"].items()}
+        self._trial_config = state["trial_config"]
+        for searcher, cell in zip(self._searchers, state["cells"]):
+            if searcher is not None and cell is not None:
+                _restore_cell(searcher, cell)
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        import glob
+        import os
+
+        if not glob.glob(os.path.join(checkpoint_dir, self.CKPT_FILE_TMPL.format("*"))):
+            logger.warning("no Optuna searcher state (%s) in %s: the Optuna studies start empty",
+                           self.CKPT_FILE_TMPL.format("*"), checkpoint_dir)
+            return
+        super().restore_from_dir(checkpoint_dir)
+
+
+def _cell_state(searcher: PrunedOptunaSearch) -> dict:
+    from optuna.distributions import distribution_to_json
+
+    numbers = {trial_id: trial.number for trial_id, trial in searcher._ot_trials.items()}
+    trials = [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
+               "distributions": {k: distribution_to_json(d) for k, d in t.distributions.items()},
+               "intermediate": {str(step): value for step, value in t.intermediate_values.items()}}
+              for t in searcher._ot_study.get_trials(deepcopy=False)]
+    return {"trials": trials, "ray_trials": numbers, "completed": sorted(searcher._completed_trials),
+            "budgets": searcher.budgets, "reported": searcher._reported}
+
+
+def _restore_cell(searcher: PrunedOptunaSearch, cell: dict) -> None:
+    """Rebuild one study in trial-number order: finished trials as they were, running ones asked again
+    with their parameters (so Ray's trial can still report and finish)."""
+    import optuna
+    from optuna.distributions import json_to_distribution
+    from optuna.trial import TrialState
+
+    study = searcher._ot_study
+    by_number = {number: trial_id for trial_id, number in cell["ray_trials"].items()}
+    searcher._ot_trials = {}
+    for saved in sorted(cell["trials"], key=lambda t: t["number"]):
+        distributions = {k: json_to_distribution(d) for k, d in saved["distributions"].items()}
+        intermediate = {int(step): value for step, value in saved["intermediate"].items()}
+        state = TrialState[saved["state"]]
+        if state.is_finished():
+            study.add_trial(optuna.trial.create_trial(
+                state=state, values=saved["values"], params=saved["params"], distributions=distributions,
+                intermediate_values=intermediate))
+            continue
+        study.enqueue_trial(saved["params"], skip_if_exists=False)
+        trial = study.ask(fixed_distributions=searcher._space)
+        for step, value in sorted(intermediate.items()):
+            trial.report(value, step)
+        if saved["number"] in by_number:
+            searcher._ot_trials[by_number[saved["number"]]] = trial
+    searcher._completed_trials = set(cell["completed"])
+    searcher.budgets = {k: int(v) for k, v in cell["budgets"].items()}
+    searcher._reported = {k: int(v) for k, v in cell["reported"].items()}
+    study.sampler.reseed_rng()  # a restored seed would replay the proposals made before the interruption
 
 
 def _flatten(params: dict) -> dict[str, Any]:

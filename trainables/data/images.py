@@ -27,7 +27,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence, Union
+from typing import Any, Iterator, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -249,6 +249,9 @@ class ImageSet:
     def paths(self) -> list[Path]:
         return [e.path for e in self._entries]
 
+    def path(self, index: int) -> Path:
+        return self._entries[index].path
+
     def size(self, index: int) -> tuple[int, int]:
         """(height, width) of image ``index`` from its header, without decoding."""
         entry = self._entries[index]
@@ -279,6 +282,9 @@ class LazyImages:
     @property
     def paths(self) -> list[Path]:
         return self.files.paths()
+
+    def path(self, index: int) -> Path:
+        return Path(self.files.path(index))
 
 
 def open_training_images(cfg: DataConfig) -> Union[ImageSet, LazyImages]:
@@ -398,7 +404,7 @@ class TrainCrops(Dataset):
         self._epoch: Optional[int] = None
         self._order: Optional[EpochPermutation] = None
         self._broken: set[int] = set()
-        self._found: list[int] = []  # broken indices found since the last item()
+        self._found: list[tuple[int, str]] = []  # (index, reason) of broken files found since the last item()
 
     def __len__(self) -> int:
         return len(self.images)  # one epoch; the batch sampler itself is endless
@@ -427,7 +433,7 @@ class TrainCrops(Dataset):
                 return fit_to_crop(self.images[candidate], self.crop, self.small_images)
             except ImageDecodeError as error:
                 self._broken.add(candidate)
-                self._found.append(candidate)
+                self._found.append((candidate, _reason(error)))
                 warnings.warn(f"skipping unreadable training image: {error}; "
                               f"using the next image instead", SkippedImagesWarning, stacklevel=2)
         raise DataError(f"image folder {self.images.folder} holds no readable image")
@@ -435,8 +441,8 @@ class TrainCrops(Dataset):
     def __getitem__(self, sample: int) -> Tensor:
         return self.item(sample)[0]
 
-    def item(self, sample: int) -> tuple[Tensor, tuple[int, ...]]:
-        """The crop of ``sample`` and the image indices this call found unreadable."""
+    def item(self, sample: int) -> tuple[Tensor, tuple[tuple[int, str], ...]]:
+        """The crop of ``sample`` and the (image index, reason) of files this call found unreadable."""
         self._found = []
         sample = int(sample)
         count = len(self.images)
@@ -462,14 +468,14 @@ class _CropsWithSkips(Dataset):
     def __len__(self) -> int:
         return len(self.crops)
 
-    def __getitem__(self, sample: Union[int, tuple[int, int]]) -> tuple[Tensor, tuple[int, ...]]:
+    def __getitem__(self, sample: Union[int, tuple[int, int]]) -> tuple[Tensor, tuple[tuple[int, str], ...]]:
         if isinstance(sample, tuple):
             index, crop = sample
             return self.staged[crop].item(index)
         return self.crops.item(sample)
 
 
-def _collate(items: list[tuple[Tensor, tuple[int, ...]]]) -> tuple[Tensor, list[int]]:
+def _collate(items: list[tuple[Tensor, tuple[tuple[int, str], ...]]]) -> tuple[Tensor, list[tuple[int, str]]]:
     return torch.stack([crop for crop, _ in items]), [index for _, found in items for index in found]
 
 
@@ -479,8 +485,10 @@ class TrainBatches:
     def __init__(self, loader: DataLoader, images: Union[ImageSet, LazyImages], staged: bool = False) -> None:
         self._batches = iter(loader)
         self.listed = images.listed
+        self.images = images
         self.skipped_up_front = len(images.skipped)
-        self.broken: set[int] = set()
+        self.broken: dict[int, str] = {}  # image index -> why it could not be read, in the order found
+        self._listed_skips = 0  # how many skipped files the last data_metrics() listed
         self.staged = staged  # a crop_schedule: report the crop size too
         self.crop: Optional[int] = None  # of the last batch
 
@@ -489,7 +497,8 @@ class TrainBatches:
 
     def __next__(self) -> Tensor:
         batch, found = next(self._batches)
-        self.broken.update(found)
+        for index, reason in found:
+            self.broken.setdefault(index, reason)
         self.crop = int(batch.shape[-1])
         return batch
 
@@ -501,10 +510,23 @@ class TrainBatches:
     def data_metrics(self) -> dict[str, float]:
         """``data/train_images`` and ``data/skipped_images``, reported with every evaluation
         (and ``train/crop_size``, the last batch's crop, when the crops are staged)."""
-        metrics = {M.DATA_TRAIN_IMAGES: float(self.listed), M.DATA_SKIPPED_IMAGES: float(self.skipped)}
+        metrics: dict[str, Any] = {M.DATA_TRAIN_IMAGES: float(self.listed),
+                                   M.DATA_SKIPPED_IMAGES: float(self.skipped)}
         if self.staged and self.crop is not None:
             metrics[M.TRAIN_CROP_SIZE] = float(self.crop)
+        if self.skipped > self._listed_skips:  # the file names, when there are new ones (M.SKIPPED_FILES)
+            self._listed_skips = self.skipped
+            metrics[M.SKIPPED_FILES] = "\n".join(f"{path}\t{reason}" for path, reason in self.skipped_files())
         return metrics
+
+    def skipped_files(self, limit: int = M.SKIPPED_FILES_LISTED) -> list[tuple[str, str]]:
+        """(path, reason) of the unreadable files skipped so far, up front first, at most ``limit``."""
+        found = [(str(path), reason) for path, reason in self.images.skipped[:limit]]
+        for index, reason in self.broken.items():
+            if len(found) >= limit:
+                break
+            found.append((str(self.images.path(index)), reason))
+        return found
 
 
 class _EndlessBatches:

@@ -1,18 +1,22 @@
-"""Checkpoint files: written atomically, read with ``weights_only=True``.
+"""Checkpoint files: written atomically, verified when read, read with ``weights_only=True``.
 
 A checkpoint is a folder holding ``state.pt`` (model, both optimizers, LR scheduler, RNG
-states, iteration and the resolved trial config) and ``trial_config.yaml``. Ray Tune copies
-the folder into the trial's storage; :func:`load_trained_model` rebuilds the model from it
-for ``lic-search eval``.
+states, iteration and the resolved trial config), ``trial_config.yaml`` and ``checksums.json``
+(each file's size and SHA-256, computed when written), so a file truncated or altered later (a
+crash mid-copy on a network filesystem) is detected, not guessed from a failing unpickle. Ray
+Tune copies the folder into the trial's storage; :func:`load_trained_model` rebuilds the model
+from it for ``lic-search eval``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -23,6 +27,7 @@ from trainables.errors import LicSearchError
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "trial_config.yaml"
+MANIFEST_FILE = "checksums.json"  # {file: {"bytes": n, "sha256": hex}} of the files above
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -65,22 +70,66 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file, as :data:`MANIFEST_FILE` records them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
 def save_checkpoint(state: dict[str, Any], folder: Path) -> Path:
-    """Save ``state`` (must contain ``config``) into ``folder`` atomically; returns the state file."""
+    """Save ``state`` (must contain ``config``) into ``folder`` atomically, with the checksums of
+    what was written; returns the state file."""
     folder = Path(folder)
     target = folder / STATE_FILE
     _atomic_write(target, lambda stream: torch.save(state, stream))
     config_text = yaml.safe_dump(state["config"], sort_keys=False).encode()
     _atomic_write(folder / CONFIG_FILE, lambda stream: stream.write(config_text))
+    manifest = {name: file_digest(folder / name) for name in (STATE_FILE, CONFIG_FILE)}
+    text = json.dumps(manifest, indent=1).encode()
+    _atomic_write(folder / MANIFEST_FILE, lambda stream: stream.write(text))
     return target
 
 
+def damage(folder: Path) -> Optional[str]:
+    """What is wrong with a checkpoint folder's files against its :data:`MANIFEST_FILE`, or None.
+
+    A folder without a manifest (written before checksums were recorded) is not judged here:
+    loading it decides."""
+    folder = Path(folder)
+    if not (folder / STATE_FILE).is_file():
+        return f"{STATE_FILE} is missing"
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return f"{MANIFEST_FILE} is unreadable ({error})"
+    for name, recorded in manifest.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != recorded.get("bytes"):
+            return f"{name} has {size} bytes, {recorded.get('bytes')} were written"
+        if file_digest(file)["sha256"] != recorded.get("sha256"):
+            return f"{name} differs from what was written (SHA-256 mismatch)"
+    return None
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint folder or ``state.pt`` file (``weights_only=True``: no code runs)."""
+    """Load a checkpoint folder or ``state.pt`` file (``weights_only=True``: no code runs).
+
+    A folder is verified against its checksums first; damage is a :class:`LicSearchError` naming it."""
     path = Path(path)
     file = path / STATE_FILE if path.is_dir() else path
     if not file.is_file():
         raise LicSearchError(f"no checkpoint at {path} (expected a folder with {STATE_FILE} or the file itself)")
+    problem = damage(file.parent)
+    if problem is not None:
+        raise LicSearchError(f"damaged checkpoint {file.parent}: {problem}")
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except Exception as error:  # corrupt or foreign file: say which

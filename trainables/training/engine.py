@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -73,6 +73,17 @@ class _TrainStats:
     def means(self) -> dict[str, float]:
         return {name: float(total) / max(self.steps, 1) for name, total in self.sums.items()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointed, so a trial resumed between evaluations reports the same train/* means."""
+        return {"sums": {name: float(total) for name, total in self.sums.items()}, "steps": self.steps}
+
+    @classmethod
+    def from_state(cls, state: Optional[dict[str, Any]], device: torch.device) -> "_TrainStats":
+        if not state:
+            return cls()
+        return cls({name: torch.tensor(value, device=device) for name, value in state["sums"].items()},
+                   int(state["steps"]))
+
 
 class Trainer:
     """Owns model, optimizers, schedule and RNG for one trial."""
@@ -105,6 +116,7 @@ class Trainer:
         )
         self.criterion = RateDistortionLoss(config.loss.distortion, config.loss.lmbda)
         self.iteration = 0
+        self._stats = _TrainStats()  # loss sums since the last evaluation
         self._eval_images: Optional[list] = None
         self._first_bad: Optional[Tensor] = None
         self._first_bad_values: Optional[Tensor] = None
@@ -127,6 +139,7 @@ class Trainer:
             "grad_scaler": self.grad_scaler.state_dict(),
             "rng": capture_rng_state(),
             "iteration": self.iteration,
+            "train_stats": self._stats.state_dict(),
             "config": self.config.model_dump(mode="json"),
         }
 
@@ -141,6 +154,7 @@ class Trainer:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         restore_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
+        self._stats = _TrainStats.from_state(state.get("train_stats"), self.device)
         # The config wins over the checkpoint for the learning rates: PBT restores a clone's
         # weights with its own, perturbed schedule. Same config -> the same LRs as before.
         schedule = self.config.schedule
@@ -202,8 +216,11 @@ class Trainer:
                           if not math.isfinite(value))
         raise TrainingDivergedError(f"non-finite loss at iteration {int(self._first_bad)}: {shown}")
 
-    def train(self) -> Iterator[dict[str, float]]:
-        """Train to the budget, yielding the metrics of each evaluation (every ``eval_every``)."""
+    def train(self, checkpoint_due: Optional[Callable[[], Optional[str]]] = None) -> Iterator[dict[str, Any]]:
+        """Train to the budget, yielding the metrics of each evaluation (every ``eval_every``).
+
+        Between evaluations, whenever ``checkpoint_due()`` names a reason (the checkpoint clock,
+        SIGTERM), it yields ``{iterations, notice: reason}`` so the caller can checkpoint there."""
         from trainables.data.images import make_train_loader
 
         schedule = self.config.schedule
@@ -211,8 +228,7 @@ class Trainer:
             return
         loader = make_train_loader(self.config.data, seed=schedule.seed, start_iteration=self.iteration,
                                    device_type=self.device.type, iterations=schedule.iterations)
-        stats = _TrainStats()
-        started = time.perf_counter()
+        timed, started = 0, time.perf_counter()  # steps and time of this process (for iters_per_s)
         for batch in loader:
             batch = batch.to(self.device, non_blocking=True)
             if self.config.performance.channels_last and self.device.type == "cuda":
@@ -220,24 +236,28 @@ class Trainer:
             terms = self._step(batch)
             self.iteration += 1
             self._watch_finite(terms, self.iteration)
-            stats.add(terms)
+            self._stats.add(terms)
+            timed += 1
             evaluate = self.iteration % schedule.eval_every == 0 or self.iteration >= schedule.iterations
             if evaluate or self.device.type != "cuda" or self.iteration % FINITE_CHECK_EVERY == 0:
                 self._raise_if_diverged()
             if evaluate:
                 elapsed = time.perf_counter() - started
-                result = {f"{k}": v for k, v in stats.means().items()}
+                result = {f"{k}": v for k, v in self._stats.means().items()}
                 result[M.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
-                result[M.TRAIN_ITERS_PER_S] = stats.steps / max(elapsed, 1e-9)
+                result[M.TRAIN_ITERS_PER_S] = timed / max(elapsed, 1e-9)
                 result.update(self.evaluate())
                 if self.lr_schedule.observe(result[M.EVAL_RD_LOSS]):  # plateau decayed: from the next step on
                     for group in self.optimizer.param_groups:
                         group["lr"] = group["initial_lr"] * self.lr_schedule.factor(self.scheduler.last_epoch)
                 result[M.ITERATIONS] = self.iteration
                 result.update(loader.data_metrics())  # training images listed / skipped
+                self._stats = _TrainStats()  # before the yield: the checkpoint taken there starts a new interval
                 yield result
-                stats = _TrainStats()
-                started = time.perf_counter()
+                timed, started = 0, time.perf_counter()
+            elif checkpoint_due is not None and (reason := checkpoint_due()) is not None:
+                self._raise_if_diverged()  # never checkpoint a non-finite state
+                yield {M.ITERATIONS: self.iteration, M.NOTICE: reason}
             if self.iteration >= schedule.iterations:
                 return
 

@@ -18,3 +18,6 @@ def train_lic_indexed(config: dict, train_indexes: Optional[dict[str, str]] = No
     """Ray Tune entry point: ``train_lic`` with ``train_indexes`` in use."""
     with use_train_indexes(train_indexes):
         train_lic(config)
+
+
+train_lic_indexed.__mixins__ = train_lic.__mixins__  # SIGTERM checkpoints (trainables.training.preemption)

@@ -2,7 +2,11 @@
 
 Each evaluation reports the metrics (``iterations``, ``eval/rd_loss``, ...) together with a
 checkpoint, so ASHA can stop the trial at any rung and a paused, failed or preempted trial
-continues from its last evaluation (``tune.get_checkpoint``).
+continues from its last checkpoint (``tune.get_checkpoint``). Between evaluations a checkpoint is
+also reported every ``schedule.checkpoint_minutes`` and on SIGTERM (:mod:`trainables.training.preemption`),
+as a *notice* result (``notice``, NaN scores) that schedulers, searchers and MLflow histories skip.
+A checkpoint that fails its checksums or does not load is skipped for the newest one of the
+trial that loads, and named in a notice.
 """
 
 from __future__ import annotations
@@ -17,9 +21,16 @@ import torch
 
 from trainables import metrics as M
 from trainables.config import TrialConfig
-from trainables.errors import TrainingDivergedError
+from trainables.errors import LicSearchError, TrainingDivergedError
 from trainables.training.checkpoint import load_checkpoint, save_checkpoint
 from trainables.training.engine import Trainer
+from trainables.training.preemption import (
+    PREEMPTED,
+    CheckpointClock,
+    PreemptibleTrainable,
+    TrialPreempted,
+    stop_requested,
+)
 from trainables.training.warm_start import warm_start_result
 
 
@@ -58,15 +69,82 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def _nan_scores() -> dict[str, float]:
+    """NaN for every score a scheduler or searcher may read (Ray requires their metrics in every result)."""
+    return {name: math.nan for name in vars(M).values()
+            if isinstance(name, str) and name.startswith(("eval/", "train/"))}
+
+
 def diverged_result(error: TrainingDivergedError, iteration: int) -> dict:
     """The last result of a diverged trial: the reason, and NaN for every score a scheduler or searcher may read.
 
     Reported instead of raising: a raised error is retried ``max_failures`` times and restarted
     by ``resume``, and since resume is exact each retry diverges again at the same iteration.
     """
-    scores = {name: math.nan for name in vars(M).values()
-              if isinstance(name, str) and name.startswith(("eval/", "train/"))}
-    return scores | {M.ITERATIONS: iteration, M.DIVERGED: 1, M.DIVERGED_REASON: f"{type(error).__name__}: {error}"}
+    reason = f"{type(error).__name__}: {error}"
+    return _nan_scores() | {M.ITERATIONS: iteration, M.DIVERGED: 1, M.DIVERGED_REASON: reason}
+
+
+def notice_result(kind: str, iteration: int, **fields) -> dict:
+    """A result that is not an evaluation (a checkpoint between evaluations, a restore that skipped damage)."""
+    return _nan_scores() | fields | {M.ITERATIONS: iteration, M.NOTICE: kind}
+
+
+def _checkpoint_index(path: str) -> int:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    digits = name.rsplit("_", 1)[-1]
+    return int(digits) if name.startswith("checkpoint_") and digits.isdigit() else -1
+
+
+def restore_candidates(checkpoint, trial_id: Optional[str]) -> list:
+    """The checkpoints to try, best first: Ray's (the newest it registered) and, when it lies in
+    this trial's own folder, the trial's older checkpoints there, newest first (a fallback for damage).
+
+    Newer ones (written while the driver went away) are not used: the results they were reported with
+    never reached the driver, so the trial's history would miss those evaluations."""
+    from pyarrow import fs as pafs
+    from ray import tune
+
+    path = checkpoint.path.rstrip("/")
+    parent = path.rsplit("/", 1)[0]
+    if not trial_id or f"_{trial_id}_" not in parent.rsplit("/", 1)[-1] or _checkpoint_index(path) < 0:
+        return [checkpoint]  # another trial's (a PBT clone) or an unknown layout: only Ray's choice
+    try:
+        infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        return [checkpoint]
+    siblings = sorted((i.path for i in infos if i.type == pafs.FileType.Directory and _checkpoint_index(i.path) >= 0
+                       and i.path.rstrip("/") != path), key=_checkpoint_index, reverse=True)
+    older = [p for p in siblings if _checkpoint_index(p) < _checkpoint_index(path)]
+    return [checkpoint] + [tune.Checkpoint(p, checkpoint.filesystem) for p in older]
+
+
+def restore(trainer: Trainer, checkpoint, trial_id: Optional[str]) -> list[str]:
+    """Load the first candidate checkpoint that verifies and loads; returns the damaged ones skipped
+    (path: problem). None loads: a :class:`LicSearchError` naming every file tried."""
+    damaged: list[str] = []
+    for candidate in restore_candidates(checkpoint, trial_id):
+        try:
+            with candidate.as_directory() as folder:
+                state = load_checkpoint(Path(folder), map_location=trainer.device)
+        except LicSearchError as error:
+            if candidate is not checkpoint and "no checkpoint at" in str(error):
+                continue  # removed meanwhile (Ray keeps only the newest few): not damage
+            damaged.append(f"{candidate.path}: {str(error).split(': ', 1)[-1]}")
+            print(f"lic-search: skipping damaged checkpoint {candidate.path}: {str(error).split(': ', 1)[-1]}")
+            continue
+        trainer.load_state_dict(state)
+        return damaged
+    raise LicSearchError("no checkpoint of this trial loads: " + "; ".join(damaged))
+
+
+def _trial_id() -> Optional[str]:
+    try:
+        from ray import tune
+
+        return tune.get_context().get_trial_id()
+    except Exception:  # outside a Tune trial
+        return None
 
 
 def train_lic(config: dict) -> None:
@@ -78,18 +156,36 @@ def train_lic(config: dict) -> None:
     checkpoint = tune.get_checkpoint()
     trainer = Trainer(trial_config, warm_start=checkpoint is None)
     started_from = warm_start_result(trainer.warm_start)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(load_checkpoint(Path(folder), map_location=trainer.device))
     node = _node_id()
+    if checkpoint is not None:
+        damaged = restore(trainer, checkpoint, _trial_id())
+        if damaged:  # said now, not at the next evaluation: the console and the run's tags name them
+            tune.report(notice_result(M.NOTICE_RESTORED, trainer.iteration, **{M.NODE_ID: node,
+                                      M.DAMAGED_CHECKPOINTS: "\n".join(damaged)}))
+    restored_at = {M.RESTORED_AT: trainer.iteration} if checkpoint is not None else {}
+    clock = CheckpointClock(trial_config.schedule.checkpoint_minutes)
     try:
-        for result in trainer.train():
+        for result in trainer.train(checkpoint_due=clock.due):
+            if M.NOTICE in result:
+                result = notice_result(result[M.NOTICE], result[M.ITERATIONS])
+            result.update(restored_at)
             result[M.NODE_ID] = node
             result.update(started_from)
             with tempfile.TemporaryDirectory(prefix="lic-ckpt-") as folder:
                 save_checkpoint(trainer.state_dict(), Path(folder))
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            clock.restart()
+            if stop_requested():
+                if result.get(M.NOTICE) != PREEMPTED:  # told while evaluating: that checkpoint is the one to resume
+                    tune.report(notice_result(PREEMPTED, trainer.iteration, **restored_at, **{M.NODE_ID: node}))
+                raise TrialPreempted(f"SIGTERM: checkpointed at iteration {trainer.iteration} on node {node}; "
+                                     "the trial continues from there")
     except TrainingDivergedError as error:
         # Terminal, unlike a crash: the trial ends here (no checkpoint of the NaN state) and
         # Ray records it as finished, so neither FailureConfig nor `resume` runs it again.
         tune.report(diverged_result(error, trainer.iteration) | {M.NODE_ID: node})
+
+
+# Ray Tune builds the trial actor's class from this function with these mixins (tune.with_parameters
+# keeps them): SIGTERM then asks for a checkpoint instead of exiting (trainables.training.preemption).
+train_lic.__mixins__ = (PreemptibleTrainable,)
