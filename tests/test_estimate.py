@@ -269,7 +269,11 @@ trial:
 resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 """)
     assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
+    shown = capsys.readouterr()
+    out = shown.out
+    assert re.match(r"estimate: timing step configurations: 2/2 \[.*\] · 2/2: mbt2018-mean N=8 M=8, AuxT off, "
+                    r"batch \d, crop \d+", shown.err), shown.err
+    assert "estimate:" not in out  # progress goes to stderr only
     times = {int(crop): (int(batch), float(s), share) for batch, crop, s, share in re.findall(
         r"batch (\d+), crop (\d+), amp \w+: ([\d.e+-]+) s/iteration \(1 trial\(s\), crop_schedule stage: (\d+%)", out)}
     assert times.keys() == {64, 128}, out

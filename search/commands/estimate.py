@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from search.commands._shared import add_quiet_option
 from search.errors import LicSearchError
 
 
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
                              "crop and batch size, not on the images), e.g. samples/kodak-crops/train")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to time the steps (default: a GPU if present, else the CPU)")
+    add_quiet_option(parser)
     parser.set_defaults(func=_estimate)
 
 
@@ -71,10 +73,13 @@ def _print_ladder(ladder, seconds, scratch, file, gpus: int, unit: str) -> None:
 def _estimate(args) -> int:
     from search.analysis.estimate import estimate, plan_ladder, plan_trials
     from search.analysis.step_timing import device_label, seconds_per_iteration
+    from search.monitor import meter as meters
+    from search.monitor.meter import Meter
     from search.space import load_space
     from trainables.device import resolve_device
     from trainables.training.trainable import apply_resource_limits
 
+    meters.configure(args.quiet)
     if args.steps < 1 or args.warmup < 1 or args.gpus < 1:
         raise LicSearchError(f"--steps, --warmup and --gpus must be at least 1, got {args.steps}, {args.warmup}, "
                              f"{args.gpus}")
@@ -96,16 +101,20 @@ def _estimate(args) -> int:
     for trial in [*trials, *ladder[0], *ladder[1]]:  # every stage of a data.crop_schedule is its own step config
         for stage in trial.phases():
             first.setdefault(stage.step, stage.config)
-    for step, config in sorted(first.items()):
-        seconds[step] = seconds_per_iteration(config, steps=args.steps, warmup=args.warmup, data=args.data,
-                                              device=device)
-        count = sum(1 for t in trials if any(s.step == step for s in t.phases()))
-        staged = [t for t in trials if len(t.phases()) > 1 and any(s.step == step for s in t.phases())]
-        share = ""
-        if staged:
-            fractions = sorted({_stage_share(t, step) for t in staged})
-            share = ", crop_schedule stage: " + "/".join(f"{f:.0%}" for f in fractions) + " of the budget"
-        print(f"  {step.label()}: {seconds[step]:.4g} s/iteration ({count} trial(s){share})", flush=True)
+    with Meter("estimate: timing step configurations", "config", len(first)) as meter:
+        for k, (step, config) in enumerate(sorted(first.items()), 1):
+            meter.on(f"{k}/{len(first)}: {step.label()}")
+            seconds[step] = seconds_per_iteration(config, steps=args.steps, warmup=args.warmup, data=args.data,
+                                                  device=device)
+            meter.update()
+            count = sum(1 for t in trials if any(s.step == step for s in t.phases()))
+            staged = [t for t in trials if len(t.phases()) > 1 and any(s.step == step for s in t.phases())]
+            share = ""
+            if staged:
+                fractions = sorted({_stage_share(t, step) for t in staged})
+                share = ", crop_schedule stage: " + "/".join(f"{f:.0%}" for f in fractions) + " of the budget"
+            with meter.paused():
+                print(f"  {step.label()}: {seconds[step]:.4g} s/iteration ({count} trial(s){share})", flush=True)
     result = estimate(trials, seconds, file.scheduler, gpus=args.gpus, gpus_per_trial=resources.gpus_per_trial,
                       max_concurrent=file.search.max_concurrent)
     unit = f"{kind}-hours"

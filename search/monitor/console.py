@@ -24,11 +24,11 @@ from ray import tune
 from search.experiment import drivers
 from search.experiment.store import ExperimentStore
 from search.monitor import progress, summary
+from search.monitor.meter import PLAIN_PERIOD_S, interactive
 from search.space import SearchSpec
 from search.tracking import run_names
 from search.tracking.trial_logger import error_summary
 
-PLAIN_PERIOD_S = 30.0  # not a terminal: one status line this often
 REDRAW_PERIOD_S = 1.0  # a terminal: redraw at most this often
 _settings = {"verbose": False}
 
@@ -102,11 +102,6 @@ def callbacks(spec: SearchSpec, store: ExperimentStore, configs: Optional[list[d
     """The callbacks the Tuner gets from this module: the live view, or (``--verbose``) only the driver record.
     ``configs``: the explicit trials of a ladder's fine-tune phase (default: the space's)."""
     return [LiveConsole(spec, store, show=not _settings["verbose"], configs=configs)]
-
-
-def interactive(stream: TextIO) -> bool:
-    """Redraw in place only on a real terminal outside CI."""
-    return stream.isatty() and not os.environ.get("CI") and os.environ.get("TERM") != "dumb"
 
 
 class LiveConsole(tune.Callback):
