@@ -142,13 +142,11 @@ def _sweep(args: argparse.Namespace) -> int:
     from search.space.strata import stratum_label
     from search.tracking.queries import select_search
     from trainables.evaluation import EvaluationError
-    from trainables.lof import lof_settings
 
     if args.checkpoints or args.lof_iterations is None:
         raise EvaluationError("--search NAME sweeps LOF settings over the search's best trials: give "
                               "--lof-iterations (e.g. 0,50) and no CHECKPOINT")
-    settings = lof_settings(_numbers(args.lof_iterations, int, "--lof-iterations"),
-                            _numbers(args.lof_lr, float, "--lof-lr"), args.lof_latents, args.lof_proxy)
+    settings = _settings(args)
     selection = select_search(args.search, args.tracking_uri, args.run_id)
     print(selection.describe())
     with Meter("eval --search", "image") as meter:
