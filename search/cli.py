@@ -33,6 +33,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LicSearchError as error:
         print(f"lic-search: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line saying how far the command got and what it wrote
+        from search.monitor.meter import interrupted
+
+        print(interrupted(), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

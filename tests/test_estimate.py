@@ -274,7 +274,11 @@ trial:
 resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 """)
     assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu", "--launch", "0"]) == 0
-    out = capsys.readouterr().out
+    shown = capsys.readouterr()
+    out = shown.out
+    assert re.match(r"estimate: timing step configurations: 2/2 \[.*\] · 2/2: mbt2018-mean N=8 M=8, AuxT off, "
+                    r"batch \d, crop \d+", shown.err), shown.err
+    assert "estimate:" not in out  # progress goes to stderr only
     number = r"([\d.e+-]+)"
     times = {int(crop): (int(batch), float(s), share, float(evaluation), float(startup))
              for batch, crop, s, evaluation, startup, share in re.findall(

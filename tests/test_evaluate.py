@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,14 @@ def auxt_untrained(tmp_path_factory) -> Path:
 def test_eval_cli_writes_compressai_results_from_the_bitstream(trained, tmp_path, capsys):
     out = tmp_path / "curve.json"
     assert main(["eval", str(trained), "--data", str(EVAL_CROPS), "--json", str(out), "--device", "cpu"]) == 0
-    printed = capsys.readouterr().out
+    shown = capsys.readouterr()
+    printed = shown.out
     assert "decoded image == forward reconstruction" in printed and ": ok" in printed
+    count = len(list_images(EVAL_CROPS))  # progress: stderr, not a terminal here: one line at the end
+    progress = [line for line in shown.err.splitlines() if line.startswith("eval: ")]
+    assert len(progress) == 1 and progress[0].startswith(f"eval: {count}/{count} [")
+    assert re.search(r"\] · ckpt\d*/mbt-tiny · mean bpp [\d.]+, mean PSNR [\d.]+$", progress[0]), progress
+    assert "eval:" not in printed  # stdout (tables, the --json path) carries no progress
 
     payload = json.loads(out.read_text())
     assert payload["name"] == "mbt-tiny"

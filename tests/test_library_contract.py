@@ -115,3 +115,34 @@ def test_restored_tuner_exposes_its_run_config_where_resume_replaces_the_callbac
 
     assert "_local_tuner" in inspect.getsource(Tuner.__init__), "Tuner._local_tuner is gone"
     assert _parameters(TunerInternal.get_run_config) == ["self"], "TunerInternal.get_run_config() moved"
+
+
+def test_experiment_state_saver_members_state_save_patches(tmp_path: Path):
+    """search/tuning/state_save.py wraps _ExperimentCheckpointManager.sync_up_experiment_state(save_fn, force,
+    wait) so each save waits for the previous upload (self._storage.syncer.wait()), and checks the final,
+    forced and waited save (tune.run's runner.checkpoint(force=True, wait=True)) through the storage's paths."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune import tune as tune_module
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    from ray.tune.execution.tune_controller import TuneController
+
+    from search.tuning import state_save
+
+    state_save.install()
+    manager = _ExperimentCheckpointManager.sync_up_experiment_state
+    assert getattr(manager, "_lic_search", False), "the patch is not installed"
+    assert _parameters(manager.__wrapped__) == ["self", "save_fn", "force", "wait"], \
+        "_ExperimentCheckpointManager.sync_up_experiment_state(save_fn, force, wait) moved"
+    assert "self._storage.syncer" in inspect.getsource(manager.__wrapped__), \
+        "the manager no longer uploads through self._storage.syncer"
+    assert "save_fn=self.save_to_dir" in inspect.getsource(TuneController.checkpoint), \
+        "TuneController.checkpoint no longer saves through sync_up_experiment_state"
+    assert "runner.checkpoint(force=True, wait=True)" in inspect.getsource(tune_module.run), \
+        "tune.run's final save is no longer forced and waited"
+    assert 'CKPT_FILE_TMPL = "experiment_state-{}.json"' in inspect.getsource(TuneController), \
+        "Ray's experiment state file name moved (search/experiment/ray_state.py)"
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp")
+    assert hasattr(storage, "storage_filesystem") and hasattr(storage, "experiment_fs_path")
+    assert isinstance(inspect.getattr_static(StorageContext, "experiment_driver_staging_path"), property), \
+        "StorageContext.experiment_driver_staging_path is gone"
+    assert callable(storage.syncer.wait), "StorageContext.syncer.wait() is gone"

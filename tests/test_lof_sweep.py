@@ -20,7 +20,8 @@ EVAL = SAMPLES / "eval"
 
 
 @pytest.mark.slow
-def test_sweep_logs_every_setting_on_the_rank_1_trial_of_each_rate_point(tmp_path: Path, ray_cluster) -> None:
+def test_sweep_logs_every_setting_on_the_rank_1_trial_of_each_rate_point(tmp_path: Path, ray_cluster,
+                                                                         capsys) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # AuxT on/off × two λ: four trials, two rate points, so two trials are not rank 1.
     space = write_space(tmp_path, "lofsweep", {"loss.lmbda": {"grid": [0.0035, 0.0483]}, "schedule.iterations": 6,
@@ -32,6 +33,10 @@ def test_sweep_logs_every_setting_on_the_rank_1_trial_of_each_rate_point(tmp_pat
     with contextlib.redirect_stdout(printed):
         assert main(["eval", "--search", "lofsweep", "--tracking-uri", uri, "--data", str(EVAL), "--max-images", "1",
                      "--device", "cpu", "--lof-iterations", "0,20", "--lof-lr", "0.01", "--json", str(out)]) == 0
+    # progress on stderr (not a terminal: the last line): 2 rate points x 2 settings x 1 image, where it was
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eval --search: ")]
+    assert len(progress) == 1 and progress[0].startswith("eval --search: 4/4 [") and " · trial " in progress[0]
+    assert " · lof20-lr0.01 · mean bpp " in progress[0] and "eval --search" not in printed.getvalue()
 
     best = winners(best_trials("lofsweep", tracking_uri=uri))
     assert len(best) == 2

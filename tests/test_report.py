@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -111,10 +112,14 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     code = main(["report", "ablation", "--tracking-uri", search["uri"], "--out", str(out),
                  "--anchor", str(search["anchor"])])
     assert code == 0, capsys.readouterr().err
-    printed = capsys.readouterr().out
+    shown = capsys.readouterr()
+    printed = shown.out
     # the no-AuxT family is the search's anchor (no search.anchor recorded: the one AuxT-off family): listed
     # first as F1, never ranked against itself
     assert "2 rate families (1 with a BD-rate)" in printed and "AuxT speed-up F2 vs F1: 2.00x" in printed
+    # progress on stderr (not a terminal here: one line at the end): the 10 trial runs read; none on stdout
+    assert re.findall(r"^report: reading runs: (\d+)/(\d+) \[", shown.err, re.M) == [("10", "10")], shown.err
+    assert "reading runs" not in printed
 
     for name in ("rd_psnr.png", "rd_ms_ssim.png", "convergence.png", "energy.png"):
         width, height = _valid_png(out / name)

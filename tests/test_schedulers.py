@@ -18,7 +18,6 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from search.errors import LicSearchError
 from search.space.sections import (
     PBTMutations,
     SchedulerConfig,

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -166,8 +166,10 @@ def evaluate_image(model: Any, x: Tensor, name: str = "image") -> ImageResult:
 
 
 def evaluate_model(model: Any, data: Path, device: torch.device, checkpoint: str = "<model>",
-                   lmbda: Optional[float] = None, max_images: Optional[int] = None) -> EvalResult:
-    """Evaluate an already-built model (eval mode, entropy coders updated) on every image of ``data``."""
+                   lmbda: Optional[float] = None, max_images: Optional[int] = None,
+                   on_image: Optional[Callable[[ImageResult], None]] = None) -> EvalResult:
+    """Evaluate an already-built model (eval mode, entropy coders updated) on every image of ``data``;
+    ``on_image`` hears of each image as it is done (a command's progress)."""
     from trainables.data.images import list_images, load_rgb8
 
     paths = list_images(Path(data))
@@ -179,18 +181,20 @@ def evaluate_model(model: Any, data: Path, device: torch.device, checkpoint: str
         array = load_rgb8(path)  # (H, W, 3) uint8; an unreadable file is an error naming it
         x = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0).unsqueeze(0).to(device)
         result.images.append(evaluate_image(model, x, Path(path).name))
+        if on_image is not None:
+            on_image(result.images[-1])
     return result
 
 
-def evaluate_checkpoint(checkpoint: Path, data: Path, device: str = "auto",
-                        max_images: Optional[int] = None) -> EvalResult:
+def evaluate_checkpoint(checkpoint: Path, data: Path, device: str = "auto", max_images: Optional[int] = None,
+                        on_image: Optional[Callable[[ImageResult], None]] = None) -> EvalResult:
     """Load a trial checkpoint (``trainables.training.checkpoint``) and evaluate it on ``data``."""
     from trainables.training.checkpoint import load_trained_model
 
     target = resolve_device(device)
     model, config = load_trained_model(Path(checkpoint), map_location=target)
     return evaluate_model(model, data, target, checkpoint=str(checkpoint), lmbda=config.loss.lmbda,
-                          max_images=max_images)
+                          max_images=max_images, on_image=on_image)
 
 
 __all__ = ["ImageResult", "EvalResult", "EvaluationError", "evaluate_image", "evaluate_model",

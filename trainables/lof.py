@@ -34,6 +34,7 @@ make an image worse than plain encoding (two extra forward passes).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from contextlib import contextmanager
@@ -317,7 +318,8 @@ def lof_settings(iterations: Sequence[int], lrs: Sequence[float], latents: str =
 
 
 def evaluate_checkpoint_lof(checkpoint: Path, data: Path, settings: Sequence[LOFConfig], device: str = "auto",
-                            max_images: Optional[int] = None) -> list[Any]:
+                            max_images: Optional[int] = None,
+                            on_image: Optional[Callable[[LOFConfig, Any], None]] = None) -> list[Any]:
     """One :class:`trainables.evaluation.EvalResult` per setting, the model loaded once.
 
     LOF minimises the checkpoint's own training objective (its ``loss`` section: λ and the
@@ -331,4 +333,6 @@ def evaluate_checkpoint_lof(checkpoint: Path, data: Path, settings: Sequence[LOF
     model, config = load_trained_model(Path(checkpoint), map_location=target)
     loss_fn = RateDistortionLoss(config.loss.distortion, config.loss.lmbda)
     return [evaluate_model(LOFCodec(model, loss_fn, cfg), data, target, checkpoint=str(checkpoint),
-                           lmbda=config.loss.lmbda, max_images=max_images) for cfg in settings]
+                           lmbda=config.loss.lmbda, max_images=max_images,
+                           on_image=None if on_image is None else functools.partial(on_image, cfg))
+            for cfg in settings]

@@ -9,6 +9,7 @@ one R-D curve per setting across the rate points is returned for CompressAI-form
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -123,8 +124,11 @@ def _log(folder: str, trial_id: str, metrics: dict[str, float], tags: dict[str, 
 
 
 def sweep_search(selection: SearchSelection, data: Path, settings: Sequence[Any], device: str = "auto",
-                 max_images: Optional[int] = None, log: bool = True) -> list[SweptTrial]:
-    """Evaluate every setting on the rank-1 trial of every rate point; log ``lof/*`` on their runs."""
+                 max_images: Optional[int] = None, log: bool = True, progress: Any = None) -> list[SweptTrial]:
+    """Evaluate every setting on the rank-1 trial of every rate point; log ``lof/*`` on their runs.
+
+    ``progress`` (a ``search.monitor.meter.Meter``) counts the images, naming the rate point, trial and setting."""
+    from search.analysis.eval_progress import ImageProgress, image_count
     from trainables.lof import evaluate_checkpoint_lof
 
     client = tracking.client_for(selection.tracking_uri)
@@ -134,13 +138,20 @@ def sweep_search(selection: SearchSelection, data: Path, settings: Sequence[Any]
                              f"(no finished evaluation) to sweep LOF settings over")
     folders: dict[str, str] = {}
     swept = []
+    images = ImageProgress(progress) if progress is not None else None
+    if progress is not None:
+        progress.start(len(best) * len(settings) * image_count(data, max_images))
     for row in best:
         parent = row["parent_run_id"]
         if parent not in folders:
             folders[parent] = client.get_run(parent).data.tags.get(T.TAG_SEARCH_DIR, "")
         checkpoint = latest_checkpoint(folders[parent], row["trial_id"])
-        print(f"{stratum_label(row['stratum'])}: trial {row['trial_id']} (run {row['run_id']}), {checkpoint}")
-        results = evaluate_checkpoint_lof(checkpoint, data, settings, device=device, max_images=max_images)
+        with progress.paused() if progress is not None else contextlib.nullcontext():
+            print(f"{stratum_label(row['stratum'])}: trial {row['trial_id']} (run {row['run_id']}), {checkpoint}")
+        if images is not None:
+            images.at(f"{stratum_label(row['stratum'])} · trial {row['trial_id']}")
+        results = evaluate_checkpoint_lof(checkpoint, data, settings, device=device, max_images=max_images,
+                                          on_image=images)
         distortion = str(row["params"].get("loss.distortion", "mse"))
         trial = SweptTrial(row["run_id"], row["trial_id"], row["stratum"], checkpoint, distortion, results)
         swept.append(trial)
@@ -154,8 +165,12 @@ def sweep_search(selection: SearchSelection, data: Path, settings: Sequence[Any]
                                                           "latents": s.latents, "proxy": s.proxy} for s in settings}),
             })
             if pending:
-                print(f"note: lof/* metrics of trial {trial.trial_id} wait in the tracking journal ({pending} records); "
-                      f"ship them with: lic-search sync {folders[parent]}")
+                with progress.paused() if progress is not None else contextlib.nullcontext():
+                    print(f"note: lof/* metrics of trial {trial.trial_id} wait in the tracking journal ({pending} "
+                          f"records); ship them with: lic-search sync {folders[parent]}")
+            if progress is not None:
+                progress.written = (f"lof/* metrics of {len(swept)} trial(s), on their MLflow runs (or in the "
+                                    "tracking journal, for lic-search sync)")
     return swept
 
 

@@ -119,8 +119,10 @@ def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
     return sorted(by_step.items())
 
 
-def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=None) -> SearchRecord:
-    """Read the trial runs (params, stepped eval metrics) of one search (default: the latest of that name)."""
+def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=None,
+                progress: Any = None) -> SearchRecord:
+    """Read the trial runs (params, stepped eval metrics) of one search (default: the latest of that name);
+    ``progress`` (a ``search.monitor.meter.Meter``) counts the runs read."""
 
     selection = selection or select_search(experiment, tracking_uri)
     uri = selection.tracking_uri
@@ -130,6 +132,8 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
                              f"(runs tagged {T.TAG_ROLE}={T.ROLE_TRIAL}) in the selected search; has it started?")
     client = tracking.client_for(uri)
     trials = []
+    if progress is not None:
+        progress.start(len(runs))
     for run in runs:
         tags = run.data.tags
         trials.append(TrialRecord(
@@ -142,6 +146,8 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
             lof={k: v for k, v in run.data.metrics.items() if k.startswith(T.METRIC_LOF_PREFIX)},
         ))
+        if progress is not None:
+            progress.update()
     trials.sort(key=lambda t: t.trial_id)
     return SearchRecord(experiment, uri, selection.parent_run_id, trials, selection.stratify_by,
                         selection.describe(), selection.anchor, selection.variants)
@@ -402,10 +408,11 @@ def build_report(search: SearchRecord, out: Path, anchors: Sequence[RDCurve] = (
 
 def generate_report(experiment: str, tracking_uri: Optional[str] = None, out: Optional[Path] = None,
                     anchor_files: Sequence[Path] = (), include_stopped: bool = False, method: str = "pchip",
-                    attach: bool = True, selection=None) -> Report:
-    """Read one search from MLflow, write the report folder and attach it to the search's parent run."""
+                    attach: bool = True, selection=None, progress: Any = None) -> Report:
+    """Read one search from MLflow (``progress``: see :func:`load_search`), write the report folder and
+    attach it to the search's parent run."""
     anchors = [load_curve(shipped_anchor())] + [load_curve(p) for p in anchor_files]
-    search = load_search(experiment, tracking_uri, selection)
+    search = load_search(experiment, tracking_uri, selection, progress)
     folder = Path(out) if out is not None else Path("reports") / _safe_name(experiment)
     report = build_report(search, folder, anchors, include_stopped=include_stopped, method=method)
     if attach and search.parent_run_id:

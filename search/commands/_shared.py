@@ -21,6 +21,12 @@ def add_search_options(parser) -> None:
     add_tracking_options(parser)
 
 
+def add_quiet_option(parser) -> None:
+    """``--quiet`` for the commands with a progress meter (search/monitor/meter.py)."""
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress on stderr (by default: a bar in a terminal, else a line every 30 s)")
+
+
 def add_tracking_options(parser) -> None:
     """The tracking options of the commands that run searches (run, resume)."""
     from search.tracking.session import DEFAULT_FLUSH_SECONDS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from search.commands._shared import add_quiet_option
 from search.errors import LicSearchError
 
 
@@ -33,6 +34,7 @@ def register(subparsers) -> None:
                              "time (default: measured in a fresh process, which starts a local Ray instance)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to time the steps (default: a GPU if present, else the CPU)")
+    add_quiet_option(parser)
     parser.set_defaults(func=_estimate)
 
 
@@ -76,10 +78,13 @@ def _print_ladder(ladder, seconds, scratch, file, gpus: int, unit: str) -> None:
 def _estimate(args) -> int:
     from search.analysis.estimate import estimate, plan_ladder, plan_trials
     from search.analysis.step_timing import device_label, launch_seconds, step_cost
+    from search.monitor import meter as meters
+    from search.monitor.meter import Meter
     from search.space import load_space
     from trainables.device import resolve_device
     from trainables.training.trainable import apply_resource_limits
 
+    meters.configure(args.quiet)
     if args.steps < 1 or args.warmup < 1 or args.gpus < 1:
         raise LicSearchError(f"--steps, --warmup and --gpus must be at least 1, got {args.steps}, {args.warmup}, "
                              f"{args.gpus}")
@@ -101,17 +106,21 @@ def _estimate(args) -> int:
     for trial in [*trials, *ladder[0], *ladder[1]]:  # every stage of a data.crop_schedule is its own step config
         for stage in trial.phases():
             first.setdefault(stage.step, stage.config)
-    for step, config in sorted(first.items()):
-        seconds[step] = step_cost(config, steps=args.steps, warmup=args.warmup, data=args.data, device=device)
-        count = sum(1 for t in trials if any(s.step == step for s in t.phases()))
-        staged = [t for t in trials if len(t.phases()) > 1 and any(s.step == step for s in t.phases())]
-        share = ""
-        if staged:
-            fractions = sorted({_stage_share(t, step) for t in staged})
-            share = ", crop_schedule stage: " + "/".join(f"{f:.0%}" for f in fractions) + " of the budget"
-        cost = seconds[step]
-        print(f"  {step.label()}: {cost.iteration:.4g} s/iteration, {cost.evaluation:.3g} s/evaluation with its "
-              f"checkpoint, {cost.startup:.3g} s start-up ({count} trial(s){share})", flush=True)
+    with Meter("estimate: timing step configurations", "config", len(first)) as meter:
+        for k, (step, config) in enumerate(sorted(first.items()), 1):
+            meter.on(f"{k}/{len(first)}: {step.label()}")
+            seconds[step] = step_cost(config, steps=args.steps, warmup=args.warmup, data=args.data, device=device)
+            meter.update()
+            count = sum(1 for t in trials if any(s.step == step for s in t.phases()))
+            staged = [t for t in trials if len(t.phases()) > 1 and any(s.step == step for s in t.phases())]
+            share = ""
+            if staged:
+                fractions = sorted({_stage_share(t, step) for t in staged})
+                share = ", crop_schedule stage: " + "/".join(f"{f:.0%}" for f in fractions) + " of the budget"
+            cost = seconds[step]
+            with meter.paused():
+                print(f"  {step.label()}: {cost.iteration:.4g} s/iteration, {cost.evaluation:.3g} s/evaluation with "
+                      f"its checkpoint, {cost.startup:.3g} s start-up ({count} trial(s){share})", flush=True)
     if args.launch is None:
         worker, ray_start = launch_seconds()
         print(f"  search launch: {ray_start:.3g} s starting Ray, {worker:.3g} s for a fresh worker to import the "

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from search.commands._shared import add_quiet_option
+
 RATE_NOTE = 0.02  # bitstream more than 2% above the likelihood estimate is worth a note
 
 
@@ -34,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", default=None, help="curve name in the JSON (default: the first checkpoint's name)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate only the first N images")
+    add_quiet_option(parser)
     lof = parser.add_argument_group("latent overfitting (trainables/lof.py): refine each image's latents at "
                                     "encode time, decoder unchanged; one curve per setting")
     lof.add_argument("--lof-iterations", default=None, metavar="K,K,..",
@@ -55,16 +58,27 @@ def _numbers(text: str, kind: type, flag: str) -> list:
         raise EvaluationError(f"{flag} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
 
 
-def _evaluations(args: argparse.Namespace, checkpoint: Path) -> list[tuple[Optional[str], Any]]:
-    """(LOF setting label or None, EvalResult) for one checkpoint."""
-    from trainables.evaluation import evaluate_checkpoint
-    from trainables.lof import evaluate_checkpoint_lof, lof_settings
+def _settings(args: argparse.Namespace) -> Optional[list]:
+    """The LOF settings asked for (None: plain encoding only)."""
+    from trainables.lof import lof_settings
 
     if args.lof_iterations is None:
-        return [(None, evaluate_checkpoint(checkpoint, args.data, device=args.device, max_images=args.max_images))]
-    settings = lof_settings(_numbers(args.lof_iterations, int, "--lof-iterations"),
-                            _numbers(args.lof_lr, float, "--lof-lr"), args.lof_latents, args.lof_proxy)
-    results = evaluate_checkpoint_lof(checkpoint, args.data, settings, device=args.device, max_images=args.max_images)
+        return None
+    return lof_settings(_numbers(args.lof_iterations, int, "--lof-iterations"),
+                        _numbers(args.lof_lr, float, "--lof-lr"), args.lof_latents, args.lof_proxy)
+
+
+def _evaluations(args: argparse.Namespace, checkpoint: Path, settings: Optional[list],
+                 on_image) -> list[tuple[Optional[str], Any]]:
+    """(LOF setting label or None, EvalResult) for one checkpoint."""
+    from trainables.evaluation import evaluate_checkpoint
+    from trainables.lof import evaluate_checkpoint_lof
+
+    if settings is None:
+        return [(None, evaluate_checkpoint(checkpoint, args.data, device=args.device, max_images=args.max_images,
+                                           on_image=on_image))]
+    results = evaluate_checkpoint_lof(checkpoint, args.data, settings, device=args.device, max_images=args.max_images,
+                                      on_image=on_image)
     return [(s.label, r) for s, r in zip(settings, results)]
 
 
@@ -87,6 +101,25 @@ def _print_table(result) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
 
 
+def _print_result(checkpoint: Path, label: Optional[str], result, data: Path) -> None:
+    """One checkpoint (under one LOF setting): its table and the two checks."""
+    from trainables.evaluation import DECODE_TOLERANCE
+
+    lmbda = "" if result.lmbda is None else f", λ = {result.lmbda:g}"
+    lmbda += "" if label is None else f", latent overfitting {label}"
+    sizes = ", ".join(f"{n} x {size}" for size, n in result.image_set()["sizes"].items())
+    print(f"\ncheckpoint {checkpoint}{lmbda}: {len(result.images)} images ({sizes}) from {data}")
+    _print_table(result)
+    verdict = "ok" if result.decoded_matches else "FAILED"
+    print(f"check: decoded image == forward reconstruction (max |diff| {result.max_decode_error:.1e}, "
+          f"tolerance {DECODE_TOLERANCE:g}): {verdict}")
+    print(f"check: bitstream bpp is {100 * result.rate_overhead:+.2f}% against the likelihood estimate")
+    if result.rate_overhead > RATE_NOTE:
+        print(f"note: {checkpoint}: the bitstream is {100 * result.rate_overhead:.1f}% above the likelihood "
+              "estimate (small images or untrained entropy models make the fixed cost of the strings large)",
+              file=sys.stderr)
+
+
 def _write_curve(out: Path, label: Optional[str], results: list, name: str, data: Path) -> None:
     """One curve in CompressAI's results format; LOF setting S goes to OUT-S.json."""
     from search.analysis.curves import evaluation_curve
@@ -105,19 +138,20 @@ def _write_curve(out: Path, label: Optional[str], results: list, name: str, data
 def _sweep(args: argparse.Namespace) -> int:
     """``--search NAME``: every LOF setting on the best trial of every rate point (search/analysis/lof_sweep.py)."""
     from search.analysis.lof_sweep import rd_loss, setting_results, sweep_search
+    from search.monitor.meter import Meter
     from search.space.strata import stratum_label
     from search.tracking.queries import select_search
     from trainables.evaluation import EvaluationError
-    from trainables.lof import lof_settings
 
     if args.checkpoints or args.lof_iterations is None:
         raise EvaluationError("--search NAME sweeps LOF settings over the search's best trials: give "
                               "--lof-iterations (e.g. 0,50) and no CHECKPOINT")
-    settings = lof_settings(_numbers(args.lof_iterations, int, "--lof-iterations"),
-                            _numbers(args.lof_lr, float, "--lof-lr"), args.lof_latents, args.lof_proxy)
+    settings = _settings(args)
     selection = select_search(args.search, args.tracking_uri, args.run_id)
     print(selection.describe())
-    swept = sweep_search(selection, args.data, settings, device=args.device, max_images=args.max_images)
+    with Meter("eval --search", "image") as meter:
+        swept = sweep_search(selection, args.data, settings, device=args.device, max_images=args.max_images,
+                             progress=meter)
     for index, setting in enumerate(settings):
         for trial in swept:
             r, loss = trial.results[index], rd_loss(trial.results[index], trial.distortion)
@@ -134,33 +168,32 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainables.evaluation import DECODE_TOLERANCE, EvaluationError
+    from search.analysis.eval_progress import ImageProgress, image_count
+    from search.monitor import meter as meters
+    from search.monitor.meter import Meter
+    from trainables.evaluation import EvaluationError
 
+    meters.configure(args.quiet)
     if args.max_images is not None and args.max_images < 1:
         raise EvaluationError(f"--max-images must be >= 1, got {args.max_images}")
     if args.search is not None:
         return _sweep(args)
     if not args.checkpoints:
         raise EvaluationError("lic-search eval needs a CHECKPOINT (or --search NAME for an LOF sweep)")
-    labelled = []
-    failed = []
-    for checkpoint, (label, result) in ((c, e) for c in args.checkpoints for e in _evaluations(args, c)):
-        labelled.append((label, result))
-        lmbda = "" if result.lmbda is None else f", λ = {result.lmbda:g}"
-        lmbda += "" if label is None else f", latent overfitting {label}"
-        sizes = ", ".join(f"{n} x {size}" for size, n in result.image_set()["sizes"].items())
-        print(f"\ncheckpoint {checkpoint}{lmbda}: {len(result.images)} images ({sizes}) from {args.data}")
-        _print_table(result)
-        verdict = "ok" if result.decoded_matches else "FAILED"
-        print(f"check: decoded image == forward reconstruction (max |diff| {result.max_decode_error:.1e}, "
-              f"tolerance {DECODE_TOLERANCE:g}): {verdict}")
-        print(f"check: bitstream bpp is {100 * result.rate_overhead:+.2f}% against the likelihood estimate")
-        if result.rate_overhead > RATE_NOTE:
-            print(f"note: {checkpoint}: the bitstream is {100 * result.rate_overhead:.1f}% above the likelihood "
-                  "estimate (small images or untrained entropy models make the fixed cost of the strings large)",
-                  file=sys.stderr)
-        if not result.decoded_matches:
-            failed.append(checkpoint)
+    settings = _settings(args)
+    labelled, failed = [], []
+    total = len(args.checkpoints) * len(settings or [None]) * image_count(args.data, args.max_images)
+    with Meter("eval", "image", total) as meter:
+        meter.written = "nothing (the --json curves are written at the end)" if args.json else "nothing"
+        progress = ImageProgress(meter)
+        for checkpoint in args.checkpoints:
+            progress.at("/".join(checkpoint.parts[-2:]))
+            for label, result in _evaluations(args, checkpoint, settings, progress):
+                labelled.append((label, result))
+                with meter.paused():
+                    _print_result(checkpoint, label, result, args.data)
+                if not result.decoded_matches:
+                    failed.append(checkpoint)
     for label in dict.fromkeys(label for label, _ in labelled) if args.json is not None else ():
         results = [r for lab, r in labelled if lab == label]  # one curve per LOF setting
         _write_curve(args.json, label, results, args.name or args.checkpoints[0].resolve().name, args.data)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from search.analysis.bdrate import METHODS
+from search.commands._shared import add_quiet_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,19 +34,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="report the search whose MLflow parent run is PARENT (default: the latest search)")
     which.add_argument("--all", action="store_true", dest="all_searches",
                        help="report every search recorded under this name together")
+    add_quiet_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from search.analysis.report import ARTIFACT_PATH, generate_report
+    from search.monitor import meter as meters
+    from search.monitor.meter import Meter
     from search.space.strata import stratum_label
     from search.tracking.queries import select_search
 
+    meters.configure(args.quiet)
     selection = select_search(args.experiment, args.tracking_uri, run_id=args.run_id, all_searches=args.all_searches)
     print(selection.describe())
-    report = generate_report(args.experiment, tracking_uri=args.tracking_uri, out=args.out,
-                             anchor_files=args.anchor, include_stopped=args.include_stopped, method=args.method,
-                             attach=not args.no_attach, selection=selection)
+    with Meter("report: reading runs", "run") as meter:
+        report = generate_report(args.experiment, tracking_uri=args.tracking_uri, out=args.out,
+                                 anchor_files=args.anchor, include_stopped=args.include_stopped, method=args.method,
+                                 attach=not args.no_attach, selection=selection, progress=meter)
     families = report.data["families"]
     ranked = [f for f in families if f["rank"] is not None]
     print(f"report: {report.markdown}")

@@ -20,5 +20,7 @@ def _resume(args) -> int:
 
     outcome = tuner.resume_search(args.experiment_dir, address=args.address,
                                   tracking_offline=args.tracking_offline, flush_seconds=args.tracking_flush_seconds)
+    if outcome.results is None:  # a finished search: nothing was trained (resume_search said so)
+        return 0
     ending.print_ending(outcome.results, outcome.folder)
     return 130 if outcome.interrupted else 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 import time
 
+from search.commands._shared import add_quiet_option
+
 DEFAULT_STORAGE = "lic_search_results"
 
 
@@ -20,6 +22,7 @@ def register(subparsers) -> None:
                         help="where to look for a search given by name (default: ./%(default)s)")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="stop after S seconds; what is left stays in the journal (default: ship everything)")
+    add_quiet_option(parser)
     parser.set_defaults(func=_sync)
 
 
@@ -31,13 +34,21 @@ def resolve(experiment: str, storage_path: str):
     return experiment_folder(experiment, storage_path) or ExperimentStore.under(storage_path, experiment)
 
 
+def _say(meter, message: str) -> None:
+    with meter.paused():
+        print(message)
+
+
 def _sync(args) -> int:
     from search.errors import TrackingError
     from search.experiment import ray_session
     from search.experiment.state import SearchState
     from search.tracking import journal as J
+    from search.monitor import meter as meters
+    from search.monitor.meter import Meter
     from search.tracking import session as tracking_session
 
+    meters.configure(args.quiet)
     store = resolve(args.experiment, args.storage_path)
     state = SearchState.load(store)
     running = ray_session.load(store)
@@ -51,7 +62,10 @@ def _sync(args) -> int:
     tracking_session.reachable(state.tracking_uri, offline=False)
     deadline = time.time() + args.timeout if args.timeout else None
     try:
-        tracking_session.sync(store, state, deadline)
+        with Meter("sync: shipping journal records", "record") as meter:
+            meter.written = "{n} record(s) shipped to MLflow; the rest stays in the journal: run lic-search sync again"
+            tracking_session.sync(store, state, deadline, notify=lambda message: _say(meter, message),
+                                  progress=meter)
     except Exception as error:  # noqa: BLE001 - MLflow's and the network's errors: the journal keeps them
         journal = J.Journal(store)
         raise TrackingError(f"{journal.location}: shipping to {state.tracking_uri} stopped at record "

@@ -12,6 +12,7 @@ the end.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -23,12 +24,12 @@ from ray import tune
 from search.experiment import drivers
 from search.experiment.store import ExperimentStore
 from search.monitor import progress, summary
+from search.monitor.meter import PLAIN_PERIOD_S, interactive
 from search.space import SearchSpec
 from search.tracking import run_names
 from search.tracking.trial_logger import error_summary
 from trainables import metrics as M
 
-PLAIN_PERIOD_S = 30.0  # not a terminal: one status line this often
 REDRAW_PERIOD_S = 1.0  # a terminal: redraw at most this often
 _settings = {"verbose": False}
 
@@ -44,7 +45,6 @@ def configure(verbose: bool) -> None:
     _settings["verbose"] = bool(verbose)
     if verbose:
         return
-    import logging
     import warnings
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -56,6 +56,44 @@ def configure(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 
+#: What a Ray log line means for the user, by a piece of its first line (quiet console, :class:`OneLineRayLog`).
+RAY_MEANINGS = (
+    ("Saving experiment state to storage", "the search's saved state may lag until the next save; the final one "
+                                           "is checked"),
+    ("Experiment state snapshotting failed", "the search's saved state may lag; the final one is checked"),
+    ("Last sync command failed", "an upload of the search's state failed; the next save uploads it again"),
+    ("Trials did not complete", "trials left unfinished: `lic-search resume` continues them"),
+)
+
+
+class OneLineRayLog(logging.Formatter):
+    """The quiet console's form of a Ray log record: one line, what it means, no traceback
+    (``--verbose`` keeps Ray's own text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage().strip()
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        first = lines[0] if lines else ""
+        error = ""
+        if record.exc_info and record.exc_info[1] is not None:
+            error = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        elif "Traceback (most recent call last)" in message:
+            error = lines[-1]
+        meaning = next((text for key, text in RAY_MEANINGS if key in first), "")
+        first = first.rstrip(" :")
+        error = f" ({error.splitlines()[0]})" if error else ""
+        return f"lic-search: Ray {record.levelname.lower()}: {first}{error}" + (f" — {meaning}" if meaning else "")
+
+
+def shorten_ray_logs() -> None:
+    """Quiet console: every handler of Ray's logger writes :class:`OneLineRayLog` lines (after
+    ``ray.init``, which sets its own formatter)."""
+    if _settings["verbose"]:
+        return
+    for handler in logging.getLogger("ray").handlers:
+        handler.setFormatter(OneLineRayLog())
+
+
 def ray_verbosity() -> int:
     """Ray Tune's ``RunConfig.verbose``: its own boxes only with ``--verbose``."""
     return 1 if _settings["verbose"] else 0
@@ -65,11 +103,6 @@ def callbacks(spec: SearchSpec, store: ExperimentStore, configs: Optional[list[d
     """The callbacks the Tuner gets from this module: the live view, or (``--verbose``) only the driver record.
     ``configs``: the explicit trials of a ladder's fine-tune phase (default: the space's)."""
     return [LiveConsole(spec, store, show=not _settings["verbose"], configs=configs)]
-
-
-def interactive(stream: TextIO) -> bool:
-    """Redraw in place only on a real terminal outside CI."""
-    return stream.isatty() and not os.environ.get("CI") and os.environ.get("TERM") != "dumb"
 
 
 class LiveConsole(tune.Callback):
@@ -242,4 +275,5 @@ class LiveConsole(tune.Callback):
             self._draw(trials, force=True)
 
 
-__all__ = ["configure", "ray_verbosity", "callbacks", "LiveConsole", "interactive"]
+__all__ = ["configure", "shorten_ray_logs", "OneLineRayLog", "ray_verbosity", "callbacks", "LiveConsole",
+           "interactive"]

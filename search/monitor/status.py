@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from search.errors import LicSearchError
-from search.experiment import skipped
+from search.experiment import ray_state, skipped
 from search.experiment.drivers import Driver, read_driver
 from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderPlan
 from search.experiment.state import STATE_FILE, SearchState
@@ -86,22 +86,6 @@ def resolve(target: str, tracking_uri: Optional[str] = None, storage_path: str =
     return ExperimentStore(folder)
 
 
-def _ray_trials(folder: Path) -> list[dict]:
-    """Ray's latest saved trial records: status, trial_id, config, relative_logdir.
-
-    The latest is the newest by the timestamp in its name, as Ray itself picks it on restore
-    (``_find_newest_experiment_checkpoint``): Ray syncs a restored folder back now and then, so a
-    dead driver's older state file can carry a newer mtime than the resumed search's."""
-    states = sorted(folder.glob("experiment_state-*.json"), key=lambda p: p.name)
-    if not states:
-        return []
-    try:
-        data = json.loads(states[-1].read_text())
-    except (OSError, ValueError):  # caught mid-write: the previous one is as good
-        data = json.loads(states[-2].read_text()) if len(states) > 1 else {"trial_data": []}
-    return [json.loads(entry[0]) for entry in data.get("trial_data", [])]
-
-
 def _last_result(trial_folder: Path) -> dict:
     """The trial's latest scores, at its latest iteration (a notice after them moves only the iteration)."""
     path = trial_folder / "result.json"
@@ -130,7 +114,8 @@ def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver],
     spec = load_space(folder / state.space_file, check_data=False)
     trials = []
     phases = [folder, folder / FINE_TUNE_FOLDER]  # a ladder's fine-tune phase is its own Ray experiment
-    for phase, record in [(phase, record) for phase in phases for record in _ray_trials(phase)]:
+    for phase, record in [(phase, record) for phase in phases
+                          for record in ray_state.trial_records(ExperimentStore(phase))]:
         config = record.get("config") or {}
         result = _last_result(phase / record.get("relative_logdir", ""))
         budget = progress.budget_of(config)
@@ -159,7 +144,8 @@ def report(store: ExperimentStore) -> tuple[list[str], dict[str, Any]]:
     """What ``lic-search status`` prints, as lines and as JSON."""
     view, driver, state = load(store)
     alive = driver.alive() if driver is not None else False
-    finished = driver is not None and driver.outcome == "FINISHED"
+    ended = ray_state.finished(store, view.expected or 0)  # every trial terminated in Ray's saved state
+    finished = ended is not None or (driver is not None and driver.outcome == "FINISHED")
     resume = None if (alive is not False or finished) else f"lic-search resume {store.location}"
     lines = [f"search {view.name!r} at {view.folder}",
              describe_driver(driver) if driver else "driver: not recorded (a search started before lic-search status)"]
@@ -173,7 +159,10 @@ def report(store: ExperimentStore) -> tuple[list[str], dict[str, Any]]:
         lines.append(named)
     if resume:
         lines.append(f"The driver is gone; continue with: {resume}")
+    if ended is not None and alive is False:
+        lines.append(f"The search finished: all {ended} trials ended; resuming it trains nothing.")
     data = {**view.to_json(), "driver": asdict(driver) if driver else None, "driver_alive": alive,
+            "finished": ended is not None and alive is False,
             "resume_command": resume, "tracking_uri": state.tracking_uri, "parent_run_id": state.parent_run_id,
             "tracking": tracking, "skipped_files": skipped.skipped_files(store)}
     return lines, data

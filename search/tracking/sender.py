@@ -72,8 +72,10 @@ class Sender:
         return self.journal.run_ids.get(J.PARENT)
 
     # ------------------------------------------------------------ shipping
-    def ship_pending(self, deadline: Optional[float] = None) -> int:
-        """Ship every pending record (until ``deadline``); raises what MLflow raised. Returns how many."""
+    def ship_pending(self, deadline: Optional[float] = None,
+                     on_shipped: Optional[Callable[[int], None]] = None) -> int:
+        """Ship every pending record (until ``deadline``); raises what MLflow raised. Returns how many.
+        ``on_shipped`` hears how many records each call to MLflow shipped (a command's progress)."""
         shipped = 0
         while deadline is None or time.time() < deadline:
             records = self.journal.records(self.journal.shipped)
@@ -93,6 +95,8 @@ class Sender:
                 group = group[:1]
             self.journal.mark_shipped(group[-1]["seq"] + 1)
             shipped += len(group)
+            if on_shipped is not None:
+                on_shipped(len(group))
         return shipped
 
     def _group(self, records: list[dict]) -> list[dict]:

@@ -8,7 +8,7 @@ in the journal for ``lic-search sync`` (which resume runs first).
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from search.errors import TrackingError
 from search.experiment.store import ExperimentStore
@@ -87,14 +87,18 @@ def record(store: ExperimentStore, state, op: str, trial: Optional[str], seconds
 
 
 def sync(store: ExperimentStore, state, deadline: Optional[float] = None,
-         notify: Callable[[str], None] = print) -> int:
-    """Ship what the journal holds beyond its shipped offset; raises what MLflow raises. Returns how many."""
+         notify: Callable[[str], None] = print, progress: Any = None) -> int:
+    """Ship what the journal holds beyond its shipped offset; raises what MLflow raises. Returns how many.
+
+    ``progress`` (a ``search.monitor.meter.Meter``) counts the records shipped of those pending."""
     journal = J.Journal(store)
     pending = journal.pending
     if pending == 0:
         return 0
     sender = Sender(journal, state.tracking_uri, state.name, state.parent_run_id or None, notify=notify)
-    shipped = sender.ship_pending(deadline)
+    if progress is not None:
+        progress.start(pending)
+    shipped = sender.ship_pending(deadline, on_shipped=None if progress is None else progress.update)
     remember_parent(store, state, journal)
     notify(f"lic-search: shipped {shipped} tracking records from {journal.location} to {state.tracking_uri}"
            + (f"; {journal.pending} still pending" if journal.pending else ""))

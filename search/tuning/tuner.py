@@ -16,7 +16,7 @@ from typing import Optional
 import yaml
 
 from search.errors import LicSearchError
-from search.experiment import ray_session
+from search.experiment import ray_session, ray_state
 from search.experiment.ladder_plan import LadderPlan
 from search.experiment.state import SPACE_COPY, STATE_FILE, SearchState
 from search.experiment.store import ExperimentStore, is_uri
@@ -27,7 +27,7 @@ from search.tracking import client as tracking
 from search.tracking import names as T
 from search.tracking import run_names
 from search.tracking import session as tracking_session
-from search.tuning import ladder
+from search.tuning import ladder, state_save
 from search.tuning.interrupt import GracefulStop
 from search.tuning.resource_check import check_cluster
 from search.tuning.schedulers import build_scheduler
@@ -44,7 +44,7 @@ _owned_ray = {"started": False}  # this process started the local Ray instance (
 class SearchOutcome:
     """How a ``run``/``resume`` ended: Ray's results, the experiment folder, and whether Ctrl-C stopped it."""
 
-    results: object  # ray.tune.ResultGrid
+    results: object  # ray.tune.ResultGrid; None when resume found the search finished (nothing trained)
     folder: str
     interrupted: bool = False  # the commands exit 130 and print the resume command
 
@@ -144,6 +144,8 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
     if tracking_session.reachable(state.tracking_uri, offline, notify=lambda message: None):
         tracking_session.sync(store, state)  # what an earlier driver could not ship goes first
     _init_ray(address)
+    console.shorten_ray_logs()
+    state_save.install()  # each experiment-state save waits for the previous upload; the last is checked
     if _owned_ray["started"]:
         session = ray_session.current_local_session()
         if session is not None:
@@ -270,7 +272,9 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
 
 def resume_search(experiment_dir: str | Path, address: Optional[str] = None, tracking_offline: bool = False,
                   flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
-    """Continue an interrupted search: finished trials stay, unfinished ones go on from checkpoints."""
+    """Continue an interrupted search: finished trials stay, unfinished ones go on from checkpoints.
+
+    A search whose saved state has every trial terminated is left alone (``results`` None): nothing to train."""
     store = ExperimentStore(experiment_dir)
     state = SearchState.load(store)
     from ray import tune
@@ -282,10 +286,18 @@ def resume_search(experiment_dir: str | Path, address: Optional[str] = None, tra
         local_copy.write_text(store.read_text(state.space_file))
         # The training folders are not walked again: the search's index lists the files.
         spec = load_space(local_copy, check_data=False)
+    # An unreachable server is an error before Ray starts, unless --tracking-offline.
+    online = tracking_session.reachable(state.tracking_uri, tracking_offline)
+    # (a ladder's two phases are two Ray experiments: its resume goes through Ray, which knows both)
+    done = ray_state.finished(store, spec.trial_count()) if spec.file.ladder is None else None
+    if done is not None:
+        if online:
+            tracking_session.sync(store, state)  # what the last driver could not ship
+        print(f"search {state.name!r} finished: all {done} trials ended (lic-search status {store}); resume has "
+              f"nothing to train. Results: lic-search best {state.name}")
+        return SearchOutcome(None, store.location)
     if address is None:
         ray_session.end_leftovers_near(store)
-    # An unreachable server is an error before Ray starts, unless --tracking-offline.
-    tracking_session.reachable(state.tracking_uri, tracking_offline)
     try:
         _start_cluster(spec, address, f"{store}/{state.space_file}")
         return _run(spec, store, state, restore=True, address=address, offline=tracking_offline,
