@@ -6,10 +6,27 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from search import commands
 from search.errors import LicSearchError
+
+
+#: Third-party notices a user can do nothing about, matched exactly (category, start of the message):
+#: new warnings still show, and ``--verbose`` (any command) shows these too.
+KNOWN_WARNINGS = (
+    # CompressAI scripts its entropy models with torch.jit at import; torch >= 2.10 deprecates it.
+    (FutureWarning, r"`torch\.jit\.script` is deprecated"),
+)
+
+
+def quiet_known_warnings(argv: Sequence[str]) -> None:
+    """Ignore :data:`KNOWN_WARNINGS` unless ``--verbose`` is given (before any command imports torch)."""
+    if "--verbose" in argv:
+        return
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lic-search",
         description="Hyperparameter and schedule search for learned image compression on Ray Tune + MLflow.",
     )
+    parser.add_argument("--verbose", action="store_true", dest="show_warnings",
+                        help="show third-party deprecation notices too (run/resume: also Ray Tune's own output)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -27,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    quiet_known_warnings(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
