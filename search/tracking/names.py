@@ -18,6 +18,7 @@ TAG_STATUS_DETAIL = "lic_search.status_detail"  # e.g. "stopped by ASHA at itera
 TAG_NODE = "lic_search.node_id"  # Ray node of the trial's latest result
 TAG_FAMILY = "lic_search.family"  # hash of the config without the R-D λ (rate family)
 TAG_FAMILY_NAME = "lic_search.family_name"  # readable: the family's shared distinguishing params
+TAG_RATE_POINT = "lic_search.rate_point"  # trial run: its rate point (``λ=0.013, distortion=mse``), to group by
 TAG_BEST_PREFIX = "lic_search.best."  # parent run: per rate point, the best trial (name, run id, score)
 METRIC_BEST_PREFIX = "best/"  # parent run: per rate point, the best trial's final metrics
 ARTIFACT_BEST_TABLE = "best_per_rate_point.md"  # parent run: the end-of-search summary table

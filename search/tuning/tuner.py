@@ -149,7 +149,7 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
         if session is not None:
             ray_session.record(store, session)
     recorder = tracking_session.TrackingSession(store, state, name_keys=run_names.column_keys(spec.configs()),
-                                                flush_seconds=flush_seconds)
+                                                stratify_by=spec.stratify_by(), flush_seconds=flush_seconds)
     stop = GracefulStop()
     status = "FAILED"
     recorder.start()
