@@ -34,14 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lic-search",
         description="Hyperparameter and schedule search for learned image compression on Ray Tune + MLflow.",
     )
-    parser.add_argument("--verbose", action="store_true", dest="show_warnings",
-                        help="show third-party deprecation notices too (run/resume: also Ray Tune's own output)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(subparsers)
+    for command in {id(p): p for p in subparsers.choices.values()}.values():
+        try:
+            command.add_argument("--verbose", action="store_true", dest="show_warnings",
+                                 help="also show third-party deprecation notices")
+        except argparse.ArgumentError:
+            pass  # run/resume: their own --verbose, which shows them too
     return parser
 
 

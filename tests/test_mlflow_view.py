@@ -106,8 +106,7 @@ def test_validate_prints_no_warning_line_and_verbose_shows_them():
     quiet = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0, quiet.stderr
     assert "Warning" not in quiet.stdout + quiet.stderr and "OK: spaces/quickstart.yaml is valid" in quiet.stdout
-    loud = subprocess.run(command[:3] + ["--verbose"] + command[3:], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    loud = subprocess.run(command + ["--verbose"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert loud.returncode == 0 and "FutureWarning: `torch.jit.script` is deprecated" in loud.stderr
 
 
