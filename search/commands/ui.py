@@ -16,7 +16,7 @@ from search.tracking import client as tracking
 from search.tracking import view
 from search.tracking.queries import SearchSelection, ensure_view, latest_search, select_search
 
-STARTUP_SECONDS = 180.0  # mlflow ui takes seconds on an idle machine, minutes on a loaded one
+STARTUP_SECONDS = 300.0  # mlflow ui takes seconds on an idle machine, minutes on a loaded one
 
 
 def register(subparsers) -> None:

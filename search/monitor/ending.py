@@ -17,7 +17,7 @@ from search.tracking import client as tracking_client
 from search.tracking import journal as J
 from search.tracking import run_names, view
 from search.tracking import session as tracking_session
-from search.tracking.queries import select_search
+from search.tracking.queries import ensure_view, select_search
 from trainables.config import flatten
 
 
@@ -64,13 +64,16 @@ def _param_keys(entries, key: str) -> list[str]:
 
 def _runs_url(state) -> str | None:
     """The search's runs in the MLflow UI (None when MLflow cannot say where: a server down, nothing shipped)."""
+    from mlflow.exceptions import MlflowException
+
     try:
         if not tracking_session.reachable(state.tracking_uri, offline=True, notify=lambda message: None):
             return None
         selection = select_search(state.name, state.tracking_uri, state.parent_run_id or None)
-    except LicSearchError:
-        return None
-    if selection.parent_run_id is None:
+        if selection.parent_run_id is None:
+            return None
+        ensure_view(selection)  # a search without a summary (no trial scored) still gets its view
+    except (LicSearchError, OSError, MlflowException):  # the link is a convenience: never hide the outcome
         return None
     return view.runs_url(view.ui_base(state.tracking_uri), selection.experiment_id, selection.parent_run_id)
 

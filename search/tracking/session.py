@@ -101,7 +101,8 @@ class TrackingSession:
     """Journal + background sender + :class:`search.tracking.client.MlflowTrialLogger` for one driver."""
 
     def __init__(self, store: ExperimentStore, state, name_keys: Optional[list[str]] = None,
-                 stratify_by: Optional[list[str]] = None, flush_seconds: float = DEFAULT_FLUSH_SECONDS, notify: Callable[[str], None] = print):
+                 stratify_by: Optional[list[str]] = None, flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+                 notify: Callable[[str], None] = print):
         import os
 
 
