@@ -33,7 +33,8 @@ def test_view_tag_is_an_mlflow_saved_view_of_the_search_grouped_by_rate_point():
     assert state["groupBy"] == {"aggregateFunction": "min",
                                 "groupByKeys": [{"mode": "tag", "groupByData": T.TAG_RATE_POINT}]}
     assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`eval/rd_loss`", True)
-    assert state["selectedColumns"][0] == "metrics.`eval/rd_loss`" and "params.`schedule.lr`" in state["selectedColumns"]
+    assert state["selectedColumns"][0] == "metrics.`eval/rd_loss`"
+    assert "params.`schedule.lr`" in state["selectedColumns"]
     psnr = _state(view.view_tag("s", "p", 0, metric="eval/psnr", mode="max")[1])
     assert (psnr["orderByKey"], psnr["orderByAsc"], psnr["groupBy"]["aggregateFunction"]) == (
         "metrics.`eval/psnr`", False, "max")
