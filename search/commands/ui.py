@@ -9,12 +9,12 @@ import tempfile
 import time
 import webbrowser
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from search.errors import LicSearchError
-from search.tracking import client as tracking
-from search.tracking import view
-from search.tracking.queries import SearchSelection, ensure_view, latest_search, select_search
+
+if TYPE_CHECKING:
+    from search.tracking.queries import SearchSelection
 
 STARTUP_SECONDS = 300.0  # mlflow ui takes seconds on an idle machine, minutes on a loaded one
 
@@ -38,15 +38,20 @@ def mlflow_ui_command(tracking_uri: str, port: int) -> list[str]:
     return prefix + ["ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1", "--port", str(port)]
 
 
-def search_url(selection: Optional[SearchSelection], base: str) -> str:
+def search_url(selection: Optional["SearchSelection"], base: str) -> str:
     """The URL ``ui`` prints: the search's saved view (written if missing), else the UI's experiment list."""
+    from search.tracking import view
+    from search.tracking.queries import ensure_view
+
     if selection is None:
         return f"{base}/#/experiments?workflowType=machine_learning"
     ensure_view(selection)
     return view.runs_url(base, selection.experiment_id, selection.parent_run_id)
 
 
-def _selection(args, uri: str) -> Optional[SearchSelection]:
+def _selection(args, uri: str) -> Optional["SearchSelection"]:
+    from search.tracking.queries import latest_search, select_search
+
     if args.search is not None:
         return select_search(args.search, uri, args.run_id)
     if args.run_id is not None:
@@ -73,6 +78,9 @@ def _wait_until_up(process: subprocess.Popen, base: str, log: Path) -> None:
 
 
 def _ui(args) -> int:
+    from search.tracking import client as tracking
+    from search.tracking import view
+
     uri = args.tracking_uri or tracking.default_tracking_uri()
     remote = uri.startswith(("http://", "https://"))
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
