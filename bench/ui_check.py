@@ -169,7 +169,7 @@ def small_png(source: Path, out: Path, width: int = 900) -> None:
 def shots(executable: str, ui: Ui, name: str, workdir: Path, console: str, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     raw = Path(tempfile.mkdtemp(prefix="lic-search-shots-"))
-    chromium(executable, ui.url, f"--screenshot={raw / 'runs.png'}", width=2100, height=620)
+    chromium(executable, ui.url, f"--screenshot={raw / 'runs.png'}", width=1900, height=760)
     small_png(raw / "runs.png", folder / "mlflow-runs.png", width=1400)
     terminal_png(executable, console.replace(str(workdir) + "/", ""), raw / "console.png",
                  f"$ lic-search run {name}.yaml")
