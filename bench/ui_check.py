@@ -103,6 +103,8 @@ def chromium(executable: str, url: str, *args: str, width: int = 1600, height: i
                                *args, url],
                               capture_output=True, text=True, timeout=300)
         return done.stdout
+    except subprocess.TimeoutExpired:  # a stuck load counts as a failed attempt
+        return ""
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
