@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,9 +96,12 @@ def _ui(args) -> int:
             webbrowser.open(url)
         return 0
     command = mlflow_ui_command(uri, args.port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stopped by a signal: stop the UI too
     log = Path(tempfile.mkdtemp(prefix="lic-search-ui-")) / "mlflow-ui.log"  # its request log: not the console
     with open(log, "wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        # Its own process group: mlflow ui starts uvicorn workers and job consumers that outlive a plain
+        # terminate of the mlflow process; stopping the group ends them all.
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_until_up(process, base, log)
         print(f"MLflow UI on {base} (log: {log}; Ctrl-C stops it). The search's trials by rate point:\n{url}",
@@ -107,9 +112,18 @@ def _ui(args) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End the mlflow ui process group this command started (the server, its workers and job consumers)."""
+    for signal_number, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, signal_number)
+        except ProcessLookupError:
+            return  # the whole group is gone
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(0.5)  # let the group's other members exit before probing it again
