@@ -6,10 +6,27 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from search import commands
 from search.errors import LicSearchError
+
+
+#: Third-party notices a user can do nothing about, matched exactly (category, start of the message):
+#: new warnings still show, and ``--verbose`` (any command) shows these too.
+KNOWN_WARNINGS = (
+    # CompressAI scripts its entropy models with torch.jit at import; torch >= 2.10 deprecates it.
+    (FutureWarning, r"`torch\.jit\.script` is deprecated"),
+)
+
+
+def quiet_known_warnings(argv: Sequence[str]) -> None:
+    """Ignore :data:`KNOWN_WARNINGS` unless ``--verbose`` is given (before any command imports torch)."""
+    if "--verbose" in argv:
+        return
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,10 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(subparsers)
+    for command in {id(p): p for p in subparsers.choices.values()}.values():
+        try:
+            command.add_argument("--verbose", action="store_true", dest="show_warnings",
+                                 help="also show third-party deprecation notices")
+        except argparse.ArgumentError:
+            pass  # run/resume: their own --verbose, which shows them too
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    quiet_known_warnings(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -79,7 +79,7 @@ def test_mlflow_trial_runs_are_named_by_lambda_auxt_and_what_varies(quickstart):
     assert text.count("\n| λ=0.013, distortion=mse |") == 1
     experiment = client_for(quickstart["uri"]).get_experiment(parent.info.experiment_id)
     note = experiment.tags["mlflow.note.content"]  # the experiment's description in the UI
-    assert parent.info.run_id in note and "| λ=0.013, distortion=mse |" in note and "lic_search.family_name" in note
+    assert parent.info.run_id in note and "| λ=0.013, distortion=mse |" in note and T.TAG_RATE_POINT in note
 
 
 # ----------------------------------------------------------------------------- the console (part 1)
@@ -102,6 +102,9 @@ def test_quickstart_prints_a_few_plain_lines_and_ends_with_the_best_per_rate_poi
     assert tail[1].startswith("best at λ=0.013, distortion=mse: eval/rd_loss = ") and " — λ=0.013 · auxt=" in tail[1]
     assert tail[2].startswith("Resume with: lic-search resume ") and tail[3].startswith("Progress:    lic-search status ")
     assert tail[4].startswith("Browse with: lic-search best quickstart")
+    assert tail[4].endswith("lic-search ui quickstart --open")
+    assert tail[5].startswith("MLflow UI:   http://127.0.0.1:5000/#/experiments/1/runs?"
+                              "workflowType=machine_learning&viewStateShareKey=lic-search-")
 
 
 @pytest.mark.slow

@@ -166,6 +166,29 @@ def test_summary_prints_one_best_line_per_rate_point(two_lambda):
     assert all(f"{M.EVAL_RD_LOSS} = " in line and "at 4 iterations" in line for line in lines)
 
 
+def test_summary_links_the_search_view_grouped_by_rate_point(two_lambda):
+    """The end of a search prints the URL of its runs (Model-training mode, its saved view), and MLflow holds the
+    view (the journal's parent-run placeholder replaced) and every trial's rate point to group by."""
+    from search.tracking.client import client_for
+
+    uri = two_lambda["uri"]
+    first = client_parents(uri, "rate")[-1]
+    client = client_for(uri)
+    experiment = client.get_experiment_by_name("rate")
+    assert (f"MLflow UI:   http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?"
+            f"workflowType=machine_learning&viewStateShareKey=lic-search-{first}   (served by lic-search ui)"
+            in two_lambda["summary"].splitlines())
+    assert f"lic-search ui rate --tracking-uri {uri} --open" in two_lambda["summary"]
+    envelope = json.loads(experiment.tags[f"mlflow.sharedViewState.lic-search-{first}"])
+    state = json.loads(envelope["state"])
+    assert state["searchFilter"] == f"tags.`mlflow.parentRunId` = '{first}'"
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": T.TAG_RATE_POINT}]
+    assert "params.`model.auxt.enabled`" in state["selectedColumns"]
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{T.TAG_PARENT}` = '{first}'")
+    assert sorted(r.data.tags[T.TAG_RATE_POINT] for r in runs) == [
+        "λ=0.0035, distortion=mse"] * 2 + ["λ=0.0483, distortion=mse"] * 2
+
+
 def test_best_json_has_a_rank_1_trial_per_lambda_of_the_latest_search_only(two_lambda, capsys):
     from search.tracking.queries import select_search
 

@@ -22,9 +22,6 @@ def register(subparsers) -> None:
 
 
 def _status(args) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")  # import-time notice
     from search.monitor.status import report, resolve
 
     lines, data = report(resolve(args.search, args.tracking_uri, args.storage_path))

@@ -40,12 +40,11 @@ def configure(verbose: bool) -> None:
     Quiet (the default): Ray Tune's old, silent-at-verbose-0 reporter instead of its new output
     engine (whose experiment box prints even at verbosity 0), no trial processes' log lines on
     the driver (``ray.init(log_to_driver=False)``) and no Ray tracebacks of failed trials (errors
-    reach the user once, through :meth:`LiveConsole.on_trial_error`), and the driver's
-    import-time notices muted."""
+    reach the user once, through :meth:`LiveConsole.on_trial_error`). Known third-party warnings are
+    filtered at the CLI entry (:func:`search.cli.quiet_known_warnings`)."""
     _settings["verbose"] = bool(verbose)
     if verbose:
         return
-    import warnings
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -53,7 +52,6 @@ def configure(verbose: bool) -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # A failed trial's traceback: LiveConsole.on_trial_error says it once, in one line with the file to read.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 
 #: What a Ray log line means for the user, by a piece of its first line (quiet console, :class:`OneLineRayLog`).

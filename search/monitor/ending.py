@@ -4,6 +4,7 @@ how to resume and browse; the best-per-rate-point table goes to the parent run t
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -13,8 +14,12 @@ from search.experiment import skipped
 from search.experiment.state import SPACE_COPY, SearchState
 from search.experiment.store import ExperimentStore
 from search.monitor import summary
+from search.tracking import client as tracking_client
 from search.tracking import journal as J
+from search.tracking import run_names, view
 from search.tracking import session as tracking_session
+from search.tracking.queries import ensure_view, select_search
+from trainables.config import flatten
 
 
 def print_ending(results, folder: str | Path) -> None:
@@ -39,12 +44,42 @@ def print_ending(results, folder: str | Path) -> None:
     for line in summary.lines(best, ranking):
         print(line)
     if state is not None and best:
-        _record(store, state, best, ranking)
+        keys = run_names.column_keys(e.config for e in entries)
+        _record(store, state, best, ranking, view.view_tag(state.name, J.PARENT_RUN_PLACEHOLDER,
+                                                           int(time.time() * 1000), ranking.metric, ranking.mode,
+                                                           [flat for k in keys for flat in _param_keys(entries, k)]))
     name = state.name if state else "<name>"
-    uri = state.tracking_uri if state else "sqlite:///mlflow.db"
+    uri = state.tracking_uri if state else tracking_client.default_tracking_uri()
+    where = "" if uri == tracking_client.default_tracking_uri() else f" --tracking-uri {uri}"
     print(f"Resume with: lic-search resume {folder}\n"
           f"Progress:    lic-search status {folder}\n"
-          f"Browse with: lic-search best {name}   or   mlflow ui --backend-store-uri {uri}")
+          f"Browse with: lic-search best {name}{where}   or   lic-search ui {name}{where} --open")
+    url = _runs_url(state) if state is not None else None
+    if url:
+        print(f"MLflow UI:   {url}" + ("" if uri.startswith(("http://", "https://")) else
+                                        "   (served by lic-search ui)"))
+
+
+def _param_keys(entries, key: str) -> list[str]:
+    """The MLflow param names (flattened config keys) under a distinguishing key: itself, or a mapping's leaves."""
+    flat = [k for e in entries for k in flatten(e.config) if k == key or k.startswith(key + ".")]
+    return list(dict.fromkeys(flat))
+
+
+def _runs_url(state) -> str | None:
+    """The search's runs in the MLflow UI (None when MLflow cannot say where: a server down, nothing shipped)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if not tracking_session.reachable(state.tracking_uri, offline=True, notify=lambda message: None):
+            return None
+        selection = select_search(state.name, state.tracking_uri, state.parent_run_id or None)
+        if selection.parent_run_id is None:
+            return None
+        ensure_view(selection)  # a search without a summary (no trial scored) still gets its view
+    except (LicSearchError, OSError, MlflowException):  # the link is a convenience: never hide the outcome
+        return None
+    return view.runs_url(view.ui_base(state.tracking_uri), selection.experiment_id, selection.parent_run_id)
 
 
 def _search_state(folder):
@@ -60,10 +95,11 @@ def _search_state(folder):
         return None, None, summary.Ranking()
 
 
-def _record(store, state, best, ranking) -> None:
+def _record(store, state, best, ranking, view_tag: tuple[str, str]) -> None:
+    fields = summary.parent_summary(best, ranking, J.PARENT_RUN_PLACEHOLDER)
+    fields["experiment_tags"] = dict([view_tag])
     try:
-        pending = tracking_session.record_summary(store, state,
-                                                  summary.parent_summary(best, ranking, J.PARENT_RUN_PLACEHOLDER))
+        pending = tracking_session.record_summary(store, state, fields)
     except OSError as error:  # the journal cannot be written (disk full, folder gone): the search is done, say so
         print(f"note: could not journal the summary for MLflow parent run {state.parent_run_id}: {error}",
               file=sys.stderr)

@@ -140,13 +140,13 @@ def parent_summary(best: Sequence[Best], ranking: Ranking = Ranking(), parent_ru
 
 def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str) -> str:
     """The experiment's description in the MLflow UI (shown above the run list, Markdown): the latest
-    search's winners and the columns worth adding. MLflow keeps column choices in the browser, so
-    trial run names carry what tells trials apart instead."""
+    search's winners and where its trials are laid out by rate point (the saved view of
+    :mod:`search.tracking.view`, in the UI's "Views" menu)."""
     return (f"**Latest search** (parent run `{parent_run_id}`)\n\n{markdown(best, ranking)}\n"
             f"Trial runs are named by what tells them apart (λ, AuxT, then every key that varies). "
-            f"Useful columns: metrics `{ranking.metric}`, `{M.EVAL_BPP}`, `{M.EVAL_PSNR}`; tags "
-            f"`{T.TAG_STATUS}`, `{T.TAG_FAMILY_NAME}`. Rank only within a rate point "
-            f"({', '.join(ranking.stratify_by)}): `lic-search best <name>`.\n")
+            f"Rank only within a rate point ({', '.join(ranking.stratify_by)}): the view \"lic-search <name>: "
+            f"trials by rate point\" (Views menu; `lic-search ui <name>` prints its link) groups the trials by "
+            f"the tag `{T.TAG_RATE_POINT}` and sorts them by `{ranking.metric}`; or `lic-search best <name>`.\n")
 
 
 __all__ = ["Entry", "Best", "Ranking", "best_per_rate_point", "lines", "markdown", "parent_summary", "experiment_note"]

@@ -31,8 +31,9 @@ CREATE_RUN = "create_run"  # a trial's run: tags, params, text (trial_config.yam
 BATCH = "batch"  # metrics [[key, value, timestamp_ms, step], ...] and/or tags {key: value}; text at artifact
 STATUS = "status"  # run status RUNNING | FINISHED | FAILED | KILLED, at ``time`` (ms)
 ARTIFACTS = "artifacts"  # a local folder logged under ``artifact_path`` (the report); replays overwrite
-SUMMARY = "summary"  # the parent run's end-of-search summary: text at artifact, tags, metrics, note
-#: Stands for the parent run's id in a SUMMARY's ``note`` (a search started offline has none yet).
+SUMMARY = "summary"  # the parent run's end-of-search summary: text at artifact, tags, metrics, note, experiment_tags
+#: Stands for the parent run's id in a SUMMARY's ``note`` and ``experiment_tags`` (keys and values; a search
+#: started offline has none yet).
 PARENT_RUN_PLACEHOLDER = "<parent run id>"
 
 

@@ -23,6 +23,7 @@ TAG_FAMILY_NAME = "lic_search.family_name"  # readable: the family's shared dist
 TAG_VARIANT = "lic_search.variant"  # trial run: its variant label (`label:` in the space), when labelled
 TAG_ANCHOR = "lic_search.anchor"  # parent run: the label of the variant BD-rates are measured against
 TAG_VARIANTS = "lic_search.variants"  # parent run: JSON list of the space's variant labels, in file order
+TAG_RATE_POINT = "lic_search.rate_point"  # trial run: its rate point (``λ=0.013, distortion=mse``), to group by
 TAG_BEST_PREFIX = "lic_search.best."  # parent run: per rate point, the best trial (name, run id, score)
 METRIC_BEST_PREFIX = "best/"  # parent run: per rate point, the best trial's final metrics
 ARTIFACT_BEST_TABLE = "best_per_rate_point.md"  # parent run: the end-of-search summary table

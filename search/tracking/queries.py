@@ -19,11 +19,13 @@ from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
 from search.space.strata import (
     parse_param,
     rank_within_strata,
+    stratum_label,
     stratum_of,
     typed_params,
 )
 from search.tracking import client as tracking
 from search.tracking import names as T
+from search.tracking import view
 from search.tracking.filters import tags_filter
 from trainables import metrics as M
 
@@ -126,6 +128,43 @@ def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: O
         chosen = parents[:1]
     return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in chosen),
                            _stratify_by(chosen), len(parents), anchor=_anchor(chosen), variants=_variants(chosen))
+
+
+def latest_search(tracking_uri: Optional[str] = None) -> Optional[SearchSelection]:
+    """The search (parent run) started last in the store, of any name; None in a store without one."""
+    uri = tracking_uri or tracking.default_tracking_uri()
+    client = tracking.client_for(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    latest = client.search_runs(experiments, filter_string=tags_filter({T.TAG_ROLE: T.ROLE_SEARCH}),
+                                max_results=1, order_by=["attributes.start_time DESC"])
+    if not latest:
+        return None
+    return select_search(client.get_experiment(latest[0].info.experiment_id).name, uri, latest[0].info.run_id)
+
+
+def ensure_view(selection: SearchSelection) -> None:
+    """The selected search's saved MLflow UI view (:mod:`search.tracking.view`), written when the experiment has
+    none for it yet: a running search, or one recorded before views existed (the end-of-search summary writes
+    it with the search's own metric and mode; this one ranks by the default, eval/rd_loss)."""
+    parent = selection.parent_run_id
+    if parent is None:
+        return
+    client = tracking.client_for(selection.tracking_uri)
+    key, _ = view.view_tag(selection.experiment, parent, 0)
+    if key in client.get_experiment(selection.experiment_id).tags:
+        return
+    runs = trial_runs(selection.experiment, selection=selection)
+    for run in runs:  # trials recorded before runs carried their rate point: the view groups by it
+        if T.TAG_RATE_POINT not in run.data.tags:
+            stratum = stratum_of(typed_params(run.data.params), selection.stratify_by)
+            client.set_tag(run.info.run_id, T.TAG_RATE_POINT, stratum_label(stratum))
+    keys = sorted({k for run in runs for k in run.data.params})
+    varying = [k for k in keys if len({run.data.params.get(k) for run in runs}) > 1]
+    started = client.get_run(parent).info.start_time
+    client.set_experiment_tag(selection.experiment_id,
+                              *view.view_tag(selection.experiment, parent, started, param_keys=varying))
 
 
 def _started(run) -> str:

@@ -221,10 +221,14 @@ class Sender:
         if points or tags:
             self.client.log_batch(run_id, metrics=[Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in points],
                                   tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        experiment_tags = dict(record.get("experiment_tags") or {})  # e.g. the search's saved UI view
         if record.get("note"):
+            experiment_tags[EXPERIMENT_NOTE_TAG] = record["note"]
+        if experiment_tags:
             experiment_id = self.client.get_run(run_id).info.experiment_id
-            self.client.set_experiment_tag(experiment_id, EXPERIMENT_NOTE_TAG,
-                                           record["note"].replace(J.PARENT_RUN_PLACEHOLDER, run_id))
+            for key, value in experiment_tags.items():
+                self.client.set_experiment_tag(experiment_id, key.replace(J.PARENT_RUN_PLACEHOLDER, run_id),
+                                               value.replace(J.PARENT_RUN_PLACEHOLDER, run_id))
 
     def _not_logged(self, run_id: str, points: list[tuple]) -> list[tuple]:
         """Drop the points MLflow already has (same key, step and timestamp)."""

@@ -30,7 +30,8 @@ import yaml
 from ray import tune
 
 from search.experiment import skipped
-from search.space.strata import auxt_enabled, family_key
+from search.space.sections import DEFAULT_STRATIFY_BY
+from search.space.strata import auxt_enabled, family_key, stratum_label, stratum_of
 from search.space.variants import Variants
 from search.tracking import journal as J
 from search.tracking import names as T
@@ -106,13 +107,16 @@ class MlflowTrialLogger(tune.Callback):
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: Optional[str],
                  journal: Optional[J.Journal] = None, sender=None, recover_from_mlflow: Optional[bool] = None,
-                 name_keys: Optional[list[str]] = None, variants: Optional[Variants] = None):
+                 name_keys: Optional[list[str]] = None, variants: Optional[Variants] = None,
+                 stratify_by: Optional[list[str]] = None):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         # What tells this search's trials apart (search.tracking.run_names.column_keys of the space): run names.
         self.name_keys = list(name_keys or (run_names.LAMBDA_KEY, run_names.AUXT_KEY))
         self.variants = variants or Variants()  # the space's labelled variants: run names and the variant tag
+        # The search's rate-point keys: each run's rate point is a tag the MLflow UI groups by.
+        self.stratify_by = list(DEFAULT_STRATIFY_BY if stratify_by is None else stratify_by)
         self._client = None
         self.ladder_role: Optional[str] = None  # set by a ladder search per phase (tag lic_search.ladder)
         self.ladder_plan = None  # the fine-tune phase's LadderPlan: which anchor a warm start comes from
@@ -225,6 +229,7 @@ class MlflowTrialLogger(tune.Callback):
             T.TAG_AUXT: auxt_tag(config),
             T.TAG_STATUS: T.STATUS_RUNNING,
             T.TAG_FAMILY: family_key(config),
+            T.TAG_RATE_POINT: stratum_label(stratum_of(config, self.stratify_by)),
         }
         variant = self.variants.label_of(config)
         tags[T.TAG_FAMILY_NAME] = run_names.family_name(config, self.name_keys, variant)

@@ -152,7 +152,7 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
             ray_session.record(store, session)
     recorder = tracking_session.TrackingSession(store, state, variants=spec.variants,
                                                 name_keys=run_names.column_keys(spec.configs(), spec.variants),
-                                                flush_seconds=flush_seconds)
+                                                stratify_by=spec.stratify_by(), flush_seconds=flush_seconds)
     stop = GracefulStop()
     status = "FAILED"
     recorder.start()
