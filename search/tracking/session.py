@@ -101,7 +101,8 @@ class TrackingSession:
     """Journal + background sender + :class:`search.tracking.client.MlflowTrialLogger` for one driver."""
 
     def __init__(self, store: ExperimentStore, state, name_keys: Optional[list[str]] = None,
-                 flush_seconds: float = DEFAULT_FLUSH_SECONDS, notify: Callable[[str], None] = print):
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS, notify: Callable[[str], None] = print,
+                 run_params: Optional[dict[str, str]] = None):
         import os
 
 
@@ -117,7 +118,8 @@ class TrackingSession:
         self.sender = Sender(self.journal, state.tracking_uri, state.name, state.parent_run_id or None, notify=notify)
         self.logger = MlflowTrialLogger(state.tracking_uri, state.name, state.parent_run_id or None,
                                         journal=self.journal, sender=self.sender,
-                                        recover_from_mlflow=not recorded_before, name_keys=name_keys)
+                                        recover_from_mlflow=not recorded_before, name_keys=name_keys,
+                                        run_params=run_params)
 
     def start(self) -> None:
         self.journal.append(J.STATUS, None, status="RUNNING", time=int(time.time() * 1000))
