@@ -20,6 +20,7 @@ from trainables import metrics as M
 from trainables.config import TrialConfig
 from trainables.data.images import make_train_loader
 from trainables.shard import Shard
+from trainables.training.checkpoint import load_checkpoint, save_checkpoint
 from trainables.training.engine import Trainer
 
 STEPS = 4
@@ -31,20 +32,30 @@ def _config(**overrides) -> dict:
                          "schedule.clip_grad_norm": 1.0, **overrides})
 
 
-def _train(config: dict, shard: Shard = Shard()) -> tuple[list[dict], dict]:
+def _train(config: dict, shard: Shard = Shard(), checkpoint: str = "", stop_at: int = 0) -> tuple[list[dict], dict]:
+    """Train from scratch, or from ``checkpoint``; with ``stop_at``, rank 0 saves into ``checkpoint`` there."""
     torch.set_num_threads(1)
     trainer = Trainer(TrialConfig.model_validate(config), device=torch.device("cpu"), shard=shard)
-    results = list(trainer.train())
+    if checkpoint and not stop_at:
+        trainer.load_state_dict(load_checkpoint(Path(checkpoint)))
+    results = []
+    for result in trainer.train():
+        results.append(result)
+        if result[M.ITERATIONS] == stop_at:
+            if shard.rank == 0:
+                save_checkpoint(trainer.state_dict(), Path(checkpoint))
+            break
     return results, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def _rank(rank: int, world: int, port: int, config: dict, out: str) -> None:
+def _rank(rank: int, world: int, port: int, config: dict, out: str, checkpoint: str, stop_at: int) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        results, state = _train(config, Shard(rank, world))
+        torch.manual_seed(1000 + rank)  # a fresh process's own RNG: training must not depend on it
+        results, state = _train(config, Shard(rank, world), checkpoint, stop_at)
         torch.save({"results": results, "state": state}, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -56,9 +67,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _train_on_two_ranks(config: dict, tmp_path: Path) -> list[dict]:
-    mp.start_processes(_rank, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, start_method="spawn")
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+def _train_on_two_ranks(config: dict, out: Path, checkpoint: str = "", stop_at: int = 0) -> list[dict]:
+    out.mkdir(exist_ok=True)
+    mp.start_processes(_rank, args=(2, _free_port(), config, str(out), checkpoint, stop_at), nprocs=2,
+                       start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 def test_each_rank_loads_its_rows_of_the_global_batch():
@@ -102,3 +115,20 @@ def test_two_workers_train_the_model_of_one_worker(tmp_path: Path):
         for one, two in zip(single, rank["results"]):
             for name in COMPARED:
                 assert two[name] == pytest.approx(one[name], rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.slow
+def test_two_workers_resume_exactly_from_rank_0s_checkpoint(tmp_path: Path):
+    """A 2-worker trial stopped at iteration 2 and restored (fresh processes) ends as the uninterrupted one."""
+    config = _config()
+    whole = _train_on_two_ranks(config, tmp_path / "whole")
+    (tmp_path / "ckpt").mkdir()
+    first = _train_on_two_ranks(config, tmp_path / "first", str(tmp_path / "ckpt"), stop_at=2)
+    resumed = _train_on_two_ranks(config, tmp_path / "resumed", str(tmp_path / "ckpt"))
+    assert [r[M.ITERATIONS] for r in first[0]["results"]] == [2]
+    assert [r[M.ITERATIONS] for r in resumed[0]["results"]] == [4]
+    for rank in range(2):
+        for name in COMPARED:
+            assert resumed[rank]["results"][0][name] == whole[rank]["results"][1][name], name
+        for name, value in whole[rank]["state"].items():
+            assert torch.equal(resumed[rank]["state"][name], value), name

@@ -102,3 +102,27 @@ def test_two_worker_search_end_to_end(tmp_path: Path, ray_cluster, capsys):
     assert main(["best", "dp", "--tracking-uri", uri]) == 0
     best = capsys.readouterr().out
     assert "best per rate point" in best and sum(run.info.run_id in best for run in runs) == 1
+
+
+def test_reaper_removes_the_worker_group_of_a_trial_that_stopped_running(ray_cluster):
+    """ASHA's stop ends the coordinator before Train releases its workers' placement group: the
+    driver's callback removes it once the trial is no longer RUNNING (and only then)."""
+    from types import SimpleNamespace
+
+    import ray
+    from ray.util.placement_group import placement_group
+
+    from search.tuning.worker_groups import WorkerGroupReaper
+    from trainables.training.data_parallel_trainable import PLACEMENT_GROUP
+
+    group = placement_group([{"CPU": 0.5}, {"CPU": 0.5}])
+    ray.get(group.ready(), timeout=60)
+    trial = SimpleNamespace(trial_id="t1", status="RUNNING")
+    reaper = WorkerGroupReaper()
+    reaper.on_trial_result(0, [trial], trial, {PLACEMENT_GROUP: group.id.hex(), M.ITERATIONS: 2})
+    reaper.on_step_begin(1, [trial])
+    assert ray.util.placement_group_table(group)["state"] == "CREATED"
+    trial.status = "TERMINATED"
+    reaper.on_step_begin(2, [trial])
+    assert ray.util.placement_group_table(group)["state"] == "REMOVED"
+    reaper.on_step_begin(3, [trial])  # nothing left to remove, nothing raised

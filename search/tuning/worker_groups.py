@@ -30,7 +30,7 @@ def remove_placement_group(group_id: str) -> None:
     state = ray.util.placement_group_table().get(group_id, {}).get("state")
     if state in (None, "REMOVED"):
         return
-    ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+    ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
 
 
 class WorkerGroupReaper(tune.Callback):
