@@ -106,6 +106,13 @@ def _estimate(args) -> int:
             fractions = sorted({_stage_share(t, step) for t in staged})
             share = ", crop_schedule stage: " + "/".join(f"{f:.0%}" for f in fractions) + " of the budget"
         print(f"  {step.label()}: {seconds[step]:.4g} s/iteration ({count} trial(s){share})", flush=True)
+    workers = resources.workers_per_trial
+    if workers > 1:
+        # One process timed the global batch; N data-parallel workers are assumed to divide it evenly
+        # (bench/ddp_overhead.py measures the DDP wrapper's own cost on one worker).
+        seconds = {step: value / workers for step, value in seconds.items()}
+        print(f"  at {workers} workers per trial: the times above / {workers}, assumed linear (not measured: "
+              "the data-parallel speed-up itself is not timed here)")
     result = estimate(trials, seconds, file.scheduler, gpus=args.gpus, gpus_per_trial=resources.gpus_per_trial,
                       max_concurrent=file.search.max_concurrent)
     unit = f"{kind}-hours"
