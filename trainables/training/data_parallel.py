@@ -64,7 +64,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     # library-contract test checks it still exists.
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, aux)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)  # equal buffers: nothing to send
+                                   forward_sync_buffers=False)  # equal buffers on every rank: nothing to send per step
 
 
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
