@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,43 @@ def test_reaper_removes_the_worker_group_of_a_trial_that_stopped_running(ray_clu
     reaper.on_step_begin(2, [trial])
     assert ray.util.placement_group_table(group)["state"] == "REMOVED"
     reaper.on_step_begin(3, [trial])  # nothing left to remove, nothing raised
+
+
+@pytest.mark.slow
+def test_sigkilled_two_worker_search_resumes_with_continuous_histories(tmp_path: Path):
+    """The driver of a 2-worker search is SIGKILLed mid-trial; `resume` continues the trial from its
+    last Tune checkpoint: the MLflow history runs 4, 8, ... 40 with no step twice."""
+    import signal
+
+    from search.tracking.client import client_for
+    from tests.test_faults_and_clusters import (LIC_SEARCH, kill_orphaned_ray, kill_session, ray_daemons,
+                                                result_iterations, start, trial_runs, wait_for)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = _space(tmp_path, {}, **{"model.auxt.enabled": False, "schedule.iterations": 40,
+                                    "schedule.eval_every": 4})
+    results = tmp_path / "results"
+    daemons = ray_daemons()
+    driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri],
+                   tmp_path / "driver.log")
+    try:
+        try:
+            wait_for(lambda: any(r.data.metrics.get(M.ITERATIONS, 0) >= 8 for r in trial_runs(uri, "dp")), 300,
+                     "a trial 8 iterations in", interval=0.2)
+        except BaseException:
+            kill_session(driver)
+            raise
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        resumed = subprocess.run(LIC_SEARCH + ["resume", str(results / "dp")], capture_output=True, text=True,
+                                 timeout=400)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    finally:
+        kill_orphaned_ray(daemons)
+    (iterations,) = result_iterations(results / "dp").values()
+    assert iterations == sorted(iterations) and sorted(set(iterations)) == list(range(4, 41, 4)), iterations
+    assert len(iterations) - len(set(iterations)) <= 1, iterations  # at most the interval the kill cut
+    (run,) = trial_runs(uri, "dp")
+    assert run.data.tags[T.TAG_STATUS] == "completed"
+    steps = [m.step for m in client_for(uri).get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)]
+    assert steps == list(range(4, 41, 4))
