@@ -106,28 +106,32 @@ def test_two_worker_search_end_to_end(tmp_path: Path, ray_cluster, capsys):
     assert "best per rate point" in best and sum(run.info.run_id in best for run in runs) == 1
 
 
-def test_reaper_removes_the_worker_group_of_a_trial_that_stopped_running(ray_cluster):
-    """ASHA's stop ends the coordinator before Train releases its workers' placement group: the
-    driver's callback removes it once the trial is no longer RUNNING (and only then)."""
+def test_reaper_removes_the_worker_groups_of_trials_that_stopped_running(ray_cluster):
+    """ASHA's stop (or a dead coordinator) ends the Train controller before it releases its workers'
+    placement group: the driver removes every group a trial's workers recorded once the trial is no
+    longer RUNNING, and the groups of its earlier attempts at once."""
     from types import SimpleNamespace
 
     import ray
     from ray.util.placement_group import placement_group
 
-    from search.tuning.worker_groups import WorkerGroupReaper
-    from trainables.training.data_parallel_trainable import PLACEMENT_GROUP
+    from search.tuning.worker_groups import WorkerGroupReaper, start_registry
 
-    group = placement_group([{"CPU": 0.5}, {"CPU": 0.5}])
-    ray.get(group.ready(), timeout=60)
+    first, second = placement_group([{"CPU": 0.2}, {"CPU": 0.2}]), placement_group([{"CPU": 0.2}])
+    ray.get([first.ready(), second.ready()], timeout=60)
+    reaper = WorkerGroupReaper(start_registry())
+    ray.get(reaper.registry.record.remote("t1", first.id.hex()))
     trial = SimpleNamespace(trial_id="t1", status="RUNNING")
-    reaper = WorkerGroupReaper()
-    reaper.on_trial_result(0, [trial], trial, {PLACEMENT_GROUP: group.id.hex(), M.ITERATIONS: 2})
-    reaper.on_step_begin(1, [trial])
-    assert ray.util.placement_group_table(group)["state"] == "CREATED"
+    state = lambda group: ray.util.placement_group_table(group)["state"]  # noqa: E731
+    reaper.reap([trial])
+    assert state(first) == "CREATED"  # the running attempt keeps its workers
+    ray.get(reaper.registry.record.remote("t1", second.id.hex()))  # a retry started elsewhere
+    reaper.reap([trial])
+    assert (state(first), state(second)) == ("REMOVED", "CREATED")
     trial.status = "TERMINATED"
-    reaper.on_step_begin(2, [trial])
-    assert ray.util.placement_group_table(group)["state"] == "REMOVED"
-    reaper.on_step_begin(3, [trial])  # nothing left to remove, nothing raised
+    reaper.reap([trial])
+    assert state(second) == "REMOVED"
+    reaper.reap([trial])  # nothing left to remove, nothing raised
 
 
 @pytest.mark.slow

@@ -109,10 +109,11 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
     # The training file lists, built once by the driver (kept as they are on resume).
     indexes = prepare_train_indexes(spec, store)
     if resources.workers_per_trial > 1:
-        from search.tuning.worker_groups import WorkerGroupReaper
+        from search.tuning.worker_groups import WorkerGroupReaper, start_registry
 
-        callbacks = [*callbacks, WorkerGroupReaper()]
-        trainable = _data_parallel_trainable(spec, store, indexes)
+        reaper = WorkerGroupReaper(start_registry())
+        callbacks = [*callbacks, reaper]
+        trainable = _data_parallel_trainable(spec, store, indexes, reaper.registry)
     else:
         trainable = tune.with_parameters(train_lic_indexed, train_indexes=indexes)
         trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
@@ -154,14 +155,14 @@ def run_params(spec: SearchSpec) -> dict[str, str]:
     return {"resources.workers_per_trial": str(spec.file.resources.workers_per_trial)}
 
 
-def _data_parallel_trainable(spec: SearchSpec, store: ExperimentStore, indexes):
+def _data_parallel_trainable(spec: SearchSpec, store: ExperimentStore, indexes, registry):
     """The coordinator trainable of a data-parallel trial (Ray Train V2 inside Tune) and its tiny reservation."""
     from ray import tune
 
     from search.tuning.worker_groups import worker_group
     from trainables.training.data_parallel_trainable import COORDINATOR_CPUS, train_lic_data_parallel
 
-    trainable = tune.with_parameters(train_lic_data_parallel, train_indexes=indexes,
+    trainable = tune.with_parameters(train_lic_data_parallel, train_indexes=indexes, registry=registry,
                                      group=worker_group(spec.file.resources), storage=f"{store.location}/train_runs")
     return tune.with_resources(trainable, {"cpu": COORDINATOR_CPUS})
 

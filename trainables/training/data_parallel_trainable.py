@@ -14,9 +14,10 @@ trial:
 * Train retries nothing (``FailureConfig(max_failures=0)``): a worker that dies ends the
   attempt, and Tune retries the trial from its checkpoint under ``resources.max_failures``.
 
-Every rank's result also names the worker group's placement group (:data:`PLACEMENT_GROUP`):
-when Tune stops or pauses the trial it ends the coordinator, and with it the Train controller,
-before that could release the group; the driver removes it (``search.tuning``).
+Rank 0 tells the driver's :class:`WorkerGroupRegistry` which placement group holds the workers,
+as soon as it starts: when Tune stops or pauses the trial (or its coordinator dies) the Train
+controller ends with the coordinator, before it could release the group, and the driver removes
+it (``search.tuning.worker_groups``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ from typing import Any, Optional
 
 from trainables import metrics as M
 from trainables.errors import LicSearchError, TrainingDivergedError
-
-#: Result key: hex id of the placement group holding the trial's Train workers.
-PLACEMENT_GROUP = "ray_train_placement_group"
 
 #: What the coordinator itself reserves (it only waits on the Train run): the rest of
 #: ``cpus_per_trial`` goes to the workers, so the trial's total is ``cpus_per_trial``.
@@ -70,6 +68,19 @@ class WorkerGroup:
         return resources
 
 
+class WorkerGroupRegistry:
+    """A Ray actor the driver starts: trial id -> placement groups its workers started in, oldest first."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, list[str]] = {}
+
+    def record(self, trial_id: str, group_id: str) -> None:
+        self._groups.setdefault(trial_id, []).append(group_id)
+
+    def groups(self) -> dict[str, list[str]]:
+        return self._groups
+
+
 # ------------------------------------------------------------------------ workers
 def train_worker(loop_config: dict) -> None:
     """One rank of the trial: the engine on its share of every batch, rank 0 reporting."""
@@ -88,8 +99,10 @@ def train_worker(loop_config: dict) -> None:
     shard = Shard(context.get_world_rank(), context.get_world_size())
     torch.set_num_threads(int(loop_config["threads"]))
     group = ray.util.get_current_placement_group()
-    identity = {M.NODE_ID: ray.get_runtime_context().get_node_id(),
-                PLACEMENT_GROUP: group.id.hex() if group is not None else ""}
+    registry = loop_config.get("registry")
+    if shard.rank == 0 and registry is not None and group is not None:
+        registry.record.remote(loop_config["trial_id"], group.id.hex())
+    identity = {M.NODE_ID: ray.get_runtime_context().get_node_id()}
     with use_train_indexes(loop_config.get("train_indexes")):
         config = TrialConfig.model_validate(loop_config["config"])
         device = train.torch.get_device() if loop_config["use_gpu"] else torch.device("cpu")
@@ -149,8 +162,9 @@ def _check_train_v2() -> None:
 
 
 def train_lic_data_parallel(config: dict, train_indexes: Optional[dict[str, str]] = None,
-                            group: Optional[WorkerGroup] = None, storage: str = "") -> None:
-    """Ray Tune entry point of a data-parallel trial; ``storage`` holds the Train run folders."""
+                            group: Optional[WorkerGroup] = None, storage: str = "", registry=None) -> None:
+    """Ray Tune entry point of a data-parallel trial; ``storage`` holds the Train run folders, ``registry``
+    (a :class:`WorkerGroupRegistry` actor) learns where the workers run."""
     from ray import train, tune
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
@@ -163,7 +177,8 @@ def train_lic_data_parallel(config: dict, train_indexes: Optional[dict[str, str]
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": config, "train_indexes": train_indexes, "threads": group.threads_per_worker,
-                           "use_gpu": group.gpus_per_worker > 0, "checkpoint": tune.get_checkpoint()},
+                           "use_gpu": group.gpus_per_worker > 0, "checkpoint": tune.get_checkpoint(),
+                           "registry": registry, "trial_id": name},
         scaling_config=train.ScalingConfig(num_workers=group.workers, use_gpu=group.gpus_per_worker > 0,
                                            resources_per_worker=group.worker_resources()),
         run_config=train.RunConfig(name=name, storage_path=storage, callbacks=[_forwarder(reports)],
@@ -196,4 +211,4 @@ def train_lic_data_parallel(config: dict, train_indexes: Optional[dict[str, str]
     _remove_run_folder(storage, name)  # Tune holds every checkpoint it needs
 
 
-__all__ = ["PLACEMENT_GROUP", "COORDINATOR_CPUS", "WorkerGroup", "train_worker", "train_lic_data_parallel"]
+__all__ = ["COORDINATOR_CPUS", "WorkerGroup", "WorkerGroupRegistry", "train_worker", "train_lic_data_parallel"]
