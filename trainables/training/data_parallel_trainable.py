@@ -94,6 +94,7 @@ def train_worker(loop_config: dict) -> None:
     from trainables.training.checkpoint import load_checkpoint, save_checkpoint
     from trainables.training.engine import Trainer
     from trainables.training.trainable import diverged_result
+    from trainables.training.warm_start import warm_start_result
 
     context = train.get_context()
     shard = Shard(context.get_world_rank(), context.get_world_size())
@@ -106,8 +107,9 @@ def train_worker(loop_config: dict) -> None:
     with use_train_indexes(loop_config.get("train_indexes")):
         config = TrialConfig.model_validate(loop_config["config"])
         device = train.torch.get_device() if loop_config["use_gpu"] else torch.device("cpu")
-        trainer = Trainer(config, device=device, shard=shard)
         checkpoint = loop_config.get("checkpoint")
+        trainer = Trainer(config, device=device, warm_start=checkpoint is None, shard=shard)
+        identity.update(warm_start_result(trainer.warm_start))  # model.init_from: where the weights came from
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 trainer.load_state_dict(load_checkpoint(Path(folder), map_location=trainer.device))
