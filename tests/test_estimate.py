@@ -292,3 +292,23 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
     # the stages' steps, the first stage's start-up, the evaluation at 50 (crop 64) and at 100 (crop 128)
     expected = (80 * times[64][1] + 20 * times[128][1] + times[64][4] + times[64][3] + times[128][3]) / 3600
     assert float(grid.group(1)) == pytest.approx(expected, rel=1e-2)  # printed to 3-4 significant digits
+
+
+def test_estimate_of_data_parallel_trials_divides_the_timed_step_and_says_it_is_assumed(tmp_path: Path, capsys):
+    data = (REPO / "samples" / "kodak-crops" / "train").as_posix()
+    space = tmp_path / "dp.yaml"
+    space.write_text(f"""
+name: dp
+trial:
+  model: {{backbone: mbt2018-mean, N: 8, M: 8}}
+  data: {{train: {data}, eval: {data}, batch_size: 2, crop_size: 64}}
+  loss: {{lmbda: 0.013}}
+  schedule: {{iterations: 100, eval_every: 50}}
+resources: {{cpus_per_trial: 2, gpus_per_trial: 0, workers_per_trial: 2}}
+""")
+    assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu", "--launch", "0"]) == 0
+    out = capsys.readouterr().out
+    timed = float(re.search(r"batch 2, crop 64, amp \w+: ([\d.e+-]+) s/iteration", out).group(1))
+    assert "at 2 workers per trial: the times above / 2, assumed linear (not measured" in out
+    grid = re.search(r"^grid \(every trial its full budget\): 100 iterations, ([\d.e+-]+) CPU-hours", out, re.M)
+    assert float(grid.group(1)) > 0 and 100 * timed / 2 / 3600 <= float(grid.group(1)) * 1.006  # + evaluations

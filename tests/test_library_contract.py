@@ -146,3 +146,47 @@ def test_experiment_state_saver_members_state_save_patches(tmp_path: Path):
     assert isinstance(inspect.getattr_static(StorageContext, "experiment_driver_staging_path"), property), \
         "StorageContext.experiment_driver_staging_path is gone"
     assert callable(storage.syncer.wait), "StorageContext.syncer.wait() is gone"
+
+
+# ------------------------------------------------------------------ data-parallel trials (workers_per_trial)
+def test_ddp_can_still_leave_parameters_out_of_the_sync():
+    """trainables/training/data_parallel.py keeps the entropy bottlenecks' quantiles out of DDP through
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model (torch has no public way)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    assert _parameters(DistributedDataParallel._set_params_and_buffers_to_ignore_for_model) == \
+        ["module", "params_and_buffers_to_ignore"], "DDP._set_params_and_buffers_to_ignore_for_model moved"
+    import torch
+
+    module = torch.nn.Linear(2, 2)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ["bias"])
+    assert "bias" in module._ddp_params_and_buffers_to_ignore, "DDP reads the ignored names elsewhere now"
+
+
+def test_compressai_noise_is_drawn_where_the_data_parallel_trial_redraws_it():
+    """data_parallel.shard_quantization_noise replaces EntropyModel.quantize(inputs, mode, means) for
+    mode "noise" (CompressAI draws torch.empty_like(inputs).uniform_(-0.5, 0.5)), and assumes
+    EntropyBottleneck quantises its input laid out (C, 1, B·H·W), batch-major in the last dimension."""
+    from compressai.entropy_models import EntropyBottleneck, EntropyModel
+
+    assert _parameters(EntropyModel.quantize) == ["self", "inputs", "mode", "means"], "EntropyModel.quantize moved"
+    assert "uniform_(-half, half)" in inspect.getsource(EntropyModel.quantize)
+    forward = inspect.getsource(EntropyBottleneck.forward)
+    assert "x.reshape(x.size(0), 1, -1)" in forward and '"noise" if training' in forward, \
+        "EntropyBottleneck no longer quantises (C, 1, B·H·W) values"
+
+
+def test_ray_train_v2_members_the_data_parallel_trial_uses():
+    """The coordinator (trainables/training/data_parallel_trainable.py) runs Ray Train V2's TorchTrainer and
+    forwards reports through a UserCallback (DeveloperAPI) on the Train controller; the driver removes a
+    stopped trial's worker placement group by id (search/tuning/worker_groups.py)."""
+    import ray
+    from ray.train import UserCallback
+    from ray.train.torch import TorchTrainer
+    from ray.util.placement_group import PlacementGroup
+
+    assert TorchTrainer.__module__.startswith("ray.train.v2"), "ray.train.torch.TorchTrainer is not Train V2"
+    assert _parameters(UserCallback.after_report) == ["self", "run_context", "metrics", "checkpoint"], \
+        "UserCallback.after_report(run_context, metrics, checkpoint) moved"
+    assert _parameters(PlacementGroup.__init__)[:2] == ["self", "id"], "PlacementGroup(id) moved"
+    assert ray.PlacementGroupID.from_hex("0" * 36).hex() == "0" * 36

@@ -128,6 +128,13 @@ def _estimate(args) -> int:
     else:
         worker, ray_start = 0.0, args.launch
         print(f"  search launch (--launch): {ray_start:.3g} s", flush=True)
+    workers = resources.workers_per_trial
+    if workers > 1:
+        # One process timed the global batch; N data-parallel workers are assumed to divide it evenly
+        # (bench/ddp_overhead.py measures the DDP wrapper's own cost on one worker).
+        seconds = {step: value / workers for step, value in seconds.items()}
+        print(f"  at {workers} workers per trial: the times above / {workers}, assumed linear (not measured: "
+              "the data-parallel speed-up itself is not timed here)")
     result = estimate(trials, seconds, file.scheduler, gpus=args.gpus, gpus_per_trial=resources.gpus_per_trial,
                       max_concurrent=file.search.max_concurrent, launch=ray_start + worker, worker_start=worker)
     unit = f"{kind}-hours"

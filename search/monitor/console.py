@@ -115,6 +115,7 @@ class LiveConsole(tune.Callback):
         self.expected = spec.trial_count() if configs is None else len(configs)
         self.device = "GPU" if gpus else "CPU"
         self.per_trial = resources.gpus_per_trial if gpus else resources.cpus_per_trial
+        self.workers = resources.workers_per_trial
         self.ranking = summary.Ranking.of(spec.file.search.model_dump(mode="json"))
         self.keys = run_names.column_keys(spec.configs() if configs is None else configs, spec.variants)
         if configs is not None and run_names.INIT_FROM_KEY not in self.keys:  # a ladder's fine-tunes: say from where
@@ -163,7 +164,8 @@ class LiveConsole(tune.Callback):
                 float(result.get("time_total_s", 0.0) or 0.0)))
         return progress.SearchView(self.name, self.store_location, views, self.expected,
                                    time.time() - (self._started or time.time()),
-                                   self.device, self.per_trial, self.ranking, self.keys, self.variants)
+                                   self.device, self.per_trial, self.ranking, self.keys, self.variants,
+                                   workers=getattr(self, "workers", 1))  # a console pickled before workers existed
 
     def _print(self, lines: list[str]) -> None:
         self.stream.write("\n".join(lines) + "\n")

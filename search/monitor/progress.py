@@ -66,10 +66,11 @@ class SearchView:
     expected: Optional[int] = None  # trials the space asks for (grid x num_samples)
     elapsed: Optional[float] = None  # seconds since the (latest) driver started
     device: str = "CPU"  # "GPU" when trials hold GPUs, else "CPU"
-    per_trial: float = 1.0  # devices (GPUs, else CPUs) per trial
+    per_trial: float = 1.0  # devices (GPUs, else CPUs) per trial, all its workers together
     ranking: summary.Ranking = field(default_factory=summary.Ranking)
     keys: Optional[list[str]] = None  # distinguishing keys (default: those varying across the trials)
     variants: Variants = field(default_factory=Variants)  # the space's labelled variants (names)
+    workers: int = 1  # data-parallel workers per trial (resources.workers_per_trial)
 
     def counts(self) -> dict[str, int]:
         counts = {state: 0 for state in STATES}
@@ -116,7 +117,7 @@ class SearchView:
         keys = self._keys()
         return {
             "name": self.name, "folder": self.folder, "counts": self.counts(), "expected_trials": self.expected,
-            "elapsed_s": self.elapsed, "eta_s": self.eta(), "device": self.device,
+            "elapsed_s": self.elapsed, "eta_s": self.eta(), "device": self.device, "workers_per_trial": self.workers,
             "device_hours": self.device_hours(), "device_hours_unit": f"{self.device}-hours",
             "trials": [{**{k: v for k, v in asdict(t).items() if k != "config"},
                         "name": self.trial_name(t, keys),
@@ -153,13 +154,15 @@ def header(view: SearchView) -> str:
     counts = view.counts()
     total = sum(counts.values())
     parts = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-    return (f"{total} trials: {parts or 'none yet'} · elapsed {duration(view.elapsed)} · "
+    workers = f"{view.workers} workers per trial · " if view.workers > 1 else ""
+    return (f"{total} trials: {parts or 'none yet'} · elapsed {duration(view.elapsed)} · {workers}"
             f"{view.device_hours():.2f} {view.device}-hours · ETA {duration(view.eta())}")
 
 
-def trial_line(trial: TrialView, name: str) -> str:
+def trial_line(trial: TrialView, name: str, workers: int = 1) -> str:
     m = trial.metrics
-    return (f"  {trial.trial_id} {trial.iteration}/{trial.budget} it  rd_loss {_num(m.get(M.EVAL_RD_LOSS))}  "
+    on = f"  {workers} workers" if workers > 1 else ""
+    return (f"  {trial.trial_id} {trial.iteration}/{trial.budget} it{on}  rd_loss {_num(m.get(M.EVAL_RD_LOSS))}  "
             f"bpp {_num(m.get(M.EVAL_BPP))}  PSNR {_db(m.get(M.EVAL_PSNR))}  {name}")
 
 
@@ -169,7 +172,7 @@ def render(view: SearchView, max_running: int = 8) -> list[str]:
     out = [header(view)]
     running = [t for t in view.trials if t.state == "running"]
     for trial in running[:max_running]:
-        out.append(trial_line(trial, view.trial_name(trial, keys)))
+        out.append(trial_line(trial, view.trial_name(trial, keys), view.workers))
     if len(running) > max_running:
         out.append(f"  ... and {len(running) - max_running} more running")
     for line in summary.lines(view.best(), view.ranking):

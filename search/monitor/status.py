@@ -136,7 +136,7 @@ def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver],
         device="GPU" if gpus else "CPU", per_trial=resources.gpus_per_trial if gpus else resources.cpus_per_trial,
         ranking=summary.Ranking.of(spec.file.search.model_dump(mode="json")),
         keys=run_names.column_keys([*spec.configs(), *(t.config for t in trials)], spec.variants),
-        variants=spec.variants)
+        variants=spec.variants, workers=resources.workers_per_trial)
     return view, driver, state
 
 

@@ -141,7 +141,9 @@ def describe_spec(spec: SearchSpec) -> str:
         lines.append(f"ladder: per rate family, {anchor} from scratch first; every other rate point then fine-tuned "
                      f"from its final weights with {tuned}")
     r = file.resources
-    lines.append(f"resources: {r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU per trial; "
+    workers = "" if r.workers_per_trial == 1 else (f" over {r.workers_per_trial} data-parallel workers "
+                                                   f"({r.gpus_per_trial / r.workers_per_trial:g} GPU each)")
+    lines.append(f"resources: {r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU per trial{workers}; "
                  f"{r.max_failures} retries from checkpoint")
     lines.extend(f"warning: {w}" for w in spec.warnings)
     return "\n".join(lines)

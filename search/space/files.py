@@ -20,6 +20,8 @@ class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial (data loading).")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial; fractions pack small trials on one GPU.")
     max_failures: int = Field(2, ge=0, description="Retries of a crashed trial from its last checkpoint.")
+    workers_per_trial: int = Field(1, ge=1, description="Data-parallel workers per trial (Ray Train, PyTorch DDP); "
+                                   "cpus_per_trial and gpus_per_trial are the trial's totals, split evenly over them.")
 
 
 class LadderConfig(_Strict):

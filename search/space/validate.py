@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from search.errors import SpaceError
 from search.space import keypath as kp
 from search.space.describe import describe_type, model_of, show, unwrap_optional
+from search.space.resources import check_resources
 from search.space.keypath import PRIMITIVES
 from search.space.ladder import check_ladder
 from search.space.sections import check_search_setup
@@ -317,9 +318,10 @@ def _check_variants(file: str, spec: SearchSpec) -> None:
 
 
 def check_spec(file: str, spec: SearchSpec, check_data: bool = True) -> None:
-    """Every check after parsing: edge configs, AuxT knobs, models, search setup, data folders."""
+    """Every check after parsing: edge configs, resource splits, AuxT knobs, models, search setup, data folders."""
     trials = _check_trials(file, spec)
     _check_variants(file, spec)
+    check_resources(file, spec.file.resources, trials)
     _check_auxt_knobs(file, trials)
     _check_models(file, trials)
     _check_search(file, spec, trials)

@@ -118,7 +118,7 @@ class TrackingSession:
 
     def __init__(self, store: ExperimentStore, state, name_keys: Optional[list[str]] = None, variants=None,
                  stratify_by: Optional[list[str]] = None, flush_seconds: float = DEFAULT_FLUSH_SECONDS,
-                 notify: Callable[[str], None] = print):
+                 notify: Callable[[str], None] = print, run_params: Optional[dict[str, str]] = None):
         import os
 
 
@@ -135,7 +135,7 @@ class TrackingSession:
         self.logger = MlflowTrialLogger(state.tracking_uri, state.name, state.parent_run_id or None,
                                         journal=self.journal, sender=self.sender,
                                         recover_from_mlflow=not recorded_before, name_keys=name_keys,
-                                        variants=variants, stratify_by=stratify_by)
+                                        variants=variants, stratify_by=stratify_by, run_params=run_params)
 
     def start(self) -> None:
         self.journal.append(J.STATUS, None, status="RUNNING", time=int(time.time() * 1000))

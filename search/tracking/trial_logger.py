@@ -108,7 +108,7 @@ class MlflowTrialLogger(tune.Callback):
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: Optional[str],
                  journal: Optional[J.Journal] = None, sender=None, recover_from_mlflow: Optional[bool] = None,
                  name_keys: Optional[list[str]] = None, variants: Optional[Variants] = None,
-                 stratify_by: Optional[list[str]] = None):
+                 stratify_by: Optional[list[str]] = None, run_params: Optional[dict[str, str]] = None):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
@@ -117,6 +117,9 @@ class MlflowTrialLogger(tune.Callback):
         self.variants = variants or Variants()  # the space's labelled variants: run names and the variant tag
         # The search's rate-point keys: each run's rate point is a tag the MLflow UI groups by.
         self.stratify_by = list(DEFAULT_STRATIFY_BY if stratify_by is None else stratify_by)
+        # Params of every trial run beside its config's (the space's resources.*): not hyperparameters,
+        # so left out where PBT branches compare params with configs.
+        self.run_params = dict(run_params or {})
         self._client = None
         self.ladder_role: Optional[str] = None  # set by a ladder search per phase (tag lic_search.ladder)
         self.ladder_plan = None  # the fine-tune phase's LadderPlan: which anchor a warm start comes from
@@ -179,7 +182,7 @@ class MlflowTrialLogger(tune.Callback):
         records = list(self._journal.trial_records(trial_id))
         created = next((r for r in records if r["op"] == J.CREATE_RUN), None)
         if created is not None:
-            self._initial[trial_id] = dict(created["params"])
+            self._initial[trial_id] = self._config_params(created["params"])
             branch = _journal_branch(records, self._initial[trial_id])
             self._branches[trial_id] = branch
             self._last_step[trial_id] = _journal_last_step(records, branch)
@@ -197,7 +200,7 @@ class MlflowTrialLogger(tune.Callback):
         run = found[0]
         run_id = run.info.run_id
         self._journal.remember_run(trial_id, run_id)
-        self._initial[trial_id] = dict(run.data.params)
+        self._initial[trial_id] = self._config_params(run.data.params)
         branch = self._recorded_branch(run)
         self._branches[trial_id] = branch
         self._last_step[trial_id] = self._branch_last_step(run_id, branch)
@@ -208,7 +211,10 @@ class MlflowTrialLogger(tune.Callback):
         text = run.data.tags.get(T.TAG_BRANCH)
         if text:
             return Branch(**json.loads(text))
-        return Branch(signature=_signature(dict(run.data.params)))
+        return Branch(signature=_signature(self._config_params(run.data.params)))
+
+    def _config_params(self, params: dict[str, str]) -> dict[str, str]:
+        return {key: value for key, value in params.items() if key not in self.run_params}
 
     def _branch_last_step(self, run_id: str, branch: Branch) -> int:
         """The last step MLflow has of the current branch (steps of earlier branches do not count)."""
@@ -250,7 +256,7 @@ class MlflowTrialLogger(tune.Callback):
             self._link_child(origin.anchor_trial, trial.trial_id)
         params = _param_strings(config)
         self._journal.append(J.CREATE_RUN, trial.trial_id, run_name=run_name,
-                             tags=tags, params=params,
+                             tags=tags, params=params | self.run_params,
                              text=yaml.safe_dump(config, sort_keys=False), artifact=T.ARTIFACT_TRIAL_CONFIG)
         self._initial[trial.trial_id] = params
         self._branches[trial.trial_id] = Branch(signature=_signature(params))

@@ -6,6 +6,12 @@ message every minute). Before ``Tuner.fit`` the driver compares what one trial a
 resources, for the local instance and for a cluster joined with ``--address`` alike.
 Clusters that add nodes on demand (an autoscaler with node types larger than any node up
 now) are not foreseen: the check looks at the nodes that exist.
+
+A data-parallel trial (``resources.workers_per_trial`` > 1) reserves a sliver for its
+coordinator and one bundle per worker (its share of the trial's totals), which Ray places on
+any nodes: the check asks that every worker's bundle fit some node and that the nodes hold N of
+them together. :func:`concurrent_trials` says how many such trials the cluster runs at once
+(the Tuner's ``max_concurrent_trials``: Tune itself only sees the coordinators).
 """
 
 from __future__ import annotations
@@ -42,9 +48,7 @@ def _fail(file: Optional[str], key: str, message: str) -> LicSearchError:
 
 def check_trial_fits(needs: dict[str, float], nodes: list[dict], file: Optional[str] = None) -> None:
     """Raise naming the key when no live node has ``needs`` in total (``nodes`` as ``ray.nodes()``)."""
-    totals = [dict(node.get("Resources", {})) for node in nodes if node.get("Alive", True)]
-    if not totals:
-        raise LicSearchError("the Ray cluster has no live node")
+    totals = _live(nodes)
     for name, amount in needs.items():
         key, unit = _KEYS.get(name, (f"resources.{name}", name))
         largest = max(node.get(name, 0.0) for node in totals)
@@ -60,8 +64,45 @@ def check_trial_fits(needs: dict[str, float], nodes: list[dict], file: Optional[
                     f"(nodes: {'; '.join(_describe(n) for n in totals)})")
 
 
+def _live(nodes: list[dict]) -> list[dict[str, float]]:
+    totals = [dict(node.get("Resources", {})) for node in nodes if node.get("Alive", True)]
+    if not totals:
+        raise LicSearchError("the Ray cluster has no live node")
+    return totals
+
+
+def _bundles_on(node: dict[str, float], bundle: dict[str, float]) -> int:
+    """How many copies of ``bundle`` one node holds."""
+    return int(min(node.get(name, 0.0) / amount + 1e-9 for name, amount in bundle.items() if amount > 0))
+
+
+def worker_slots(bundle: dict[str, float], nodes: list[dict]) -> int:
+    """Worker bundles the live nodes hold together (``nodes`` as ``ray.nodes()``)."""
+    return sum(_bundles_on(node, bundle) for node in _live(nodes))
+
+
+def check_workers_fit(workers: int, bundle: dict[str, float], nodes: list[dict], file: Optional[str] = None) -> None:
+    """Raise naming the key when the cluster cannot place one data-parallel trial's ``workers`` bundles."""
+    slots = worker_slots(bundle, nodes)
+    if slots < workers:
+        totals = _live(nodes)
+        raise _fail(file, "resources.workers_per_trial", f"{workers} workers of {_describe(bundle)} each, but this "
+                    f"cluster holds {slots} such worker(s) in all (nodes: {'; '.join(_describe(n) for n in totals)})")
+
+
+def concurrent_trials(workers: int, bundle: dict[str, float], nodes: list[dict]) -> int:
+    """How many data-parallel trials of ``workers`` bundles run at once on these nodes (at least 1)."""
+    return max(1, worker_slots(bundle, nodes) // workers)
+
+
 def check_cluster(resources: Any, file: Optional[str] = None) -> None:
-    """:func:`check_trial_fits` against the Ray cluster this process is connected to."""
+    """:func:`check_trial_fits` (or, data-parallel, :func:`check_workers_fit`) against the connected cluster."""
     import ray
 
+    if resources.workers_per_trial > 1:
+        from search.tuning.worker_groups import worker_group
+
+        group = worker_group(resources)
+        check_workers_fit(group.workers, group.worker_resources(), ray.nodes(), file)
+        return
     check_trial_fits(trial_needs(resources), ray.nodes(), file)

@@ -304,11 +304,15 @@ def _is_optuna(spec) -> bool:
     return spec.file.search.algorithm == "optuna"
 
 
-def build_search_algorithm(spec):
-    """The search algorithm of a space: Ray's BasicVariantGenerator or a :class:`StratifiedOptunaSearch`."""
+def build_search_algorithm(spec, cap: Optional[int] = None):
+    """The search algorithm of a space: Ray's BasicVariantGenerator or a :class:`StratifiedOptunaSearch`.
+
+    ``cap`` lowers ``search.max_concurrent`` (data-parallel trials: how many the cluster's workers fit).
+    """
     search = spec.file.search
+    limit = min(c for c in (search.max_concurrent, cap) if c) if (search.max_concurrent or cap) else None
     if not _is_optuna(spec):
-        return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
+        return BasicVariantGenerator(max_concurrent=limit or 0, random_state=search.seed)
     objectives = getattr(search, "objectives", None)
     if objectives:
         metric: Union[str, list[str]] = list(objectives)
@@ -320,8 +324,8 @@ def build_search_algorithm(spec):
         sampler=getattr(search, "sampler", "tpe"), seed=search.seed,
         startup_trials=getattr(search, "startup_trials", None),
     )
-    if search.max_concurrent:
-        return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+    if limit:
+        return ConcurrencyLimiter(searcher, max_concurrent=limit)
     return searcher
 
 

@@ -107,8 +107,16 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
 
     resources = spec.file.resources
     # The training file lists, built once by the driver (kept as they are on resume).
-    trainable = tune.with_parameters(train_lic_indexed, train_indexes=prepare_train_indexes(spec, store))
-    trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+    indexes = prepare_train_indexes(spec, store)
+    if resources.workers_per_trial > 1:
+        from search.tuning.worker_groups import WorkerGroupReaper, start_registry
+
+        reaper = WorkerGroupReaper(start_registry())
+        callbacks = [*callbacks, reaper]
+        trainable = _data_parallel_trainable(spec, store, indexes, reaper.registry)
+    else:
+        trainable = tune.with_parameters(train_lic_indexed, train_indexes=indexes)
+        trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
     if restore:
         tuner = tune.Tuner.restore(phase.store.location, trainable=trainable, param_space=phase.param_space(),
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
@@ -127,15 +135,46 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if spec.file.scheduler.type == "pbt" else 2),
         verbose=console.ray_verbosity(),  # Ray's boxes only with --verbose (search.monitor.console)
     )
+    data_parallel = resources.workers_per_trial > 1
     tune_config = tune.TuneConfig(
         num_samples=len(phase.points) if phase.points is not None else tune_num_samples(phase.spec),
         scheduler=build_scheduler(phase.spec),
+        # Tune sees only the coordinators of data-parallel trials: start no more than their workers fit.
         search_alg=(ladder.search_algorithm(phase.spec, phase.points) if phase.points is not None
-                    else build_search_algorithm(phase.spec)),
-        # Importing torch + CompressAI costs seconds per process: keep trial actors warm.
-        reuse_actors=True,
+                    else build_search_algorithm(phase.spec, _concurrent_data_parallel_trials(spec)
+                                                if data_parallel else None)),
+        # Importing torch + CompressAI costs seconds per process: keep trial actors warm. A data-parallel
+        # trial's actor only coordinates (its workers are new processes each time): end it with the trial.
+        reuse_actors=not data_parallel,
     )
     return tune.Tuner(trainable, param_space=phase.param_space(), tune_config=tune_config, run_config=run_config)
+
+
+def run_params(spec: SearchSpec) -> dict[str, str]:
+    """MLflow params every trial run gets beside its config: how the trial was laid out."""
+    return {"resources.workers_per_trial": str(spec.file.resources.workers_per_trial)}
+
+
+def _data_parallel_trainable(spec: SearchSpec, store: ExperimentStore, indexes, registry):
+    """The coordinator trainable of a data-parallel trial (Ray Train V2 inside Tune) and its tiny reservation."""
+    from ray import tune
+
+    from search.tuning.worker_groups import worker_group
+    from trainables.training.data_parallel_trainable import COORDINATOR_CPUS, train_lic_data_parallel
+
+    trainable = tune.with_parameters(train_lic_data_parallel, train_indexes=indexes, registry=registry,
+                                     group=worker_group(spec.file.resources), storage=f"{store.location}/train_runs")
+    return tune.with_resources(trainable, {"cpu": COORDINATOR_CPUS})
+
+
+def _concurrent_data_parallel_trials(spec: SearchSpec) -> int:
+    import ray
+
+    from search.tuning.resource_check import concurrent_trials
+    from search.tuning.worker_groups import worker_group
+
+    group = worker_group(spec.file.resources)
+    return concurrent_trials(group.workers, group.worker_resources(), ray.nodes())
 
 
 def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: bool, address: Optional[str],
@@ -152,7 +191,8 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
             ray_session.record(store, session)
     recorder = tracking_session.TrackingSession(store, state, variants=spec.variants,
                                                 name_keys=run_names.column_keys(spec.configs(), spec.variants),
-                                                stratify_by=spec.stratify_by(), flush_seconds=flush_seconds)
+                                                stratify_by=spec.stratify_by(), flush_seconds=flush_seconds,
+                                                run_params=run_params(spec))
     stop = GracefulStop()
     status = "FAILED"
     recorder.start()

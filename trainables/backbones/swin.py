@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables import batch_noise
+
 __all__ = ["WindowAttention", "SwinBlock", "DropPath"]
 
 
@@ -26,7 +28,7 @@ class DropPath(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        mask = batch_noise.per_sample(x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)), lambda m: m.bernoulli_(keep))
         return x * mask / keep
 
 

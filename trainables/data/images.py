@@ -46,6 +46,7 @@ from trainables.data.file_index import (
     training_files,
 )
 from trainables.errors import DataError
+from trainables.shard import Shard
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -530,22 +531,25 @@ class TrainBatches:
 
 
 class _EndlessBatches:
-    """Batch sampler: [k·B, ..., k·B + B − 1] for k = start, start + 1, ... forever."""
+    """Batch sampler: [k·B, ..., k·B + B − 1] for k = start, start + 1, ... forever (with a shard,
+    only its rows of each global batch: rank r of N takes [k·B + r·B/N, ..., k·B + (r+1)·B/N − 1])."""
 
-    def __init__(self, batch_size: int, start_iteration: int, plan: Optional[CropPlan] = None) -> None:
+    def __init__(self, batch_size: int, start_iteration: int, plan: Optional[CropPlan] = None,
+                 shard: Optional[Shard] = None) -> None:
         self.batch_size = batch_size
         self.start_iteration = start_iteration
         self.plan = plan  # a crop schedule: batch k is [(sample, crop), ...] as the plan says
+        self.shard = shard or Shard()
 
     def __iter__(self) -> Iterator[list]:
         k = self.start_iteration
         while True:
             if self.plan is not None:
                 staged = self.plan.batch(k)
-                yield [(s, staged.crop) for s in range(staged.first_sample, staged.first_sample + staged.batch_size)]
+                yield [(staged.first_sample + r, staged.crop) for r in self.shard.rows(staged.batch_size)]
             else:
                 first = k * self.batch_size
-                yield list(range(first, first + self.batch_size))
+                yield [first + r for r in self.shard.rows(self.batch_size)]
             k += 1
 
 
@@ -569,15 +573,16 @@ def resolve_num_workers(cfg: DataConfig, device_type: str) -> int:
     return 0
 
 
-def make_train_loader(cfg: DataConfig, seed: int, start_iteration: int = 0,
-                      device_type: str = "cpu", iterations: Optional[int] = None) -> TrainBatches:
+def make_train_loader(cfg: DataConfig, seed: int, start_iteration: int = 0, device_type: str = "cpu",
+                      iterations: Optional[int] = None, shard: Optional[Shard] = None) -> TrainBatches:
     """Endless batches (B, 3, crop, crop) float32 in [0, 1]; batch k depends only on (seed, k).
 
     The first batch yielded is batch ``start_iteration``, so a run restored at iteration k
     continues with exactly the batches the uninterrupted run would have seen. On CUDA the
     batches come in pinned memory (use ``.to(device, non_blocking=True)``). With
     ``cfg.crop_schedule``, ``iterations`` (the budget) places the stages
-    (:mod:`trainables.data.crop_schedule`).
+    (:mod:`trainables.data.crop_schedule`). With ``shard`` (a data-parallel trial) only that
+    rank's rows of each global batch are loaded.
     """
     if start_iteration < 0:
         raise DataError(f"start_iteration must be >= 0, got {start_iteration}")
@@ -595,7 +600,7 @@ def make_train_loader(cfg: DataConfig, seed: int, start_iteration: int = 0,
     on_cuda = device_type == "cuda"
     loader = DataLoader(
         dataset,
-        batch_sampler=_EndlessBatches(cfg.batch_size, start_iteration, plan),
+        batch_sampler=_EndlessBatches(cfg.batch_size, start_iteration, plan, shard),
         collate_fn=_collate,
         num_workers=workers,
         pin_memory=on_cuda,

@@ -19,11 +19,14 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import Tensor
 
+from trainables import batch_noise
 from trainables import metrics as M
 from trainables.config import TrialConfig
 from trainables.device import resolve_device
 from trainables.errors import TrainingDivergedError
+from trainables.training import data_parallel
 from trainables.training.checkpoint import capture_rng_state, restore_rng_state
+from trainables.shard import Shard
 from trainables.training.lr_schedule import LrSchedule, lr_factor  # noqa: F401  (lr_factor: the engine's API before)
 
 # On GPU the NaN/Inf check syncs with the host only this often (and at every evaluation).
@@ -86,9 +89,11 @@ class _TrainStats:
 
 
 class Trainer:
-    """Owns model, optimizers, schedule and RNG for one trial."""
+    """Owns model, optimizers, schedule and RNG for one trial (or for one rank of a data-parallel trial:
+    ``shard``, see :mod:`trainables.training.data_parallel`)."""
 
-    def __init__(self, config: TrialConfig, device: Optional[torch.device] = None, warm_start: bool = True):
+    def __init__(self, config: TrialConfig, device: Optional[torch.device] = None, warm_start: bool = True,
+                 shard: Optional[Shard] = None):
         """``warm_start=False``: skip ``model.init_from`` (a resumed trial loads its own checkpoint instead)."""
         from trainables.losses import RateDistortionLoss
         from trainables.model import create_model
@@ -96,6 +101,7 @@ class Trainer:
 
         self.config = config
         self.device = device or resolve_device(config.performance.device)
+        self.shard = shard or Shard()
         perf = config.performance
         if self.device.type == "cuda" and perf.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -106,7 +112,11 @@ class Trainer:
         self.model = model.to(self.device)
         if perf.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if perf.compile else self.model
+        trained: torch.nn.Module = self.model
+        if self.shard.distributed:
+            data_parallel.shard_quantization_noise(self.model)
+            trained = data_parallel.wrap(self.model, self.device)
+        self.forward = torch.compile(trained) if perf.compile else trained
         schedule = config.schedule
         self.optimizer = torch.optim.Adam(self.model.main_parameters(), lr=schedule.lr)
         self.aux_optimizer = torch.optim.Adam(self.model.aux_parameters(), lr=schedule.aux_lr)
@@ -173,7 +183,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.aux_optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+                            enabled=self.autocast_dtype is not None), \
+                batch_noise.global_batch(self.shard.rank, self.shard.world_size):
             out = self.forward(batch)
         # Likelihoods and the R-D loss are computed in fp32 even under autocast.
         out = {**out, "x_hat": out["x_hat"].float(),
@@ -208,9 +219,15 @@ class Trainer:
         self._term_names = list(terms)
 
     def _raise_if_diverged(self) -> None:
-        """One host sync: checked every step on CPU, every ``FINITE_CHECK_EVERY`` steps on GPU."""
-        if self._first_bad is None or int(self._first_bad) < 0:
+        """One host sync: checked every step on CPU, every ``FINITE_CHECK_EVERY`` steps on GPU
+        (data-parallel: one reduction, so every rank stops at the same iteration)."""
+        first_bad = -1 if self._first_bad is None else int(self._first_bad)
+        if self.shard.distributed:
+            first_bad = data_parallel.earliest_over_ranks(first_bad, self.device)
+        if first_bad < 0:
             return
+        if self._first_bad is None or int(self._first_bad) != first_bad:  # another rank's share went bad
+            raise TrainingDivergedError(f"non-finite loss at iteration {first_bad} (on another worker)")
         values = self._first_bad_values.tolist()
         shown = ", ".join(f"{name}={value:g}" for name, value in zip(self._term_names, values)
                           if not math.isfinite(value))
@@ -227,7 +244,7 @@ class Trainer:
         if self.iteration >= schedule.iterations:
             return
         loader = make_train_loader(self.config.data, seed=schedule.seed, start_iteration=self.iteration,
-                                   device_type=self.device.type, iterations=schedule.iterations)
+                                   device_type=self.device.type, iterations=schedule.iterations, shard=self.shard)
         timed, started = 0, time.perf_counter()  # steps and time of this process (for iters_per_s)
         for batch in loader:
             batch = batch.to(self.device, non_blocking=True)
@@ -244,9 +261,11 @@ class Trainer:
             if evaluate:
                 elapsed = time.perf_counter() - started
                 result = {f"{k}": v for k, v in self._stats.means().items()}
+                if self.shard.distributed:  # each rank's means are of its share: their mean is the batch's
+                    result = data_parallel.mean_over_ranks(result, self.device)
                 result[M.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
                 result[M.TRAIN_ITERS_PER_S] = timed / max(elapsed, 1e-9)
-                result.update(self.evaluate())
+                result.update(self._evaluate_once())
                 if self.lr_schedule.observe(result[M.EVAL_RD_LOSS]):  # plateau decayed: from the next step on
                     for group in self.optimizer.param_groups:
                         group["lr"] = group["initial_lr"] * self.lr_schedule.factor(self.scheduler.last_epoch)
@@ -262,6 +281,12 @@ class Trainer:
                 return
 
     # ------------------------------------------------------------ evaluation
+    def _evaluate_once(self) -> dict[str, float]:
+        """:meth:`evaluate` on rank 0 only, its result on every rank."""
+        if not self.shard.distributed:
+            return self.evaluate()
+        return data_parallel.from_rank0(self.evaluate() if self.shard.rank == 0 else None)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """R-D metrics on the held-out images: whole images padded, metrics on the unpadded area."""

@@ -1,0 +1,216 @@
+"""A data-parallel trial (``resources.workers_per_trial`` > 1): Ray Train V2's Tune integration.
+
+The Tune trial is the coordinator: it starts a :class:`ray.train.torch.TorchTrainer` whose N
+workers run :func:`train_worker` (PyTorch DDP, gloo on CPUs, NCCL on GPUs; see
+:mod:`trainables.training.data_parallel`). The Tune checkpoint stays the only one that decides
+where training resumes, so ASHA, PBT (clones), retries and ``resume`` work as for a one-process
+trial:
+
+* rank 0 reports each evaluation with its checkpoint through ``ray.train.report``; a Train
+  callback (on the Train controller) hands both to the coordinator through a Ray queue, which
+  ``tune.report`` s them: Tune copies the checkpoint into the trial folder as usual;
+* the workers start from ``tune.get_checkpoint()``; the Train run folder of an earlier attempt
+  is removed first, so Train never restores a checkpoint of its own in its place;
+* Train retries nothing (``FailureConfig(max_failures=0)``): a worker that dies ends the
+  attempt, and Tune retries the trial from its checkpoint under ``resources.max_failures``.
+
+Rank 0 tells the driver's :class:`WorkerGroupRegistry` which placement group holds the workers,
+as soon as it starts: when Tune stops or pauses the trial (or its coordinator dies) the Train
+controller ends with the coordinator, before it could release the group, and the driver removes
+it (``search.tuning.worker_groups``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from trainables import metrics as M
+from trainables.errors import LicSearchError, TrainingDivergedError
+
+#: What the coordinator itself reserves (it only waits on the Train run): the rest of
+#: ``cpus_per_trial`` goes to the workers, so the trial's total is ``cpus_per_trial``.
+COORDINATOR_CPUS = 0.01
+
+_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """How one trial's workers are laid out (from the space's ``resources``)."""
+
+    workers: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+
+    @property
+    def cpus_per_worker(self) -> float:
+        """Reserved per worker: the trial's CPUs less the coordinator's, split evenly (rounded down to Ray's 1e-4)."""
+        return int((self.cpus_per_trial - COORDINATOR_CPUS) / self.workers * 10_000) / 10_000
+
+    @property
+    def gpus_per_worker(self) -> float:
+        return self.gpus_per_trial / self.workers
+
+    @property
+    def threads_per_worker(self) -> int:
+        """Torch threads of one worker: its whole share of ``cpus_per_trial``."""
+        return max(1, int(self.cpus_per_trial // self.workers))
+
+    def worker_resources(self) -> dict[str, float]:
+        resources = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker > 0:
+            resources["GPU"] = self.gpus_per_worker
+        return resources
+
+
+class WorkerGroupRegistry:
+    """A Ray actor the driver starts: trial id -> placement groups its workers started in, oldest first."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, list[str]] = {}
+
+    def record(self, trial_id: str, group_id: str) -> None:
+        self._groups.setdefault(trial_id, []).append(group_id)
+
+    def groups(self) -> dict[str, list[str]]:
+        return self._groups
+
+
+# ------------------------------------------------------------------------ workers
+def train_worker(loop_config: dict) -> None:
+    """One rank of the trial: the engine on its share of every batch, rank 0 reporting."""
+    import ray
+    import torch
+    from ray import train
+
+    from trainables.config import TrialConfig
+    from trainables.data.file_index import use_train_indexes
+    from trainables.shard import Shard
+    from trainables.training.checkpoint import load_checkpoint, save_checkpoint
+    from trainables.training.engine import Trainer
+    from trainables.training.trainable import diverged_result
+    from trainables.training.warm_start import warm_start_result
+
+    context = train.get_context()
+    shard = Shard(context.get_world_rank(), context.get_world_size())
+    torch.set_num_threads(int(loop_config["threads"]))
+    group = ray.util.get_current_placement_group()
+    registry = loop_config.get("registry")
+    if shard.rank == 0 and registry is not None and group is not None:
+        registry.record.remote(loop_config["trial_id"], group.id.hex())
+    identity = {M.NODE_ID: ray.get_runtime_context().get_node_id()}
+    with use_train_indexes(loop_config.get("train_indexes")):
+        config = TrialConfig.model_validate(loop_config["config"])
+        device = train.torch.get_device() if loop_config["use_gpu"] else torch.device("cpu")
+        checkpoint = loop_config.get("checkpoint")
+        trainer = Trainer(config, device=device, warm_start=checkpoint is None, shard=shard)
+        identity.update(warm_start_result(trainer.warm_start))  # model.init_from: where the weights came from
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                trainer.load_state_dict(load_checkpoint(Path(folder), map_location=trainer.device))
+        try:
+            for result in trainer.train():
+                if shard.rank != 0:
+                    train.report(identity)  # every rank reports (a barrier); rank 0's result is the trial's
+                    continue
+                with tempfile.TemporaryDirectory(prefix="lic-ckpt-") as folder:
+                    save_checkpoint(trainer.state_dict(), Path(folder))
+                    train.report(result | identity, checkpoint=train.Checkpoint.from_directory(folder))
+        except TrainingDivergedError as error:  # every rank raises at the same iteration
+            train.report(diverged_result(error, trainer.iteration) | identity if shard.rank == 0 else identity)
+
+
+# -------------------------------------------------------------------- coordinator
+def _forwarder(queue):
+    from ray.train import UserCallback
+
+    class ForwardToTune(UserCallback):
+        """On the Train controller: each report of rank 0 (metrics, persisted checkpoint) to the coordinator."""
+
+        def __init__(self, reports) -> None:
+            self.reports = reports
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            # Never blocks the controller: its event loop also watches the workers.
+            self.reports.put_nowait((dict(metrics[0]), checkpoint))
+
+    return ForwardToTune(queue)
+
+
+def _remove_run_folder(storage: str, name: str) -> None:
+    """The Train run folder ``<storage>/<name>`` of an earlier attempt, if any (local path or URI)."""
+    if "://" not in storage:
+        shutil.rmtree(Path(storage) / name, ignore_errors=True)
+        return
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(storage)
+    target = f"{path.rstrip('/')}/{name}"
+    if filesystem.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
+        filesystem.delete_dir(target)
+
+
+def _check_train_v2() -> None:
+    from ray.train.torch import TorchTrainer
+
+    if not TorchTrainer.__module__.startswith("ray.train.v2"):
+        raise LicSearchError("resources.workers_per_trial > 1 needs Ray Train V2 (RAY_TRAIN_V2_ENABLED=1, the "
+                             "default of this Ray version); it is switched off in this environment")
+
+
+def train_lic_data_parallel(config: dict, train_indexes: Optional[dict[str, str]] = None,
+                            group: Optional[WorkerGroup] = None, storage: str = "", registry=None) -> None:
+    """Ray Tune entry point of a data-parallel trial; ``storage`` holds the Train run folders, ``registry``
+    (a :class:`WorkerGroupRegistry` actor) learns where the workers run."""
+    from ray import train, tune
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    _check_train_v2()
+    assert group is not None and storage, "the driver passes the worker group and the Train storage"
+    name = tune.get_context().get_trial_id()
+    _remove_run_folder(storage, name)
+    reports = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": config, "train_indexes": train_indexes, "threads": group.threads_per_worker,
+                           "use_gpu": group.gpus_per_worker > 0, "checkpoint": tune.get_checkpoint(),
+                           "registry": registry, "trial_id": name},
+        scaling_config=train.ScalingConfig(num_workers=group.workers, use_gpu=group.gpus_per_worker > 0,
+                                           resources_per_worker=group.worker_resources()),
+        run_config=train.RunConfig(name=name, storage_path=storage, callbacks=[_forwarder(reports)],
+                                   failure_config=train.FailureConfig(max_failures=0),
+                                   checkpoint_config=train.CheckpointConfig(num_to_keep=1)),
+    )
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # noqa: BLE001  (re-raised in the coordinator's thread)
+            outcome["error"] = error
+
+    runner = threading.Thread(target=fit, name="lic-train-run", daemon=True)
+    runner.start()
+    while True:
+        try:
+            metrics, checkpoint = reports.get(timeout=_POLL_SECONDS)
+        except Empty:
+            if runner.is_alive():
+                continue
+            if reports.empty():
+                break
+            continue
+        tune.report(metrics, checkpoint=checkpoint)
+    runner.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    _remove_run_folder(storage, name)  # Tune holds every checkpoint it needs
+
+
+__all__ = ["COORDINATOR_CPUS", "WorkerGroup", "WorkerGroupRegistry", "train_worker", "train_lic_data_parallel"]
