@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from search.commands._shared import add_quiet_option
@@ -132,7 +133,7 @@ def _estimate(args) -> int:
     if workers > 1:
         # One process timed the global batch; N data-parallel workers are assumed to divide it evenly
         # (bench/ddp_overhead.py measures the DDP wrapper's own cost on one worker).
-        seconds = {step: value / workers for step, value in seconds.items()}
+        seconds = {step: replace(cost, iteration=cost.iteration / workers) for step, cost in seconds.items()}
         print(f"  at {workers} workers per trial: the times above / {workers}, assumed linear (not measured: "
               "the data-parallel speed-up itself is not timed here)")
     result = estimate(trials, seconds, file.scheduler, gpus=args.gpus, gpus_per_trial=resources.gpus_per_trial,
