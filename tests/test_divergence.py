@@ -100,7 +100,6 @@ def test_diverged_trial_errors_once_and_resume_does_not_run_it_again(tmp_path: P
 
     check_mlflow()
     outcome = resume_search(location)
-    again = outcome.results
-    assert len(again) == 2 and not any(r.error for r in again)
+    assert outcome.results is None  # every trial had ended: resume trains nothing (no Ray started)
     assert len(_results_of(experiment)[1e38]) == 1  # resume did not start the diverged trial
     check_mlflow()

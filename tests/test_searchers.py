@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.errors import SpaceError
 from search.space.keypath import get_path
-from search.space.sections import SchedulerConfig, SearchAlgorithmConfig, check_search_setup
+from search.space.sections import SchedulerConfig, SearchAlgorithmConfig, check_search_setup, stratify_keys
 from search.tuning.searchers import (
     PrunedOptunaSearch,
     StratifiedOptunaSearch,
@@ -185,7 +185,8 @@ def spec_of(search: dict, **overrides):
     file = SimpleNamespace(search=SearchAlgorithmConfig(**search), scheduler=SchedulerConfig(), trial=tiny_trial())
     grid = 2 if "loss.lmbda" not in overrides else 1
     return SimpleNamespace(file=file, param_space=lambda: ray_space(**overrides),
-                           trial_count=lambda: grid * file.search.num_samples, budget=lambda: 6)
+                           trial_count=lambda: grid * file.search.num_samples, budget=lambda: 6,
+                           stratify_by=lambda: stratify_keys(file.search, file.scheduler, file.trial))
 
 
 def test_build_search_algorithm_from_the_search_section():
