@@ -1,8 +1,7 @@
 """LLIC-style backbone: large self-conditioned depth-wise kernels in g_a / g_s, ELIC's entropy model.
 
 A **reconstruction**, not the paper's code: LLIC (Jiang et al., IEEE TMM 2024, arXiv 2304.09571)
-has no public implementation and its method section could not be read here
-(``../shared/papers/notes-llic.md``). The structure comes from the abstract, the captions of
+has no public implementation and its method section could not be read here. The structure comes from the abstract, the captions of
 Figures 2 and 3 and a third-party reading of the PDF (notes tag [E], unverified); everything
 inside the blocks is assumed. The point is the design space the paper opens (kernel size,
 self-conditioned vs static kernels, channel factors), as searchable knobs (``model.llic``).

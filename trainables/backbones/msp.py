@@ -2,7 +2,7 @@
 
 A **reconstruction of the idea**, not the paper's model: the multi-scale progressive (MSP)
 probability model of Zhang et al. (Nokia, arXiv 2210.04112) has no public code and only its
-abstract could be read (``../shared/papers/notes-msp-lof.md``). What the abstract states:
+abstract could be read. What the abstract states:
 predefined *profiles* trade compression efficiency against complexity, and decoding
 complexity drops from O(n) to O(1) against serial context models (over 20x faster on 2K
 images). How MSP splits the latent, what each step conditions on, its distribution family
@@ -46,6 +46,7 @@ from compressai.models import CompressionModel, MeanScaleHyperprior
 from torch import Tensor, nn
 
 from trainables.backbones.channel_context import ste_round
+from trainables.backbones.mbt2018 import MBT2018_LAYOUT
 from trainables.backbones.registry import register_backbone
 from trainables.config import MSPConfig
 
@@ -178,15 +179,7 @@ class MSPStyle(MeanScaleHyperprior):
 # conv, iWLS after each up-sampling deconv's IGDN and on g_s's output.
 @register_backbone(
     "msp-style",
-    N=192,
-    M=320,
-    widths=lambda N, M: (3, N, N, N, M),
-    analysis_positions=(0, 2, 4, 6),
-    synthesis_positions=(1, 3, 5, 6),
-    down_layers=(0, 2, 4, 6),
-    up_layers=(0, 2, 4, 6),
-    pad_multiple=64,
-    test_widths=(16, 24),
+    **MBT2018_LAYOUT,
     options="msp",
     decode_steps=lambda model, height, width: model.decode_steps(),
 )
