@@ -3,6 +3,7 @@ killed with SIGKILL and resumed, and a trial process killed mid-training and ret
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,15 +112,14 @@ def test_unreachable_tracking_server_is_reported_before_ray_starts(tmp_path: Pat
     assert not (tmp_path / "r").exists()
 
 
-def test_two_node_cluster_on_loopback_runs_trials_on_both_nodes(tmp_path: Path):
-    import secrets
-
+@contextlib.contextmanager
+def loopback_cluster(tmp_path: Path, auth: dict, head_env: dict | None = None):
+    """A real two-node Ray cluster on loopback (``ray start`` head + worker, one CPU each); yields
+    ``(address, worker)`` and stops both nodes on exit (SIGTERM, then their whole sessions)."""
     port = free_port()
-    # Ray's token authentication: every node and the driver share one token.
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     head = start([RAY_CLI, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
                   "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
-                 tmp_path / "head.log", auth)
+                 tmp_path / "head.log", {**auth, **(head_env or {})})
     worker = None
     try:
         address = f"127.0.0.1:{port}"
@@ -127,6 +127,23 @@ def test_two_node_cluster_on_loopback_runs_trials_on_both_nodes(tmp_path: Path):
         worker = start([RAY_CLI, "start", "--block", f"--address={address}", "--num-cpus=1",
                         "--node-ip-address=127.0.0.1", "--disable-usage-stats"], tmp_path / "worker.log", auth)
         wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 60, "the worker node")
+        yield address, worker
+    finally:
+        for process in (worker, head):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    kill_session(process)
+
+
+def test_two_node_cluster_on_loopback_runs_trials_on_both_nodes(tmp_path: Path):
+    import secrets
+
+    # Ray's token authentication: every node and the driver share one token.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    with loopback_cluster(tmp_path, auth) as (address, _):
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         space = write_space(tmp_path, "cluster", {"schedule.iterations": 4}, {"max_concurrent": 2}, {"type": "fifo"})
         driver = subprocess.run(LIC_SEARCH + ["run", str(space), "--address", address, "--storage-path",
@@ -137,14 +154,6 @@ def test_two_node_cluster_on_loopback_runs_trials_on_both_nodes(tmp_path: Path):
         assert len(runs) == 2
         assert all(r.data.tags[T.TAG_STATUS] == "completed" for r in runs)
         assert len({r.data.tags[T.TAG_NODE] for r in runs}) == 2  # one trial on each node
-    finally:
-        for process in (worker, head):
-            if process is not None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    kill_session(process)
 
 
 def test_search_over_http_to_a_real_mlflow_server(tmp_path: Path):
@@ -457,21 +466,11 @@ def _node_processes(root: subprocess.Popen) -> list:
 def test_a_lost_worker_node_costs_one_checkpoint_interval_not_the_trial(tmp_path: Path):
     import secrets
 
-    port = free_port()
     # One token for the nodes and the driver; the head notices a dead node within seconds, not ~30 s.
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     fast = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
             "RAY_health_check_initial_delay_ms": "1000"}
-    head = start([RAY_CLI, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
-                  "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
-                 tmp_path / "head.log", {**auth, **fast})
-    worker = None
-    try:
-        address = f"127.0.0.1:{port}"
-        wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), 60, "the head node")
-        worker = start([RAY_CLI, "start", "--block", f"--address={address}", "--num-cpus=1",
-                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], tmp_path / "worker.log", auth)
-        wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 60, "the worker node")
+    with loopback_cluster(tmp_path, auth, fast) as (address, worker):
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         # Two trials, one per node; the clock checkpoints between evaluations (every 0.6 s).
         space = write_space(tmp_path, "lost", {"schedule.iterations": 120, "schedule.eval_every": 40,
@@ -517,11 +516,3 @@ def test_a_lost_worker_node_costs_one_checkpoint_interval_not_the_trial(tmp_path
                 assert len({r[M.NODE_ID] for r in before}) == 1 and restored[0][M.NODE_ID] != before[-1][M.NODE_ID]
                 moved.append(result_file)
         assert len(moved) == 1
-    finally:
-        for process in (worker, head):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    kill_session(process)
