@@ -255,7 +255,7 @@ def test_estimate_command_on_the_quickstart(capsys) -> None:
     assert 0 < float(asha.group(1)) < float(grid.group(1))
     assert re.search(r"rung 100: 9 trial\(s\) reach it, 5 go on", out)
     assert re.search(r"^wall time on .*: grid [\d.]+ h.*, ASHA [\d.]+ h", out, re.M)
-    assert re.search(r"search launch: [\d.]+ s starting Ray, [\d.]+ s for a fresh worker to import", out)
+    assert re.search(r"search launch and end: [\d.]+ s around the trials .*, [\d.]+ s for a fresh worker to import", out)
     assert re.search(r"s/iteration, [\d.]+ s/evaluation with its checkpoint, [\d.]+ s start-up", out)
 
 

@@ -12,8 +12,11 @@ reads the clock).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,10 +26,12 @@ from typing import Any, Callable, Optional
 import torch
 
 from search.analysis.estimate import StepCost
+from search.errors import LicSearchError
 from trainables import metrics as M
 from trainables.config import TrialConfig
 
-__all__ = ["device_label", "TimedRun", "timed_run", "seconds_per_iteration", "step_cost", "launch_seconds"]
+__all__ = ["device_label", "TimedRun", "timed_run", "seconds_per_iteration", "step_cost", "launch_seconds",
+           "worker_import_seconds", "search_overhead_seconds", "probe_space"]
 
 
 def device_label(device: torch.device) -> str:
@@ -123,19 +128,80 @@ def _timed(work: Callable[[], Any]) -> float:
 
 
 def launch_seconds() -> tuple[float, float]:
-    """(worker, ray): seconds a fresh Python process spends importing the trainable (what each Ray worker
-    does inside its first trial's time) and then starting a local Ray instance (what ``lic-search run``
-    does first), measured in a child process so this one's warm imports do not hide them."""
-    import subprocess
-    import sys
+    """(worker, around): seconds a fresh Python process spends importing the trainable (what each Ray worker
+    does inside its first trial's time), and seconds a search spends around its trials (see
+    :func:`search_overhead_seconds`)."""
+    return worker_import_seconds(), search_overhead_seconds()
 
-    code = ("import time; t = time.perf_counter(); import trainables.training.trainable, ray; w = time.perf_counter(); "
-            "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False, "
-            "logging_level='ERROR'); ray.shutdown(); print(w - t, time.perf_counter() - w)")
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+def worker_import_seconds() -> float:
+    """Seconds a fresh Python process spends importing the trainable, measured in a child process so that
+    this one's warm imports do not hide them."""
+    code = ("import time; t = time.perf_counter(); import trainables.training.trainable, ray; "
+            "print(time.perf_counter() - t)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=_child_env())
     try:
-        worker, ray = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
-        return worker, ray
+        return float(done.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        return 0.0, time.perf_counter() - started
+        raise LicSearchError(f"estimate: importing the trainable in a fresh process failed: "
+                             f"{done.stderr.strip()[-500:]}") from None
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with this process's copy of lic-search first on the path (a checkout run without
+    installing it is timed as itself)."""
+    import os
+
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the search package
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
+PROBE_NAME = "lic-estimate-probe"
+
+
+def probe_space(images: Path) -> dict:
+    """A one-trial search of one iteration on a tiny model: all it costs beyond its trial is the search's own."""
+    return {
+        "name": PROBE_NAME,
+        "trial": {"model": {"backbone": "mbt2018-mean", "N": 8, "M": 8},
+                  "data": {"train": str(images), "eval": str(images), "crop_size": 64, "batch_size": 1,
+                           "num_workers": 0},
+                  "loss": {"lmbda": 0.013},
+                  "schedule": {"iterations": 1, "eval_every": 1, "seed": 0}},
+        "scheduler": {"type": "fifo"},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "max_failures": 0},
+    }
+
+
+def search_overhead_seconds(timeout: float = 600.0) -> float:
+    """Seconds a search spends around its trials, measured: ``lic-search run`` of a one-trial, one-iteration
+    search in a child process (its imports, validation, Ray's start, the experiment folder and training index,
+    the parent MLflow run in a fresh SQLite store, the end-of-search summary, Ray's shutdown), less that trial's
+    own time (which Ray records in its ``result.json``)."""
+    import numpy
+    import yaml
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="lic-estimate-probe-") as folder:
+        root = Path(folder)
+        images = root / "images"
+        images.mkdir()
+        noise = numpy.random.default_rng(0)
+        for index in range(2):
+            Image.fromarray(noise.integers(0, 256, (64, 64, 3), dtype=numpy.uint8)).save(images / f"{index}.png")
+        space = root / "probe.yaml"
+        space.write_text(yaml.safe_dump(probe_space(images), sort_keys=False))
+        command = [sys.executable, "-m", "search.cli", "run", str(space), "--storage-path", str(root / "results"),
+                   "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}"]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=root, env=_child_env())
+        wall = time.perf_counter() - started
+        results = sorted((root / "results" / PROBE_NAME).glob("*/result.json"))
+        if done.returncode != 0 or not results:
+            raise LicSearchError(f"estimate: the one-trial search that times a search's launch failed (exit "
+                                 f"{done.returncode}); pass --launch S to skip it. Its output ended: "
+                                 f"{(done.stdout + done.stderr).strip()[-800:]}")
+        trial = max(json.loads(line).get("time_total_s", 0.0)
+                    for line in results[0].read_text().splitlines() if line.strip())
+        return max(0.0, wall - trial)

@@ -31,8 +31,9 @@ def register(subparsers) -> None:
                         help="time on this image folder instead of the space's data (the step time depends on "
                              "crop and batch size, not on the images), e.g. samples/kodak-crops/train")
     parser.add_argument("--launch", type=float, default=None, metavar="S",
-                        help="seconds before the first trial trains (Ray start, worker imports), added to the wall "
-                             "time (default: measured in a fresh process, which starts a local Ray instance)")
+                        help="seconds a search spends around its trials (imports, Ray's start and shutdown, the MLflow "
+                             "parent run, the summary), added to the wall time (default: measured by running a "
+                             "one-iteration search in a fresh process, on a local Ray instance)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to time the steps (default: a GPU if present, else the CPU)")
     add_quiet_option(parser)
@@ -123,12 +124,16 @@ def _estimate(args) -> int:
                 print(f"  {step.label()}: {cost.iteration:.4g} s/iteration, {cost.evaluation:.3g} s/evaluation with "
                       f"its checkpoint, {cost.startup:.3g} s start-up ({count} trial(s){share})", flush=True)
     if args.launch is None:
-        worker, ray_start = launch_seconds()
-        print(f"  search launch: {ray_start:.3g} s starting Ray, {worker:.3g} s for a fresh worker to import the "
-              "trainable (once per concurrent slot, in its first trial's time)", flush=True)
+        with Meter("estimate: timing a one-trial search's launch and end", "search", 1) as meter:
+            worker, around = launch_seconds()
+            meter.update()
+        print(f"  search launch and end: {around:.3g} s around the trials (a one-iteration search run in a fresh "
+              f"process: imports, Ray's start and shutdown, the MLflow parent run, the summary), {worker:.3g} s "
+              "for a fresh worker to import the trainable (once per concurrent slot, in its first trial's time)",
+              flush=True)
     else:
-        worker, ray_start = 0.0, args.launch
-        print(f"  search launch (--launch): {ray_start:.3g} s", flush=True)
+        worker, around = 0.0, args.launch
+        print(f"  search launch and end (--launch): {around:.3g} s", flush=True)
     workers = resources.workers_per_trial
     if workers > 1:
         # One process timed the global batch; N data-parallel workers are assumed to divide it evenly
@@ -137,7 +142,7 @@ def _estimate(args) -> int:
         print(f"  at {workers} workers per trial: the times above / {workers}, assumed linear (not measured: "
               "the data-parallel speed-up itself is not timed here)")
     result = estimate(trials, seconds, file.scheduler, gpus=args.gpus, gpus_per_trial=resources.gpus_per_trial,
-                      max_concurrent=file.search.max_concurrent, launch=ray_start + worker, worker_start=worker)
+                      max_concurrent=file.search.max_concurrent, launch=around + worker, worker_start=worker)
     unit = f"{kind}-hours"
     print(f"\ngrid (every trial its full budget): {result.grid_iterations:,} iterations, "
           f"{_hours(result.grid_hours).replace(' h', ' ' + unit, 1)}")
