@@ -33,7 +33,7 @@ SMOKE = REPO / "spaces" / "smoke"
     ("ablation_llic.yaml", "model.llic.kernel"),
     ("msp_profiles.yaml", "model.msp.steps"),
 ])
-def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path, ray_cluster):
+def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path, ray_cluster, capsys):
     from search.tuning.tuner import run_search
 
     spec = load_space(SMOKE / preset)
@@ -54,6 +54,12 @@ def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path,
         assert all(r.data.tags[T.TAG_FAMILY_NAME] == r.data.tags[T.TAG_VARIANT] for r in runs)
         selection = select_search(spec.name, uri)
         assert selection.anchor == "anchor" and list(selection.variants) == spec.variants.labels()
+        from search.monitor.ending import print_ending  # the end-of-search summary names the winners so too
+
+        capsys.readouterr()
+        print_ending(results, outcome.folder)
+        best = [line for line in capsys.readouterr().out.splitlines() if line.startswith("best at ")]
+        assert best and all(any(f" — {label} · λ=" in line for label in spec.variants.labels()) for line in best)
     if preset == "rate_ms_ssim.yaml":
         assert all(r.data.params["loss.distortion"] == "ms-ssim" for r in runs)
         assert all(0 < r.data.metrics[M.EVAL_MS_SSIM] <= 1 for r in runs)

@@ -14,6 +14,7 @@ from search.experiment import skipped
 from search.experiment.state import SPACE_COPY, SearchState
 from search.experiment.store import ExperimentStore
 from search.monitor import summary
+from search.space.variants import Variants, split_labels
 from search.tracking import client as tracking_client
 from search.tracking import journal as J
 from search.tracking import run_names, view
@@ -33,18 +34,18 @@ def print_ending(results, folder: str | Path) -> None:
         skipped_images,  # (imports torch: only once a search ran)
     )
     print(skipped_images(results).describe())
-    store, state, ranking = _search_state(folder)
+    store, state, ranking, variants = _search_state(folder)
     named = skipped.describe(store) if store is not None else None
     if named:
         print(named)
     entries = [summary.Entry(str(r.metrics.get("trial_id", "?")), r.config, r.metrics)
                for r in results if not r.error and r.metrics and r.config]
-    best = summary.best_per_rate_point(entries, ranking)
+    best = summary.best_per_rate_point(entries, ranking, variants=variants)
     print(f"Best per rate point (by {ranking.metric}, {ranking.mode}):" if best else "No trial reported a score.")
     for line in summary.lines(best, ranking):
         print(line)
     if state is not None and best:
-        keys = run_names.column_keys(e.config for e in entries)
+        keys = run_names.column_keys((e.config for e in entries), variants)
         _record(store, state, best, ranking, view.view_tag(state.name, J.PARENT_RUN_PLACEHOLDER,
                                                            int(time.time() * 1000), ranking.metric, ranking.mode,
                                                            [flat for k in keys for flat in _param_keys(entries, k)]))
@@ -83,16 +84,18 @@ def _runs_url(state) -> str | None:
 
 
 def _search_state(folder):
-    """The search's recorded state and ranking (None and the defaults when the folder cannot say)."""
+    """The search's recorded state, ranking and labelled variants (None and the defaults when the folder
+    cannot say)."""
     try:
         store = ExperimentStore(folder)
         state = SearchState.load(store)
-        search = (yaml.safe_load(store.read_text(SPACE_COPY)) or {}).get("search")
-        return store, state, summary.Ranking.of(search)
+        space = yaml.safe_load(store.read_text(SPACE_COPY)) or {}
+        _, variants = split_labels(SPACE_COPY, space.get("trial") or {})
+        return store, state, summary.Ranking.of(space.get("search")), variants
     except (LicSearchError, OSError, ValueError, yaml.YAMLError) as error:  # the summary never hides the outcome
         print(f"note: {folder}: cannot read the search's state ({error}); ranking by eval/rd_loss (min)",
               file=sys.stderr)
-        return None, None, summary.Ranking()
+        return None, None, summary.Ranking(), Variants()
 
 
 def _record(store, state, best, ranking, view_tag: tuple[str, str]) -> None:
