@@ -202,3 +202,29 @@ def test_an_errored_trial_is_one_line_with_its_error_and_where_to_read_more(tmp_
     lines = plain.getvalue().splitlines()
     assert lines[1:] == [f"[1/9] a errored: RuntimeError: CUDA out of memory — λ=0.013 · auxt=haar · λ_orth=0.1 · "
                          f"lr=1e-3 (details: {tmp_path / 'a'})"]
+
+
+def test_the_quiet_console_keeps_optunas_new_study_lines_off(monkeypatch, capfd):
+    """Every Optuna search creates a study per grid point; its "[I ...] A new study created" lines are noise."""
+    import logging
+
+    import optuna
+
+    from search.monitor import console
+
+    for name in ("RAY_AIR_NEW_OUTPUT", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S",
+                 "MLFLOW_LOGGING_LEVEL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # configure() sets them: restored afterwards
+    levels = {name: logging.getLogger(name).level for name in ("mlflow", "ray.tune.execution.tune_controller")}
+    verbosity = optuna.logging.get_verbosity()
+    try:
+        optuna.logging.set_verbosity(optuna.logging.INFO)  # Optuna's default
+        optuna.create_study(study_name="loud-check")
+        assert "A new study created in memory with name: loud-check" in capfd.readouterr().err
+        console.configure(verbose=False)
+        optuna.create_study(study_name="quiet-check")
+        assert "A new study created" not in capfd.readouterr().err
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -50,6 +50,9 @@ def configure(verbose: bool) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    import optuna  # (every search imports it with Ray's OptunaSearch; its INFO lines announce each new study)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A failed trial's traceback: LiveConsole.on_trial_error says it once, in one line with the file to read.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 
