@@ -51,7 +51,7 @@ def _results_of(experiment: Path) -> dict[float, list[dict]]:
 
 
 @pytest.mark.slow
-def test_diverged_trial_errors_once_and_resume_does_not_run_it_again(tmp_path: Path, ray_cluster):
+def test_diverged_trial_errors_once_and_resume_does_not_run_it_again(tmp_path: Path, ray_cluster, capsys):
     from search.tracking.queries import trial_runs
     from search.tuning.tuner import resume_search, run_search
 
@@ -88,6 +88,11 @@ def test_diverged_trial_errors_once_and_resume_does_not_run_it_again(tmp_path: P
     assert [r[M.ITERATIONS] for r in reports[0.013]] == [2, 4]
     assert len(reports[1e38]) == 1 and reports[1e38][0][M.DIVERGED] == 1  # one start, one report: no retry
     assert not list(experiment.glob("*/error.txt"))
+    from search.monitor.ending import print_ending  # the closing line counts it as the progress view does
+
+    capsys.readouterr()
+    print_ending(results, location)
+    assert "\n2 trials (1 errored, 1 of them diverged). Experiment folder: " in capsys.readouterr().out
 
     def check_mlflow():
         runs = {r.data.params["loss.lmbda"]: r for r in trial_runs("nan", uri)}

@@ -20,6 +20,7 @@ from search.tracking import journal as J
 from search.tracking import run_names, view
 from search.tracking import session as tracking_session
 from search.tracking.queries import ensure_view, select_search
+from trainables import metrics as M
 from trainables.config import flatten
 
 
@@ -28,8 +29,10 @@ def print_ending(results, folder: str | Path) -> None:
 
     The best-per-rate-point table also goes to the search's MLflow parent run (artifact, tags, metrics),
     through the tracking journal: a server that is down gets it from ``lic-search sync`` or resume."""
-    errors = sum(1 for r in results if r.error)
-    print(f"\n{len(results)} trials ({errors} errored). Experiment folder: {folder}")
+    diverged = [r for r in results if _diverged(r)]
+    errors = sum(1 for r in results if r.error) + len(diverged)
+    why = f", {len(diverged)} of them diverged" if diverged else ""
+    print(f"\n{len(results)} trials ({errors} errored{why}). Experiment folder: {folder}")
     from search.space.training_data import (
         skipped_images,  # (imports torch: only once a search ran)
     )
@@ -39,7 +42,7 @@ def print_ending(results, folder: str | Path) -> None:
     if named:
         print(named)
     entries = [summary.Entry(str(r.metrics.get("trial_id", "?")), r.config, r.metrics)
-               for r in results if not r.error and r.metrics and r.config]
+               for r in results if not r.error and not _diverged(r) and r.metrics and r.config]
     best = summary.best_per_rate_point(entries, ranking, variants=variants)
     print(f"Best per rate point (by {ranking.metric}, {ranking.mode}):" if best else "No trial reported a score.")
     for line in summary.lines(best, ranking):
@@ -59,6 +62,11 @@ def print_ending(results, folder: str | Path) -> None:
     if url:
         print(f"MLflow UI:   {url}" + ("" if uri.startswith(("http://", "https://")) else
                                         "   (served by lic-search ui)"))
+
+
+def _diverged(result) -> bool:
+    """A trial whose loss went non-finite: a terminal result (no Ray error), errored in our words."""
+    return not result.error and bool((result.metrics or {}).get(M.DIVERGED))
 
 
 def _param_keys(entries, key: str) -> list[str]:
