@@ -183,3 +183,57 @@ def test_by_family_lists_families_without_bd_rate_and_exits_0(store, capsys):
 def test_parse_param_restores_types():
     assert [parse_param(v) for v in ("4", "True", "[0.9]", "1e-09", "None", "(1.0, 0.5)", "mse", "/data/x")] == [
         4, True, [0.9], 1e-09, None, [1.0, 0.5], "mse", "/data/x"]
+
+
+# ---------------------------------------------------------------------- multi-objective: Pareto fronts
+def test_pareto_fronts_sort_each_rate_point_apart_with_each_objectives_direction():
+    from search.space.strata import pareto_within_strata
+
+    rows = [{"lmbda": LOW, "rd": 0.20, "psnr": 29.0, "id": "a"}, {"lmbda": LOW, "rd": 0.30, "psnr": 30.0, "id": "b"},
+            {"lmbda": LOW, "rd": 0.35, "psnr": 29.5, "id": "c"},  # worse than b on both: front 2
+            {"lmbda": LOW, "rd": 0.30, "psnr": 30.0, "id": "d"},  # equal to b: beside it on the front
+            {"lmbda": LOW, "rd": float("nan"), "psnr": 31.0, "id": "e"},  # cannot be compared
+            {"lmbda": HIGH, "rd": 2.5, "psnr": 35.0, "id": "f"}]  # alone in its rate point: its front
+    fronted = pareto_within_strata(rows, lambda r: {"loss.lmbda": r["lmbda"]}, lambda r: [r["rd"], r["psnr"]],
+                                   ["min", "max"])
+    assert [(r["id"], front) for r, _, front in fronted] == [
+        ("a", 1), ("b", 1), ("d", 1), ("c", 2), ("e", None), ("f", 1)]
+
+
+@pytest.fixture(scope="module")
+def two_objectives(tmp_path_factory):
+    """A search recorded with objectives eval/rd_loss (min) and eval/bpp (min), one rate point."""
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking.session import search_tags
+
+    folder = tmp_path_factory.mktemp("pareto")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("mo", artifact_location=(folder / "artifacts").as_uri())
+    tags = search_tags(str(folder), ["loss.lmbda"], objectives=[(M.EVAL_RD_LOSS, "min"), (M.EVAL_BPP, "min")])
+    parent = client.create_run(experiment_id, run_name="s", tags=tags).info.run_id
+    points = {"fast": (0.20, 0.50, 1e-3), "small": (0.30, 0.30, 2e-3), "worse": (0.35, 0.40, 3e-3),
+              "big": (0.25, 0.60, 4e-3)}
+    runs = {name: _trial(client, experiment_id, parent, name, _config(LOW, True, lr=lr), rd, bpp)
+            for name, (rd, bpp, lr) in points.items()}
+    return {"uri": uri, "runs": runs}
+
+
+def test_best_of_a_multi_objective_search_is_its_pareto_front(two_objectives, capsys):
+    capsys.readouterr()
+    assert main(["best", "mo", "--tracking-uri", two_objectives["uri"], "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["trial_id"], r["rank"]) for r in rows] == [("fast", 1), ("small", 1), ("big", 2), ("worse", 2)]
+    assert rows[0]["ranked_by"] == "pareto front: eval/rd_loss min, eval/bpp min"
+    assert main(["best", "mo", "--tracking-uri", two_objectives["uri"]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Pareto fronts over eval/rd_loss (min), eval/bpp (min) within each rate point")
+    header = next(line for line in out.splitlines() if line.startswith("rate point"))
+    assert header.split()[2:5] == ["front", M.EVAL_RD_LOSS, M.EVAL_BPP]
+    runs = two_objectives["runs"]
+    assert f"Pareto front per rate point: λ=0.0035: runs {runs['fast']}, {runs['small']}" in out
+    # --metric ranks by that one metric instead
+    assert main(["best", "mo", "--tracking-uri", two_objectives["uri"], "--json", "--metric", M.EVAL_BPP]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["trial_id"], r["rank"]) for r in rows] == [("small", 1), ("worse", 2), ("fast", 3), ("big", 4)]

@@ -69,3 +69,28 @@ def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path,
         assert check_schedule_histories(runs, uri) == {"step", "cosine", "plateau"}
     if preset == "msp_profiles.yaml":  # the second objective: each profile's decoding steps, whatever the image
         assert all(r.data.metrics[M.EVAL_DECODE_STEPS] == int(r.data.params["model.msp.steps"]) for r in runs)
+        check_pareto_answer(spec, results, outcome.folder, runs, uri, capsys)
+
+
+def check_pareto_answer(spec, results, folder, runs, uri, capsys) -> None:
+    """A two-objective search answers with its Pareto front, at its end and in ``best``: exactly the trials
+    no other trial beats on both eval/rd_loss and eval/decode_steps."""
+    import json
+
+    from search.cli import main
+    from search.monitor.ending import print_ending
+
+    points = {r.info.run_id: (r.data.metrics[M.EVAL_RD_LOSS], r.data.metrics[M.EVAL_DECODE_STEPS]) for r in runs}
+    front = {run for run, (a, b) in points.items()
+             if not any(x <= a and y <= b and (x, y) != (a, b) for x, y in points.values())}
+    capsys.readouterr()
+    print_ending(results, folder)
+    out = capsys.readouterr().out
+    assert "Pareto front per rate point (eval/rd_loss min, eval/decode_steps min):" in out
+    assert f"front at λ=0.0483, distortion=mse: {len(front)} trial" in out
+    members = [line for line in out.splitlines() if line.startswith("  eval/rd_loss ")]
+    assert len(members) == len(front) and all(" · msp.steps=" in line for line in members)
+    assert main(["best", spec.name, "--tracking-uri", uri, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["run_id"] for r in rows if r["rank"] == 1} == front
+    assert all(r["ranked_by"] == "pareto front: eval/rd_loss min, eval/decode_steps min" for r in rows)

@@ -53,14 +53,14 @@ def test_best_table_has_one_column_per_varying_key_with_readable_headers():
              "metrics": {"eval/rd_loss": 1.0 + i, "eval/bpp": 0.5, "eval/psnr": 30.0, "iterations": 24.0},
              "params": typed_params({k: str(v) for k, v in flatten(c).items()})} for i, c in enumerate(configs)]
     keys = row_keys(rows)
-    header, lines = trial_table(rows, "eval/rd_loss", keys)
+    header, lines = trial_table(rows, ["eval/rd_loss"], keys)
     assert header[-5:] == ["λ", "auxt", "auxt.projection", "auxt.scaling", "auxt.downsample"]
     assert "enabled" not in header and "variant" not in header  # no run carries a variant tag
     assert [line[-3:] for line in lines] == [["unconstrained", "True", "dwt"], ["orthogonal", "False", "dwt"],
                                              ["orthogonal", "n/a", "avgpool"], ["orthogonal", "n/a", "strided_conv"]]
     assert [line[-4] for line in lines] == ["haar", "haar", "avgpool", "strided_conv"]
     labelled = [{**row, "variant": f"A{i + 1}"} for i, row in enumerate(rows)]
-    header, lines = trial_table(labelled, "eval/rd_loss", row_keys(labelled))
+    header, lines = trial_table(labelled, ["eval/rd_loss"], row_keys(labelled))
     assert header[7] == "variant" and [line[7] for line in lines] == ["A1", "A2", "A3", "A4"]
     assert len({tuple(line[-3:]) for line in lines}) == 4  # every row of A1-A4 reads differently
 

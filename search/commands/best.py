@@ -20,10 +20,14 @@ def register(subparsers) -> None:
                     "R-D losses at different λ are not comparable. Reads the latest search of the name "
                     "unless --run-id or --all.")
     parser.add_argument("experiment", help="search name (the MLflow experiment)")
-    parser.add_argument("--metric", default=M.EVAL_RD_LOSS, help="rank by this metric (default: %(default)s)")
+    parser.add_argument("--metric", default=None,
+                        help=f"rank by this metric (default: {M.EVAL_RD_LOSS}; a multi-objective search, "
+                             "search.objectives, is shown as each rate point's Pareto fronts over its objectives "
+                             "unless --metric is given)")
     parser.add_argument("--mode", choices=("min", "max"), default=None,
                         help="direction of --metric (default: the metric's own: psnr, ms_ssim max; others min)")
-    parser.add_argument("--top", type=int, default=None, help="show only the best N of each rate point")
+    parser.add_argument("--top", type=int, default=None,
+                        help="show only the best N of each rate point (Pareto fronts: the first N fronts)")
     parser.add_argument("--where", action="append", default=[], metavar="PARAM=VALUE",
                         help="keep trials whose flattened param equals VALUE (repeatable), "
                              "e.g. --where model.auxt.enabled=True")
@@ -35,8 +39,9 @@ def register(subparsers) -> None:
     which.add_argument("--all", action="store_true", dest="all_searches",
                        help="read every search recorded under this name")
     parser.add_argument("--json", action="store_true",
-                        help="print a JSON list of trials (run_id, stratum, rank, typed params, metrics, and "
-                             "'varying': the table's columns under their full dotted keys)")
+                        help="print a JSON list of trials (run_id, stratum, rank, typed params, metrics, "
+                             "'varying': the table's columns under their full dotted keys, and 'ranked_by': the metric "
+                             "and mode, or the Pareto objectives whose front number 'rank' then is)")
     parser.add_argument("--by", choices=("trial", "family"), default="trial",
                         help="rank single trials within each rate point by --metric, or rate families (trials "
                              "differing only in the R-D lambda) by BD-rate against --anchor; families are shown by "
@@ -122,24 +127,44 @@ def _best(args) -> int:
     if args.by == "family":
         return _best_families(args, selection)
 
-    mode = args.mode or default_mode(args.metric)
-    rows = best_trials(args.experiment, metric=args.metric, mode=mode, top=args.top,
-                       where=_parse_where(args.where), status=args.status, selection=selection)
+    objectives = selection.objectives if args.metric is None else ()
+    metric = args.metric or M.EVAL_RD_LOSS
+    mode = args.mode or default_mode(metric)
+    rows = best_trials(args.experiment, metric=metric, mode=mode, top=args.top, where=_parse_where(args.where),
+                       status=args.status, selection=selection, objectives=objectives)
     if args.export:
         best = winners(rows)
         if not best:
-            raise LicSearchError(f"--export: no trial has a finite {args.metric}; nothing to re-run")
-        _export(args, selection, [r["run_id"] for r in best], f"the best trial of each of {len(best)} rate points")
+            raise LicSearchError(f"--export: no trial has a finite {' and '.join(n for n, _ in objectives) or metric}; "
+                                 "nothing to re-run")
+        what = (f"the Pareto front of each of {len({json.dumps(r['stratum'], sort_keys=True) for r in best})} rate "
+                "points" if objectives else f"the best trial of each of {len(best)} rate points")
+        _export(args, selection, [r["run_id"] for r in best], what)
     keys = row_keys(rows)
     if args.json:
-        rows = [{**row, "varying": run_names.described(row["params"], keys, row.get("variant"))} for row in rows]
+        ranked_by = ("pareto front: " + ", ".join(f"{name} {direction}" for name, direction in objectives)
+                     if objectives else f"{metric} {mode}")
+        rows = [{**row, "varying": run_names.described(row["params"], keys, row.get("variant")), "ranked_by": ranked_by}
+                for row in rows]
         print(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return 0
     if not rows:
         print("no trials match")
         return 0
-    print(f"ranked by {args.metric} ({mode}) within each rate point ({', '.join(selection.stratify_by) or 'none'})")
-    _print_table(*trial_table(rows, args.metric, keys))
+    within = f"within each rate point ({', '.join(selection.stratify_by) or 'none'})"
+    if objectives:
+        print(f"Pareto fronts over {', '.join(f'{name} ({direction})' for name, direction in objectives)} {within}: "
+              "front 1 is the rate point's Pareto front (no other trial is as good on every objective and better "
+              "on one); --metric M ranks by one metric instead")
+        _print_table(*trial_table(rows, [name for name, _ in objectives], keys, rank_header="front"))
+        fronts: dict[str, list[str]] = {}
+        for row in winners(rows):
+            fronts.setdefault(stratum_label(row["stratum"]), []).append(row["run_id"])
+        print("\nPareto front per rate point: " + "; ".join(f"{label}: runs {', '.join(ids)}"
+                                                          for label, ids in fronts.items()))
+        return 0
+    print(f"ranked by {metric} ({mode}) {within}")
+    _print_table(*trial_table(rows, [metric], keys))
     best = winners(rows)
     print("\nbest per rate point: " + "; ".join(f"{stratum_label(r['stratum'])}: run {r['run_id']}" for r in best))
     return 0
@@ -152,17 +177,17 @@ def row_keys(rows: list[dict]) -> list[str]:
     return ([run_names.VARIANT_KEY] if any(row.get("variant") for row in rows) else []) + keys
 
 
-def trial_table(rows: list[dict], metric: str, keys: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Header and lines of ``best``'s table: scores, then one column per key that varies (see
-    :func:`search.tracking.run_names.column_keys`), headed ``λ``, ``auxt``, ``lr``, ``auxt.downsample``..."""
-    header = ["rate point", "rank", metric, M.EVAL_BPP, M.EVAL_PSNR, "iters", "status"] + \
-        [run_names.label(k, keys) for k in keys]
+def trial_table(rows: list[dict], metrics: list[str], keys: list[str],
+                rank_header: str = "rank") -> tuple[list[str], list[list[str]]]:
+    """Header and lines of ``best``'s table: scores (``metrics``, then bpp and PSNR), then one column per key
+    that varies (see :func:`search.tracking.run_names.column_keys`), headed ``λ``, ``auxt``, ``lr``..."""
+    shown = list(dict.fromkeys((*metrics, M.EVAL_BPP, M.EVAL_PSNR)))
+    header = ["rate point", rank_header, *shown, "iters", "status"] + [run_names.label(k, keys) for k in keys]
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     lines = []
     for row in rows:
         m = row["metrics"]
         lines.append([stratum_label(row["stratum"]), "-" if row["rank"] is None else str(row["rank"]),
-                      fmt(m.get(metric)), fmt(m.get(M.EVAL_BPP)), fmt(m.get(M.EVAL_PSNR)),
-                      fmt(m.get(M.ITERATIONS)), row["status"] or "-"]
+                      *(fmt(m.get(name)) for name in shown), fmt(m.get(M.ITERATIONS)), row["status"] or "-"]
                      + [run_names.value(row["params"], k, row.get("variant")) for k in keys])
     return header, lines

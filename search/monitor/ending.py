@@ -44,9 +44,15 @@ def print_ending(results, folder: str | Path) -> None:
     entries = [summary.Entry(str(r.metrics.get("trial_id", "?")), r.config, r.metrics)
                for r in results if not r.error and not _diverged(r) and r.metrics and r.config]
     best = summary.best_per_rate_point(entries, ranking, variants=variants)
-    print(f"Best per rate point (by {ranking.metric}, {ranking.mode}):" if best else "No trial reported a score.")
-    for line in summary.lines(best, ranking):
-        print(line)
+    fronts = summary.pareto_fronts(entries, ranking, variants=variants) if ranking.objectives else []
+    if fronts:  # a multi-objective search's answer is a front per rate point, not one winner
+        print(f"Pareto front per rate point ({ranking.describe_objectives()}):")
+        for line in summary.front_lines(fronts, ranking):
+            print(line)
+    else:
+        print(f"Best per rate point (by {ranking.metric}, {ranking.mode}):" if best else "No trial reported a score.")
+        for line in summary.lines(best, ranking):
+            print(line)
     if state is not None and best:
         keys = run_names.column_keys((e.config for e in entries), variants)
         _record(store, state, best, ranking, view.view_tag(state.name, J.PARENT_RUN_PLACEHOLDER,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
-from search.space.strata import finite, rank_within_strata, stratum_label, stratum_of
+from search.space.strata import finite, pareto_within_strata, rank_within_strata, stratum_label, stratum_of
 from search.tracking import names as T
 from search.space.variants import Variants
 from search.tracking import run_names
@@ -55,14 +55,21 @@ class Ranking:
     metric: str = M.EVAL_RD_LOSS
     mode: str = "min"
     stratify_by: tuple[str, ...] = DEFAULT_STRATIFY_BY
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of a multi-objective search; () otherwise
 
     @classmethod
     def of(cls, search: Optional[Mapping[str, Any]]) -> "Ranking":
         search = search or {}
         metric = search.get("metric") or M.EVAL_RD_LOSS
         keys = search.get("stratify_by")
+        names = search.get("objectives") or []
+        modes = search.get("modes") or [default_mode(name) for name in names]
         return cls(metric, search.get("mode") or default_mode(metric),
-                   tuple(DEFAULT_STRATIFY_BY if keys is None else keys))
+                   tuple(DEFAULT_STRATIFY_BY if keys is None else keys), tuple(zip(names, modes)))
+
+    def describe_objectives(self) -> str:
+        """``eval/rd_loss min, eval/decode_steps min``."""
+        return ", ".join(f"{name} {mode}" for name, mode in self.objectives)
 
 
 def best_per_rate_point(entries: Iterable[Entry], ranking: Ranking = Ranking(),
@@ -79,6 +86,51 @@ def best_per_rate_point(entries: Iterable[Entry], ranking: Ranking = Ranking(),
                  {m: finite(e.metrics.get(m)) for m in dict.fromkeys((ranking.metric, *SHOWN_METRICS, M.ITERATIONS))},
                  run_names.described(e.config, keys, variants.label_of(e.config)))
             for e, stratum, rank in ranked if rank == 1]
+
+
+@dataclass
+class Front:
+    """The Pareto front of one rate point of a multi-objective search: its trials, best first objective first."""
+
+    stratum: dict[str, Any]
+    trials: list[Best]
+
+    @property
+    def label(self) -> str:
+        return stratum_label(self.stratum)
+
+
+def pareto_fronts(entries: Iterable[Entry], ranking: Ranking, keys: Optional[Sequence[str]] = None,
+                  variants: Variants = Variants()) -> list[Front]:
+    """Every rate point's Pareto front over ``ranking.objectives`` (trials no other trial of the rate point
+    beats on every objective), in natural rate-point order."""
+    entries = [e for e in entries if e.config and e.metrics]
+    keys = list(keys) if keys is not None else run_names.column_keys((e.config for e in entries), variants)
+    names = [name for name, _ in ranking.objectives]
+    fronted = pareto_within_strata(entries, lambda e: stratum_of(e.config, ranking.stratify_by),
+                                   lambda e: [e.metrics.get(name) for name in names],
+                                   [mode for _, mode in ranking.objectives])
+    fronts: dict[str, Front] = {}
+    for e, stratum, front in fronted:
+        if front != 1:
+            continue
+        member = Best(stratum, e.trial_id, run_names.trial_name(e.config, keys, variants.label_of(e.config)),
+                      {m: finite(e.metrics.get(m)) for m in dict.fromkeys((*names, *SHOWN_METRICS, M.ITERATIONS))},
+                      run_names.described(e.config, keys, variants.label_of(e.config)))
+        fronts.setdefault(stratum_label(stratum), Front(stratum, [])).trials.append(member)
+    return list(fronts.values())
+
+
+def front_lines(fronts: Sequence[Front], ranking: Ranking) -> list[str]:
+    """Per rate point, its front: ``front at λ=0.013, distortion=mse: 2 trials`` then one indented line per
+    trial with its objective values (``eval/rd_loss 0.81, eval/decode_steps 4 — steps=4 · lr=1e-4``)."""
+    out = []
+    for front in fronts:
+        out.append(f"front at {front.label}: {len(front.trials)} trial{'s' if len(front.trials) != 1 else ''}")
+        for b in front.trials:
+            values = ", ".join(f"{name} {_num(b.metrics.get(name))}" for name, _ in ranking.objectives)
+            out.append(f"  {values} — {b.name} (trial {b.trial_id})")
+    return out
 
 
 def _num(value: Optional[float], digits: int = 4) -> str:
@@ -149,4 +201,5 @@ def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str) 
             f"the tag `{T.TAG_RATE_POINT}` and sorts them by `{ranking.metric}`; or `lic-search best <name>`.\n")
 
 
-__all__ = ["Entry", "Best", "Ranking", "best_per_rate_point", "lines", "markdown", "parent_summary", "experiment_note"]
+__all__ = ["Entry", "Best", "Ranking", "Front", "best_per_rate_point", "pareto_fronts", "lines", "front_lines",
+           "markdown", "parent_summary", "experiment_note"]

@@ -96,21 +96,30 @@ def finite(value: Any) -> Optional[float]:
     return float(value) if math.isfinite(value) else None
 
 
+def _groups(rows: Iterable[Row], stratum: Callable[[Row], Stratum]) -> list[tuple[Stratum, list[Row]]]:
+    """Rows grouped by stratum, strata in natural order, rows in their given order."""
+    groups: dict[str, tuple[Stratum, list[Row]]] = {}
+    for row in rows:
+        values = stratum(row)
+        key = json.dumps(values, sort_keys=True, default=str)
+        groups.setdefault(key, (values, []))[1].append(row)
+    return sorted(groups.values(), key=lambda group: _order_key(group[0]))
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+
+
 def rank_within_strata(rows: Iterable[Row], stratum: Callable[[Row], Stratum],
                        score: Callable[[Row], Any], mode: str) -> list[tuple[Row, Stratum, Optional[int]]]:
     """``(row, stratum, rank)`` grouped by stratum (natural order), best first inside each.
 
     ``rank`` is 1 for the best row of its stratum; rows without a finite score come last in
     their stratum with rank None (they cannot be compared)."""
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-    groups: dict[str, tuple[Stratum, list[Row]]] = {}
-    for row in rows:
-        values = stratum(row)
-        key = json.dumps(values, sort_keys=True, default=str)
-        groups.setdefault(key, (values, []))[1].append(row)
+    _check_mode(mode)
     ranked: list[tuple[Row, Stratum, Optional[int]]] = []
-    for values, members in sorted(groups.values(), key=lambda group: _order_key(group[0])):
+    for values, members in _groups(rows, stratum):
         scored = [(finite(score(row)), row) for row in members]
         good = sorted(((v, r) for v, r in scored if v is not None), key=lambda item: item[0] if mode == "min"
                       else -item[0])
@@ -119,7 +128,41 @@ def rank_within_strata(rows: Iterable[Row], stratum: Callable[[Row], Stratum],
     return ranked
 
 
-__all__ = ["parse_param", "typed_params", "stratum_of", "stratum_label", "rank_within_strata", "finite"]
+def pareto_within_strata(rows: Iterable[Row], stratum: Callable[[Row], Stratum],
+                         scores: Callable[[Row], Sequence[Any]], modes: Sequence[str]
+                         ) -> list[tuple[Row, Stratum, Optional[int]]]:
+    """``(row, stratum, front)`` for a multi-objective search: non-dominated sorting within each stratum.
+
+    Front 1 is the stratum's Pareto front (no other row is at least as good on every objective and
+    better on one); front 2 is the front once front 1 is set aside, and so on. A front's rows are in
+    the order of the first objective. Rows without a finite value for every objective come last with
+    front None. ``modes`` gives each objective's direction."""
+    for mode in modes:
+        _check_mode(mode)
+    signs = [1.0 if mode == "min" else -1.0 for mode in modes]
+    fronted: list[tuple[Row, Stratum, Optional[int]]] = []
+    for values, members in _groups(rows, stratum):
+        scored = [([finite(v) for v in scores(row)], row) for row in members]
+        left = [([s * v for s, v in zip(signs, vector)], row) for vector, row in scored
+                if len(vector) == len(signs) and all(v is not None for v in vector)]
+        front_number = 0
+        while left:
+            front_number += 1
+            front = [(v, r) for v, r in left if not any(_dominates(other, v) for other, _ in left)]
+            fronted += [(row, values, front_number) for _, row in sorted(front, key=lambda item: item[0])]
+            left = [(v, r) for v, r in left if not any(r is f for _, f in front)]
+        kept = {id(row) for row, _, _ in fronted}
+        fronted += [(row, values, None) for _, row in scored if id(row) not in kept]
+    return fronted
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """``a`` is at least as good as ``b`` everywhere and better somewhere (all objectives minimised)."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+__all__ = ["parse_param", "typed_params", "stratum_of", "stratum_label", "rank_within_strata",
+           "pareto_within_strata", "finite"]
 
 
 # ------------------------------------------------------------------- rate families (trials equal but for λ)

@@ -29,6 +29,7 @@ METRIC_BEST_PREFIX = "best/"  # parent run: per rate point, the best trial's fin
 ARTIFACT_BEST_TABLE = "best_per_rate_point.md"  # parent run: the end-of-search summary table
 TAG_PARENT = "mlflow.parentRunId"
 TAG_STRATIFY_BY = "lic_search.stratify_by"  # parent run: JSON list of the search's stratify keys (rate points)
+TAG_OBJECTIVES = "lic_search.objectives"  # parent run: JSON [[metric, mode], ...] of a multi-objective search
 TAG_BRANCH = "lic_search.pbt.branch"  # trial run: JSON of its current PBT branch (generation, cloned from, at)
 TAG_GENERATION = "lic_search.pbt.generation"  # trial run: PBT generation (0 = never exploited)
 TAG_HPARAM_PREFIX = "lic_search.hparam."  # trial run: current value of a hyperparameter PBT changed

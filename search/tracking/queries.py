@@ -18,6 +18,7 @@ from search.errors import LicSearchError
 from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
 from search.space.strata import (
     parse_param,
+    pareto_within_strata,
     rank_within_strata,
     stratum_label,
     stratum_of,
@@ -43,6 +44,7 @@ class SearchSelection:
     everything: bool = False  # --all: every trial run of the experiment, with or without a parent
     anchor: Optional[str] = None  # the anchor variant's label the searches recorded (one, or None)
     variants: tuple[str, ...] = ()  # the variant labels in the space's order (the first search's)
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of a multi-objective search (the first's)
 
     @property
     def parent_run_id(self) -> Optional[str]:
@@ -106,6 +108,14 @@ def _variants(parents: Sequence) -> tuple[str, ...]:
     return tuple(labels)
 
 
+def _objectives(parents: Sequence) -> tuple[tuple[str, str], ...]:
+    for run in parents:
+        text = run.data.tags.get(T.TAG_OBJECTIVES)
+        if text:
+            return tuple((str(metric), str(mode)) for metric, mode in json.loads(text))
+    return ()
+
+
 def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: Optional[str] = None,
                   all_searches: bool = False) -> SearchSelection:
     """The latest search named ``experiment``, the one whose parent run is ``run_id``, or all of them."""
@@ -117,7 +127,7 @@ def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: O
     if all_searches:
         return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in parents),
                                _stratify_by(parents), len(parents), everything=True, anchor=_anchor(parents),
-                               variants=_variants(parents))
+                               variants=_variants(parents), objectives=_objectives(parents))
     if run_id is not None:
         chosen = [p for p in parents if p.info.run_id == run_id]
         if not chosen:
@@ -127,7 +137,8 @@ def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: O
     else:
         chosen = parents[:1]
     return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in chosen),
-                           _stratify_by(chosen), len(parents), anchor=_anchor(chosen), variants=_variants(chosen))
+                           _stratify_by(chosen), len(parents), anchor=_anchor(chosen), variants=_variants(chosen),
+                           objectives=_objectives(chosen))
 
 
 def latest_search(tracking_uri: Optional[str] = None) -> Optional[SearchSelection]:
@@ -207,12 +218,15 @@ def _matches(params: dict[str, Any], where: dict[str, str]) -> bool:
 
 def best_trials(experiment: str, metric: str = M.EVAL_RD_LOSS, mode: Optional[str] = None, top: Optional[int] = None,
                 tracking_uri: Optional[str] = None, where: Optional[dict[str, str]] = None,
-                status: Optional[str] = None, selection: Optional[SearchSelection] = None) -> list[dict[str, Any]]:
+                status: Optional[str] = None, selection: Optional[SearchSelection] = None,
+                objectives: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """Trials ranked by their last value of ``metric`` *within their rate point* (stratum).
 
     A flat list grouped by stratum (natural order of the stratify values), best first inside
     each; every row has ``stratum`` and ``rank`` (1 = best of its stratum; None without a finite
-    value). ``top`` keeps the best ``top`` of every stratum.
+    value). ``top`` keeps the best ``top`` of every stratum. With ``objectives`` ((metric, mode) pairs)
+    ``rank`` is the row's Pareto front instead (1 = on its rate point's front; ``top`` keeps that many
+    fronts), see :func:`search.space.strata.pareto_within_strata`.
     """
     selection = selection or select_search(experiment, tracking_uri)
     mode = mode or default_mode(metric)
@@ -222,7 +236,13 @@ def best_trials(experiment: str, metric: str = M.EVAL_RD_LOSS, mode: Optional[st
     if status:
         rows = [r for r in rows if r["status"] == status]
     ranked = []
-    for row, _, rank in rank_within_strata(rows, lambda r: r["stratum"], lambda r: r["metrics"].get(metric), mode):
+    if objectives:
+        ordered = pareto_within_strata(rows, lambda r: r["stratum"],
+                                       lambda r: [r["metrics"].get(name) for name, _ in objectives],
+                                       [direction for _, direction in objectives])
+    else:
+        ordered = rank_within_strata(rows, lambda r: r["stratum"], lambda r: r["metrics"].get(metric), mode)
+    for row, _, rank in ordered:
         if top and (rank is None or rank > top):
             continue
         ranked.append({**row, "rank": rank})

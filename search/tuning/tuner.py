@@ -303,8 +303,10 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
     state.save(store)
     # The parent run goes through the journal like every MLflow record: online it is shipped now (its id
     # lands in the state file); --tracking-offline leaves it to the sender, when the server answers.
+    search = spec.file.search
     tracking_session.journal_search_run(store, spec.name, space_text, spec.stratify_by(), spec.anchor_label(),
-                                        spec.variants.labels())
+                                        spec.variants.labels(),
+                                        list(zip(search.objectives or [], search.objective_modes())))
     if online:
         tracking_session.sync(store, state, notify=lambda message: None)
     return store, state
