@@ -82,10 +82,15 @@ def best_per_rate_point(entries: Iterable[Entry], ranking: Ranking = Ranking(),
     keys = list(keys) if keys is not None else run_names.column_keys((e.config for e in entries), variants)
     ranked = rank_within_strata(entries, lambda e: stratum_of(e.config, ranking.stratify_by),
                                 lambda e: e.metrics.get(ranking.metric), ranking.mode)
-    return [Best(stratum, e.trial_id, run_names.trial_name(e.config, keys, variants.label_of(e.config)),
-                 {m: finite(e.metrics.get(m)) for m in dict.fromkeys((ranking.metric, *SHOWN_METRICS, M.ITERATIONS))},
-                 run_names.described(e.config, keys, variants.label_of(e.config)))
-            for e, stratum, rank in ranked if rank == 1]
+    return [_shown(e, stratum, keys, variants, [ranking.metric]) for e, stratum, rank in ranked if rank == 1]
+
+
+def _shown(e: Entry, stratum: dict[str, Any], keys: Sequence[str], variants: Variants, scores: Sequence[str]) -> Best:
+    """A trial as the summary shows it: its name, its ``scores`` and the shown metrics, its distinguishing values."""
+    label = variants.label_of(e.config)
+    return Best(stratum, e.trial_id, run_names.trial_name(e.config, keys, label),
+                {m: finite(e.metrics.get(m)) for m in dict.fromkeys((*scores, *SHOWN_METRICS, M.ITERATIONS))},
+                run_names.described(e.config, keys, label))
 
 
 @dataclass
@@ -114,10 +119,8 @@ def pareto_fronts(entries: Iterable[Entry], ranking: Ranking, keys: Optional[Seq
     for e, stratum, front in fronted:
         if front != 1:
             continue
-        member = Best(stratum, e.trial_id, run_names.trial_name(e.config, keys, variants.label_of(e.config)),
-                      {m: finite(e.metrics.get(m)) for m in dict.fromkeys((*names, *SHOWN_METRICS, M.ITERATIONS))},
-                      run_names.described(e.config, keys, variants.label_of(e.config)))
-        fronts.setdefault(stratum_label(stratum), Front(stratum, [])).trials.append(member)
+        fronts.setdefault(stratum_label(stratum), Front(stratum, [])).trials.append(
+            _shown(e, stratum, keys, variants, names))
     return list(fronts.values())
 
 
