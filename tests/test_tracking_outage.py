@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 
 MLFLOW_CLI = str(Path(sys.executable).parent / "mlflow")
 QUICK_GIVE_UP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-OUTAGE_S = 150
+# Longer than the sender's backoff takes to reach its 30 s cap (1 + 2 + 4 + 8 + 16 + 30 s): the outage
+# outlasts every retry, and the search still ends complete.
+OUTAGE_S = 65
 
 
 class Server:
@@ -93,7 +95,7 @@ def complete_histories(uri: str, name: str, steps: list[int]) -> None:
 def test_training_goes_on_through_a_long_outage_and_mlflow_ends_complete(tmp_path: Path, server: Server):
     eval_every = 50
     # The outage starts after the first result and lasts OUTAGE_S; the trials must outlast it.
-    iterations = iterations_lasting(OUTAGE_S + 60, eval_every)
+    iterations = iterations_lasting(OUTAGE_S + 45, eval_every)
     space = write_space(tmp_path, "outage", {"schedule.iterations": iterations, "schedule.eval_every": eval_every},
                         {"max_concurrent": 2}, {"type": "fifo"})
     results = tmp_path / "results"
@@ -130,7 +132,7 @@ def test_training_goes_on_through_a_long_outage_and_mlflow_ends_complete(tmp_pat
 
 def test_sync_ships_what_a_search_that_ended_during_an_outage_left_in_its_journal(tmp_path: Path, server: Server):
     eval_every = 50
-    iterations = iterations_lasting(40, eval_every)
+    iterations = iterations_lasting(20, eval_every)
     space = write_space(tmp_path, "left", {"schedule.iterations": iterations, "schedule.eval_every": eval_every},
                         {"max_concurrent": 2}, {"type": "fifo"})
     results = tmp_path / "results"
