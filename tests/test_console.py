@@ -163,6 +163,26 @@ def test_view_counts_progress_best_device_hours_and_eta(tmp_path: Path, monkeypa
     assert lines[2].endswith("auxt=off · λ_orth=n/a · lr=2e-3 (trial b)")
 
 
+def test_a_multi_objective_view_shows_each_rate_points_pareto_front(tmp_path: Path, monkeypatch):
+    from search.monitor import summary
+    from search.monitor.progress import render
+
+    monkeypatch.setenv("CI", "")
+    trials = [_trial("a", "TERMINATED", 1e-3, True, 100, 2.0, 60.0), _trial("b", "TERMINATED", 2e-3, True, 100, 1.5, 60.0),
+              _trial("c", "TERMINATED", 3e-3, True, 100, 3.0, 60.0)]
+    for trial, bpp in zip(trials, (0.4, 0.6, 0.5)):  # c: worse than a on both rd_loss and bpp
+        trial.last_result["eval/bpp"] = bpp
+    view = _console(tmp_path, io.StringIO()).view(trials)
+    view.ranking = summary.Ranking.of({"objectives": ["eval/rd_loss", "eval/bpp"]})
+    lines = render(view)
+    assert lines[1] == "  front at λ=0.013, distortion=mse: 2 trials"
+    assert lines[2].startswith("    eval/rd_loss 1.5, eval/bpp 0.6 — ") and lines[2].endswith("(trial b)")
+    assert lines[3].startswith("    eval/rd_loss 2, eval/bpp 0.4 — ") and lines[3].endswith("(trial a)")
+    fronts = view.to_json()["pareto_fronts"]
+    assert [[t["trial_id"] for t in f["trials"]] for f in fronts] == [["b", "a"]]
+    assert fronts[0]["objectives"] == [["eval/rd_loss", "min"], ["eval/bpp", "min"]]
+
+
 def test_console_redraws_in_a_terminal_and_prints_plain_lines_otherwise(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     trials = [_trial("a", "RUNNING", 1e-3, True, 50, 2.0, 60.0), _trial("b", "PENDING", 2e-3, True, 0, 0, 0)]

@@ -94,3 +94,8 @@ def check_pareto_answer(spec, results, folder, runs, uri, capsys) -> None:
     rows = json.loads(capsys.readouterr().out)
     assert {r["run_id"] for r in rows if r["rank"] == 1} == front
     assert all(r["ranked_by"] == "pareto front: eval/rd_loss min, eval/decode_steps min" for r in rows)
+    assert main(["status", str(folder), "--json"]) == 0  # status shows the same front
+    status = json.loads(capsys.readouterr().out)
+    by_trial = {r.data.tags[T.TAG_TRIAL_ID]: r.info.run_id for r in runs}
+    (shown,) = status["pareto_fronts"]
+    assert {by_trial[t["trial_id"]] for t in shown["trials"]} == front

@@ -105,6 +105,13 @@ class SearchView:
         entries = [summary.Entry(t.trial_id, t.config, t.metrics) for t in self.trials if t.state != "errored"]
         return summary.best_per_rate_point(entries, self.ranking, self._keys(), self.variants)
 
+    def fronts(self) -> list[summary.Front]:
+        """A multi-objective search's Pareto front per rate point (none without ``ranking.objectives``)."""
+        if not self.ranking.objectives:
+            return []
+        entries = [summary.Entry(t.trial_id, t.config, t.metrics) for t in self.trials if t.state != "errored"]
+        return summary.pareto_fronts(entries, self.ranking, self._keys(), self.variants)
+
     def _keys(self) -> list[str]:
         return self.keys if self.keys is not None else run_names.column_keys((t.config for t in self.trials),
                                                                              self.variants)
@@ -125,6 +132,9 @@ class SearchView:
                        for t in self.trials],
             "best": [{"rate_point": b.stratum, "trial_id": b.trial_id, "name": b.name, "metrics": b.metrics,
                       "varying": b.varying} for b in self.best()],
+            "pareto_fronts": [{"rate_point": f.stratum, "objectives": [list(o) for o in self.ranking.objectives],
+                               "trials": [{"trial_id": b.trial_id, "name": b.name, "metrics": b.metrics,
+                                           "varying": b.varying} for b in f.trials]} for f in self.fronts()],
         }
 
 
@@ -167,7 +177,8 @@ def trial_line(trial: TrialView, name: str, workers: int = 1) -> str:
 
 
 def render(view: SearchView, max_running: int = 8) -> list[str]:
-    """The view as lines: header, running trials (at most ``max_running``), best per rate point."""
+    """The view as lines: header, running trials (at most ``max_running``), best per rate point (a
+    multi-objective search: its Pareto front per rate point)."""
     keys = view._keys()
     out = [header(view)]
     running = [t for t in view.trials if t.state == "running"]
@@ -175,8 +186,9 @@ def render(view: SearchView, max_running: int = 8) -> list[str]:
         out.append(trial_line(trial, view.trial_name(trial, keys), view.workers))
     if len(running) > max_running:
         out.append(f"  ... and {len(running) - max_running} more running")
-    for line in summary.lines(view.best(), view.ranking):
-        out.append("  " + line)
+    answer = (summary.front_lines(view.fronts(), view.ranking) if view.ranking.objectives
+              else summary.lines(view.best(), view.ranking))
+    out += ["  " + line for line in answer]
     return out
 
 
