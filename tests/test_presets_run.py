@@ -90,6 +90,13 @@ def check_pareto_answer(spec, results, folder, runs, uri, capsys) -> None:
     assert f"front at λ=0.0483, distortion=mse: {len(front)} trial" in out
     members = [line for line in out.splitlines() if line.startswith("  eval/rd_loss ")]
     assert len(members) == len(front) and all(" · msp.steps=" in line for line in members)
+    from search.tracking.client import client_for
+    from search.tracking.queries import select_search
+
+    parent = select_search(spec.name, uri).parent_run_id  # the parent run's summary table leads with the fronts
+    table = Path(client_for(uri).download_artifacts(parent, T.ARTIFACT_BEST_TABLE, str(folder))).read_text()
+    assert table.startswith("Pareto front per rate point over eval/rd_loss min, eval/decode_steps min within ")
+    assert table.count("\n| λ=0.0483, distortion=mse |") == len(front) + 1  # the front, then the best by rd_loss
     assert main(["best", spec.name, "--tracking-uri", uri, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["run_id"] for r in rows if r["rank"] == 1} == front

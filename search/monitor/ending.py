@@ -55,7 +55,7 @@ def print_ending(results, folder: str | Path) -> None:
             print(line)
     if state is not None and best:
         keys = run_names.column_keys((e.config for e in entries), variants)
-        _record(store, state, best, ranking, view.view_tag(state.name, J.PARENT_RUN_PLACEHOLDER,
+        _record(store, state, best, ranking, fronts, view.view_tag(state.name, J.PARENT_RUN_PLACEHOLDER,
                                                            int(time.time() * 1000), ranking.metric, ranking.mode,
                                                            [flat for k in keys for flat in _param_keys(entries, k)]))
     name = state.name if state else "<name>"
@@ -112,8 +112,8 @@ def _search_state(folder):
         return None, None, summary.Ranking(), Variants()
 
 
-def _record(store, state, best, ranking, view_tag: tuple[str, str]) -> None:
-    fields = summary.parent_summary(best, ranking, J.PARENT_RUN_PLACEHOLDER)
+def _record(store, state, best, ranking, fronts, view_tag: tuple[str, str]) -> None:
+    fields = summary.parent_summary(best, ranking, J.PARENT_RUN_PLACEHOLDER, fronts)
     fields["experiment_tags"] = dict([view_tag])
     try:
         pending = tracking_session.record_summary(store, state, fields)

@@ -157,15 +157,25 @@ def lines(best: Sequence[Best], ranking: Ranking = Ranking()) -> list[str]:
     return out
 
 
-def markdown(best: Sequence[Best], ranking: Ranking = Ranking()) -> str:
-    """The per-rate-point table the parent run carries as an artifact."""
+def markdown(best: Sequence[Best], ranking: Ranking = Ranking(), fronts: Sequence[Front] = ()) -> str:
+    """The per-rate-point table the parent run carries as an artifact (a multi-objective search: its Pareto
+    fronts first, then the best trial by ``ranking.metric``)."""
+    within = ", ".join(ranking.stratify_by)
+    text = ""
+    if fronts:
+        text = _table(f"Pareto front per rate point over {ranking.describe_objectives()} within {within}",
+                      [b for front in fronts for b in front.trials], [name for name, _ in ranking.objectives]) + "\n"
+    return text + _table(f"Best trial per rate point, by {ranking.metric} ({ranking.mode}) within {within}", best,
+                         [ranking.metric])
+
+
+def _table(title: str, best: Sequence[Best], scores: Sequence[str]) -> str:
     keys = list(dict.fromkeys(k for b in best for k in b.varying))
-    metrics = list(dict.fromkeys((ranking.metric, *SHOWN_METRICS, M.ITERATIONS)))
+    metrics = list(dict.fromkeys((*scores, *SHOWN_METRICS, M.ITERATIONS)))
     header = ["rate point", "trial", *metrics, *(run_names.label(k, keys) for k in keys)]
     rows = [[b.label, b.trial_id, *(_num(b.metrics.get(m), 6) for m in metrics),
              *(b.varying.get(k, "-") for k in keys)] for b in best]
-    text = [f"Best trial per rate point, by {ranking.metric} ({ranking.mode}) within {', '.join(ranking.stratify_by)}",
-            "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    text = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(text + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
 
 
@@ -174,7 +184,8 @@ def _key(label: str) -> str:
     return re.sub(r"[^\w.\- ]", "_", label.replace(", ", " ")).strip() or "all"
 
 
-def parent_summary(best: Sequence[Best], ranking: Ranking = Ranking(), parent_run_id: str = "") -> dict[str, Any]:
+def parent_summary(best: Sequence[Best], ranking: Ranking = Ranking(), parent_run_id: str = "",
+                   fronts: Sequence[Front] = ()) -> dict[str, Any]:
     """The search's summary for its MLflow parent run, JSON-ready (a tracking journal record ships it,
     so an outage delays it instead of losing it): a table artifact (``text`` at ``artifact``), per rate
     point a tag (``lic_search.best.λ_0.013`` = name, trial, score) and metrics
@@ -189,15 +200,15 @@ def parent_summary(best: Sequence[Best], ranking: Ranking = Ranking(), parent_ru
         tags[T.TAG_BEST_PREFIX + key] = f"{b.name} (trial {b.trial_id}, {ranking.metric} {_num(score, 6)})"
         metrics += [[f"{T.METRIC_BEST_PREFIX}{key}/{m}", float(v), now, 0] for m, v in b.metrics.items()
                     if v is not None]
-    return {"text": markdown(best, ranking), "artifact": T.ARTIFACT_BEST_TABLE, "tags": tags, "metrics": metrics,
-            "note": experiment_note(best, ranking, parent_run_id)}
+    return {"text": markdown(best, ranking, fronts), "artifact": T.ARTIFACT_BEST_TABLE, "tags": tags,
+            "metrics": metrics, "note": experiment_note(best, ranking, parent_run_id, fronts)}
 
 
-def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str) -> str:
+def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str, fronts: Sequence[Front] = ()) -> str:
     """The experiment's description in the MLflow UI (shown above the run list, Markdown): the latest
     search's winners and where its trials are laid out by rate point (the saved view of
     :mod:`search.tracking.view`, in the UI's "Views" menu)."""
-    return (f"**Latest search** (parent run `{parent_run_id}`)\n\n{markdown(best, ranking)}\n"
+    return (f"**Latest search** (parent run `{parent_run_id}`)\n\n{markdown(best, ranking, fronts)}\n"
             f"Trial runs are named by what tells them apart (λ, AuxT, then every key that varies). "
             f"Rank only within a rate point ({', '.join(ranking.stratify_by)}): the view \"lic-search <name>: "
             f"trials by rate point\" (Views menu; `lic-search ui <name>` prints its link) groups the trials by "
