@@ -307,8 +307,9 @@ def estimate(trials: Sequence[TrialPlan], seconds: "dict[StepConfig, StepCost | 
     ``seconds`` maps each :class:`StepConfig` (of every stage) to its measured :class:`StepCost` (or bare
     seconds per iteration); ``launch``: seconds the search spends around its trials (its imports, Ray's
     start, a worker's imports, the summary, Ray's shutdown), added to the wall time; ``worker_start``:
-    seconds a fresh Ray worker spends importing the trainable inside its first trial's time (Ray reuses the worker for later trials), charged once per
-    concurrent slot to the device-hours too (it is part of ``launch`` for the wall time);
+    seconds a fresh Ray worker spends importing the trainable inside its first trial's time (Ray reuses the
+    worker for later trials), charged once per concurrent slot to the device-hours too (it is part of
+    ``launch`` for the wall time);
     ``scheduler`` is the space's ``scheduler`` section (``type``, ``grace_period``,
     ``reduction_factor``, ``brackets``, ``max_t``). With ``gpus_per_trial`` 0 the trials run on
     CPUs and ``gpus`` is ignored: ``max_concurrent`` (else every trial) run at once.
