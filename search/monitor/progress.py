@@ -102,15 +102,17 @@ class SearchView:
         return self.elapsed * (1.0 - fraction) / fraction
 
     def best(self) -> list[summary.Best]:
-        entries = [summary.Entry(t.trial_id, t.config, t.metrics) for t in self.trials if t.state != "errored"]
-        return summary.best_per_rate_point(entries, self.ranking, self._keys(), self.variants)
+        return summary.best_per_rate_point(self._scored(), self.ranking, self._keys(), self.variants)
 
     def fronts(self) -> list[summary.Front]:
         """A multi-objective search's Pareto front per rate point (none without ``ranking.objectives``)."""
         if not self.ranking.objectives:
             return []
-        entries = [summary.Entry(t.trial_id, t.config, t.metrics) for t in self.trials if t.state != "errored"]
-        return summary.pareto_fronts(entries, self.ranking, self._keys(), self.variants)
+        return summary.pareto_fronts(self._scored(), self.ranking, self._keys(), self.variants)
+
+    def _scored(self) -> list[summary.Entry]:
+        """The trials that may rank: all but the errored (a diverged trial's scores are NaN)."""
+        return [summary.Entry(t.trial_id, t.config, t.metrics) for t in self.trials if t.state != "errored"]
 
     def _keys(self) -> list[str]:
         return self.keys if self.keys is not None else run_names.column_keys((t.config for t in self.trials),
