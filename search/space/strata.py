@@ -150,7 +150,8 @@ def pareto_within_strata(rows: Iterable[Row], stratum: Callable[[Row], Stratum],
             front_number += 1
             front = [(v, r) for v, r in left if not any(_dominates(other, v) for other, _ in left)]
             fronted += [(row, values, front_number) for _, row in sorted(front, key=lambda item: item[0])]
-            left = [(v, r) for v, r in left if not any(r is f for _, f in front)]
+            placed = {id(row) for _, row in front}
+            left = [(v, r) for v, r in left if id(r) not in placed]
         kept = {id(row) for row, _, _ in fronted}
         fronted += [(row, values, None) for _, row in scored if id(row) not in kept]
     return fronted
