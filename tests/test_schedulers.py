@@ -231,15 +231,13 @@ def test_pbt_ranks_trials_only_within_their_stratum():
     for trial in trials:
         scheduler.on_trial_add(_Controller(trials), trial)
     scores = {"low0": 0.3, "low1": 0.4, "high0": 3.0, "high1": 4.0}
-    for trial in trials:
-        scheduler._trial_state[trial].last_score = -scores[trial.trial_id]  # Ray stores mode-adjusted scores
+    for trial in trials:  # Ray stores mode-adjusted scores (each stratum's population is a stock Ray PBT)
+        scheduler.population(trial)._trial_state[trial].last_score = -scores[trial.trial_id]
     for current, (lower, upper) in (("low", ("low1", "low0")), ("high", ("high1", "high0"))):
-        scheduler._current_stratum = scheduler.stratum_of(trials[0 if current == "low" else 2])
-        bottom, top = scheduler._quantiles()
+        bottom, top = scheduler.population(trials[0 if current == "low" else 2])._quantiles()
         assert [t.trial_id for t in bottom] == [lower] and [t.trial_id for t in top] == [upper]
-    scheduler._current_stratum = None
-    with pytest.raises(LicSearchError, match="strata must match"):
-        scheduler._get_new_config(trials[0], trials[2])
+    with pytest.raises(LicSearchError, match="strata must match"), scheduler.defaults_filled([trials[2]]):
+        scheduler.population(trials[0])._get_new_config(trials[0], trials[2])
 
 
 def test_pbt_mutations_always_give_valid_configs_within_bounds():
@@ -249,7 +247,8 @@ def test_pbt_mutations_always_give_valid_configs_within_bounds():
     child = make_trial("child", 0.0025)
     seen = set()
     for _ in range(200):
-        config, operations = scheduler._get_new_config(child, parent)
+        with scheduler.defaults_filled([parent]):  # what on_trial_result does around Ray's exploit
+            config, operations = scheduler.population(child)._get_new_config(child, parent)
         checked = TrialConfig.model_validate(config)
         assert 1e-5 <= checked.schedule.lr <= 1e-2
         assert checked.schedule.milestones in ([0.5], [0.5, 0.9], [0.8])
@@ -597,4 +596,4 @@ def test_notices_between_evaluations_leave_asha_and_pbt_alone():
     for each in trials:
         population.on_trial_add(_Controller(trials), each)
     assert population.on_trial_result(_Controller(trials), trials[0], notice_result(M.NOTICE_CHECKPOINT, 4)) == CONTINUE
-    assert population._trial_state[trials[0]].last_score is None
+    assert population.population(trials[0])._trial_state[trials[0]].last_score is None

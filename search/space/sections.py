@@ -162,6 +162,10 @@ class SearchAlgorithmConfig(_Strict):
         "min; psnr, ms_ssim: max). A mode that contradicts the metric is an error.",
     )
     seed: Optional[int] = None
+    optuna_storage: Optional[str] = Field(
+        None, description="Optuna storage of the studies: a database URL (sqlite:///..., postgresql://...) or a "
+        "journal file path; null = optuna_journal.log in the experiment folder (`lic-search ui --optuna` shows it).",
+    )
     anchor: Optional[AnchorConfig] = Field(
         None, description="The variant `report` and `best --by family` measure BD-rates against, by its label "
         "(e.g. {label: anchor}); null = the AuxT-off family when there is exactly one.",

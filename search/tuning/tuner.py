@@ -142,7 +142,7 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
         # Tune sees only the coordinators of data-parallel trials: start no more than their workers fit.
         search_alg=(ladder.search_algorithm(phase.spec, phase.points) if phase.points is not None
                     else build_search_algorithm(phase.spec, _concurrent_data_parallel_trials(spec)
-                                                if data_parallel else None)),
+                                                if data_parallel else None, folder=phase.store.location)),
         # Importing torch + CompressAI costs seconds per process: keep trial actors warm. A data-parallel
         # trial's actor only coordinates (its workers are new processes each time): end it with the trial.
         reuse_actors=not data_parallel,
