@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
+from search.experiment.ray_internals import experiment_location
 from search.space.sections import DEFAULT_STRATIFY_BY, trial_default
 from search.space.strata import stratum_of
 from trainables import metrics as M
@@ -308,7 +309,8 @@ class StratifiedASHA(FIFOScheduler):
         if storage is None:
             return None
         try:
-            return storage.storage_filesystem, f"{storage.experiment_fs_path.rstrip('/')}/{STATE_FILE}"
+            filesystem, folder = experiment_location(storage)
+            return filesystem, f"{folder.rstrip('/')}/{STATE_FILE}"
         except AttributeError:  # a storage context without an experiment folder (Ray's, before the Tuner set one)
             return None
 
