@@ -240,6 +240,20 @@ def test_pbt_ranks_trials_only_within_their_stratum():
         scheduler.population(trials[0])._get_new_config(trials[0], trials[2])
 
 
+def test_pbt_keeps_a_trial_in_the_stratum_it_was_added_to_when_exploring_mutates_a_stratum_key():
+    scheduler = pbt(stratify_by=("loss.lmbda", "schedule.milestones"))
+    trials = [make_trial(f"t{i}", 0.0025, **{"schedule.milestones": [0.5]}) for i in range(2)]
+    for trial in trials:
+        scheduler.on_trial_add(_Controller(trials), trial)
+    key = scheduler.stratum_of(trials[0])
+    trials[0].config = {**trials[0].config, "schedule": {**trials[0].config["schedule"], "milestones": [0.8]}}
+    assert scheduler.stratum_of(trials[0]) == key  # PBT mutated milestones: still its population's trial
+    assert scheduler.on_trial_result(_Controller(trials), trials[0], result(1, 0.5)) == CONTINUE
+    with scheduler.defaults_filled([trials[0]]):  # the mutated key may differ from the population's own value
+        config, _ = scheduler.population(trials[1])._get_new_config(trials[1], trials[0])
+    assert config["loss"]["lmbda"] == 0.0025
+
+
 def test_pbt_mutations_always_give_valid_configs_within_bounds():
     random.seed(1)
     scheduler = pbt(resample_probability=0.3, perturbation_factors=(3.0, 0.2))

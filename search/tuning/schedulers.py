@@ -382,6 +382,8 @@ class StratifiedPBT(TrialScheduler):
         self._stratify_by = tuple(stratify_by)
         self._populations: dict[str, PopulationBasedTraining] = {}
         self._members: dict[str, list["Trial"]] = {}  # stratum -> its trials, in the order they were added
+        self._assigned: dict[str, str] = {}  # trial_id -> its stratum when added (PBT may mutate a stratum key)
+        self._values: dict[str, dict[str, Any]] = {}  # stratum -> its values at stratify_by
         self._progress: dict[str, float] = {}  # trial_id -> time_attr at its last result
 
     # ------------------------------------------------------------ properties
@@ -393,11 +395,14 @@ class StratifiedPBT(TrialScheduler):
         return (metric is None or metric == self._pbt_metric) and (mode is None or mode == self._pbt_mode)
 
     def stratum_of(self, trial: "Trial") -> str:
-        return stratum_key(trial.config, self._stratify_by)
+        """The trial's stratum: the one it was added to, else that of its config."""
+        return self._assigned.get(trial.trial_id) or stratum_key(trial.config, self._stratify_by)
 
     def population(self, trial_or_stratum: "Trial | str") -> PopulationBasedTraining:
         """The stock Ray PBT of a trial's stratum (or of a stratum key), made on first use."""
         key = trial_or_stratum if isinstance(trial_or_stratum, str) else self.stratum_of(trial_or_stratum)
+        if not isinstance(trial_or_stratum, str):
+            self._values.setdefault(key, stratum_of(trial_or_stratum.config, self._stratify_by))
         if key not in self._populations:
             self._populations[key] = PopulationBasedTraining(
                 time_attr=self._time_attr, metric=self._pbt_metric, mode=self._pbt_mode,
@@ -413,9 +418,10 @@ class StratifiedPBT(TrialScheduler):
 
     # ----------------------------------------------------------------- hooks
     def on_trial_add(self, tune_controller, trial: "Trial") -> None:
-        population = self.population(trial)
-        population.on_trial_add(tune_controller, trial)
-        self._members[self.stratum_of(trial)].append(trial)
+        key = self.stratum_of(trial)
+        self.population(trial).on_trial_add(tune_controller, trial)
+        self._assigned[trial.trial_id] = key
+        self._members[key].append(trial)
 
     def on_trial_result(self, tune_controller, trial: "Trial", result: dict) -> str:
         if M.is_notice(result):
@@ -474,7 +480,12 @@ class StratifiedPBT(TrialScheduler):
 
     def _explore(self, stratum: str, config: dict) -> dict:
         """PBT's ``custom_explore_fn`` of one stratum's population: the decay-specific keys, then the repair."""
-        if stratum_key(config, self._stratify_by) != stratum:
+        mutated = {f"schedule.{key}" for key in self._hyperparam_mutations.get("schedule", {})}
+        if self._by_decay:
+            mutated |= {"schedule.patience", "schedule.min_lr"}
+        fixed = [key for key in self._stratify_by if key not in mutated]  # what exploring must never change
+        values = self._values.get(stratum)
+        if values is not None and stratum_of(config, fixed) != {key: values[key] for key in fixed}:
             raise LicSearchError(f"PBT of {stratum} explored a config of {stratum_key(config, self._stratify_by)}: "
                                  "strata must match")
         if self._by_decay:
