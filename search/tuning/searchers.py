@@ -143,7 +143,7 @@ class StratifiedOptunaSearch(Searcher):
         super().__init__(metric=metric, mode=mode)
         if samples_per_cell < 1:
             raise ValueError(f"samples_per_cell must be at least 1, got {samples_per_cell}")
-        
+
         self.samples_per_cell = samples_per_cell
         self.storage = storage
         self.cells: list[dict] = []  # grid assignments of each cell (for display)
