@@ -26,7 +26,6 @@ from tests.test_faults_and_clusters import (
 )
 from tests.test_search_e2e import write_space
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 STUDIES = ["optuna-killed: loss.lmbda=0.0067", "optuna-killed: loss.lmbda=0.013"]
@@ -80,6 +79,7 @@ def killed_and_resumed(tmp_path_factory) -> tuple[Path, dict, dict]:
     return folder, before, _told(folder)
 
 
+@pytest.mark.slow
 def test_a_killed_optuna_search_resumes_its_studies_from_the_journal(killed_and_resumed):
     from ray.tune import ExperimentAnalysis
 
@@ -99,6 +99,7 @@ def test_a_killed_optuna_search_resumes_its_studies_from_the_journal(killed_and_
     assert any(state == COMPLETE for study in before.values() for _, state, _ in study.values())
 
 
+@pytest.mark.slow
 def test_ui_optuna_serves_each_stratum_study_in_optuna_dashboard(killed_and_resumed):
     sys.path.insert(0, str(REPO / "bench"))
     import ui_check
@@ -138,3 +139,46 @@ def test_ui_optuna_serves_each_stratum_study_in_optuna_dashboard(killed_and_resu
             ui.wait(timeout=60)
         finally:
             kill_session(ui)
+
+
+def _folder(tmp_path: Path, search: dict) -> Path:
+    """An experiment folder as `run` leaves it before Ray: the state file and the resolved space."""
+    import yaml
+
+    from search.experiment.state import SearchState
+    from search.experiment.store import ExperimentStore
+
+    store = ExperimentStore(tmp_path / "exp")
+    store.create()
+    SearchState("exp", "sqlite:///unused.db", "").save(store)
+    store.write_text("space.yaml", yaml.safe_dump({"name": "exp", "search": search}))
+    return tmp_path / "exp"
+
+
+def test_ui_optuna_names_the_journal_or_says_why_there_is_none(tmp_path: Path):
+    from search.commands.ui import experiment_optuna_storage
+    from search.errors import LicSearchError
+
+    random = _folder(tmp_path / "r", {"algorithm": "random"})
+    with pytest.raises(LicSearchError, match="is not an Optuna search .*search.algorithm: random"):
+        experiment_optuna_storage(str(random), "unused")
+    fresh = _folder(tmp_path / "o", {"algorithm": "optuna"})
+    with pytest.raises(LicSearchError, match="no Optuna journal .*optuna_journal.log"):
+        experiment_optuna_storage(str(fresh), "unused")
+    (fresh / "optuna_journal.log").write_text("")
+    assert experiment_optuna_storage(str(fresh), "unused") == str(fresh / "optuna_journal.log")
+    given = _folder(tmp_path / "g", {"algorithm": "optuna", "optuna_storage": "postgresql://db/optuna"})
+    assert experiment_optuna_storage(str(given), "unused") == "postgresql://db/optuna"
+
+
+def test_an_optuna_search_on_s3_needs_an_optuna_storage_url():
+    from types import SimpleNamespace
+
+    from search.tuning.searchers import optuna_storage
+    from trainables.errors import LicSearchError
+
+    spec = SimpleNamespace(file=SimpleNamespace(search=SimpleNamespace(optuna_storage=None)))
+    with pytest.raises(LicSearchError, match="search.optuna_storage: the Optuna journal file cannot live in s3://"):
+        optuna_storage(spec, "s3://bucket/results/exp")
+    assert optuna_storage(spec, "/results/exp/") == "/results/exp/optuna_journal.log"
+    assert optuna_storage(spec, None) is None  # no experiment folder: in memory
