@@ -135,7 +135,8 @@ class SearchAlgorithmConfig(_Strict):
     algorithm: Literal["random", "optuna"] = Field(
         "random",
         description="random: every grid point x num_samples random draws (Ray BasicVariantGenerator). "
-        "optuna: one Optuna study per grid point, num_samples trials each, sampling the non-grid primitives.",
+        "optuna: one Optuna study per grid point, num_samples trials each, sampling the non-grid primitives; the "
+        "studies live in Optuna's journal (optuna_journal.log in the experiment folder) or search.optuna_storage.",
     )
     sampler: Literal["tpe", "nsga2"] = Field(
         "tpe", description="Optuna sampler: tpe (single or multi-objective) or nsga2 (needs `objectives`)."
