@@ -1,151 +1,189 @@
-"""The private Ray Tune and Optuna members that search/tuning/searchers.py and search/tuning/schedulers.py
-override or read. pyproject.toml pins ``ray[tune]`` and ``optuna`` below the next untested
-release; when an upgrade moves one of these, this test names it instead of the searches
-quietly falling back to stock behaviour (comparing R-D losses across λ, COMPLETE for pruned)."""
+"""The private members of Ray, Optuna and MLflow that lic-search still uses, each checked by the behaviour lic-search
+relies on (not by its source text), so a version bound in pyproject.toml can be raised by running this file: a
+failure names the member and the installed version.
+
+The list (README.md, "Private library members", says why each is needed):
+
+Ray, all through search/experiment/ray_internals.py:
+  1. ``_ExperimentCheckpointManager.sync_up_experiment_state(save_fn, force, wait)`` and its ``_storage``: wrapped by
+     search/tuning/state_save.py so each state save waits for the previous upload, the final one checked.
+  2. ``StorageContext`` (``ray.train._internal.storage``) members ``storage_filesystem``, ``experiment_fs_path``,
+     ``experiment_driver_staging_path``, ``syncer.wait()``: the experiment folder of a trial / the driver.
+  3. ``Tuner._local_tuner.get_run_config()``: resume swaps the restored callbacks for this driver's.
+  4. ``ray._private.worker._global_node``: the pids and session folder of the local instance the driver started.
+  5. ``experiment_state-*.json`` (``TuneController.CKPT_FILE_TMPL``) and its trial records: status and resume.
+  6. the logger ``ray._private.authentication.authentication_token_setup``: quietened on the default console.
+Ray, in the trial (trainables/training/preemption.py, which may not import search):
+  7. ``train_func.__mixins__``: Ray's function trainable mixes in the SIGTERM checkpoint hook.
+MLflow (search/tracking/view.py):
+  8. the UI's saved-view tag ``mlflow.sharedViewState.<key>``: checked in headless Chromium by
+     tests/test_mlflow_view.py::test_the_printed_url_opens_the_runs_table_in_headless_chromium.
+Optuna: none (the searcher uses ask-and-tell and the public ``BaseStorage`` methods).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.metadata
 import inspect
+import logging
+import os
+import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def member(name: str, package: str = "ray"):
+    """Any failure inside names the private member and the installed version of its library."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - re-raised with the member's name
+        raise AssertionError(f"{package} {importlib.metadata.version(package)}: {name} no longer behaves as lic-search "
+                             f"relies on ({type(error).__name__}: {error}); see tests/test_library_contract.py and "
+                             "search/experiment/ray_internals.py") from error
 
 
 def _parameters(function) -> list[str]:
     return list(inspect.signature(function).parameters)
 
 
-def _module_source(cls) -> str:
-    return inspect.getsource(inspect.getmodule(cls))
+# ------------------------------------------------------------------ Ray, through search/experiment/ray_internals.py
+def _tiny_trainable(config: dict) -> None:
+    from ray import tune
+
+    for iteration in range(1, 3):
+        tune.report({"iterations": iteration, "loss": config["x"] / iteration})
 
 
-def test_pbt_still_calls_the_private_methods_stratified_pbt_overrides():
-    """StratifiedPBT overrides _quantiles (ranking within a stratum) and _get_new_config (the
-    strata guard, config repair); both must exist with these signatures and be called by PBT itself."""
-    from ray.tune.schedulers import PopulationBasedTraining
+@pytest.mark.slow
+def test_state_saves_wait_for_uploads_and_the_final_save_is_checked(tmp_path: Path, ray_cluster, monkeypatch):
+    """Members 1, 2, 3 and 5 in one small real search: Tune saves through the wrapped
+    sync_up_experiment_state (each save waits for the previous upload; the last one, forced and waited, is read
+    back), the StorageContext names the experiment folder and its staging folder, Ray's experiment-state file holds
+    the trial records ``status`` reads, and a restored Tuner exposes the RunConfig whose callbacks resume swaps."""
+    from ray import tune
 
-    assert _parameters(PopulationBasedTraining._quantiles) == ["self"], "PopulationBasedTraining._quantiles moved"
-    assert _parameters(PopulationBasedTraining._get_new_config) == ["self", "trial", "trial_to_clone"], \
-        "PopulationBasedTraining._get_new_config(trial, trial_to_clone) moved"
-    source = _module_source(PopulationBasedTraining)
-    assert "self._quantiles()" in source, "PopulationBasedTraining no longer calls self._quantiles()"
-    assert "self._get_new_config(" in source, "PopulationBasedTraining no longer calls self._get_new_config()"
+    from search.experiment import ray_internals, ray_state
+    from search.experiment.store import ExperimentStore
+    from search.tuning import state_save
+
+    waited, final = [], []
+    finish_upload, verify_final_save = state_save.finish_upload, state_save.verify_final_save
+    monkeypatch.setattr(state_save, "finish_upload", lambda storage: (waited.append(storage), finish_upload(storage)))
+    monkeypatch.setattr(state_save, "verify_final_save",
+                        lambda storage: final.append((storage, verify_final_save(storage))) or final[-1][1])
+
+    class Marker(tune.Callback):
+        pass
+
+    with member("_ExperimentCheckpointManager.sync_up_experiment_state(save_fn, force, wait)"):
+        state_save.install()
+        manager = ray_internals.experiment_checkpoint_manager()
+        assert getattr(manager.sync_up_experiment_state, "_lic_search", False), "the wrapper is not installed"
+        tuner = tune.Tuner(_tiny_trainable, param_space={"x": tune.grid_search([1.0, 2.0])},
+                           run_config=tune.RunConfig(name="contract", storage_path=str(tmp_path), verbose=0,
+                                                     callbacks=[Marker()]))
+        assert not any(r.error for r in tuner.fit())
+        assert waited, "no state save went through the wrapped sync_up_experiment_state"
+        assert final and final[-1][1], "Tune's last save was not forced and waited, or did not reach storage"
+    storage = final[-1][0]
+    with member("StorageContext.storage_filesystem / experiment_fs_path / experiment_driver_staging_path / syncer"):
+        filesystem, folder = ray_internals.experiment_location(storage)
+        assert Path(folder) == tmp_path / "contract" and filesystem.get_file_info(folder).type.name == "Directory"
+        staged = Path(ray_internals.staging_folder(storage))
+        assert state_save.session_files(staged), f"nothing staged in {staged}"
+        ray_internals.wait_for_upload(storage)  # nothing in flight: returns
+    with member(f"Ray's experiment state file {ray_internals.EXPERIMENT_STATE_PATTERN} (TuneController.CKPT_FILE_TMPL)"):
+        records = ray_state.trial_records(ExperimentStore(tmp_path / "contract"))
+        assert sorted(r["status"] for r in records) == ["TERMINATED", "TERMINATED"], records
+        assert {r["config"]["x"] for r in records} == {1.0, 2.0}
+    with member("Tuner._local_tuner.get_run_config()"):
+        restored = tune.Tuner.restore(str(tmp_path / "contract"), trainable=_tiny_trainable)
+        config = ray_internals.restored_run_config(restored)
+        assert any(isinstance(c, Marker) for c in config.callbacks or []), config.callbacks
+        config.callbacks = []  # what resume does: the restored Tuner runs with the callbacks set here
+        assert ray_internals.restored_run_config(restored).callbacks == []
 
 
-def test_pbt_private_state_stratified_pbt_reads():
-    from ray.tune.experiment import Trial
+@pytest.mark.slow
+def test_the_global_node_knows_the_local_instance_processes(ray_cluster):
+    """Member 4: ray_session records a local instance's process ids and session folder from it."""
+    import psutil
 
-    from search.space.sections import PBTMutations
-    from search.tuning.schedulers import StratifiedPBT
-    from trainables import metrics as M
+    from search.experiment import ray_internals
 
-    pbt = StratifiedPBT(metric=M.EVAL_RD_LOSS, mode="min", perturbation_interval=2,
-                        mutations=PBTMutations(lr=(1e-5, 1e-3)))
-    for name in ("_trial_state", "_quantile_fraction", "_hyperparam_mutations", "_perturbation_interval", "_time_attr"):
-        assert hasattr(pbt, name), f"PopulationBasedTraining.{name} is gone"
-    trial = Trial("lic", config={"loss": {"lmbda": 0.013}}, trial_id="t", stub=True)
-    pbt.on_trial_add(SimpleNamespace(search_alg=None), trial)
-    assert hasattr(pbt._trial_state[trial], "last_score"), "PBT trial state has no last_score"
-
-
-def test_fifo_scheduler_keeps_metric_and_mode_in_the_private_fields_stratified_asha_sets():
-    from search.tuning.schedulers import StratifiedASHA
-    from trainables import metrics as M
-
-    asha = StratifiedASHA(max_t=4, metric=M.EVAL_RD_LOSS, mode="max")
-    assert (asha.metric, asha._mode) == (M.EVAL_RD_LOSS, "max"), "TrialScheduler.metric no longer reads _metric"
+    with member("ray._private.worker._global_node (Node.all_processes, get_session_dir_path, gcs_address)"):
+        node = ray_internals.global_node()
+        assert node is not None, "no node after ray.init in this process"
+        pids = [info.process.pid for infos in node.all_processes.values() for info in infos]
+        assert pids and all(psutil.pid_exists(pid) for pid in pids), pids
+        assert os.path.isdir(node.get_session_dir_path())
+        assert re.fullmatch(r"[\w.\-]+:\d+", node.gcs_address), node.gcs_address
 
 
-def test_storage_context_members_the_asha_state_file_uses(tmp_path: Path):
-    from ray.train._internal.storage import StorageContext
+def test_the_token_notice_logger_is_the_module_ray_logs_it_from():
+    """Member 6: the default console quietens this logger; Ray must still log the notice through it."""
+    from search.experiment.ray_internals import AUTH_TOKEN_LOGGER
 
-    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp")
-    assert hasattr(storage, "storage_filesystem"), "StorageContext.storage_filesystem is gone"
-    assert storage.experiment_fs_path.rstrip("/").endswith("exp"), "StorageContext.experiment_fs_path moved"
+    with member(f"logger {AUTH_TOKEN_LOGGER}"):
+        module = importlib.import_module(AUTH_TOKEN_LOGGER)
+        loggers = [value for value in vars(module).values() if isinstance(value, logging.Logger)]
+        assert [log.name for log in loggers] == [AUTH_TOKEN_LOGGER], loggers
 
 
-def test_optuna_search_private_members_pruned_optuna_search_uses():
-    """PrunedOptunaSearch tells Optuna PRUNED itself through _ot_study/_ot_trials and marks the
-    trial in _completed_trials, and defers to OptunaSearch.on_trial_complete otherwise."""
+def test_function_trainables_mix_in_the_preemption_hook():
+    """Member 7: Ray's function trainable class takes ``train_func.__mixins__`` (also through
+    ``tune.with_parameters``), so each trial installs its SIGTERM checkpoint handler in ``setup``."""
+    from ray import tune
+    from ray.tune.registry import get_trainable_cls, register_trainable
+
+    from trainables.training.indexed_trainable import train_lic_indexed
+    from trainables.training.preemption import PreemptibleTrainable
+
+    with member("function trainable __mixins__"):
+        register_trainable("lic-contract", tune.with_parameters(train_lic_indexed, train_indexes=None))
+        trainable = get_trainable_cls("lic-contract")
+        assert issubclass(trainable, PreemptibleTrainable), trainable.__mro__
+        assert trainable.__mro__.index(PreemptibleTrainable) < [c.__name__ for c in trainable.__mro__].index(
+            "FunctionTrainable"), "the hook's setup must run before (and call) the function trainable's"
+
+
+def test_the_optuna_searcher_uses_no_private_member_of_ray_or_optuna():
+    """The stratified Optuna search drives studies through ask-and-tell and BaseStorage's public methods: a
+    stopped trial's intermediate value and PRUNED state, read back through a second storage object."""
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    from search.tuning.searchers import PrunedOptunaSearch
+    from search.tuning.searchers import StratifiedOptunaSearch
 
-    assert _parameters(OptunaSearch.on_trial_complete) == ["self", "trial_id", "result", "error"], \
-        "OptunaSearch.on_trial_complete(trial_id, result, error) moved"
-    assert _parameters(OptunaSearch.on_trial_result) == ["self", "trial_id", "result"], \
-        "OptunaSearch.on_trial_result(trial_id, result) moved"
-    searcher = PrunedOptunaSearch(space={"x": tune.uniform(0.0, 1.0)}, metric="loss", mode="min", seed=0)
-    config = searcher.suggest("t")
-    assert 0.0 <= config["x"] <= 1.0
-    assert isinstance(searcher._ot_study, optuna.Study), "OptunaSearch._ot_study is gone"
-    assert isinstance(searcher._ot_trials["t"], optuna.Trial), "OptunaSearch._ot_trials[trial_id] is gone"
-    assert isinstance(searcher._completed_trials, set), "OptunaSearch._completed_trials is gone"
-    searcher.budgets["t"] = 10
-    searcher.on_trial_complete("t", {"loss": 0.5, "iterations": 4})
-    assert searcher._ot_study.trials[0].state == optuna.trial.TrialState.PRUNED
-    assert "t" in searcher._completed_trials
-    # The JSON state (StratifiedOptunaSearch.save/restore) asks running trials again with their parameters
-    # against OptunaSearch._space, the Optuna distributions Ray converted the space to.
-    assert set(searcher._space) == {"x"} and isinstance(searcher._space["x"], optuna.distributions.FloatDistribution)
+    with member("Optuna ask-and-tell / BaseStorage.set_trial_intermediate_value", "optuna"):
+        searcher = StratifiedOptunaSearch({"x": tune.uniform(0.0, 1.0), "schedule": {"iterations": 10}},
+                                          metric="loss", mode="min", samples_per_cell=1, seed=0)
+        config = searcher.suggest("t")
+        assert 0.0 <= config["x"] <= 1.0
+        searcher.on_trial_result("t", {"loss": 0.7, "iterations": 2})
+        searcher.on_trial_complete("t", {"loss": 0.5, "iterations": 4})
+        ((_, study),) = searcher.studies()
+        (trial,) = study.trials
+        assert (trial.state, trial.intermediate_values, trial.value) == (
+            optuna.trial.TrialState.PRUNED, {2: 0.7, 4: 0.5}, 0.5)
 
 
-@pytest.mark.parametrize("package, bound", [("ray", "2.61"), ("optuna", "5.1")])
+@pytest.mark.parametrize("package, bound", [("ray", "2.61"), ("optuna", "5.1"), ("mlflow", "3.18")])
 def test_installed_versions_are_inside_the_pinned_range(package: str, bound: str):
-    """The pin in pyproject.toml is what this file was checked against; keep the two in step."""
-    import importlib.metadata
-    import re
-
-    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    """The bound in pyproject.toml is what this file (and, for mlflow, the browser test of the saved view) was
+    run against; raise both together after the checks pass on the new version."""
+    text = (REPO / "pyproject.toml").read_text()
     pins = re.findall(rf'^\s*"({package}\b[^"]*)"', text, flags=re.M)
     assert pins and f"<{bound}" in pins[0], f"pyproject.toml pins {pins}, not <{bound}: re-run this test's checks"
     installed = tuple(int(p) for p in importlib.metadata.version(package).split(".")[:2])
     assert installed < tuple(int(p) for p in bound.split(".")), \
         f"{package} {importlib.metadata.version(package)} is outside the pinned range (<{bound})"
-
-
-def test_restored_tuner_exposes_its_run_config_where_resume_replaces_the_callbacks():
-    """resume swaps the callbacks Tune restored (the dead driver's logger and console) for this
-    driver's through ``Tuner._local_tuner.get_run_config()`` (search/tuning/tuner.py)."""
-    from ray.tune import Tuner
-    from ray.tune.impl.tuner_internal import TunerInternal
-
-    assert "_local_tuner" in inspect.getsource(Tuner.__init__), "Tuner._local_tuner is gone"
-    assert _parameters(TunerInternal.get_run_config) == ["self"], "TunerInternal.get_run_config() moved"
-
-
-def test_experiment_state_saver_members_state_save_patches(tmp_path: Path):
-    """search/tuning/state_save.py wraps _ExperimentCheckpointManager.sync_up_experiment_state(save_fn, force,
-    wait) so each save waits for the previous upload (self._storage.syncer.wait()), and checks the final,
-    forced and waited save (tune.run's runner.checkpoint(force=True, wait=True)) through the storage's paths."""
-    from ray.train._internal.storage import StorageContext
-    from ray.tune import tune as tune_module
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
-    from ray.tune.execution.tune_controller import TuneController
-
-    from search.tuning import state_save
-
-    state_save.install()
-    manager = _ExperimentCheckpointManager.sync_up_experiment_state
-    assert getattr(manager, "_lic_search", False), "the patch is not installed"
-    assert _parameters(manager.__wrapped__) == ["self", "save_fn", "force", "wait"], \
-        "_ExperimentCheckpointManager.sync_up_experiment_state(save_fn, force, wait) moved"
-    assert "self._storage.syncer" in inspect.getsource(manager.__wrapped__), \
-        "the manager no longer uploads through self._storage.syncer"
-    assert "save_fn=self.save_to_dir" in inspect.getsource(TuneController.checkpoint), \
-        "TuneController.checkpoint no longer saves through sync_up_experiment_state"
-    assert "runner.checkpoint(force=True, wait=True)" in inspect.getsource(tune_module.run), \
-        "tune.run's final save is no longer forced and waited"
-    assert 'CKPT_FILE_TMPL = "experiment_state-{}.json"' in inspect.getsource(TuneController), \
-        "Ray's experiment state file name moved (search/experiment/ray_state.py)"
-    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp")
-    assert hasattr(storage, "storage_filesystem") and hasattr(storage, "experiment_fs_path")
-    assert isinstance(inspect.getattr_static(StorageContext, "experiment_driver_staging_path"), property), \
-        "StorageContext.experiment_driver_staging_path is gone"
-    assert callable(storage.syncer.wait), "StorageContext.syncer.wait() is gone"
 
 
 # ------------------------------------------------------------------ data-parallel trials (workers_per_trial)

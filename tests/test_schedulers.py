@@ -231,15 +231,27 @@ def test_pbt_ranks_trials_only_within_their_stratum():
     for trial in trials:
         scheduler.on_trial_add(_Controller(trials), trial)
     scores = {"low0": 0.3, "low1": 0.4, "high0": 3.0, "high1": 4.0}
-    for trial in trials:
-        scheduler._trial_state[trial].last_score = -scores[trial.trial_id]  # Ray stores mode-adjusted scores
+    for trial in trials:  # Ray stores mode-adjusted scores (each stratum's population is a stock Ray PBT)
+        scheduler.population(trial)._trial_state[trial].last_score = -scores[trial.trial_id]
     for current, (lower, upper) in (("low", ("low1", "low0")), ("high", ("high1", "high0"))):
-        scheduler._current_stratum = scheduler.stratum_of(trials[0 if current == "low" else 2])
-        bottom, top = scheduler._quantiles()
+        bottom, top = scheduler.population(trials[0 if current == "low" else 2])._quantiles()
         assert [t.trial_id for t in bottom] == [lower] and [t.trial_id for t in top] == [upper]
-    scheduler._current_stratum = None
-    with pytest.raises(LicSearchError, match="strata must match"):
-        scheduler._get_new_config(trials[0], trials[2])
+    with pytest.raises(LicSearchError, match="strata must match"), scheduler.defaults_filled([trials[2]]):
+        scheduler.population(trials[0])._get_new_config(trials[0], trials[2])
+
+
+def test_pbt_keeps_a_trial_in_the_stratum_it_was_added_to_when_exploring_mutates_a_stratum_key():
+    scheduler = pbt(stratify_by=("loss.lmbda", "schedule.milestones"))
+    trials = [make_trial(f"t{i}", 0.0025, **{"schedule.milestones": [0.5]}) for i in range(2)]
+    for trial in trials:
+        scheduler.on_trial_add(_Controller(trials), trial)
+    key = scheduler.stratum_of(trials[0])
+    trials[0].config = {**trials[0].config, "schedule": {**trials[0].config["schedule"], "milestones": [0.8]}}
+    assert scheduler.stratum_of(trials[0]) == key  # PBT mutated milestones: still its population's trial
+    assert scheduler.on_trial_result(_Controller(trials), trials[0], result(1, 0.5)) == CONTINUE
+    with scheduler.defaults_filled([trials[0]]):  # the mutated key may differ from the population's own value
+        config, _ = scheduler.population(trials[1])._get_new_config(trials[1], trials[0])
+    assert config["loss"]["lmbda"] == 0.0025
 
 
 def test_pbt_mutations_always_give_valid_configs_within_bounds():
@@ -249,7 +261,8 @@ def test_pbt_mutations_always_give_valid_configs_within_bounds():
     child = make_trial("child", 0.0025)
     seen = set()
     for _ in range(200):
-        config, operations = scheduler._get_new_config(child, parent)
+        with scheduler.defaults_filled([parent]):  # what on_trial_result does around Ray's exploit
+            config, operations = scheduler.population(child)._get_new_config(child, parent)
         checked = TrialConfig.model_validate(config)
         assert 1e-5 <= checked.schedule.lr <= 1e-2
         assert checked.schedule.milestones in ([0.5], [0.5, 0.9], [0.8])
@@ -597,4 +610,4 @@ def test_notices_between_evaluations_leave_asha_and_pbt_alone():
     for each in trials:
         population.on_trial_add(_Controller(trials), each)
     assert population.on_trial_result(_Controller(trials), trials[0], notice_result(M.NOTICE_CHECKPOINT, 4)) == CONTINUE
-    assert population._trial_state[trials[0]].last_score is None
+    assert population.population(trials[0])._trial_state[trials[0]].last_score is None

@@ -403,7 +403,8 @@ def test_pbt_repair_keeps_mutated_configs_valid_for_every_decay():
 
 
 def test_pbt_exploit_through_ray_mutates_patience_and_min_lr_within_bounds_for_every_decay():
-    """Ray's own exploit path (``_get_new_config``: its explore, then ours as custom_explore_fn, then repair)."""
+    """Ray's own exploit path (a stratum's stock PBT ``_get_new_config``: its explore, then ours and the repair as
+    custom_explore_fn)."""
     import random
 
     from ray.tune.experiment import Trial
@@ -416,7 +417,8 @@ def test_pbt_exploit_through_ray_mutates_patience_and_min_lr_within_bounds_for_e
                          ("cosine", {"min_lr": 1e-6}), ("step", {"milestones": [0.5], "gamma": 0.1})):
         parent = Trial("lic", config=_config(decay=decay, **extra), trial_id=f"parent_{decay}", stub=True)
         for _ in range(30):
-            config, _ = pbt._get_new_config(child, parent)
+            with pbt.defaults_filled([parent]):  # what on_trial_result does around Ray's exploit
+                config, _ = pbt.population(child)._get_new_config(child, parent)
             checked = TrialConfig.model_validate(config).schedule
             assert checked.decay == decay and 1e-5 <= checked.lr <= 1e-2
             if decay == "plateau":

@@ -22,7 +22,7 @@ from search.errors import SpaceError
 from search.space.keypath import get_path
 from search.space.sections import SchedulerConfig, SearchAlgorithmConfig, check_search_setup, stratify_keys
 from search.tuning.searchers import (
-    PrunedOptunaSearch,
+    RAY_TRIAL_ID,
     StratifiedOptunaSearch,
     build_search_algorithm,
     grid_cells,
@@ -119,15 +119,13 @@ def test_stopped_trials_reach_optuna_as_pruned_and_finished_ones_as_complete():
 
 def test_pruned_trials_do_not_count_as_complete_for_tpe():
     """With a PRUNED early loss, TPE's best is the best *finished* trial, not an early-stopped one."""
-    searcher = PrunedOptunaSearch(space={"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)},
-                                  metric=M.EVAL_RD_LOSS, mode="min", seed=0)
+    searcher = StratifiedOptunaSearch(ray_space(**{"loss.lmbda": 0.013}), metric=M.EVAL_RD_LOSS, mode="min",
+                                      samples_per_cell=2, seed=0)
     searcher.suggest("early")
-    searcher.budgets["early"] = 6
-    searcher.on_trial_complete("early", evaluation(1, 0.1))  # stopped at iteration 1 with a small loss
+    searcher.on_trial_complete("early", evaluation(1, 0.1))  # stopped at iteration 1 of 6 with a small loss
     searcher.suggest("full")
-    searcher.budgets["full"] = 6
     searcher.on_trial_complete("full", evaluation(6, 0.5))
-    study = searcher._ot_study
+    ((_, study),) = searcher.studies()
     assert [t.state for t in study.trials] == [PRUNED, COMPLETE]
     assert study.best_trial.number == 1 and study.best_value == 0.5
 
@@ -151,23 +149,30 @@ def test_multi_objective_over_rate_and_distortion():
 
 
 def test_searcher_state_survives_save_and_restore(tmp_path: Path):
-    searcher = StratifiedOptunaSearch(ray_space(), metric=M.EVAL_RD_LOSS, mode="min", samples_per_cell=2, seed=0)
+    """The studies live in Optuna's journal file; Ray's checkpoint of the searcher lists only the Ray trials its
+    own state knows, so a restored searcher reopens the same studies and rebuilds nothing."""
+    journal = str(tmp_path / "optuna_journal.log")
+    searcher = StratifiedOptunaSearch(ray_space(), metric=M.EVAL_RD_LOSS, mode="min", samples_per_cell=2, seed=0,
+                                      storage=journal)
     first = searcher.suggest("a")
     searcher.on_trial_complete("a", evaluation(6, 1.0))
     second = searcher.suggest("b")
     searcher.on_trial_result("b", evaluation(2, 3.0))
     searcher.save(str(tmp_path / "searcher.json"))
     saved = json.loads((tmp_path / "searcher.json").read_text())  # JSON, no pickle: loading it runs no code
-    assert saved["trial_config"]["a"] == first
-    restored = StratifiedOptunaSearch(ray_space(), metric=M.EVAL_RD_LOSS, mode="min", samples_per_cell=2, seed=0)
+    assert saved["trials"] == {"a": 0, "b": 1} and "config" not in json.dumps(saved)
+    searcher.suggest("lost")  # asked after Ray's last save: Ray's restored state has no such trial
+    restored = StratifiedOptunaSearch(ray_space(), metric=M.EVAL_RD_LOSS, mode="min", samples_per_cell=2, seed=0,
+                                      storage=journal)
     restored.restore(str(tmp_path / "searcher.json"))
     assert restored.suggest("a") == first and restored.suggest("b") == second
-    running = restored._searchers[restored._trial_cell["b"]]._ot_trials["b"]
-    assert running.params == searcher._searchers[searcher._trial_cell["b"]]._ot_trials["b"].params
-    assert dict(running.study.trials[running.number].intermediate_values) == {2: 3.0}
+    running = [t for _, s in restored.studies() for t in s.trials if t.user_attrs[RAY_TRIAL_ID] == "b"][0]
+    assert running.params == {"schedule/lr": second["schedule"]["lr"]}
+    assert dict(running.intermediate_values) == {2: 3.0}
     restored.on_trial_complete("b", evaluation(3, 2.0))  # stopped after the restore: still pruned
-    assert [len(s.trials) for _, s in restored.studies()] == [1, 1]
+    assert [len(s.trials) for _, s in restored.studies()] == [2, 1]  # "lost" is in the low-λ study, FAILED
     assert [s.trials[0].state for _, s in restored.studies()] == [COMPLETE, PRUNED]
+    assert restored.studies()[0][1].trials[1].state == FAIL
     restored.suggest("c"), restored.suggest("d")
     assert restored.suggest("e") == Searcher.FINISHED
     assert pickle.loads(pickle.dumps(restored)).cells == restored.cells
@@ -204,6 +209,8 @@ def test_build_search_algorithm_from_the_search_section():
     assert len(inner.studies()) == 2 and inner.samples_per_cell == 3
     assert tuner_param_space(tpe) == {} and tune_num_samples(tpe) == 6
     assert inner.studies()[0][1].sampler._n_startup_trials == 2
+    assert [study.study_name for _, study in inner.studies()] == [
+        "lic-search: loss.lmbda=0.0025", "lic-search: loss.lmbda=0.0483"]
 
     multi = spec_of({"algorithm": "optuna", "objectives": [M.EVAL_BPP, M.EVAL_PSNR], "sampler": "nsga2"})
     searcher = build_search_algorithm(multi)
@@ -301,8 +308,9 @@ def test_asha_with_optuna_prunes_stopped_trials_per_lambda(tmp_path: Path, ray_c
     states: dict[str, optuna.trial.TrialState] = {}
     by_id_config = {r.metrics["trial_id"]: r.config for r in results}
     for cell, study in searcher.studies():
-        for trial_id, ot_trial in searcher._searchers[searcher.cells.index(cell)]._ot_trials.items():
-            states[trial_id] = study.trials[ot_trial.number].state
+        for ot_trial in study.trials:
+            trial_id = ot_trial.user_attrs[RAY_TRIAL_ID]
+            states[trial_id] = ot_trial.state
             config = by_id_config[trial_id]  # the trial ran the grid point of the study it was told to
             assert all(get_path(config, key) == value for key, value in cell.items()), (cell, config)
     assert set(states) == set(reached)
@@ -339,7 +347,7 @@ def test_a_restored_optuna_search_continues_its_studies(tmp_path: Path, ray_clus
 
     spec = spec_of({"algorithm": "optuna", "num_samples": 3, "max_concurrent": 1, "seed": 0},
                    **{"loss.lmbda": 0.013})
-    search_alg = build_search_algorithm(spec)
+    search_alg = build_search_algorithm(spec, folder=str(tmp_path / "optuna-resume"))
     tuner = ray_tune.Tuner(
         lr_trainable, param_space=tuner_param_space(spec),
         tune_config=ray_tune.TuneConfig(search_alg=search_alg, num_samples=tune_num_samples(spec), reuse_actors=True),
@@ -352,8 +360,12 @@ def test_a_restored_optuna_search_continues_its_studies(tmp_path: Path, ray_clus
                                             param_space=tuner_param_space(spec), resume_unfinished=True)
     results = restored_tuner.fit()
     assert len(results) == 3 and all(r.metrics[M.ITERATIONS] == 6 for r in results)
-    restored = restored_tuner._local_tuner._tune_config.search_alg.searcher
-    ((_, study),) = restored.studies()
+    # The one study, read from Optuna's journal in the experiment folder as optuna-dashboard reads it
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "optuna-resume" / "optuna_journal.log")))
+    (summary,) = optuna.get_all_study_summaries(journal)
+    study = optuna.load_study(study_name=summary.study_name, storage=journal)
     assert [t.state for t in study.trials] == [COMPLETE, COMPLETE, COMPLETE]
     told = sorted(t.value for t in study.trials)
     assert told == pytest.approx(sorted(r.metrics[M.EVAL_RD_LOSS] for r in results))
+    assert {t.user_attrs["ray_trial_id"] for t in study.trials} == {r.metrics["trial_id"] for r in results}

@@ -127,11 +127,11 @@ def _timed(work: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def launch_seconds() -> tuple[float, float]:
+def launch_seconds(run: "Callable[[Path, Path, str], object]") -> tuple[float, float]:
     """(worker, around): seconds a fresh Python process spends importing the trainable (what each Ray worker
     does inside its first trial's time), and seconds a search spends around its trials (see
-    :func:`search_overhead_seconds`)."""
-    return worker_import_seconds(), search_overhead_seconds()
+    :func:`search_overhead_seconds`; ``run`` is the code ``lic-search run`` runs)."""
+    return worker_import_seconds(), search_overhead_seconds(run)
 
 
 def worker_import_seconds() -> float:
@@ -174,11 +174,16 @@ def probe_space(images: Path) -> dict:
     }
 
 
-def search_overhead_seconds(timeout: float = 600.0) -> float:
-    """Seconds a search spends around its trials, measured: ``lic-search run`` of a one-trial, one-iteration
-    search in a child process (its imports, validation, Ray's start, the experiment folder and training index,
-    the parent MLflow run in a fresh SQLite store, the end-of-search summary, Ray's shutdown), less that trial's
-    own time (which Ray records in its ``result.json``)."""
+def search_overhead_seconds(run: "Callable[[Path, Path, str], object]") -> float:
+    """Seconds a search spends around its trials, measured in this process through ``run(space, storage_path,
+    tracking_uri)``, the code ``lic-search run`` runs (``search.tuning.tuner.run_search``, passed in by the command:
+    analysis sits below tuning), on a one-trial, one-iteration search: validation, Ray's start, the experiment
+    folder and training index, the parent MLflow run in a fresh SQLite store, the end-of-search summary, Ray's
+    shutdown, less that trial's own time (which Ray records in its ``result.json``). The driver's imports are
+    warm here; a fresh worker's are :func:`worker_import_seconds`."""
+    import contextlib
+    import io
+
     import numpy
     import yaml
     from PIL import Image
@@ -192,16 +197,20 @@ def search_overhead_seconds(timeout: float = 600.0) -> float:
             Image.fromarray(noise.integers(0, 256, (64, 64, 3), dtype=numpy.uint8)).save(images / f"{index}.png")
         space = root / "probe.yaml"
         space.write_text(yaml.safe_dump(probe_space(images), sort_keys=False))
-        command = [sys.executable, "-m", "search.cli", "run", str(space), "--storage-path", str(root / "results"),
-                   "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}"]
+        console = io.StringIO()  # the probe's console (its trial line and summary) is not estimate's
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=root, env=_child_env())
+        failure: Optional[BaseException] = None
+        try:
+            with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+                run(space, root / "results", f"sqlite:///{root / 'mlflow.db'}")
+        except Exception as error:  # noqa: BLE001 - said with the probe's output below
+            failure = error
         wall = time.perf_counter() - started
         results = sorted((root / "results" / PROBE_NAME).glob("*/result.json"))
-        if done.returncode != 0 or not results:
-            raise LicSearchError(f"estimate: the one-trial search that times a search's launch failed (exit "
-                                 f"{done.returncode}); pass --launch S to skip it. Its output ended: "
-                                 f"{(done.stdout + done.stderr).strip()[-800:]}")
+        if failure is not None or not results:
+            raise LicSearchError(f"estimate: the one-trial search that times a search's launch failed "
+                                 f"({failure or 'no trial result'}); pass --launch S to skip it. Its output ended: "
+                                 f"{console.getvalue().strip()[-800:]}")
         trial = max(json.loads(line).get("time_total_s", 0.0)
                     for line in results[0].read_text().splitlines() if line.strip())
         return max(0.0, wall - trial)

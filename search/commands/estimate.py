@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--launch", type=float, default=None, metavar="S",
                         help="seconds a search spends around its trials (imports, Ray's start and shutdown, the MLflow "
                              "parent run, the summary), added to the wall time (default: measured by running a "
-                             "one-iteration search in a fresh process, on a local Ray instance)")
+                             "one-iteration search in this process through the code `run` uses, on a local Ray "
+                             "instance)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to time the steps (default: a GPU if present, else the CPU)")
     add_quiet_option(parser)
@@ -75,6 +76,13 @@ def _print_ladder(ladder, seconds, scratch, file, gpus: int, unit: str) -> None:
           f"{_hours(scratch.grid_wall_hours)}; the ladder is {iterations / max(scratch.grid_iterations, 1):.0%} of it")
     if file.scheduler.type == "asha":
         print("  under ASHA only the anchors that finish their budget are fine-tuned: the ladder costs at most this")
+
+
+def _run_probe(space: Path, storage_path: Path, tracking_uri: str) -> None:
+    """The launch probe's search, run as ``lic-search run`` runs one."""
+    from search.tuning.tuner import run_search
+
+    run_search(space, storage_path, tracking_uri=tracking_uri)
 
 
 def _estimate(args) -> int:
@@ -125,10 +133,10 @@ def _estimate(args) -> int:
                       f"its checkpoint, {cost.startup:.3g} s start-up ({count} trial(s){share})", flush=True)
     if args.launch is None:
         with Meter("estimate: timing a one-trial search's launch and end", "search", 1) as meter:
-            worker, around = launch_seconds()
+            worker, around = launch_seconds(_run_probe)
             meter.update()
-        print(f"  search launch and end: {around:.3g} s around the trials (a one-iteration search run in a fresh "
-              f"process: imports, Ray's start and shutdown, the MLflow parent run, the summary), {worker:.3g} s "
+        print(f"  search launch and end: {around:.3g} s around the trials (a one-iteration search run here through "
+              f"`run`'s code: Ray's start and shutdown, the MLflow parent run, the summary), {worker:.3g} s "
               "for a fresh worker to import the trainable (once per concurrent slot, in its first trial's time)",
               flush=True)
     else:

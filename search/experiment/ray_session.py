@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from search.experiment import ray_internals
 from search.experiment.drivers import running_process
 from search.experiment.store import ExperimentStore, is_uri
 
@@ -42,7 +43,7 @@ def current_local_session() -> Optional[RaySession]:
     import psutil
     import ray
 
-    node = getattr(ray._private.worker, "_global_node", None)
+    node = ray_internals.global_node()
     if node is None or not ray.is_initialized():
         return None
     processes = []

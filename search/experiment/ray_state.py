@@ -12,9 +12,10 @@ from typing import Optional
 
 import pyarrow.fs
 
+from search.experiment.ray_internals import EXPERIMENT_STATE_PATTERN
 from search.experiment.store import ExperimentStore
 
-STATE_PATTERN = "experiment_state-*.json"  # Ray's TuneController.CKPT_FILE_TMPL
+STATE_PATTERN = EXPERIMENT_STATE_PATTERN  # Ray's TuneController.CKPT_FILE_TMPL
 TERMINATED = "TERMINATED"  # Ray's status of a trial that ended (budget done, or stopped by the scheduler)
 
 

@@ -135,7 +135,8 @@ class SearchAlgorithmConfig(_Strict):
     algorithm: Literal["random", "optuna"] = Field(
         "random",
         description="random: every grid point x num_samples random draws (Ray BasicVariantGenerator). "
-        "optuna: one Optuna study per grid point, num_samples trials each, sampling the non-grid primitives.",
+        "optuna: one Optuna study per grid point, num_samples trials each, sampling the non-grid primitives; the "
+        "studies live in Optuna's journal (optuna_journal.log in the experiment folder) or search.optuna_storage.",
     )
     sampler: Literal["tpe", "nsga2"] = Field(
         "tpe", description="Optuna sampler: tpe (single or multi-objective) or nsga2 (needs `objectives`)."
@@ -162,6 +163,10 @@ class SearchAlgorithmConfig(_Strict):
         "min; psnr, ms_ssim: max). A mode that contradicts the metric is an error.",
     )
     seed: Optional[int] = None
+    optuna_storage: Optional[str] = Field(
+        None, description="Optuna storage of the studies: a database URL (sqlite:///..., postgresql://...) or a "
+        "journal file path; null = optuna_journal.log in the experiment folder (`lic-search ui --optuna` shows it).",
+    )
     anchor: Optional[AnchorConfig] = Field(
         None, description="The variant `report` and `best --by family` measure BD-rates against, by its label "
         "(e.g. {label: anchor}); null = the AuxT-off family when there is exactly one.",

@@ -18,6 +18,9 @@ Two things the stock Ray schedulers get wrong for R-D searches, fixed here:
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import json
 import logging
 import math
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
+from search.experiment.ray_internals import experiment_location
 from search.space.sections import DEFAULT_STRATIFY_BY, trial_default
 from search.space.strata import stratum_of
 from trainables import metrics as M
@@ -128,8 +132,8 @@ class StratifiedASHA(FIFOScheduler):
         self._reduction_factor = reduction_factor
         self._num_brackets = brackets
         self._stratify_by = tuple(stratify_by)
-        self._metric = metric
-        self._mode = mode
+        self._rank_metric = metric
+        self._rank_mode = mode
         self._state_path = state_path
         self._require_state = require_state  # a search's scheduler: rungs that cannot be kept are an error
         self._strata: dict[str, list[_Bracket]] = {}
@@ -140,14 +144,18 @@ class StratifiedASHA(FIFOScheduler):
 
     # ------------------------------------------------------------ properties
     @property
+    def metric(self) -> Optional[str]:
+        return self._rank_metric
+
+    @property
     def _metric_op(self) -> float:
-        return 1.0 if self._mode == "max" else -1.0
+        return 1.0 if self._rank_mode == "max" else -1.0
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec) -> bool:
-        if (self._metric and metric) or (self._mode and mode):
+        if (self._rank_metric and metric) or (self._rank_mode and mode):
             return False
-        self._metric = self._metric or metric
-        self._mode = self._mode or mode
+        self._rank_metric = self._rank_metric or metric
+        self._rank_mode = self._rank_mode or mode
         return True
 
     def strata(self) -> dict[str, list[list[tuple[float, dict[str, float]]]]]:
@@ -166,9 +174,9 @@ class StratifiedASHA(FIFOScheduler):
 
     # ----------------------------------------------------------------- hooks
     def on_trial_add(self, tune_controller, trial: "Trial") -> None:
-        if not self._metric or not self._mode:
+        if not self._rank_metric or not self._rank_mode:
             raise LicSearchError(f"{type(self).__name__} needs a metric and a mode, got "
-                                 f"(metric={self._metric!r}, mode={self._mode!r})")
+                                 f"(metric={self._rank_metric!r}, mode={self._rank_mode!r})")
         self._ensure_loaded(trial)
         if trial.trial_id in self._assignment:
             return  # a restored trial keeps its stratum and bracket
@@ -181,10 +189,10 @@ class StratifiedASHA(FIFOScheduler):
         self._save()
 
     def on_trial_result(self, tune_controller, trial: "Trial", result: dict) -> str:
-        if M.is_notice(result) or self._time_attr not in result or self._metric not in result:
+        if M.is_notice(result) or self._time_attr not in result or self._rank_metric not in result:
             return TrialScheduler.CONTINUE  # a notice (checkpoint between evaluations) has no scores
         time = float(result[self._time_attr])
-        if not math.isfinite(float(result[self._metric])):  # NaN/inf at any rung: nothing to compare, stop
+        if not math.isfinite(float(result[self._rank_metric])):  # NaN/inf at any rung: nothing to compare, stop
             self._stopped[trial.trial_id] = time
             self._save()
             return TrialScheduler.STOP
@@ -194,7 +202,7 @@ class StratifiedASHA(FIFOScheduler):
             return TrialScheduler.STOP
         bracket = self._bracket_of(trial)
         before = bracket.size()
-        action = bracket.on_result(trial.trial_id, time, self._metric_op * float(result[self._metric]))
+        action = bracket.on_result(trial.trial_id, time, self._metric_op * float(result[self._rank_metric]))
         if action == TrialScheduler.STOP:
             self._stopped[trial.trial_id] = time
         if action == TrialScheduler.STOP or bracket.size() != before:
@@ -202,12 +210,12 @@ class StratifiedASHA(FIFOScheduler):
         return action
 
     def on_trial_complete(self, tune_controller, trial: "Trial", result: dict) -> None:
-        if not result or self._time_attr not in result or self._metric not in result:
+        if not result or self._time_attr not in result or self._rank_metric not in result:
             return
-        if not math.isfinite(float(result[self._metric])):
+        if not math.isfinite(float(result[self._rank_metric])):
             return
         self._bracket_of(trial).on_result(trial.trial_id, float(result[self._time_attr]),
-                                          self._metric_op * float(result[self._metric]))
+                                          self._metric_op * float(result[self._rank_metric]))
         self._save()
 
     def on_trial_remove(self, tune_controller, trial: "Trial") -> None:
@@ -241,8 +249,8 @@ class StratifiedASHA(FIFOScheduler):
             "version": _STATE_VERSION,
             "stratify_by": list(self._stratify_by),
             "time_attr": self._time_attr,
-            "metric": self._metric,
-            "mode": self._mode,
+            "metric": self._rank_metric,
+            "mode": self._rank_mode,
             "strata": {key: [b.to_json() for b in brackets] for key, brackets in self._strata.items()},
             "assignment": {tid: [key, index] for tid, (key, index) in self._assignment.items()},
             "stopped": dict(self._stopped),
@@ -301,7 +309,8 @@ class StratifiedASHA(FIFOScheduler):
         if storage is None:
             return None
         try:
-            return storage.storage_filesystem, f"{storage.experiment_fs_path.rstrip('/')}/{STATE_FILE}"
+            filesystem, folder = experiment_location(storage)
+            return filesystem, f"{folder.rstrip('/')}/{STATE_FILE}"
         except AttributeError:  # a storage context without an experiment folder (Ray's, before the Tuner set one)
             return None
 
@@ -326,13 +335,15 @@ class StratifiedASHA(FIFOScheduler):
 
 
 # ----------------------------------------------------------------------------- PBT
-class StratifiedPBT(PopulationBasedTraining):
+class StratifiedPBT(TrialScheduler):
     """Population-based training of ``schedule.lr`` / ``milestones`` / ``gamma`` within strata.
 
-    A trial in the bottom quantile of *its stratum* clones the weights (checkpoint) and the
-    schedule of a top trial of the same stratum, then perturbs the schedule; it never
-    adopts another λ. Every new config is checked against :class:`TrialConfig` and ``lr`` is
-    clipped to the declared range, so mutations always give valid trials.
+    One stock Ray ``PopulationBasedTraining`` per stratum behind this router (Ray's public
+    ``TrialScheduler`` interface): each trial goes to its stratum's population, so a trial in the
+    bottom quantile of *its stratum* clones the weights (checkpoint) and the schedule of a top
+    trial of the same stratum, then perturbs the schedule; it never adopts another λ. Every new
+    config is checked against :class:`TrialConfig` and ``lr`` is clipped to the declared range
+    (PBT's public ``custom_explore_fn``), so mutations always give valid trials.
     """
 
     def __init__(self, *, metric: str, mode: str, perturbation_interval: int, mutations: Any,
@@ -354,64 +365,132 @@ class StratifiedPBT(PopulationBasedTraining):
         # Keys only some decays have (plateau's patience, cosine/plateau's min_lr): explore_schedule.
         self._patience: Optional[list[int]] = getattr(mutations, "patience", None)
         self._min_lr_bounds: Optional[tuple[float, float]] = getattr(mutations, "min_lr", None)
-        by_decay = self._patience is not None or self._min_lr_bounds is not None
-        if not schedule and not by_decay:
+        self._by_decay = self._patience is not None or self._min_lr_bounds is not None
+        if not schedule and not self._by_decay:
             raise LicSearchError("scheduler.pbt.mutations: name at least one of lr, milestones, gamma, patience, "
                                  "min_lr")
-        super().__init__(
-            time_attr=time_attr, metric=metric, mode=mode, perturbation_interval=perturbation_interval,
-            burn_in_period=burn_in_period, hyperparam_mutations={"schedule": schedule} if schedule else {},
-            quantile_fraction=quantile_fraction, resample_probability=resample_probability,
-            perturbation_factors=tuple(perturbation_factors),
-            custom_explore_fn=self.explore_schedule if by_decay else None, log_config=True,
-            require_attrs=True, synch=False,
-        )
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self._pbt_metric, self._pbt_mode = metric, mode
+        self._time_attr = time_attr
+        self._perturbation_interval = perturbation_interval
+        self._burn_in_period = burn_in_period
+        self._hyperparam_mutations = {"schedule": schedule} if schedule else {}
+        self._quantile_fraction = quantile_fraction
+        self._resample_probability = resample_probability
+        self._perturbation_factors = tuple(perturbation_factors)
         self._stratify_by = tuple(stratify_by)
-        self._current_stratum: Optional[str] = None
+        self._populations: dict[str, PopulationBasedTraining] = {}
+        self._members: dict[str, list["Trial"]] = {}  # stratum -> its trials, in the order they were added
+        self._assigned: dict[str, str] = {}  # trial_id -> its stratum when added (PBT may mutate a stratum key)
+        self._values: dict[str, dict[str, Any]] = {}  # stratum -> its values at stratify_by
+        self._progress: dict[str, float] = {}  # trial_id -> time_attr at its last result
+
+    # ------------------------------------------------------------ properties
+    @property
+    def metric(self) -> str:
+        return self._pbt_metric
+
+    def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec) -> bool:
+        return (metric is None or metric == self._pbt_metric) and (mode is None or mode == self._pbt_mode)
 
     def stratum_of(self, trial: "Trial") -> str:
-        return stratum_key(trial.config, self._stratify_by)
+        """The trial's stratum: the one it was added to, else that of its config."""
+        return self._assigned.get(trial.trial_id) or stratum_key(trial.config, self._stratify_by)
+
+    def population(self, trial_or_stratum: "Trial | str") -> PopulationBasedTraining:
+        """The stock Ray PBT of a trial's stratum (or of a stratum key), made on first use."""
+        key = trial_or_stratum if isinstance(trial_or_stratum, str) else self.stratum_of(trial_or_stratum)
+        if not isinstance(trial_or_stratum, str):
+            self._values.setdefault(key, stratum_of(trial_or_stratum.config, self._stratify_by))
+        if key not in self._populations:
+            self._populations[key] = PopulationBasedTraining(
+                time_attr=self._time_attr, metric=self._pbt_metric, mode=self._pbt_mode,
+                perturbation_interval=self._perturbation_interval, burn_in_period=self._burn_in_period,
+                hyperparam_mutations=copy.deepcopy(self._hyperparam_mutations),
+                quantile_fraction=self._quantile_fraction, resample_probability=self._resample_probability,
+                perturbation_factors=self._perturbation_factors,
+                custom_explore_fn=functools.partial(self._explore, key), log_config=True, require_attrs=True,
+                synch=False,
+            )
+            self._members[key] = []
+        return self._populations[key]
+
+    # ----------------------------------------------------------------- hooks
+    def on_trial_add(self, tune_controller, trial: "Trial") -> None:
+        key = self.stratum_of(trial)
+        self.population(trial).on_trial_add(tune_controller, trial)
+        self._assigned[trial.trial_id] = key
+        self._members[key].append(trial)
 
     def on_trial_result(self, tune_controller, trial: "Trial", result: dict) -> str:
         if M.is_notice(result):
             return TrialScheduler.CONTINUE  # a checkpoint between evaluations: PBT acts on evaluations only
-        self._current_stratum = self.stratum_of(trial)
-        try:
-            return super().on_trial_result(tune_controller, trial, result)
-        finally:
-            self._current_stratum = None
+        if self._time_attr in result:
+            self._progress[trial.trial_id] = float(result[self._time_attr])
+        key = self.stratum_of(trial)
+        with self.defaults_filled(self._members.get(key, [])):
+            return self.population(key).on_trial_result(tune_controller, trial, result)
 
-    def _quantiles(self) -> tuple[list, list]:
-        """Ray's quantiles, restricted to the stratum of the trial being decided."""
-        trials = [
-            trial for trial, state in self._trial_state.items()
-            if state.last_score is not None and not math.isnan(state.last_score) and not trial.is_finished()
-            and (self._current_stratum is None or self.stratum_of(trial) == self._current_stratum)
-        ]
-        trials.sort(key=lambda t: self._trial_state[t].last_score)
-        if len(trials) <= 1:
-            return [], []
-        count = int(math.ceil(len(trials) * self._quantile_fraction))
-        if count > len(trials) / 2:
-            count = int(math.floor(len(trials) / 2))
-        return trials[:count], trials[len(trials) - count:]
+    def on_trial_complete(self, tune_controller, trial: "Trial", result: dict) -> None:
+        self.population(trial).on_trial_complete(tune_controller, trial, result)
 
-    def _get_new_config(self, trial: "Trial", trial_to_clone: "Trial") -> tuple[dict, dict]:
-        if self.stratum_of(trial) != self.stratum_of(trial_to_clone):
-            raise LicSearchError(f"PBT tried to clone {trial_to_clone} ({self.stratum_of(trial_to_clone)}) into "
-                                 f"{trial} ({self.stratum_of(trial)}): strata must match")
-        # Ray's explore reads every mutated key from the clone's config; a space may leave one out
-        # (gamma of a cosine trial, milestones of a plateau one): explore from its default instead.
-        original = trial_to_clone.config
-        schedule = dict(original.get("schedule", {}))
-        for key in self._hyperparam_mutations.get("schedule", {}):
-            schedule.setdefault(key, trial_default(f"schedule.{key}"))
-        trial_to_clone.config = {**original, "schedule": schedule}
+    def on_trial_error(self, tune_controller, trial: "Trial") -> None:
+        self.population(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial: "Trial") -> None:
+        self.population(trial).on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller) -> Optional["Trial"]:
+        """PBT's rule over every stratum: the pending or paused trial that has trained least."""
+        from ray.tune.experiment import Trial
+
+        candidates = [trial for trial in tune_controller.get_trials() if trial.status in (Trial.PENDING, Trial.PAUSED)]
+        candidates.sort(key=lambda trial: self._progress.get(trial.trial_id, 0.0))
+        return candidates[0] if candidates else None
+
+    def debug_string(self) -> str:
+        return "\n".join(f"[{key}] {population.debug_string()}" for key, population in self._populations.items()) \
+            or "StratifiedPBT: no trials yet"
+
+    # -------------------------------------------------------------- exploring
+    @contextlib.contextmanager
+    def defaults_filled(self, trials: Sequence["Trial"]):
+        """While PBT may explore from these trials: every mutated schedule key in their configs.
+
+        Ray's explore reads every mutated key from the clone's config; a space may leave one out (gamma of a
+        cosine trial, milestones of a plateau one): explore from its default instead. A trial whose config PBT
+        replaced meanwhile (the one that exploited) keeps its new config."""
+        keys = list(self._hyperparam_mutations.get("schedule", {}))
+        swapped = []
+        for trial in trials:
+            schedule = trial.config.get("schedule", {})
+            if all(key in schedule for key in keys):
+                continue
+            filled = {**trial.config, "schedule": {**{key: trial_default(f"schedule.{key}") for key in keys},
+                                                   **schedule}}
+            swapped.append((trial, trial.config, filled))
+            trial.config = filled
         try:
-            new_config, operations = super()._get_new_config(trial, trial_to_clone)
+            yield
         finally:
-            trial_to_clone.config = original
-        return self.repair(new_config), operations
+            for trial, original, filled in swapped:
+                if trial.config is filled:
+                    trial.config = original
+
+    def _explore(self, stratum: str, config: dict) -> dict:
+        """PBT's ``custom_explore_fn`` of one stratum's population: the decay-specific keys, then the repair."""
+        mutated = {f"schedule.{key}" for key in self._hyperparam_mutations.get("schedule", {})}
+        if self._by_decay:
+            mutated |= {"schedule.patience", "schedule.min_lr"}
+        fixed = [key for key in self._stratify_by if key not in mutated]  # what exploring must never change
+        values = self._values.get(stratum)
+        if values is not None and stratum_of(config, fixed) != {key: values[key] for key in fixed}:
+            raise LicSearchError(f"PBT of {stratum} explored a config of {stratum_key(config, self._stratify_by)}: "
+                                 "strata must match")
+        if self._by_decay:
+            config = self.explore_schedule(config)
+        return self.repair(config)
 
     def explore_schedule(self, config: dict) -> dict:
         """PBT's explore step for keys only some decays have, as Ray explores lr and milestones:

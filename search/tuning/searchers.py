@@ -13,10 +13,14 @@ Design of the Optuna search (:class:`StratifiedOptunaSearch`):
   (``eval/bpp``, ``eval/mse``) may sample λ because those objectives do not depend on it.
 * **Stopped trials are pruned.** Ray's ``OptunaSearch`` tells Optuna that an ASHA-stopped
   trial is COMPLETE with the value it had when stopped, which TPE then reads as a finished
-  (bad or, early in training, misleadingly good) configuration. :class:`PrunedOptunaSearch`
-  tells Optuna PRUNED whenever the trial ended before its budget ``schedule.iterations``;
-  Optuna keeps the last intermediate value (reported at step ``iterations``) and TPE ranks
-  pruned trials below all complete ones, by how far they got.
+  (bad or, early in training, misleadingly good) configuration. This search tells Optuna
+  PRUNED whenever the trial ended before its budget ``schedule.iterations``; Optuna keeps the
+  last intermediate value (reported at step ``iterations``) and TPE ranks pruned trials below
+  all complete ones, by how far they got.
+* **Optuna's own storage.** The studies live in an Optuna storage (the journal file
+  ``optuna_journal.log`` in the experiment folder, or ``search.optuna_storage``), driven through
+  Optuna's ask-and-tell API and Ray's public ``Searcher`` hooks, so ``optuna-dashboard`` opens them
+  as they are (``lic-search ui --optuna``) and resume continues the same studies.
 
 The Optuna search proposes whole trial configs, so Ray must get ``param_space={}`` with it:
 use :func:`tuner_param_space` and :func:`tune_num_samples` when building the Tuner.
@@ -34,9 +38,9 @@ from typing import Any, Optional, Union
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search.experiment.store import is_uri
 from search.space.keypath import get_path, set_path
 from trainables import metrics as M
-from trainables.config import flatten
 from trainables.errors import LicSearchError
 
 logger = logging.getLogger(__name__)
@@ -76,45 +80,9 @@ def _finite(value: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- Optuna
-class PrunedOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, except that a trial ended before its budget reaches Optuna as PRUNED.
-
-    Intermediate values are reported at step ``iterations`` (the trainable's own counter),
-    so a pruned trial's value is its last evaluation and its step says how far it got.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.budgets: dict[str, int] = {}
-        self._reported: dict[str, int] = {}
-
-    def _report(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, list) or trial_id not in self._ot_trials:
-            return  # Optuna has no intermediate values for multi-objective studies
-        value, step = result.get(self.metric), result.get(M.ITERATIONS)
-        if not _finite(value) or not _finite(step) or self._reported.get(trial_id, -1) >= int(step):
-            return
-        self._ot_trials[trial_id].report(float(value), int(step))
-        self._reported[trial_id] = int(step)
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self._completed_trials and not M.is_notice(result):
-            self._report(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        error = error or bool((result or {}).get(M.DIVERGED))  # a diverged trial is FAILED, not PRUNED
-        budget = self.budgets.get(trial_id)
-        reached = (result or {}).get(M.ITERATIONS)
-        if error or not result or budget is None or not _finite(reached) or int(reached) >= budget:
-            super().on_trial_complete(trial_id, result=result, error=error)
-            return
-        from optuna.trial import TrialState
-
-        self._report(trial_id, result)  # the result that got the trial stopped was not reported yet
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+JOURNAL_FILE = "optuna_journal.log"  # the studies of an Optuna search, in its experiment folder
+INDEX_FILE_TMPL = "searcher-state-{}.json"  # which Ray trials Ray's own saved state knows (see save)
+RAY_TRIAL_ID = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
 
 
 def make_sampler(kind: str, seed: Optional[int], startup_trials: Optional[int]):
@@ -131,37 +99,109 @@ def make_sampler(kind: str, seed: Optional[int], startup_trials: Optional[int]):
     raise LicSearchError(f"search.sampler: unknown sampler {kind!r}; allowed: tpe, nsga2")
 
 
+def open_storage(location: Optional[str]):
+    """An Optuna storage: a database URL (``sqlite:///...``, ``postgresql://...``), a journal file path, or
+    None for an in-memory one (a searcher used as a library, no experiment folder)."""
+    import optuna
+
+    if location is None:
+        return optuna.storages.InMemoryStorage()
+    if "://" in location:
+        return optuna.storages.RDBStorage(location)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(location))
+
+
+def study_label(cell: dict) -> str:
+    """A grid point as a study name shows it: ``loss.lmbda=0.0025, model.auxt={...}``; ``all`` without grids."""
+    return ", ".join(f"{key}={json.dumps(value, sort_keys=True)}" for key, value in cell.items()) or "all"
+
+
+def _directions(mode: Union[str, list[str]]) -> list[str]:
+    return [{"min": "minimize", "max": "maximize"}[m] for m in ([mode] if isinstance(mode, str) else mode)]
+
+
 class StratifiedOptunaSearch(Searcher):
     """One Optuna study per grid point of the space; ``samples_per_cell`` trials each.
 
     ``space`` is a Ray param space (``tune.grid_search`` and domains, nested dicts). The
     searcher proposes *complete* trial configs, so give Ray ``param_space={}``.
+
+    Built on Ray's public ``Searcher`` interface and Optuna's ask-and-tell API: each study lives in
+    ``storage`` (a journal file, usually ``<experiment>/optuna_journal.log``, or an Optuna storage URL),
+    named ``<study_prefix>: <grid point>``, and each Optuna trial carries its Ray trial id as the user
+    attribute ``ray_trial_id``. A trial stopped before its budget ``schedule.iterations`` is told
+    PRUNED (Ray's ``OptunaSearch`` would tell COMPLETE), its intermediate values reported at step
+    ``iterations``. Resume reopens the same studies: nothing is rebuilt.
     """
 
     def __init__(self, space: dict, metric: Union[str, list[str]], mode: Union[str, list[str]],
                  samples_per_cell: int = 1, sampler: str = "tpe", seed: Optional[int] = None,
-                 startup_trials: Optional[int] = None):
+                 startup_trials: Optional[int] = None, storage: Optional[str] = None,
+                 study_prefix: str = "lic-search"):
         super().__init__(metric=metric, mode=mode)
         if samples_per_cell < 1:
             raise ValueError(f"samples_per_cell must be at least 1, got {samples_per_cell}")
+
         self.samples_per_cell = samples_per_cell
+        self.storage = storage
         self.cells: list[dict] = []  # grid assignments of each cell (for display)
         self._configs: list[dict] = []  # each cell's config, grids resolved, domains left in
-        self._searchers: list[Optional[PrunedOptunaSearch]] = []
-        for index, (assignments, config) in enumerate(grid_cells(copy.deepcopy(space))):
+        self._distributions: list[Optional[dict]] = []  # each cell's Optuna distributions ("a/b" keys); None: fixed
+        for assignments, config in grid_cells(copy.deepcopy(space)):
             self.cells.append(assignments)
             self._configs.append(config)
-            if not _has_domains(config):
-                self._searchers.append(None)  # nothing to sample at this grid point
-                continue
-            cell_seed = None if seed is None else seed + index
-            self._searchers.append(PrunedOptunaSearch(
-                space=OptunaSearch.convert_search_space(config), metric=metric, mode=mode,
-                sampler=make_sampler(sampler, cell_seed, startup_trials), study_name=f"cell-{index}",
-            ))
+            self._distributions.append(OptunaSearch.convert_search_space(config) if _has_domains(config) else None)
+        self.study_names = [f"{study_prefix}: {study_label(cell)}" for cell in self.cells]
+        self._sampler = (sampler, seed, startup_trials)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._studies: Optional[list] = None  # opened on first use: storages and studies are not pickled
         self._counts = [0] * len(self.cells)
         self._trial_cell: dict[str, int] = {}
+        self._trial_number: dict[str, int] = {}  # Ray trial id -> Optuna trial number in its cell's study
         self._trial_config: dict[str, dict] = {}
+        self._told: set[str] = set()
+        self._reported: dict[str, int] = {}  # Ray trial id -> last intermediate step reported
+        self._study_ids: dict[int, int] = {}
+
+    def __getstate__(self) -> dict:
+        # Ray pickles the searcher into tuner.pkl before the search starts: the studies live in the storage.
+        state = self.__dict__.copy()
+        state.update(_studies=None, _optuna_storage=None)
+        return state
+
+    # ------------------------------------------------------------- studies
+    def _open(self) -> list:
+        if self._studies is None:
+            import optuna
+
+            kind, seed, startup_trials = self._sampler
+            self._optuna_storage = open_storage(self.storage)
+            self._studies = []
+            for index, (name, distributions) in enumerate(zip(self.study_names, self._distributions)):
+                if distributions is None:
+                    self._studies.append(None)  # nothing to sample at this grid point
+                    continue
+                study = optuna.create_study(
+                    storage=self._optuna_storage, study_name=name, load_if_exists=True,
+                    sampler=make_sampler(kind, None if seed is None else seed + index, startup_trials),
+                    directions=_directions(self.mode))
+                study.set_user_attr("grid_point", json.dumps(self.cells[index], sort_keys=True))
+                self._studies.append(study)
+        return self._studies
+
+    def studies(self) -> list[tuple[dict, Any]]:
+        """(grid assignments, optuna.Study) of every grid point that samples something."""
+        return [(cell, study) for cell, study in zip(self.cells, self._open()) if study is not None]
+
+    def _storage_trial_id(self, index: int, number: int) -> int:
+        storage = self._optuna_storage
+        if index not in self._study_ids:
+            self._study_ids[index] = storage.get_study_id_from_name(self.study_names[index])
+        return storage.get_trial_id_from_study_id_trial_number(self._study_ids[index], number)
 
     # ------------------------------------------------------------- Ray hooks
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec) -> bool:
@@ -181,122 +221,128 @@ class StratifiedOptunaSearch(Searcher):
         if not open_cells:
             return Searcher.FINISHED
         index = min(open_cells, key=lambda i: (self._counts[i], i))
-        config = copy.deepcopy(self._configs[index])
-        searcher = self._searchers[index]
-        if searcher is not None:
-            params = searcher.suggest(trial_id)
-            for dotted, value in _flatten(params).items():
-                set_path(config, tuple(dotted.split("/")), value)
-            budget = get_path(config, ("schedule", "iterations"))
-            if budget is not None:
-                searcher.budgets[trial_id] = int(budget)
+        study = self._open()[index]
+        params: dict = {}
+        if study is not None:
+            trial = study.ask(fixed_distributions=self._distributions[index])
+            trial.set_user_attr(RAY_TRIAL_ID, trial_id)
+            params = trial.params
+            self._trial_number[trial_id] = trial.number
         self._counts[index] += 1
         self._trial_cell[trial_id] = index
-        self._trial_config[trial_id] = config
-        return copy.deepcopy(config)
+        self._trial_config[trial_id] = self._config(index, params)
+        return copy.deepcopy(self._trial_config[trial_id])
+
+    def _config(self, index: int, params: dict) -> dict:
+        config = copy.deepcopy(self._configs[index])
+        for dotted, value in params.items():
+            set_path(config, tuple(dotted.split("/")), value)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        searcher = self._searcher_of(trial_id)
-        if searcher is not None:
-            searcher.on_trial_result(trial_id, result)
+        if trial_id not in self._told and not M.is_notice(result):
+            self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """An intermediate value at step ``iterations`` (single objective only: Optuna keeps none for several)."""
+        if isinstance(self.metric, list) or trial_id not in self._trial_number:
+            return
+        value, step = result.get(self.metric), result.get(M.ITERATIONS)
+        if not _finite(value) or not _finite(step) or self._reported.get(trial_id, -1) >= int(step):
+            return
+        index = self._trial_cell[trial_id]
+        self._optuna_storage.set_trial_intermediate_value(
+            self._storage_trial_id(index, self._trial_number[trial_id]), int(step), float(value))
+        self._reported[trial_id] = int(step)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        searcher = self._searcher_of(trial_id)
-        if searcher is not None:
-            searcher.on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self._told or trial_id not in self._trial_number:
+            return
+        from optuna.trial import TrialState
 
-    def _searcher_of(self, trial_id: str) -> Optional[PrunedOptunaSearch]:
-        index = self._trial_cell.get(trial_id)
-        return None if index is None else self._searchers[index]
-
-    # --------------------------------------------------------------- queries
-    def studies(self) -> list[tuple[dict, Any]]:
-        """(grid assignments, optuna.Study) of every grid point that samples something."""
-        return [(cell, searcher._ot_study) for cell, searcher in zip(self.cells, self._searchers)
-                if searcher is not None]
+        study = self._open()[self._trial_cell[trial_id]]
+        number = self._trial_number[trial_id]
+        result = result or {}
+        self._told.add(trial_id)
+        if error or result.get(M.DIVERGED):  # a diverged trial is FAILED, not PRUNED
+            study.tell(number, state=TrialState.FAIL)
+            return
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [result.get(m) for m in metrics]
+        budget = get_path(self._trial_config[trial_id], ("schedule", "iterations"))
+        reached = result.get(M.ITERATIONS)
+        stopped = budget is not None and _finite(reached) and int(reached) < int(budget)
+        if not result or any(v is None for v in values) or stopped:
+            self._report(trial_id, result)  # the result that got the trial stopped was not reported yet
+            study.tell(number, state=TrialState.PRUNED)  # Optuna keeps the last intermediate value
+            return
+        study.tell(number, values if isinstance(self.metric, list) else values[0])
 
     # ----------------------------------------------------------- persistence
-    # JSON, not pickle: resuming an experiment folder must not run code found in it (Ray's own
-    # tuner.pkl aside, see the README). Optuna trials are written with Optuna's own distribution
-    # JSON and rebuilt with add_trial (finished) or enqueue_trial + ask (running).
-    CKPT_FILE_TMPL = "searcher-state-{}.json"
+    # The studies are in the storage; the checkpoint Ray takes with its experiment state only lists
+    # the Ray trials that state knows (JSON, no pickle), so a trial asked after Ray's last save is
+    # recognised on resume as never started (told FAIL, not counted).
+    CKPT_FILE_TMPL = INDEX_FILE_TMPL
 
     def save(self, checkpoint_path: str) -> None:
-        state = {"version": 1, "counts": self._counts, "trial_cell": self._trial_cell,
-                 "trial_config": self._trial_config,
-                 "cells": [None if s is None else _cell_state(s) for s in self._searchers]}
         with open(checkpoint_path, "w") as handle:
-            json.dump(state, handle)
+            json.dump({"version": 2, "storage": self.storage, "studies": self.study_names,
+                       "trials": self._trial_cell}, handle)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as handle:
-            state = json.load(handle)
-        if len(state["cells"]) != len(self._searchers):
-            raise LicSearchError(f"{checkpoint_path}: the saved Optuna state has {len(state['cells'])} grid points, "
-                                 f"the space {len(self._searchers)}; was the space changed?")
-        self._counts = list(state["counts"])
-        self._trial_cell = {k: int(v) for k, v in state["trial_cell"].items()}
-        self._trial_config = state["trial_config"]
-        for searcher, cell in zip(self._searchers, state["cells"]):
-            if searcher is not None and cell is not None:
-                _restore_cell(searcher, cell)
+            saved = json.load(handle)
+        if saved.get("version") != 2:
+            raise LicSearchError(f"{checkpoint_path}: Optuna searcher state of an older lic-search (version "
+                                 f"{saved.get('version')!r}, this one reads 2): finish that search with the "
+                                 "version that started it")
+        if saved["studies"] != self.study_names:
+            raise LicSearchError(f"{checkpoint_path}: the saved search has the studies {saved['studies']}, the space "
+                                 f"{self.study_names}; was the space changed?")
+        self.reopen(known=saved["trials"])
+
+    def reopen(self, known: Optional[dict] = None) -> None:
+        """Continue from the studies in the storage: which Ray trial each Optuna trial is, how many each grid
+        point has, what was reported. ``known``: the Ray trials Ray's saved state holds (others never ran)."""
+        from optuna.trial import TrialState
+
+        self._reset()
+        for index, study in enumerate(self._open()):
+            if study is None:
+                continue
+            study.sampler.reseed_rng()  # a restored seed would replay the proposals made before the interruption
+            for trial in study.get_trials(deepcopy=False):
+                trial_id = trial.user_attrs.get(RAY_TRIAL_ID)
+                if trial_id is None:
+                    continue
+                if known is not None and trial_id not in known:
+                    if trial.state == TrialState.RUNNING:
+                        study.tell(trial.number, state=TrialState.FAIL)  # asked after Ray's last save
+                    continue
+                self._counts[index] += 1
+                self._trial_cell[trial_id] = index
+                self._trial_number[trial_id] = trial.number
+                self._trial_config[trial_id] = self._config(index, trial.params)
+                if trial.state.is_finished():
+                    self._told.add(trial_id)
+                elif trial.intermediate_values:
+                    self._reported[trial_id] = max(trial.intermediate_values)
+        for trial_id, index in (known or {}).items():  # fixed grid points: no study, the index is all there is
+            if self._distributions[int(index)] is None and trial_id not in self._trial_cell:
+                self._counts[int(index)] += 1
+                self._trial_cell[trial_id] = int(index)
+                self._trial_config[trial_id] = self._config(int(index), {})
 
     def restore_from_dir(self, checkpoint_dir: str) -> None:
         import glob
         import os
 
         if not glob.glob(os.path.join(checkpoint_dir, self.CKPT_FILE_TMPL.format("*"))):
-            logger.warning("no Optuna searcher state (%s) in %s: the Optuna studies start empty",
-                           self.CKPT_FILE_TMPL.format("*"), checkpoint_dir)
+            logger.warning("no Optuna searcher state (%s) in %s: continuing the studies in %s as they are",
+                           self.CKPT_FILE_TMPL.format("*"), checkpoint_dir, self.storage)
+            self.reopen()
             return
         super().restore_from_dir(checkpoint_dir)
-
-
-def _cell_state(searcher: PrunedOptunaSearch) -> dict:
-    from optuna.distributions import distribution_to_json
-
-    numbers = {trial_id: trial.number for trial_id, trial in searcher._ot_trials.items()}
-    trials = [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
-               "distributions": {k: distribution_to_json(d) for k, d in t.distributions.items()},
-               "intermediate": {str(step): value for step, value in t.intermediate_values.items()}}
-              for t in searcher._ot_study.get_trials(deepcopy=False)]
-    return {"trials": trials, "ray_trials": numbers, "completed": sorted(searcher._completed_trials),
-            "budgets": searcher.budgets, "reported": searcher._reported}
-
-
-def _restore_cell(searcher: PrunedOptunaSearch, cell: dict) -> None:
-    """Rebuild one study in trial-number order: finished trials as they were, running ones asked again
-    with their parameters (so Ray's trial can still report and finish)."""
-    import optuna
-    from optuna.distributions import json_to_distribution
-    from optuna.trial import TrialState
-
-    study = searcher._ot_study
-    by_number = {number: trial_id for trial_id, number in cell["ray_trials"].items()}
-    searcher._ot_trials = {}
-    for saved in sorted(cell["trials"], key=lambda t: t["number"]):
-        distributions = {k: json_to_distribution(d) for k, d in saved["distributions"].items()}
-        intermediate = {int(step): value for step, value in saved["intermediate"].items()}
-        state = TrialState[saved["state"]]
-        if state.is_finished():
-            study.add_trial(optuna.trial.create_trial(
-                state=state, values=saved["values"], params=saved["params"], distributions=distributions,
-                intermediate_values=intermediate))
-            continue
-        study.enqueue_trial(saved["params"], skip_if_exists=False)
-        trial = study.ask(fixed_distributions=searcher._space)
-        for step, value in sorted(intermediate.items()):
-            trial.report(value, step)
-        if saved["number"] in by_number:
-            searcher._ot_trials[by_number[saved["number"]]] = trial
-    searcher._completed_trials = set(cell["completed"])
-    searcher.budgets = {k: int(v) for k, v in cell["budgets"].items()}
-    searcher._reported = {k: int(v) for k, v in cell["reported"].items()}
-    study.sampler.reseed_rng()  # a restored seed would replay the proposals made before the interruption
-
-
-def _flatten(params: dict) -> dict[str, Any]:
-    return flatten(params, separator="/")
 
 
 # ----------------------------------------------------------------------------- builders
@@ -304,10 +350,26 @@ def _is_optuna(spec) -> bool:
     return spec.file.search.algorithm == "optuna"
 
 
-def build_search_algorithm(spec, cap: Optional[int] = None):
+def optuna_storage(spec, folder: Optional[str]) -> Optional[str]:
+    """Where an Optuna search keeps its studies: ``search.optuna_storage``, else the journal file in the
+    experiment ``folder`` (None: in memory, for a searcher built without a search)."""
+    given = getattr(spec.file.search, "optuna_storage", None)
+    if given:
+        return given
+    if folder is None:
+        return None
+    if is_uri(folder):
+        raise LicSearchError(f"search.optuna_storage: the Optuna journal file cannot live in {folder} (Optuna writes "
+                             "it with file locks); give an Optuna storage URL (e.g. postgresql://... or "
+                             "sqlite:////shared/optuna.db) or a local or mounted --storage-path")
+    return f"{folder.rstrip('/')}/{JOURNAL_FILE}"
+
+
+def build_search_algorithm(spec, cap: Optional[int] = None, folder: Optional[str] = None):
     """The search algorithm of a space: Ray's BasicVariantGenerator or a :class:`StratifiedOptunaSearch`.
 
-    ``cap`` lowers ``search.max_concurrent`` (data-parallel trials: how many the cluster's workers fit).
+    ``cap`` lowers ``search.max_concurrent`` (data-parallel trials: how many the cluster's workers fit);
+    ``folder`` is the experiment folder, home of the Optuna journal (:func:`optuna_storage`).
     """
     search = spec.file.search
     limit = min(c for c in (search.max_concurrent, cap) if c) if (search.max_concurrent or cap) else None
@@ -322,7 +384,8 @@ def build_search_algorithm(spec, cap: Optional[int] = None):
     searcher = StratifiedOptunaSearch(
         spec.param_space(), metric=metric, mode=mode, samples_per_cell=search.num_samples,
         sampler=getattr(search, "sampler", "tpe"), seed=search.seed,
-        startup_trials=getattr(search, "startup_trials", None),
+        startup_trials=getattr(search, "startup_trials", None), storage=optuna_storage(spec, folder),
+        study_prefix=getattr(spec, "name", "lic-search"),
     )
     if limit:
         return ConcurrencyLimiter(searcher, max_concurrent=limit)
@@ -339,5 +402,5 @@ def tune_num_samples(spec) -> int:
     return spec.trial_count() if _is_optuna(spec) else spec.file.search.num_samples
 
 
-__all__ = ["StratifiedOptunaSearch", "PrunedOptunaSearch", "build_search_algorithm", "tuner_param_space",
-           "tune_num_samples", "grid_cells", "make_sampler"]
+__all__ = ["StratifiedOptunaSearch", "build_search_algorithm", "tuner_param_space", "tune_num_samples",
+           "grid_cells", "make_sampler", "optuna_storage", "open_storage", "JOURNAL_FILE"]

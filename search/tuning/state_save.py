@@ -14,7 +14,8 @@ folder, shared filesystem, ``s3://``). The search's last save (Ray's forced, wai
 of ``Tuner.fit``, Ctrl-C included) is then read back from storage and uploaded again until it
 matches what was staged (:func:`verify_final_save`): ``status`` and ``resume`` read that file.
 
-The private Ray members used here are pinned in tests/test_library_contract.py.
+The private Ray members used here come through search/experiment/ray_internals.py; tests/test_library_contract.py
+checks their behaviour.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from search.experiment import ray_internals
 from search.experiment.ray_state import STATE_PATTERN
 
 logger = logging.getLogger("lic_search.state_save")
@@ -33,8 +35,7 @@ FINAL_TRIES = 3  # uploads of a final save that read back different before givin
 
 def install() -> None:
     """Patch Ray's experiment-state saver, once per process (the driver's: run and resume call it)."""
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as Manager
-
+    Manager = ray_internals.experiment_checkpoint_manager()
     original = Manager.sync_up_experiment_state
     if getattr(original, "_lic_search", False):
         return
@@ -42,12 +43,12 @@ def install() -> None:
     @functools.wraps(original)
     def sync_up_experiment_state(self, save_fn, force: bool = False, wait: bool = False):
         def save_after_upload() -> None:  # Ray calls it only when a save is due
-            finish_upload(self._storage)
+            finish_upload(ray_internals.manager_storage(self))
             save_fn()
 
         original(self, save_after_upload, force=force, wait=wait)
         if force and wait:
-            verify_final_save(self._storage)
+            verify_final_save(ray_internals.manager_storage(self))
 
     sync_up_experiment_state._lic_search = True  # type: ignore[attr-defined]
     Manager.sync_up_experiment_state = sync_up_experiment_state
@@ -56,10 +57,10 @@ def install() -> None:
 def finish_upload(storage: Any) -> None:
     """Wait for the upload in flight; a failed one is said in one line (the next upload carries it all)."""
     try:
-        storage.syncer.wait()
+        ray_internals.wait_for_upload(storage)
     except Exception as error:  # noqa: BLE001 - the filesystem's errors; the next save uploads the folder again
         logger.warning("lic-search: an upload of the search's state to %s failed (%s: %s); the next save "
-                       "uploads it again", storage.experiment_fs_path, type(error).__name__, error)
+                       "uploads it again", ray_internals.experiment_location(storage)[1], type(error).__name__, error)
 
 
 def session_files(staging: Path) -> list[Path]:
@@ -86,8 +87,8 @@ def verify_final_save(storage: Any) -> bool:
     import pyarrow
     import pyarrow.fs
 
-    fs, target = storage.storage_filesystem, storage.experiment_fs_path
-    files = session_files(Path(storage.experiment_driver_staging_path))
+    fs, target = ray_internals.experiment_location(storage)
+    files = session_files(Path(ray_internals.staging_folder(storage)))
     stale = files
     for attempt in range(FINAL_TRIES + 1):
         stale = [f for f in files if _stored(fs, f"{target}/{f.name}") != f.read_bytes()]

@@ -16,7 +16,7 @@ from typing import Optional
 import yaml
 
 from search.errors import LicSearchError
-from search.experiment import ray_session, ray_state
+from search.experiment import ray_internals, ray_session, ray_state
 from search.experiment.ladder_plan import LadderPlan
 from search.experiment.state import SPACE_COPY, STATE_FILE, SearchState
 from search.experiment.store import ExperimentStore, is_uri
@@ -58,7 +58,7 @@ def _init_ray(address: Optional[str]) -> None:
     if console.ray_verbosity() == 0:
         # Ray 2.60 announces its token authentication at every start; the README's cluster section
         # says what to do about tokens, so the quiet console leaves it out (--verbose keeps it).
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        logging.getLogger(ray_internals.AUTH_TOKEN_LOGGER).addFilter(
             lambda record: record.levelno >= logging.ERROR)
     # address "local" starts a fresh single-node cluster even when `ray start` left one running
     # on this machine; joining an existing cluster is what --address is for.
@@ -121,7 +121,7 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
         tuner = tune.Tuner.restore(phase.store.location, trainable=trainable, param_space=phase.param_space(),
                                    resume_unfinished=True, resume_errored=True, restart_errored=False)
         # The restored RunConfig holds the callbacks as pickled then: this driver's take their place.
-        run_config = tuner._local_tuner.get_run_config()
+        run_config = ray_internals.restored_run_config(tuner)
         ours = tuple(type(c) for c in callbacks)
         run_config.callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, ours)] + callbacks
         run_config.verbose = console.ray_verbosity()  # this driver's --verbose, not the first one's
@@ -142,7 +142,7 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
         # Tune sees only the coordinators of data-parallel trials: start no more than their workers fit.
         search_alg=(ladder.search_algorithm(phase.spec, phase.points) if phase.points is not None
                     else build_search_algorithm(phase.spec, _concurrent_data_parallel_trials(spec)
-                                                if data_parallel else None)),
+                                                if data_parallel else None, folder=phase.store.location)),
         # Importing torch + CompressAI costs seconds per process: keep trial actors warm. A data-parallel
         # trial's actor only coordinates (its workers are new processes each time): end it with the trial.
         reuse_actors=not data_parallel,
