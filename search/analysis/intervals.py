@@ -1,0 +1,361 @@
+"""Answers with their uncertainty: bootstrap intervals on rate savings and on rankings, ties said as ties.
+
+An ablation's differences are small (the AuxT paper separates its variants by 0.5-1.5 % BD-rate), so a bare
+point estimate cannot say whether 24 images and one seed tell two variants apart. Every evaluation records
+each image's values (:class:`trainables.metrics.PerImage`); this module resamples them.
+
+Method, stated once wherever the numbers are printed (:func:`Bootstrap.describe`):
+
+* **Paired bootstrap over images.** One resample draws image indices with replacement; *every* curve of that
+  resample (each variant's and the anchor's, every λ) is measured on the same drawn images, so the shared
+  image difficulty cancels out of the difference, as it does in the point estimate.
+* **Seeds.** Families that differ only in ``schedule.seed`` are one variant (:func:`fold_seeds`); a resample
+  also draws that variant's seeds with replacement (independently per variant), so the interval covers
+  training noise as well. With one seed it covers the image sample only, which the output says.
+* **Percentile intervals** at 95 % from :data:`RESAMPLES` resamples with the fixed seed :data:`SEED`:
+  the same search gives the same intervals. The BD-rate of every resample is the ``bjontegaard`` package's
+  (:func:`search.analysis.bdrate.bd_rate_points`); resamples where it is undefined are dropped and counted.
+* **Ties.** Two results are tied when the interval of their difference contains 0. Variants are grouped by a
+  compact letter display (variants sharing a letter cannot be told apart); the *resolution* of a search is the
+  median half-width of those difference intervals: differences under it are not resolved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from search.analysis.bdrate import bd_rate_points, quality_db
+from search.analysis.curves import CurveError
+from search.space.strata import SEED_KEY, family_key, flat_params
+from trainables import metrics as M
+from trainables.metrics import PerImage
+
+RESAMPLES = 1000
+SEED = 20261207
+LEVEL = 0.95
+MIN_IMAGES = 2  # fewer shared images: no interval (a resample of one image is the image itself)
+#: Per-image column that measures each trial metric a search may rank by (others have no interval).
+COLUMN_OF = {M.EVAL_RD_LOSS: "rd_loss", M.EVAL_BPP: "bpp", M.EVAL_PSNR: "psnr", M.EVAL_MSE: "mse",
+             M.EVAL_MS_SSIM: "ms_ssim"}
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How intervals are computed; one instance per printed result, described once."""
+
+    resamples: int = RESAMPLES
+    seed: int = SEED
+    level: float = LEVEL
+
+    def describe(self) -> str:
+        return (f"{self.level:.0%} percentile intervals, paired bootstrap over images (and seeds where a variant "
+                f"has several), {self.resamples} resamples, seed {self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "paired bootstrap over images (and seeds), percentile", "resamples": self.resamples,
+                "seed": self.seed, "level": self.level}
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+    def bounds(self, values: np.ndarray) -> tuple[float, float]:
+        tail = (1.0 - self.level) / 2 * 100
+        lower, upper = np.percentile(values, [tail, 100 - tail])
+        return float(lower), float(upper)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its interval; ``dropped`` resamples had no value (e.g. a BD-rate undefined there)."""
+
+    estimate: float
+    lower: float
+    upper: float
+    dropped: int = 0
+
+    def contains(self, value: float = 0.0) -> bool:
+        return self.lower <= value <= self.upper
+
+    @property
+    def half_width(self) -> float:
+        return (self.upper - self.lower) / 2
+
+    def text(self, unit: str = " %", digits: int = 1) -> str:
+        """``-1.2 % [-2.0, -0.4]``."""
+        return f"{self.estimate:+.{digits}f}{unit} [{self.lower:+.{digits}f}, {self.upper:+.{digits}f}]"
+
+    def to_dict(self) -> dict[str, float]:
+        return {"estimate": self.estimate, "lower": self.lower, "upper": self.upper}
+
+
+def interval_text(interval: Optional[Mapping[str, float]], unit: str = " %", digits: int = 1) -> str:
+    """An interval as JSON rows hold it (:meth:`Interval.to_dict`), as text; ``n/a`` for None."""
+    if not interval:
+        return "n/a"
+    return Interval(interval["estimate"], interval["lower"], interval["upper"]).text(unit, digits)
+
+
+# ------------------------------------------------------------------------------------- inputs
+@dataclass
+class Measured:
+    """One trial's final evaluation, image by image."""
+
+    trial_id: str
+    lmbda: Optional[float]
+    table: PerImage
+
+
+@dataclass
+class Variant:
+    """Seed repeats of one recipe: per seed, its trials (one per λ)."""
+
+    label: str
+    key: str  # family key without the seed
+    seeds: dict[str, list[Measured]] = field(default_factory=dict)  # seed -> trials
+
+    @property
+    def seed_count(self) -> int:
+        return len(self.seeds)
+
+
+def seedless_key(params: Mapping[str, object]) -> str:
+    """The family key of a trial with its seed left out: seed repeats of one recipe share it."""
+    flat = {k: v for k, v in flat_params(params).items() if k != SEED_KEY}
+    return family_key(flat)
+
+
+def fold_seeds(members: Iterable[tuple[str, Mapping[str, object], Optional[str], Measured]]) -> list[Variant]:
+    """Group ``(label, params, family key or None, trial)`` into variants, seeds folded, in first-seen order.
+
+    ``family key`` (a ladder's fine-tunes carry their anchor's) wins over the params where given."""
+    variants: dict[str, Variant] = {}
+    for label, params, family, measured in members:
+        key = seedless_key(params) if family is None else family
+        seed = str(flat_params(params).get(SEED_KEY, "0"))
+        variant = variants.setdefault(key, Variant(label, key))
+        variant.seeds.setdefault(seed, []).append(measured)
+    return list(variants.values())
+
+
+def shared_images(tables: Iterable[PerImage], column: str) -> list[str]:
+    """Image names every table has a finite ``column`` value for, sorted (the images to pair over)."""
+    common: Optional[set[str]] = None
+    for table in tables:
+        names = {n for n, v in table.values(column).items() if v is not None and math.isfinite(v)}
+        common = names if common is None else common & names
+    return sorted(common or ())
+
+
+# ---------------------------------------------------------------------------------- BD-rates
+@dataclass
+class BDIntervals:
+    """BD-rate of every variant against the anchor, with intervals, and the grouping they allow."""
+
+    anchor: str
+    metric: str
+    method: str
+    images: int
+    bootstrap: Bootstrap
+    seeds: dict[str, int]  # label -> seed repeats folded into it
+    intervals: dict[str, Interval]  # label -> BD-rate (%) against the anchor
+    reasons: dict[str, str]  # label -> why it has no interval
+    differences: dict[tuple[str, str], Interval] = field(default_factory=dict)  # (a, b) -> BD(a) - BD(b)
+    letters: dict[str, str] = field(default_factory=dict)  # label -> compact letter display group(s)
+
+    @property
+    def resolution(self) -> Optional[float]:
+        """Median half-width of the difference intervals (BD-rate points): smaller differences are not resolved."""
+        widths = [i.half_width for i in self.differences.values()]
+        return float(np.median(widths)) if widths else None
+
+    def tied_with(self, label: str) -> list[str]:
+        """The other variants (anchor included) whose difference to ``label`` has an interval containing 0."""
+        return [b if a == label else a for (a, b), i in self.differences.items() if label in (a, b) and i.contains(0)]
+
+    def resolution_sentence(self) -> Optional[str]:
+        if self.resolution is None:
+            return None
+        seeds = sorted(set(self.seeds.values()))
+        seed_text = f"{seeds[0]} seed" + ("s" if seeds[0] != 1 else "") if len(seeds) == 1 else \
+            f"{seeds[0]}-{seeds[-1]} seeds"
+        return (f"with {self.images} images and {seed_text} per variant, differences under "
+                f"{self.resolution:.1f} % BD-rate are not resolved")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"anchor": self.anchor, "metric": self.metric, "method": self.method, "images": self.images,
+                "bootstrap": self.bootstrap.to_dict(), "seeds": self.seeds,
+                "resolution": self.resolution, "resolution_text": self.resolution_sentence(),
+                "variants": {label: {**i.to_dict(), "dropped": i.dropped, "group": self.letters.get(label, ""),
+                                     "tied_with": self.tied_with(label), "seeds": self.seeds.get(label)}
+                             for label, i in self.intervals.items()},
+                "reasons": self.reasons}
+
+
+def _matrix(table: PerImage, names: Sequence[str], column: str) -> np.ndarray:
+    values = table.values(column)
+    return np.array([values[n] for n in names], dtype=float)
+
+
+def _curve_means(variant: Variant, names: Sequence[str], indices: np.ndarray, rng: np.random.Generator,
+                 quality: str, resamples: int) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """λs, and per resample (rows) and λ (columns) the mean rate and quality over resampled images and seeds.
+
+    A λ counts when every seed trained it. Row 0 of the returned arrays is the full sample (no resampling)."""
+    seeds = list(variant.seeds.values())
+    by_lambda = [{m.lmbda: m for m in trials} for trials in seeds]
+    lambdas = sorted(set.intersection(*(set(b) - {None} for b in by_lambda)))
+    column = "ms_ssim" if quality == "ms-ssim" else "psnr"
+    rates = np.empty((resamples + 1, len(lambdas)))
+    qualities = np.empty((resamples + 1, len(lambdas)))
+    drawn = rng.integers(0, len(seeds), size=(resamples, len(seeds)))  # seeds of each resample
+    for j, lmbda in enumerate(lambdas):
+        per_seed_rate = np.stack([_matrix(b[lmbda].table, names, "bpp") for b in by_lambda])  # seeds x images
+        per_seed_quality = np.stack([_matrix(b[lmbda].table, names, column) for b in by_lambda])
+        rate_means = per_seed_rate[:, indices].mean(axis=2)  # seeds x resamples
+        quality_means = per_seed_quality[:, indices].mean(axis=2)
+        picks = np.arange(resamples)
+        rates[1:, j] = np.mean([rate_means[drawn[:, s], picks] for s in range(len(seeds))], axis=0)
+        qualities[1:, j] = np.mean([quality_means[drawn[:, s], picks] for s in range(len(seeds))], axis=0)
+        rates[0, j] = per_seed_rate.mean()
+        qualities[0, j] = per_seed_quality.mean()
+    return lambdas, rates, quality_db(qualities, quality)
+
+
+def bd_rate_intervals(variants: Sequence[Variant], anchor: Variant, metric: str = "psnr", method: str = "pchip",
+                      bootstrap: Bootstrap = Bootstrap(), min_points: int = 4,
+                      min_shorter_overlap: float = 0.5) -> Optional[BDIntervals]:
+    """BD-rate of each variant against ``anchor`` with a paired-bootstrap interval; None without shared images.
+
+    The point estimate is the BD-rate of the mean curves (seeds averaged); it is refused under the same
+    rules as every ranked BD-rate (points, overlap), then the variant has a reason instead of an interval."""
+    column = "ms_ssim" if metric == "ms-ssim" else "psnr"
+    everyone = [anchor] + [v for v in variants if v.key != anchor.key]
+    names = shared_images((m.table for v in everyone for trials in v.seeds.values() for m in trials), column)
+    if len(names) < MIN_IMAGES or not set(names) <= set(shared_images(
+            (m.table for v in everyone for t in v.seeds.values() for m in t), "bpp")):
+        return None
+    rng = bootstrap.rng()
+    indices = rng.integers(0, len(names), size=(bootstrap.resamples, len(names)))  # shared by every curve
+    curves = {v.label: _curve_means(v, names, indices, rng, metric, bootstrap.resamples) for v in everyone}
+    result = BDIntervals(anchor.label, metric, method, len(names), bootstrap,
+                         {v.label: v.seed_count for v in everyone}, {}, {})
+    samples: dict[str, np.ndarray] = {anchor.label: np.zeros(bootstrap.resamples)}
+    result.intervals[anchor.label] = Interval(0.0, 0.0, 0.0)
+    _, anchor_rates, anchor_quality = curves[anchor.label]
+    for variant in everyone[1:]:
+        _, rates, quality = curves[variant.label]
+        try:
+            estimate = bd_rate_points(anchor_rates[0], anchor_quality[0], rates[0], quality[0], method,
+                                      min_points, min_shorter_overlap)
+        except CurveError as error:
+            result.reasons[variant.label] = str(error)
+            continue
+        values = np.array([_bd_or_nan(anchor_rates[b], anchor_quality[b], rates[b], quality[b], method)
+                           for b in range(1, bootstrap.resamples + 1)])
+        kept = values[np.isfinite(values)]
+        if kept.size < bootstrap.resamples / 2:
+            result.reasons[variant.label] = "the BD-rate is undefined in most resamples (curves barely overlap)"
+            continue
+        samples[variant.label] = values
+        result.intervals[variant.label] = Interval(estimate, *bootstrap.bounds(kept),
+                                                   dropped=bootstrap.resamples - kept.size)
+    labels = list(result.intervals)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            difference = samples[a] - samples[b]
+            kept = difference[np.isfinite(difference)]
+            estimate = result.intervals[a].estimate - result.intervals[b].estimate
+            result.differences[(a, b)] = Interval(estimate, *bootstrap.bounds(kept),
+                                                  dropped=bootstrap.resamples - kept.size)
+    result.letters = letter_display({label: i.estimate for label, i in result.intervals.items()},
+                                    lambda a, b: result.differences.get((a, b), result.differences.get((b, a)))
+                                    .contains(0))
+    return result
+
+
+def _bd_or_nan(rate_a: np.ndarray, quality_a: np.ndarray, rate_t: np.ndarray, quality_t: np.ndarray,
+               method: str) -> float:
+    try:
+        return bd_rate_points(rate_a, quality_a, rate_t, quality_t, method, min_points=2, min_shorter_overlap=0.0)
+    except CurveError:
+        return math.nan
+
+
+# ---------------------------------------------------------------------------- letter display
+def letter_display(estimates: Mapping[str, float], tied) -> dict[str, str]:
+    """Compact letter display: labels sorted by estimate (lowest = best first) get letters so that two labels
+    share a letter exactly when a run of consecutive labels containing both is pairwise ``tied(a, b)``.
+
+    Each maximal such run gets the next letter ("a" for the best); a label in no shared run has its own."""
+    order = sorted(estimates, key=lambda label: estimates[label])
+    letters: dict[str, str] = {label: "" for label in order}
+    runs: list[tuple[int, int]] = []
+    for start in range(len(order)):
+        end = start
+        while end + 1 < len(order) and all(tied(order[k], order[end + 1]) for k in range(start, end + 1)):
+            end += 1
+        if not runs or end > runs[-1][1]:
+            runs.append((start, end))
+    for number, (start, end) in enumerate(runs):
+        letter = _letter(number)
+        for label in order[start:end + 1]:
+            letters[label] += letter
+    return letters
+
+
+def _letter(number: int) -> str:
+    return "abcdefghijklmnopqrstuvwxyz"[number] if number < 26 else f"[{number + 1}]"
+
+
+# ------------------------------------------------------------------------------ rate points
+@dataclass
+class Gap:
+    """A trial's difference to its rate point's leader (``other - leader``, in the metric's unit and in %)."""
+
+    trial_id: str
+    interval: Interval
+    relative: Interval  # percent of the leader's value
+    tied: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial_id": self.trial_id, **self.interval.to_dict(),
+                "relative": self.relative.to_dict(), "tied": self.tied}
+
+
+def leader_gaps(leader: Measured, others: Sequence[Measured], metric: str, mode: str,
+                bootstrap: Bootstrap = Bootstrap()) -> list[Gap]:
+    """Each other trial's difference to the leader in ``metric`` (per-image, paired over the shared images),
+    with its interval; tied when that interval contains 0. Trials without per-image values are left out."""
+    column = COLUMN_OF.get(metric)
+    if column is None:
+        return []
+    gaps: list[Gap] = []
+    rng = bootstrap.rng()
+    for other in others:
+        names = shared_images((leader.table, other.table), column)
+        if len(names) < MIN_IMAGES:
+            continue
+        lead, value = _matrix(leader.table, names, column), _matrix(other.table, names, column)
+        difference = value - lead
+        indices = rng.integers(0, len(names), size=(bootstrap.resamples, len(names)))
+        means = difference[indices].mean(axis=1)
+        base = abs(float(lead.mean())) or 1.0
+        interval = Interval(float(difference.mean()), *bootstrap.bounds(means))
+        relative = Interval(100 * interval.estimate / base, 100 * interval.lower / base, 100 * interval.upper / base)
+        gaps.append(Gap(other.trial_id, interval, relative, interval.contains(0)))
+    return gaps
+
+
+def table_of(result: Mapping[str, Any]) -> Optional[PerImage]:
+    """The per-image table a Ray result (or its result.json line) carries, if any."""
+    text = result.get(M.EVAL_IMAGES) if result else None
+    return PerImage.from_json(text) if isinstance(text, str) and text else None
+
+
+__all__ = ["Bootstrap", "Interval", "Measured", "Variant", "BDIntervals", "Gap", "fold_seeds", "seedless_key",
+           "shared_images", "bd_rate_intervals", "letter_display", "leader_gaps", "table_of", "interval_text",
+           "RESAMPLES", "SEED", "LEVEL", "COLUMN_OF"]
