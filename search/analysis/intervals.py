@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from search.analysis.curves import CurveError
 from search.space.strata import SEED_KEY, family_key, flat_params
 from trainables import metrics as M
 from trainables.metrics import PerImage
+
+if TYPE_CHECKING:
+    from search.analysis.families import Family
 
 RESAMPLES = 1000
 SEED = 20261207
@@ -285,6 +288,35 @@ def _bd_or_nan(rate_a: np.ndarray, quality_a: np.ndarray, rate_t: np.ndarray, qu
         return math.nan
 
 
+def family_intervals(families: Sequence["Family"], anchor: "Family", labels: Mapping[str, str],
+                     tables: Mapping[str, Optional[PerImage]], metric: str = "psnr", method: str = "pchip",
+                     bootstrap: Bootstrap = Bootstrap()) -> tuple[Optional[BDIntervals], dict[str, str]]:
+    """:func:`bd_rate_intervals` of a search's rate families (``search.analysis.families``) against its anchor
+    family, seed repeats folded; ``tables``: trial id -> its final per-image results.
+
+    Returns the intervals (None when no trial has per-image results) and, per family key, the label of the
+    variant it was folded into (its own label without the ``#2`` that tells seed repeats apart)."""
+    members, folded_label = [], {}
+    for family in families:
+        label = family.variant or labels[family.key].split(" #")[0]
+        key = seedless_key(family.params)
+        for trial in family.trials:
+            table = tables.get(trial.trial_id)
+            if table is not None and trial.has_point:
+                members.append((label, trial.params, key, Measured(trial.trial_id, trial.lmbda, table)))
+        folded_label[family.key] = label
+    variants = fold_seeds(members)
+    anchor_variant = next((v for v in variants if v.key == seedless_key(anchor.params)), None)
+    if anchor_variant is None:
+        return None, folded_label
+    result = bd_rate_intervals([v for v in variants if v is not anchor_variant], anchor_variant, metric, method,
+                               bootstrap)
+    if result is not None:
+        for label in set(folded_label.values()) - set(result.intervals) - set(result.reasons):
+            result.reasons[label] = "no per-image results (recorded before lic-search kept them)"
+    return result, folded_label
+
+
 # ---------------------------------------------------------------------------- letter display
 def letter_display(estimates: Mapping[str, float], tied) -> dict[str, str]:
     """Compact letter display: labels sorted by estimate (lowest = best first) get letters so that two labels
@@ -357,5 +389,5 @@ def table_of(result: Mapping[str, Any]) -> Optional[PerImage]:
 
 
 __all__ = ["Bootstrap", "Interval", "Measured", "Variant", "BDIntervals", "Gap", "fold_seeds", "seedless_key",
-           "shared_images", "bd_rate_intervals", "letter_display", "leader_gaps", "table_of", "interval_text",
+           "shared_images", "bd_rate_intervals", "family_intervals", "letter_display", "leader_gaps", "table_of", "interval_text",
            "RESAMPLES", "SEED", "LEVEL", "COLUMN_OF"]

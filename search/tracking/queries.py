@@ -255,6 +255,24 @@ def winners(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------- export
+def per_image_table(client, run_id: str, step: Optional[int] = None) -> Optional[M.PerImage]:
+    """A trial run's per-image results of its evaluation at ``step`` (default: its last evaluation, the one its
+    final metrics come from); None for runs recorded before lic-search kept them."""
+    import tempfile
+
+    try:
+        files = sorted(a.path for a in client.list_artifacts(run_id, M.PER_IMAGE_FOLDER)
+                       if a.path.rsplit("/", 1)[-1].startswith("step_"))
+    except Exception:  # noqa: BLE001 - an artifact store that cannot list: no table, the intervals say so
+        return None
+    if step is not None:
+        files = [f for f in files if f == M.per_image_artifact(step)]
+    if not files:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return M.PerImage.from_json(Path(client.download_artifacts(run_id, files[-1], folder)).read_text())
+
+
 def trial_config(run_id: str, tracking_uri: str) -> dict:
     """The exact (typed) config a trial trained with, from its ``trial_config.yaml`` artifact."""
     import tempfile
