@@ -7,17 +7,9 @@ equal quality has every image's bpp scaled by 0.97. The paired bootstrap must co
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from search.analysis.intervals import (
-    Bootstrap,
-    Measured,
-    Variant,
-    bd_rate_intervals,
-    fold_seeds,
-    leader_gaps,
-    letter_display,
-)
+from search.analysis.intervals import Variant, bd_rate_intervals, fold_seeds
+from search.bootstrap import Bootstrap, Interval, Measured, leader_gaps, letter_display
 from trainables.metrics import PerImage
 
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013)
@@ -116,8 +108,5 @@ def test_letter_display_groups_runs_of_indistinguishable_variants():
     assert letters == {"A": "a", "B": "ab", "C": "bc", "D": "c"}
 
 
-@pytest.mark.parametrize("text", ["-1.2 % [-2.0, -0.4]"])
-def test_interval_text(text):
-    from search.analysis.intervals import Interval
-
+def test_interval_text():
     assert Interval(-1.2, -2.0, -0.4).text() == "-1.2 % [-2.0, -0.4]"

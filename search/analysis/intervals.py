@@ -1,6 +1,7 @@
 """Answers with their uncertainty: bootstrap intervals on rate savings and on rankings, ties said as ties.
 
-An ablation's differences are small (the AuxT paper separates its variants by 0.5-1.5 % BD-rate), so a bare
+BD-rate intervals of rate families; the bootstrap itself, leader gaps and the letter display are
+:mod:`search.bootstrap`. An ablation's differences are small (the AuxT paper separates its variants by 0.5-1.5 % BD-rate), so a bare
 point estimate cannot say whether 24 images and one seed tell two variants apart. Every evaluation records
 each image's values (:class:`trainables.metrics.PerImage`); this module resamples them.
 
@@ -30,87 +31,12 @@ import numpy as np
 
 from search.analysis.bdrate import bd_rate_points, quality_db
 from search.analysis.curves import CurveError
+from search.bootstrap import MIN_IMAGES, Bootstrap, Interval, Measured, matrix, letter_display, shared_images
 from search.space.strata import SEED_KEY, family_key, flat_params
-from trainables import metrics as M
 from trainables.metrics import PerImage
 
 if TYPE_CHECKING:
     from search.analysis.families import Family
-
-RESAMPLES = 1000
-SEED = 20261207
-LEVEL = 0.95
-MIN_IMAGES = 2  # fewer shared images: no interval (a resample of one image is the image itself)
-#: Per-image column that measures each trial metric a search may rank by (others have no interval).
-COLUMN_OF = {M.EVAL_RD_LOSS: "rd_loss", M.EVAL_BPP: "bpp", M.EVAL_PSNR: "psnr", M.EVAL_MSE: "mse",
-             M.EVAL_MS_SSIM: "ms_ssim"}
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    """How intervals are computed; one instance per printed result, described once."""
-
-    resamples: int = RESAMPLES
-    seed: int = SEED
-    level: float = LEVEL
-
-    def describe(self) -> str:
-        return (f"{self.level:.0%} percentile intervals, paired bootstrap over images (and seeds where a variant "
-                f"has several), {self.resamples} resamples, seed {self.seed}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": "paired bootstrap over images (and seeds), percentile", "resamples": self.resamples,
-                "seed": self.seed, "level": self.level}
-
-    def rng(self) -> np.random.Generator:
-        return np.random.default_rng(self.seed)
-
-    def bounds(self, values: np.ndarray) -> tuple[float, float]:
-        tail = (1.0 - self.level) / 2 * 100
-        lower, upper = np.percentile(values, [tail, 100 - tail])
-        return float(lower), float(upper)
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate and its interval; ``dropped`` resamples had no value (e.g. a BD-rate undefined there)."""
-
-    estimate: float
-    lower: float
-    upper: float
-    dropped: int = 0
-
-    def contains(self, value: float = 0.0) -> bool:
-        return self.lower <= value <= self.upper
-
-    @property
-    def half_width(self) -> float:
-        return (self.upper - self.lower) / 2
-
-    def text(self, unit: str = " %", digits: int = 1) -> str:
-        """``-1.2 % [-2.0, -0.4]``."""
-        return f"{self.estimate:+.{digits}f}{unit} [{self.lower:+.{digits}f}, {self.upper:+.{digits}f}]"
-
-    def to_dict(self) -> dict[str, float]:
-        return {"estimate": self.estimate, "lower": self.lower, "upper": self.upper}
-
-
-def interval_text(interval: Optional[Mapping[str, float]], unit: str = " %", digits: int = 1) -> str:
-    """An interval as JSON rows hold it (:meth:`Interval.to_dict`), as text; ``n/a`` for None."""
-    if not interval:
-        return "n/a"
-    return Interval(interval["estimate"], interval["lower"], interval["upper"]).text(unit, digits)
-
-
-# ------------------------------------------------------------------------------------- inputs
-@dataclass
-class Measured:
-    """One trial's final evaluation, image by image."""
-
-    trial_id: str
-    lmbda: Optional[float]
-    table: PerImage
-
 
 @dataclass
 class Variant:
@@ -142,15 +68,6 @@ def fold_seeds(members: Iterable[tuple[str, Mapping[str, object], Optional[str],
         variant = variants.setdefault(key, Variant(label, key))
         variant.seeds.setdefault(seed, []).append(measured)
     return list(variants.values())
-
-
-def shared_images(tables: Iterable[PerImage], column: str) -> list[str]:
-    """Image names every table has a finite ``column`` value for, sorted (the images to pair over)."""
-    common: Optional[set[str]] = None
-    for table in tables:
-        names = {n for n, v in table.values(column).items() if v is not None and math.isfinite(v)}
-        common = names if common is None else common & names
-    return sorted(common or ())
 
 
 # ---------------------------------------------------------------------------------- BD-rates
@@ -198,11 +115,6 @@ class BDIntervals:
                 "reasons": self.reasons}
 
 
-def _matrix(table: PerImage, names: Sequence[str], column: str) -> np.ndarray:
-    values = table.values(column)
-    return np.array([values[n] for n in names], dtype=float)
-
-
 def _curve_means(variant: Variant, names: Sequence[str], indices: np.ndarray, rng: np.random.Generator,
                  quality: str, resamples: int) -> tuple[list[float], np.ndarray, np.ndarray]:
     """λs, and per resample (rows) and λ (columns) the mean rate and quality over resampled images and seeds.
@@ -216,8 +128,8 @@ def _curve_means(variant: Variant, names: Sequence[str], indices: np.ndarray, rn
     qualities = np.empty((resamples + 1, len(lambdas)))
     drawn = rng.integers(0, len(seeds), size=(resamples, len(seeds)))  # seeds of each resample
     for j, lmbda in enumerate(lambdas):
-        per_seed_rate = np.stack([_matrix(b[lmbda].table, names, "bpp") for b in by_lambda])  # seeds x images
-        per_seed_quality = np.stack([_matrix(b[lmbda].table, names, column) for b in by_lambda])
+        per_seed_rate = np.stack([matrix(b[lmbda].table, names, "bpp") for b in by_lambda])  # seeds x images
+        per_seed_quality = np.stack([matrix(b[lmbda].table, names, column) for b in by_lambda])
         rate_means = per_seed_rate[:, indices].mean(axis=2)  # seeds x resamples
         quality_means = per_seed_quality[:, indices].mean(axis=2)
         picks = np.arange(resamples)
@@ -317,77 +229,4 @@ def family_intervals(families: Sequence["Family"], anchor: "Family", labels: Map
     return result, folded_label
 
 
-# ---------------------------------------------------------------------------- letter display
-def letter_display(estimates: Mapping[str, float], tied) -> dict[str, str]:
-    """Compact letter display: labels sorted by estimate (lowest = best first) get letters so that two labels
-    share a letter exactly when a run of consecutive labels containing both is pairwise ``tied(a, b)``.
-
-    Each maximal such run gets the next letter ("a" for the best); a label in no shared run has its own."""
-    order = sorted(estimates, key=lambda label: estimates[label])
-    letters: dict[str, str] = {label: "" for label in order}
-    runs: list[tuple[int, int]] = []
-    for start in range(len(order)):
-        end = start
-        while end + 1 < len(order) and all(tied(order[k], order[end + 1]) for k in range(start, end + 1)):
-            end += 1
-        if not runs or end > runs[-1][1]:
-            runs.append((start, end))
-    for number, (start, end) in enumerate(runs):
-        letter = _letter(number)
-        for label in order[start:end + 1]:
-            letters[label] += letter
-    return letters
-
-
-def _letter(number: int) -> str:
-    return "abcdefghijklmnopqrstuvwxyz"[number] if number < 26 else f"[{number + 1}]"
-
-
-# ------------------------------------------------------------------------------ rate points
-@dataclass
-class Gap:
-    """A trial's difference to its rate point's leader (``other - leader``, in the metric's unit and in %)."""
-
-    trial_id: str
-    interval: Interval
-    relative: Interval  # percent of the leader's value
-    tied: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"trial_id": self.trial_id, **self.interval.to_dict(),
-                "relative": self.relative.to_dict(), "tied": self.tied}
-
-
-def leader_gaps(leader: Measured, others: Sequence[Measured], metric: str, mode: str,
-                bootstrap: Bootstrap = Bootstrap()) -> list[Gap]:
-    """Each other trial's difference to the leader in ``metric`` (per-image, paired over the shared images),
-    with its interval; tied when that interval contains 0. Trials without per-image values are left out."""
-    column = COLUMN_OF.get(metric)
-    if column is None:
-        return []
-    gaps: list[Gap] = []
-    rng = bootstrap.rng()
-    for other in others:
-        names = shared_images((leader.table, other.table), column)
-        if len(names) < MIN_IMAGES:
-            continue
-        lead, value = _matrix(leader.table, names, column), _matrix(other.table, names, column)
-        difference = value - lead
-        indices = rng.integers(0, len(names), size=(bootstrap.resamples, len(names)))
-        means = difference[indices].mean(axis=1)
-        base = abs(float(lead.mean())) or 1.0
-        interval = Interval(float(difference.mean()), *bootstrap.bounds(means))
-        relative = Interval(100 * interval.estimate / base, 100 * interval.lower / base, 100 * interval.upper / base)
-        gaps.append(Gap(other.trial_id, interval, relative, interval.contains(0)))
-    return gaps
-
-
-def table_of(result: Mapping[str, Any]) -> Optional[PerImage]:
-    """The per-image table a Ray result (or its result.json line) carries, if any."""
-    text = result.get(M.EVAL_IMAGES) if result else None
-    return PerImage.from_json(text) if isinstance(text, str) and text else None
-
-
-__all__ = ["Bootstrap", "Interval", "Measured", "Variant", "BDIntervals", "Gap", "fold_seeds", "seedless_key",
-           "shared_images", "bd_rate_intervals", "family_intervals", "letter_display", "leader_gaps", "table_of", "interval_text",
-           "RESAMPLES", "SEED", "LEVEL", "COLUMN_OF"]
+__all__ = ["Variant", "BDIntervals", "fold_seeds", "seedless_key", "bd_rate_intervals", "family_intervals"]

@@ -30,7 +30,8 @@ from search.analysis.families import (
     rank_families,
     short_reason,
 )
-from search.analysis.intervals import BDIntervals, Bootstrap, Measured, family_intervals, leader_gaps
+from search.analysis.intervals import BDIntervals, family_intervals
+from search.bootstrap import Bootstrap, Measured, leader_gaps
 from search.analysis.lof_sweep import lof_summary
 from search.analysis.report_render import DATA_FILE, REPORT_FILE, render_report
 from search.errors import TrackingError

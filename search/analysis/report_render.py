@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from search.analysis.bdrate import MIN_SHORTER_OVERLAP, quality_db
 from search.analysis.curves import RATE_LIKELIHOOD, CurveError, RDCurve, save_curve
 from search.analysis.families import Family
-from search.analysis.intervals import interval_text
+from search.bootstrap import interval_text
 from search.space.strata import stratum_label
 from search.tracking import names as T
 from search.tracking import run_names

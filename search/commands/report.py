@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def best_line(best: dict, metric: str) -> str:
     """``full WLS (trial 3f2a1, eval/rd_loss 0.9312, of 4); tied with no WLS (trial 9c01): +0.4 % [-0.2, +1.1]``."""
-    from search.analysis.intervals import interval_text
+    from search.bootstrap import interval_text
 
     line = f"{best['label']} (trial {best['trial_id']}, {metric} {best['value']:.4g}, of {best['of']})"
     runner = best.get("runner_up")
@@ -57,7 +57,7 @@ def savings_lines(data: dict) -> list[str]:
     intervals = data.get("intervals")
     if not intervals:
         return []
-    from search.analysis.intervals import interval_text
+    from search.bootstrap import interval_text
 
     lines = [f"rate saving against {intervals['anchor']} (BD-rate, {intervals['metric']}; same letter = not told "
              "apart):"]
