@@ -102,12 +102,12 @@ def _best_families(args, selection) -> int:
     if not rows:
         print("no rate families (no completed trials)")
         return 0
-    uncertain = any(row.get("interval") for row in rows)
+    uncertain = any(row.get("interval") and not row["is_anchor"] for row in rows)
     header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['anchor']}",
               *([f"rate saving [95 %]", "group", "tied with", "seeds"] if uncertain else []), "points", "λ",
               "differs in", "why no BD-rate"]
     lines = [["anchor" if row["is_anchor"] else str(row["rank"]) if row["rank"] is not None else "-",
-              row["family_name"], "yes" if row["auxt"] else "no",
+              row["variant"] or row["family_name"], "yes" if row["auxt"] else "no",
               "-" if row["is_anchor"] else "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%",
               *(_uncertainty_cells(row) if uncertain else []),
               str(row["points"]),
