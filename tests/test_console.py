@@ -75,7 +75,9 @@ def test_mlflow_trial_runs_are_named_by_lambda_auxt_and_what_varies(quickstart):
     table = client_for(quickstart["uri"]).download_artifacts(parent.info.run_id, T.ARTIFACT_BEST_TABLE,
                                                              str(quickstart["folder"]))
     text = Path(table).read_text()
-    assert "| rate point | trial | eval/rd_loss | eval/bpp | eval/psnr | iterations | λ | auxt | λ_orth | lr |" in text
+    assert ("| rate point | trial | eval/rd_loss | eval/bpp | eval/psnr | iterations | runner-up [95 %] | tied with "
+            "| λ | auxt | λ_orth | lr |") in text  # the best's lead over the runner-up, with its interval
+    assert "1000 resamples, seed 20261207" in text
     assert text.count("\n| λ=0.013, distortion=mse |") == 1
     experiment = client_for(quickstart["uri"]).get_experiment(parent.info.experiment_id)
     note = experiment.tags["mlflow.note.content"]  # the experiment's description in the UI
