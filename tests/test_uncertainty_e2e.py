@@ -57,7 +57,7 @@ def test_a_tiny_ablation_prints_its_intervals_end_to_end(tmp_path: Path, ray_clu
     table = Path(client.download_artifacts(parent, T.ARTIFACT_BEST_TABLE, str(tmp_path))).read_text()
     assert "runner-up [95 %]" in table and "tied with" in table and METHOD in table
     metrics = client.get_run(parent).data.metrics
-    key = "best/λ=0.0483 distortion=mse"
+    key = "best/λ_0.0483 distortion_mse"
     assert metrics[f"{key}/runner_up_gap_pct_lower"] <= metrics[f"{key}/runner_up_gap_pct"] \
         <= metrics[f"{key}/runner_up_gap_pct_upper"]
     assert f"{key}/tied" in metrics

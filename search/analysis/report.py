@@ -349,7 +349,8 @@ def best_per_rate_point(trials: Sequence[TrialRecord], stratify_by: Sequence[str
     for trial, stratum, rank in ranked:
         if rank is not None:
             members.setdefault(repr(stratum), []).append(trial)
-    label_of = lambda t: t.variant or (family_of or {}).get(t.trial_id) or t.trial_id  # noqa: E731
+    # its variant label, else its family's readable name (what its trials share), else the family's F-label
+    label_of = lambda t: t.variant or t.family_name or (family_of or {}).get(t.trial_id) or t.trial_id  # noqa: E731
     rows = []
     for t, stratum, rank in ranked:
         if rank != 1:

@@ -163,6 +163,9 @@ def _best(args) -> int:
                                  "nothing to re-run")
         what = (f"the Pareto front of each of {len({json.dumps(r['stratum'], sort_keys=True) for r in best})} rate "
                 "points" if objectives else f"the best trial of each of {len(best)} rate points")
+        tied = sum(1 for r in best if r.get("tied_with"))
+        if tied:  # the export re-runs winners the images could not tell from a runner-up: say so
+            what += f" ({tied} of them tied with a runner-up: its interval contains 0)"
         _export(args, selection, [r["run_id"] for r in best], what)
     keys = row_keys(rows)
     if args.json:
