@@ -208,5 +208,6 @@ def table_of(result: Mapping[str, Any]) -> Optional[PerImage]:
 
 
 
-__all__ = ["Bootstrap", "Interval", "Measured", "Gap", "shared_images", "leader_gaps", "mark_ties", "letter_display", "table_of",
+__all__ = ["Bootstrap", "Interval", "Measured", "Gap", "shared_images", "leader_gaps", "mark_ties", "letter_display",
+           "table_of",
            "interval_text", "RESAMPLES", "SEED", "LEVEL", "COLUMN_OF", "MIN_IMAGES"]

@@ -352,6 +352,7 @@ def auxt_pairs(families: Sequence[Family]) -> list[tuple[Family, Family]]:
 
 __all__ = [
     "TrialPoint", "Family", "FamilyRank", "SpeedResult", "FamilySpeed", "anchor_family", "other_images",
-    "family_key", "family_params", "auxt_enabled", "group_families", "distinguishing_params", "rank_families", "short_reason",
+    "family_key", "family_params", "auxt_enabled", "group_families", "distinguishing_params", "rank_families",
+    "short_reason",
     "iterations_to_reach", "training_speed", "family_speed", "auxt_pairs", "LAMBDA_KEY", "SEED_KEY",
 ]

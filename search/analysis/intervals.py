@@ -1,9 +1,10 @@
 """Answers with their uncertainty: bootstrap intervals on rate savings and on rankings, ties said as ties.
 
-BD-rate intervals of rate families; the bootstrap itself, leader gaps and the letter display are
-:mod:`search.bootstrap`. An ablation's differences are small (the AuxT paper separates its variants by 0.5-1.5 % BD-rate), so a bare
-point estimate cannot say whether 24 images and one seed tell two variants apart. Every evaluation records
-each image's values (:class:`trainables.metrics.PerImage`); this module resamples them.
+BD-rate intervals of rate families (the bootstrap itself, leader gaps and the letter display are
+:mod:`search.bootstrap`). An ablation's differences are small (the AuxT paper separates its variants by
+0.5-1.5 % BD-rate), so a bare point estimate cannot say whether 24 images and one seed tell two variants
+apart. Every evaluation records each image's values (:class:`trainables.metrics.PerImage`); this module
+resamples them.
 
 Method, stated once wherever the numbers are printed (:func:`Bootstrap.describe`):
 

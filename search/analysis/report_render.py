@@ -343,7 +343,9 @@ def _speed_table(rows: list[list[str]]) -> str:
 def _best_table(content: "ReportContent") -> str:
     def lead(b: dict) -> str:
         runner = b.get("runner_up")
-        return "-" if runner is None else f"{runner['label']} ({runner['trial_id']}): {interval_text(runner['relative'])}"
+        if runner is None:
+            return "-"
+        return f"{runner['label']} ({runner['trial_id']}): {interval_text(runner['relative'])}"
 
     rows = [[stratum_label(b["stratum"]), b["label"], b["trial_id"], "yes" if b["auxt"] else "no",
              _fmt(b["value"]), _fmt(b["bpp"]), _fmt(b["psnr"], ".2f"), b["status"] or "-", str(b["of"]), lead(b),

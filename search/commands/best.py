@@ -104,7 +104,7 @@ def _best_families(args, selection) -> int:
         return 0
     uncertain = any(row.get("interval") and not row["is_anchor"] for row in rows)
     header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['anchor']}",
-              *([f"rate saving [95 %]", "group", "tied with", "seeds"] if uncertain else []), "points", "λ",
+              *(["rate saving [95 %]", "group", "tied with", "seeds"] if uncertain else []), "points", "λ",
               "differs in", "why no BD-rate"]
     lines = [["anchor" if row["is_anchor"] else str(row["rank"]) if row["rank"] is not None else "-",
               row["variant"] or row["family_name"], "yes" if row["auxt"] else "no",
@@ -119,8 +119,9 @@ def _best_families(args, selection) -> int:
     if uncertain:
         from search.bootstrap import Bootstrap
 
+        method = Bootstrap(**{k: rows[0]["bootstrap"][k] for k in ("resamples", "seed", "level")}).describe()
         print(f"\nrate saving: the BD-rate of the variant's mean curve, seed repeats folded; same group letter = not "
-              f"told apart. {Bootstrap(**{k: rows[0]['bootstrap'][k] for k in ('resamples', 'seed', 'level')}).describe()}.")
+              f"told apart. {method}.")
         if rows[0].get("resolution_text"):
             print(rows[0]["resolution_text"][0].upper() + rows[0]["resolution_text"][1:] + ".")
     return 0

@@ -280,5 +280,6 @@ def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str, 
             f"the tag `{T.TAG_RATE_POINT}` and sorts them by `{ranking.metric}`; or `lic-search best <name>`.\n")
 
 
-__all__ = ["Entry", "Best", "Ranking", "Front", "best_per_rate_point", "comparison", "pareto_fronts", "lines", "front_lines",
+__all__ = ["Entry", "Best", "Ranking", "Front", "best_per_rate_point", "comparison",
+           "pareto_fronts", "lines", "front_lines",
            "markdown", "parent_summary", "experiment_note"]

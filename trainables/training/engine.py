@@ -338,5 +338,5 @@ class Trainer:
         result[M.EVAL_RD_LOSS] = rd_loss_value(loss.distortion, loss.lmbda, result[M.EVAL_BPP],
                                                mse=result[M.EVAL_MSE], ms_ssim=result.get(M.EVAL_MS_SSIM))
         result[M.EVAL_ORTHO_LOSS] = float(self.model.ortho_loss())
-        result[M.EVAL_IMAGES] = per_image.to_json()  # each image's values: intervals over images (search.analysis.intervals)
+        result[M.EVAL_IMAGES] = per_image.to_json()  # each image's values: intervals over images (search.bootstrap)
         return result
