@@ -194,8 +194,8 @@ def _best(args) -> int:
     print(f"ranked by {metric} ({mode}) {within}")
     _print_table(*trial_table(rows, [metric], keys))
     best = winners(rows)
-    print("\nbest per rate point: " + "; ".join(f"{stratum_label(r['stratum'])}: run {r['run_id']}{_tied(r, rows)}"
-                                              for r in best))
+    print("\nbest per rate point: " + "; ".join(f"{stratum_label(r['stratum'])}: {_named(r)}run {r['run_id']}"
+                                              f"{_tied(r, rows)}" for r in best))
     if bootstrap is not None and any("vs_best" in row for row in rows):
         print(f"vs best: the difference to the rate point's best in % of its {metric}, paired over the eval images; "
               f"'tied' where the interval contains 0. {bootstrap.describe()[0].upper()}{bootstrap.describe()[1:]}.")
@@ -225,8 +225,12 @@ def _tied(best: dict, rows: list[dict]) -> str:
     tied = [row for row in rows if row["trial_id"] in (best.get("tied_with") or [])]
     if not tied:
         return ""
-    return " (tied with " + ", ".join(f"{row.get('variant') + ' ' if row.get('variant') else ''}run {row['run_id']}"
-                                      for row in tied) + ")"
+    return " (tied with " + ", ".join(f"{_named(row)}run {row['run_id']}" for row in tied) + ")"
+
+
+def _named(row: dict) -> str:
+    """``A3 avgpool `` before a run id in a labelled space; nothing otherwise."""
+    return f"{row['variant']} " if row.get("variant") else ""
 
 
 def _versus(row: dict) -> str:
