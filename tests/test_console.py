@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,9 @@ def test_quickstart_prints_a_few_plain_lines_and_ends_with_the_best_per_rate_poi
     assert any(line.startswith("9 trials: ") and "CPU-hours" in line and "ETA" in line for line in out)
     tail = out[out.index("Best per rate point (by eval/rd_loss, min):"):]
     assert tail[1].startswith("best at λ=0.013, distortion=mse: eval/rd_loss = ") and " — λ=0.013 · auxt=" in tail[1]
+    assert re.search(r"\(trial \w+\); (?:leads|tied with) λ=0.013 · auxt=.*[+-]\d+\.\d % \[", tail[1])  # vs runner-up
+    assert tail[2].startswith("(runner-up differences in % of the best's eval/rd_loss, paired over the eval images")
+    tail = tail[1:]
     assert tail[2].startswith("Resume with: lic-search resume ") and tail[3].startswith("Progress:    lic-search status ")
     assert tail[4].startswith("Browse with: lic-search best quickstart")
     assert tail[4].endswith("lic-search ui quickstart --open")
