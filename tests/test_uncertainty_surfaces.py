@@ -97,6 +97,9 @@ def test_report_prints_each_rate_saving_with_its_interval_and_the_resolution(abl
     rows = {f["label"]: f for f in data["families"]}
     assert rows["full WLS"]["interval"]["upper"] < 0 and rows["full WLS"]["tied_with"] == []
     assert rows["no WLS"]["tied_with"] == ["baseline"] and rows["no WLS"]["interval"]["lower"] < 0
+    pairs = {(d["a"], d["b"]): d for d in data["intervals"]["differences"]}  # between any two variants
+    between = pairs.get(("full WLS", "no WLS")) or pairs[("no WLS", "full WLS")]
+    assert not between["tied"] and abs(abs(between["estimate"]) - 9.9) < 2
     assert data["bootstrap"] == {"method": "paired bootstrap over images (and seeds), percentile",
                                  "resamples": 1000, "seed": 20261207, "level": 0.95}
     markdown = (out_dir / "report.md").read_text()

@@ -113,6 +113,8 @@ class BDIntervals:
                 "variants": {label: {**i.to_dict(), "dropped": i.dropped, "group": self.letters.get(label, ""),
                                      "tied_with": self.tied_with(label), "seeds": self.seeds.get(label)}
                              for label, i in self.intervals.items()},
+                "differences": [{"a": a, "b": b, **i.to_dict(), "tied": i.contains(0)}  # BD(a) - BD(b), any pair
+                                for (a, b), i in self.differences.items()],
                 "reasons": self.reasons}
 
 
