@@ -302,11 +302,14 @@ def _family_row(entry: FamilyRank, label: str, curve: RDCurve, anchors: Sequence
             "curve": curve.to_dict()["results"] if len(curve) else None, "notes": list(dict.fromkeys(reasons))}
 
 
-def interval_fields(stats: Optional[BDIntervals], label: str) -> dict[str, Any]:
+NO_ANCHOR = "no anchor variant in the search: intervals are measured against it"
+
+
+def interval_fields(stats: Optional[BDIntervals], label: str, missing: str = "no per-image results") -> dict[str, Any]:
     """A family row's uncertainty: the rate saving of the variant it was folded into (seeds folded), with its
     interval (lower/upper), letter group, the variants it cannot be told apart from, and its seed count."""
     interval = stats.intervals.get(label) if stats is not None else None
-    note = ("no per-image results" if stats is None else stats.reasons.get(label))
+    note = missing if stats is None else stats.reasons.get(label)
     return {"variant_label": label, "interval": interval.to_dict() if interval else None,
             "group": stats.letters.get(label) if stats is not None else None,
             "tied_with": stats.tied_with(label) if interval is not None else [],
@@ -411,7 +414,8 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
             content.curves[label] = entry.family.curve(name=f"{search.experiment} {label}")
         content.families.append(_family_row(entry, label, curve, anchors, content.with_ms_ssim,
                                             differ[entry.family.key], method, names[entry.family.key])
-                                | interval_fields(stats, folded.get(entry.family.key, label)))
+                                | interval_fields(stats, folded.get(entry.family.key, label),
+                                                  NO_ANCHOR if own_anchor is None else "no per-image results"))
     for with_auxt, without in auxt_pairs(ordered):
         pair, rows = _pair_rows(with_auxt, without, labels, method)
         content.auxt_pairs.append(pair)
@@ -508,7 +512,8 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
              "label": labels[entry.family.key], "bootstrap": bootstrap.to_dict(),
              "resolution": stats.resolution if stats is not None else None,
              "resolution_text": stats.resolution_sentence() if stats is not None else None,
-             **interval_fields(stats, folded.get(entry.family.key, labels[entry.family.key])),
+             **interval_fields(stats, folded.get(entry.family.key, labels[entry.family.key]),
+                               NO_ANCHOR if own_anchor is None else "no per-image results"),
              "variant": entry.family.variant, "is_anchor": entry.is_anchor, "auxt": entry.family.auxt,
              "bd_rate": entry.bd_rate, "anchor": anchor.name, "metric": metric, "method": method,
              "reason": entry.reason, "points": len(entry.family.curve()),
