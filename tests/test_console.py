@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,9 @@ def test_mlflow_trial_runs_are_named_by_lambda_auxt_and_what_varies(quickstart):
     table = client_for(quickstart["uri"]).download_artifacts(parent.info.run_id, T.ARTIFACT_BEST_TABLE,
                                                              str(quickstart["folder"]))
     text = Path(table).read_text()
-    assert "| rate point | trial | eval/rd_loss | eval/bpp | eval/psnr | iterations | λ | auxt | λ_orth | lr |" in text
+    assert ("| rate point | trial | eval/rd_loss | eval/bpp | eval/psnr | iterations | runner-up [95 %] | tied with "
+            "| λ | auxt | λ_orth | lr |") in text  # the best's lead over the runner-up, with its interval
+    assert "1000 resamples, seed 20261207" in text
     assert text.count("\n| λ=0.013, distortion=mse |") == 1
     experiment = client_for(quickstart["uri"]).get_experiment(parent.info.experiment_id)
     note = experiment.tags["mlflow.note.content"]  # the experiment's description in the UI
@@ -100,6 +103,9 @@ def test_quickstart_prints_a_few_plain_lines_and_ends_with_the_best_per_rate_poi
     assert any(line.startswith("9 trials: ") and "CPU-hours" in line and "ETA" in line for line in out)
     tail = out[out.index("Best per rate point (by eval/rd_loss, min):"):]
     assert tail[1].startswith("best at λ=0.013, distortion=mse: eval/rd_loss = ") and " — λ=0.013 · auxt=" in tail[1]
+    assert re.search(r"\(trial \w+\); (?:leads|tied with) λ=0.013 · auxt=.*[+-]\d+\.\d % \[", tail[1])  # vs runner-up
+    assert tail[2].startswith("(runner-up differences in % of the best's eval/rd_loss, paired over the eval images")
+    tail = tail[1:]
     assert tail[2].startswith("Resume with: lic-search resume ") and tail[3].startswith("Progress:    lic-search status ")
     assert tail[4].startswith("Browse with: lic-search best quickstart")
     assert tail[4].endswith("lic-search ui quickstart --open")

@@ -33,6 +33,20 @@ def test_evaluation_reports_the_required_metrics():
     assert last[M.EVAL_BPP] > 0 and 0 < last[M.EVAL_PSNR] < 60
 
 
+def test_evaluation_keeps_each_images_values_with_its_name():
+    trainer = _trainer()
+    result = trainer.evaluate()
+    table = M.PerImage.from_json(result[M.EVAL_IMAGES])
+    assert table.names == [name for name, _ in trainer._eval_images] and len(table.names) >= 2
+    for column, metric in (("bpp", M.EVAL_BPP), ("psnr", M.EVAL_PSNR), ("mse", M.EVAL_MSE),
+                           ("rd_loss", M.EVAL_RD_LOSS)):
+        values = table.columns[column]
+        assert sum(values) / len(values) == pytest.approx(result[metric], rel=1e-6), column  # the mean is theirs
+    assert len(set(table.columns["bpp"])) > 1  # really per image, not the mean repeated
+    if M.EVAL_MS_SSIM in result:
+        assert sum(table.columns["ms_ssim"]) / len(table.names) == pytest.approx(result[M.EVAL_MS_SSIM])
+
+
 def test_restored_run_continues_exactly(tmp_path: Path):
     uninterrupted = list(_trainer().train())
 

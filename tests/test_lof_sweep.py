@@ -64,6 +64,19 @@ def test_sweep_logs_every_setting_on_the_rank_1_trial_of_each_rate_point(tmp_pat
         checkpoint = Path(run.data.tags[T.TAG_LOF_CHECKPOINT])
         assert checkpoint.name == "checkpoint_000001" and checkpoint.parent.is_dir()  # 6 iterations, eval every 3
         assert set(json.loads(run.data.tags[T.TAG_LOF_SETTINGS])) == {"lof0", "lof20-lr0.01"}
+        # each setting's real-bitstream results, image by image, on the run (through the journal)
+        from search.analysis.lof_sweep import per_image_artifact
+        from search.tracking.client import client_for
+        from trainables.metrics import PerImage
+
+        client = client_for(uri)
+        for label in ("lof0", "lof20-lr0.01"):
+            local = client.download_artifacts(row["run_id"], per_image_artifact(label), str(tmp_path))
+            table = PerImage.from_json(Path(local).read_text())
+            assert len(table.names) == 1 and table.names[0].endswith(".png")
+            assert table.columns["bpp"][0] == pytest.approx(metrics[lof_metric(label, "bpp")])
+            assert table.columns["rd_loss"][0] == pytest.approx(metrics[lof_metric(label, "rd_loss")], rel=1e-6)
+            assert table.columns["mse"][0] > 0
 
     # The report's "Latent overfitting" section: two rate points, so mean changes (no BD-rate), and the cost.
     with contextlib.redirect_stdout(io.StringIO()):

@@ -189,8 +189,8 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     assert [(b["stratum"]["loss.lmbda"], b["trial_id"], b["of"]) for b in best] == [
         (0.0067, "auxt_0", 3), (0.013, "auxt_1", 2), (0.025, "auxt_2", 2), (0.0483, "auxt_3", 2)]
     assert [b["value"] for b in best] == pytest.approx([0.45 * (1 + i) for i in range(4)])
-    assert "## Best trial per rate point" in markdown and "| λ=0.0483, distortion=mse | auxt_3 | F2 |" in markdown
-    assert "best at λ=0.013, distortion=mse: trial auxt_1" in printed
+    assert "## Best trial per rate point" in markdown and "| λ=0.0483, distortion=mse | F2 | auxt_3 | yes |" in markdown
+    assert "best at λ=0.013, distortion=mse: F2 (trial auxt_1, eval/rd_loss" in printed
 
     trials = {t["trial_id"]: t for t in data["trials"]}
     assert trials["stopped_0"]["family"] is None and trials["stopped_0"]["iterations"] == 100

@@ -77,6 +77,15 @@ def test_asha_search_records_every_trial_in_mlflow(tmp_path: Path, ray_cluster, 
         assert all(math.isfinite(m.value) for m in history)
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
         assert T.ARTIFACT_TRIAL_CONFIG in artifacts
+        # each evaluation's per-image values: one table per evaluated step, its mean the logged eval/rd_loss
+        tables = sorted(a.path for a in client.list_artifacts(run.info.run_id, M.PER_IMAGE_FOLDER))
+        assert tables == [M.per_image_artifact(step) for step in steps]
+        text = Path(client.download_artifacts(run.info.run_id, tables[-1], str(tmp_path))).read_text()
+        table = M.PerImage.from_json(text)
+        assert len(table.names) == 2 and all(name.endswith(".png") for name in table.names)
+        assert sum(table.columns["rd_loss"]) / 2 == pytest.approx(history[-1].value, rel=1e-6)
+        journal = (Path(folder) / "tracking_journal.jsonl").read_text()
+        assert f'"artifact": "{tables[-1]}"' in journal  # through the journal, in the experiment folder
 
     capsys.readouterr()  # drop what the search printed
     assert main(["best", "e2e", "--tracking-uri", uri, "--json"]) == 0

@@ -23,6 +23,7 @@ from torch import Tensor
 from trainables.device import resolve_device
 from trainables.errors import LicSearchError
 from trainables.losses import bpp as bits_per_pixel
+from trainables.metrics import PerImage
 
 DECODE_TOLERANCE = 1e-3  # max |decoded − forward x_hat| on [0, 1]; well under one 8-bit level (1/255)
 MS_SSIM_MIN_SIDE = 161  # pytorch_msssim's 5 scales with an 11-tap window need a side > 160
@@ -44,6 +45,7 @@ class ImageResult:
     encoding_time: float  # seconds
     decoding_time: float
     max_decode_error: float  # max |decoded − forward reconstruction| on [0, 1]
+    mse: Optional[float] = None  # of the 8-bit reconstruction, on the [0, 1] scale of eval/mse
 
     @property
     def rate_overhead(self) -> float:
@@ -80,6 +82,18 @@ class EvalResult:
     def decoded_matches(self) -> bool:
         return self.max_decode_error < DECODE_TOLERANCE
 
+    def per_image(self, distortion: str = "mse") -> PerImage:
+        """Each image's bpp (bitstream), PSNR, MSE, MS-SSIM and R-D loss (with the checkpoint's λ), as training's
+        evaluations record them (``trainables.metrics.PerImage``)."""
+        from trainables.losses import rd_loss_value
+
+        table = PerImage()
+        for r in self.images:
+            loss = (None if self.lmbda is None or r.mse is None
+                    else rd_loss_value(distortion, self.lmbda, r.bpp, mse=r.mse, ms_ssim=r.ms_ssim))
+            table.add(r.name, bpp=r.bpp, psnr=r.psnr, mse=r.mse, ms_ssim=r.ms_ssim, rd_loss=loss)
+        return table
+
     def image_set(self) -> dict[str, Any]:
         """Which images this ran on (folder, count, ``WxH`` sizes): BD-rate needs the anchor's set."""
         sizes: dict[str, int] = {}
@@ -105,10 +119,15 @@ def _to_8bit(x: Tensor) -> Tensor:
     return (x.clamp(0, 1) * 255).round()
 
 
+def mse_8bit(x: Tensor, x_hat: Tensor) -> float:
+    """MSE of the 8-bit images, on the [0, 1] scale (as training's eval/mse)."""
+    return torch.mean((_to_8bit(x) - _to_8bit(x_hat)) ** 2).item() / 255.0**2
+
+
 def psnr_8bit(x: Tensor, x_hat: Tensor) -> float:
     """PSNR (dB) of the 8-bit images, as CompressAI's ``eval_model`` computes it."""
-    mse = torch.mean((_to_8bit(x) - _to_8bit(x_hat)) ** 2).item()
-    return math.inf if mse == 0 else 20 * math.log10(255.0) - 10 * math.log10(mse)
+    mse = mse_8bit(x, x_hat)
+    return math.inf if mse == 0 else -10 * math.log10(mse)
 
 
 def ms_ssim_8bit(x: Tensor, x_hat: Tensor) -> Optional[float]:
@@ -162,6 +181,7 @@ def evaluate_image(model: Any, x: Tensor, name: str = "image") -> ImageResult:
         encoding_time=encoding_time,
         decoding_time=decoding_time,
         max_decode_error=float((x_decoded - x_forward).abs().max()),
+        mse=mse_8bit(x, x_decoded),
     )
 
 
@@ -198,5 +218,5 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, device: str = "auto", max_
 
 
 __all__ = ["ImageResult", "EvalResult", "EvaluationError", "evaluate_image", "evaluate_model",
-           "evaluate_checkpoint", "psnr_8bit", "ms_ssim_8bit", "bitstream_bytes",
+           "evaluate_checkpoint", "mse_8bit", "psnr_8bit", "ms_ssim_8bit", "bitstream_bytes",
            "DECODE_TOLERANCE"]

@@ -1,5 +1,9 @@
 """Metric names, defined once and imported everywhere (Ray Tune, MLflow, ASHA, reports)."""
 
+import json
+import math
+from typing import Optional
+
 ITERATIONS = "iterations"  # Ray Tune time attribute for ASHA
 
 EVAL_RD_LOSS = "eval/rd_loss"  # λ·D + bpp on the held-out images (the ASHA metric)
@@ -14,6 +18,13 @@ EVAL_AUXT_ENERGY = "eval/auxt_energy_share"  # share of latent energy from the A
 # them: a decode-time proxy that needs no timing (msp-style: its `steps`; a serial context model: one per
 # latent position). Reported only by backbones that declare it (all registered ones do).
 EVAL_DECODE_STEPS = "eval/decode_steps"
+
+# Each evaluation's per-image values (a JSON table, :class:`PerImage`): image names and their bpp, PSNR, MSE,
+# MS-SSIM and R-D loss, so comparisons can state intervals over images. Recorded as the run's artifact
+# ``per_image/step_<iterations>.json`` (search.tracking.trial_logger), never as a metric.
+EVAL_IMAGES = "eval_images"
+PER_IMAGE_FOLDER = "per_image"
+PER_IMAGE_COLUMNS = ("bpp", "psnr", "mse", "ms_ssim", "rd_loss")
 
 TRAIN_LOSS = "train/loss"
 TRAIN_RD_LOSS = "train/rd_loss"
@@ -51,6 +62,38 @@ NOTICE = "notice"
 NOTICE_CHECKPOINT, NOTICE_PREEMPTED, NOTICE_RESTORED = "checkpoint", "preempted", "restored"
 DAMAGED_CHECKPOINTS = "damaged_checkpoints"  # with notice 'restored': "path: problem" lines of those skipped
 RESTORED_AT = "restored_at"  # in every result of an attempt that started from a checkpoint: its iteration
+
+
+class PerImage:
+    """Columns of per-image values, in evaluation order (``ms_ssim`` None where an image is too small)."""
+
+    def __init__(self, names: Optional[list[str]] = None, **columns: list):
+        self.names: list[str] = list(names or [])
+        self.columns: dict[str, list] = {c: list(columns.get(c) or [None] * len(self.names))
+                                         for c in PER_IMAGE_COLUMNS}
+
+    def add(self, name: str, **values: Optional[float]) -> None:
+        self.names.append(name)
+        for column in PER_IMAGE_COLUMNS:
+            value = values.get(column)
+            self.columns[column].append(None if value is None or not math.isfinite(value) else float(value))
+
+    def to_json(self) -> str:
+        return json.dumps({"images": self.names, **self.columns}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "PerImage":
+        data = json.loads(text)
+        return cls(data.get("images") or [], **{c: data.get(c) for c in PER_IMAGE_COLUMNS})
+
+    def values(self, column: str) -> dict[str, Optional[float]]:
+        """Image name -> value of ``column``."""
+        return dict(zip(self.names, self.columns[column]))
+
+
+def per_image_artifact(step: int) -> str:
+    """The MLflow artifact path of one evaluation's per-image table."""
+    return f"{PER_IMAGE_FOLDER}/step_{int(step):08d}.json"
 
 
 def is_notice(result: dict) -> bool:

@@ -85,6 +85,42 @@ def _shorter_overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return inner, (inner / shorter if shorter > 0 else 0.0)
 
 
+def _bjontegaard_rate(rate_a: np.ndarray, quality_a: np.ndarray, rate_t: np.ndarray, quality_t: np.ndarray,
+                      method: str) -> float:
+    import bjontegaard
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # low overlap is reported by the callers instead
+        return float(bjontegaard.bd_rate(rate_a, quality_a, rate_t, quality_t, method,
+                                         require_matching_points=False, min_overlap=0.0))
+
+
+def bd_rate_points(rate_a: Sequence[float], quality_a: Sequence[float], rate_t: Sequence[float],
+                   quality_t: Sequence[float], method: str = "pchip", min_points: int = MIN_POINTS,
+                   min_shorter_overlap: float = 0.0) -> float:
+    """BD-rate (percent) of test points against anchor points, quality already on the dB axis
+    (:func:`quality_db`): :func:`bd_rate` for bare arrays (the bootstrap's resampled curves).
+    Raises :class:`CurveError` (a short reason) where :func:`bd_rate` would refuse."""
+    curves = []
+    for rate, quality in ((rate_a, quality_a), (rate_t, quality_t)):
+        rate, quality = np.asarray(rate, dtype=float), np.asarray(quality, dtype=float)
+        if len(rate) < min_points:
+            raise CurveError(f"{len(rate)} rate points; BD-rate needs at least {min_points}")
+        order = np.argsort(quality)
+        if np.any(np.diff(quality[order]) == 0) or not np.all(np.isfinite(quality)) or np.any(rate <= 0):
+            raise CurveError("two points with the same quality, or a non-finite value")
+        curves.append((rate[order], quality[order]))
+    (rate_a, quality_a), (rate_t, quality_t) = curves
+    shared, share = _shorter_overlap(quality_t, quality_a)
+    if shared <= 0 or share < min_shorter_overlap:
+        raise CurveError(f"the quality ranges overlap {shared:.2f} dB, {share:.0%} of the shorter range; a BD-rate "
+                         f"needs {max(min_shorter_overlap, 1e-9):.0%}")
+    value = _bjontegaard_rate(rate_a, quality_a, rate_t, quality_t, method)
+    if not math.isfinite(value):
+        raise CurveError(f"BD-rate is not finite ({value})")
+    return value
+
+
 def bd_rate(test: RDCurve, anchor: RDCurve, metric: str = "psnr", method: str = "pchip",
             min_points: int = MIN_POINTS, min_shorter_overlap: float = 0.0) -> BDResult:
     """BD-rate (percent) and BD-quality (dB) of ``test`` against ``anchor``.
@@ -111,10 +147,9 @@ def bd_rate(test: RDCurve, anchor: RDCurve, metric: str = "psnr", method: str = 
             f"{test.source} and {anchor.source}: the {metric} ranges overlap {shared:.2f} dB, {share:.0%} of the "
             f"shorter range ({test.name}: {quality_t.min():.2f}-{quality_t.max():.2f} dB, {anchor.name}: "
             f"{quality_a.min():.2f}-{quality_a.max():.2f} dB); a BD-rate needs {min_shorter_overlap:.0%}")
+    value = _bjontegaard_rate(rate_a, quality_a, rate_t, quality_t, method)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # low overlap is reported in the result instead
-        value = bjontegaard.bd_rate(rate_a, quality_a, rate_t, quality_t, method,
-                                    require_matching_points=False, min_overlap=0.0)
         quality_delta: Optional[float] = None
         by_rate_t, by_rate_a = np.argsort(rate_t), np.argsort(rate_a)
         rates_distinct = np.all(np.diff(rate_t[by_rate_t]) > 0) and np.all(np.diff(rate_a[by_rate_a]) > 0)
@@ -129,5 +164,5 @@ def bd_rate(test: RDCurve, anchor: RDCurve, metric: str = "psnr", method: str = 
                     bd_quality=quality_delta, overlap=overlap, test_points=len(rate_t), anchor_points=len(rate_a))
 
 
-__all__ = ["BDResult", "bd_rate", "quality_db", "METHODS", "METRICS", "MIN_POINTS", "LOW_OVERLAP",
+__all__ = ["BDResult", "bd_rate", "bd_rate_points", "quality_db", "METHODS", "METRICS", "MIN_POINTS", "LOW_OVERLAP",
            "MIN_SHORTER_OVERLAP"]

@@ -192,34 +192,40 @@ class FamilyRank:
 
 
 def rank_families(families: Sequence[Family], anchor: RDCurve, metric: str = "psnr", method: str = "pchip",
-                  min_points: int = MIN_POINTS) -> list[FamilyRank]:
+                  min_points: int = MIN_POINTS, labels: Optional[Mapping[str, str]] = None) -> list[FamilyRank]:
     """Families ranked by BD-rate against ``anchor`` (lowest first); those without one come last.
 
     A BD-rate needs the overlap rule (:data:`MIN_SHORTER_OVERLAP` of the shorter quality range);
-    the family whose own curve ``anchor`` is comes first, marked, with no rank."""
+    the family whose own curve ``anchor`` is comes first, marked, with no rank. ``labels`` (family key ->
+    its variant label) name the families in the reasons, never a family hash."""
     ranked: list[FamilyRank] = []
     for family in families:
         if family.is_curve(anchor):
             ranked.append(FamilyRank(family, None, "the anchor", is_anchor=True))
             continue
-        other = other_images(family.curve(), anchor) if anchor.rate != RATE_LIKELIHOOD else None
+        curve = family.curve((labels or {}).get(family.key))
+        curve.source = curve.name
+        other = other_images(curve, anchor) if anchor.rate != RATE_LIKELIHOOD else None
         if other:
             ranked.append(FamilyRank(family, None, other))
             continue
         try:
-            ranked.append(FamilyRank(family, bd_rate(family.curve(), anchor, metric, method, min_points,
+            ranked.append(FamilyRank(family, bd_rate(curve, anchor, metric, method, min_points,
                                                      MIN_SHORTER_OVERLAP)))
         except CurveError as error:
-            ranked.append(FamilyRank(family, None, _short_reason(str(error), family)))
+            ranked.append(FamilyRank(family, None, short_reason(str(error), curve, anchor)))
     ranked.sort(key=lambda r: (not r.is_anchor, r.result is None, r.bd_rate if r.result is not None else 0.0))
     for position, entry in enumerate(r for r in ranked if r.result is not None):
         entry.rank = position + 1
     return ranked
 
 
-def _short_reason(message: str, family: Family) -> str:
-    prefix = f"{family.curve().source}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+def short_reason(message: str, curve: RDCurve, anchor: RDCurve) -> str:
+    """A BD-rate refusal without the curves' sources: "vs <anchor>: the psnr ranges do not overlap ..."."""
+    pair, own = f"{curve.source} and {anchor.source}: ", f"{curve.source}: "
+    if message.startswith(pair):
+        return f"vs {anchor.name}: {message[len(pair):]}"
+    return message[len(own):] if message.startswith(own) else message
 
 
 # ------------------------------------------------------------------------------ training speed
@@ -347,5 +353,6 @@ def auxt_pairs(families: Sequence[Family]) -> list[tuple[Family, Family]]:
 __all__ = [
     "TrialPoint", "Family", "FamilyRank", "SpeedResult", "FamilySpeed", "anchor_family", "other_images",
     "family_key", "family_params", "auxt_enabled", "group_families", "distinguishing_params", "rank_families",
+    "short_reason",
     "iterations_to_reach", "training_speed", "family_speed", "auxt_pairs", "LAMBDA_KEY", "SEED_KEY",
 ]

@@ -29,6 +29,7 @@ from search.tracking import journal as J
 from search.tracking import names as T
 from search.tracking import session as tracking_session
 from search.tracking.queries import SearchSelection, best_trials, winners
+from trainables import metrics as M
 from trainables.losses import rd_loss_value
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")  # Ray Tune's checkpoint folders in a trial folder
@@ -113,12 +114,22 @@ def setting_metrics(label: str, result: Any, distortion: str) -> dict[str, float
     return {lof_metric(label, k): float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
-def _log(folder: str, trial_id: str, metrics: dict[str, float], tags: dict[str, str]) -> int:
-    """``lof/*`` metrics and tags onto the trial's run, through the search's tracking journal (an outage delays
-    them to ``lic-search sync``). Returns the records still pending."""
+def per_image_artifact(label: str) -> str:
+    """The trial run's artifact of one setting's per-image results (``trainables.metrics.PerImage``)."""
+    return f"{M.PER_IMAGE_FOLDER}/eval_{label}.json"
+
+
+def _log(folder: str, trial_id: str, metrics: dict[str, float], tags: dict[str, str],
+         tables: Optional[dict[str, str]] = None) -> int:
+    """``lof/*`` metrics and tags, and each setting's per-image table (artifact path -> JSON), onto the trial's
+    run, through the search's tracking journal (an outage delays them to ``lic-search sync``). Returns the
+    records still pending."""
     store = ExperimentStore(folder)
+    state = SearchState.load(store)
     now = int(time.time() * 1000)
-    return tracking_session.record(store, SearchState.load(store), J.BATCH, trial_id,
+    for artifact, text in (tables or {}).items():
+        tracking_session.record(store, state, J.BATCH, trial_id, text=text, artifact=artifact)
+    return tracking_session.record(store, state, J.BATCH, trial_id,
                                    metrics=[[k, v, now, 0] for k, v in metrics.items()],
                                    tags={k: v[:5000] for k, v in tags.items()})
 
@@ -158,7 +169,8 @@ def sweep_search(selection: SearchSelection, data: Path, settings: Sequence[Any]
         if log:
             metrics = {k: v for s, r in zip(settings, results)
                        for k, v in setting_metrics(s.label, r, distortion).items()}
-            pending = _log(folders[parent], trial.trial_id, metrics, {
+            tables = {per_image_artifact(s.label): r.per_image(distortion).to_json() for s, r in zip(settings, results)}
+            pending = _log(folders[parent], trial.trial_id, metrics, tables=tables, tags={
                 T.TAG_LOF_DATA: str(Path(data).resolve()) + ("" if max_images is None else f" (first {max_images})"),
                 T.TAG_LOF_CHECKPOINT: str(checkpoint),
                 T.TAG_LOF_SETTINGS: json.dumps({s.label: {"iterations": s.iterations, "lr": s.lr,

@@ -28,7 +28,10 @@ from search.analysis.families import (
     family_speed,
     group_families,
     rank_families,
+    short_reason,
 )
+from search.analysis.intervals import BDIntervals, family_intervals
+from search.bootstrap import Bootstrap, Measured, leader_gaps
 from search.analysis.lof_sweep import lof_summary
 from search.analysis.report_render import DATA_FILE, REPORT_FILE, render_report
 from search.errors import TrackingError
@@ -49,8 +52,9 @@ from search.tracking import journal as J
 from search.tracking import names as T
 from search.tracking import run_names
 from search.tracking import session as tracking_session
-from search.tracking.queries import select_search, trial_runs
+from search.tracking.queries import per_image_table, select_search, trial_runs
 from trainables import metrics as M
+from trainables.metrics import PerImage
 from trainables.errors import LicSearchError
 
 ARTIFACT_PATH = "report"
@@ -75,6 +79,7 @@ class TrialRecord:
     family: Optional[str] = None  # the lic_search.family tag (a ladder's fine-tunes: their anchor's family)
     variant: Optional[str] = None  # the lic_search.variant tag: its variant label in a labelled space
     lof: dict[str, float] = field(default_factory=dict)  # lof/<setting>/* metrics of `eval --search` (LOF sweep)
+    per_image: Optional[PerImage] = None  # its last evaluation, image by image (None: recorded before they were kept)
 
     def final(self, metric: str) -> Optional[float]:
         history = self.histories.get(metric) or []
@@ -145,6 +150,7 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             variant=tags.get(T.TAG_VARIANT) or None,
             histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
             lof={k: v for k, v in run.data.metrics.items() if k.startswith(T.METRIC_LOF_PREFIX)},
+            per_image=per_image_table(client, run.info.run_id),
         ))
         if progress is not None:
             progress.update()
@@ -190,6 +196,8 @@ class ReportContent:
     schedules: list[dict] = field(default_factory=list)  # per trial with a train/lr history: lr (and crop) vs step
     lof: list[dict] = field(default_factory=list)  # per LOF setting: gain over lof0 and encode-time ratio
     anchor_family: Optional[str] = None  # label of the family every BD-rate is first measured against
+    intervals: Optional[dict] = None  # BDIntervals.to_dict() of the variants against the anchor family
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)  # how every interval of the report is computed
     anchor_how: str = ""  # how it was chosen (search.anchor, the AuxT-off family) or why there is none
 
     @property
@@ -211,6 +219,8 @@ class ReportContent:
                 "parent_run_id": search.parent_run_id, "generated": self.generated, "method": self.method,
                 "stratify_by": list(self.stratify_by), "metric": self.metric, "mode": self.mode,
                 "anchors": self.anchor_names, "anchor_family": self.anchor_family, "anchor_how": self.anchor_how,
+                "intervals": self.intervals, "bootstrap": self.bootstrap.to_dict(),
+                "bootstrap_text": self.bootstrap.describe(),
                 "best_per_rate_point": self.best, "families": self.families,
                 "auxt_pairs": self.auxt_pairs, "speed": self.speed, "trials": self.trials,
                 "schedules": self.schedules, "latent_overfitting": self.lof}
@@ -241,13 +251,7 @@ def _bd(curve: RDCurve, anchor: RDCurve, metric: str, method: str) -> tuple[Opti
             return None, other
         return bd_rate(curve, anchor, metric, method, min_shorter_overlap=MIN_SHORTER_OVERLAP).bd_rate, None
     except CurveError as error:
-        text = str(error)
-        pair, own = f"{curve.source} and {anchor.source}: ", f"{curve.source}: "
-        if text.startswith(pair):
-            text = f"vs {anchor.name}: {text[len(pair):]}"
-        elif text.startswith(own):
-            text = text[len(own):]
-        return None, text
+        return None, short_reason(str(error), curve, anchor)
 
 
 def family_labels(families: Sequence[Family]) -> dict[str, str]:
@@ -298,6 +302,20 @@ def _family_row(entry: FamilyRank, label: str, curve: RDCurve, anchors: Sequence
             "curve": curve.to_dict()["results"] if len(curve) else None, "notes": list(dict.fromkeys(reasons))}
 
 
+NO_ANCHOR = "no anchor variant in the search: intervals are measured against it"
+
+
+def interval_fields(stats: Optional[BDIntervals], label: str, missing: str = "no per-image results") -> dict[str, Any]:
+    """A family row's uncertainty: the rate saving of the variant it was folded into (seeds folded), with its
+    interval (lower/upper), letter group, the variants it cannot be told apart from, and its seed count."""
+    interval = stats.intervals.get(label) if stats is not None else None
+    note = missing if stats is None else stats.reasons.get(label)
+    return {"variant_label": label, "interval": interval.to_dict() if interval else None,
+            "group": stats.letters.get(label) if stats is not None else None,
+            "tied_with": stats.tied_with(label) if interval is not None else [],
+            "seeds": stats.seeds.get(label) if stats is not None else None, "interval_note": note}
+
+
 def _pair_rows(with_auxt: Family, without: Family, labels: dict[str, str], method: str) -> tuple[dict, list[dict]]:
     speed: FamilySpeed = family_speed(with_auxt, without)
     names = {"auxt_family": labels[with_auxt.key], "no_auxt_family": labels[without.key]}
@@ -322,19 +340,37 @@ def _pair_rows(with_auxt: Family, without: Family, labels: dict[str, str], metho
 
 
 def best_per_rate_point(trials: Sequence[TrialRecord], stratify_by: Sequence[str], metric: str = M.EVAL_RD_LOSS,
-                        mode: Optional[str] = None, family_of: Optional[dict[str, Optional[str]]] = None) -> list[dict]:
-    """The best trial (final ``metric``) of every stratum, in the strata's natural order."""
+                        mode: Optional[str] = None, family_of: Optional[dict[str, Optional[str]]] = None,
+                        bootstrap: Bootstrap = Bootstrap()) -> list[dict]:
+    """The best trial (final ``metric``) of every stratum, in the strata's natural order, with its lead over
+    each runner-up (paired over images, :func:`search.analysis.intervals.leader_gaps`): ``tied_with`` lists
+    those whose difference's interval contains 0, ``runner_up`` the closest."""
     mode = mode or default_mode(metric)
     ranked = rank_within_strata(trials, lambda t: stratum_of(typed_params(t.params), stratify_by),
                                 lambda t: t.final(metric), mode)
-    sizes: dict[str, int] = {}
-    for _, stratum, rank in ranked:
-        key = repr(stratum)
-        sizes[key] = sizes.get(key, 0) + (rank is not None)
-    return [{"stratum": stratum, "trial_id": t.trial_id, "run_id": t.run_id,
-             "family": (family_of or {}).get(t.trial_id), "auxt": t.auxt, "status": t.status,
-             "value": finite(t.final(metric)), "bpp": t.final(M.EVAL_BPP), "psnr": t.final(M.EVAL_PSNR),
-             "of": sizes[repr(stratum)]} for t, stratum, rank in ranked if rank == 1]
+    members: dict[str, list[TrialRecord]] = {}
+    for trial, stratum, rank in ranked:
+        if rank is not None:
+            members.setdefault(repr(stratum), []).append(trial)
+    # its variant label, else its family's readable name (what its trials share), else the family's F-label
+    label_of = lambda t: t.variant or t.family_name or (family_of or {}).get(t.trial_id) or t.trial_id  # noqa: E731
+    rows = []
+    for t, stratum, rank in ranked:
+        if rank != 1:
+            continue
+        others = [o for o in members[repr(stratum)][1:] if o.per_image is not None]
+        gaps = (leader_gaps(Measured(t.trial_id, t.lmbda, t.per_image),
+                            [Measured(o.trial_id, o.lmbda, o.per_image) for o in others], metric, mode, bootstrap)
+                if t.per_image is not None else [])
+        by_id = {o.trial_id: o for o in others}
+        gap_rows = [{**g.to_dict(), "label": label_of(by_id[g.trial_id])} for g in gaps]
+        rows.append({"stratum": stratum, "trial_id": t.trial_id, "run_id": t.run_id, "label": label_of(t),
+                     "family": (family_of or {}).get(t.trial_id), "auxt": t.auxt, "status": t.status,
+                     "value": finite(t.final(metric)), "bpp": t.final(M.EVAL_BPP), "psnr": t.final(M.EVAL_PSNR),
+                     "of": len(members[repr(stratum)]), "runner_up": gap_rows[0] if gap_rows else None,
+                     "tied_with": [g for g in gap_rows if g["tied"]], "images": len(t.per_image.names)
+                     if t.per_image is not None else None})
+    return rows
 
 
 def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), include_stopped: bool = False,
@@ -368,20 +404,26 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
         varying=sorted({k for params in differ.values() for k in params} - {AUXT_ENABLED_KEY}),
         with_ms_ssim=any(f.curve().ms_ssim is not None for f in ordered), curves={}, used=len(used), counts=counts,
         anchor_family=labels[own_anchor.key] if own_anchor is not None else None, anchor_how=anchor_how)
+    stats, folded = (family_intervals(ordered, own_anchor, labels, {t.trial_id: t.per_image for t in used},
+                                      "psnr", method, content.bootstrap) if own_anchor is not None else (None, {}))
+    content.intervals = stats.to_dict() if stats is not None else None
     for entry in ranking:
         label = labels[entry.family.key]
         curve = _labelled_curve(entry.family, label)
         if len(curve):
             content.curves[label] = entry.family.curve(name=f"{search.experiment} {label}")
         content.families.append(_family_row(entry, label, curve, anchors, content.with_ms_ssim,
-                                            differ[entry.family.key], method, names[entry.family.key]))
+                                            differ[entry.family.key], method, names[entry.family.key])
+                                | interval_fields(stats, folded.get(entry.family.key, label),
+                                                  NO_ANCHOR if own_anchor is None else "no per-image results"))
     for with_auxt, without in auxt_pairs(ordered):
         pair, rows = _pair_rows(with_auxt, without, labels, method)
         content.auxt_pairs.append(pair)
         content.speed += rows
     recipe_of = {t.trial_id: labels.get(t.family or family_key(t.params)) for t in search.trials}  # its family
     family_of = {t.trial_id: recipe_of[t.trial_id] for t in used}  # the family it counts in
-    content.best = best_per_rate_point(search.trials, search.stratify_by, metric, content.mode, family_of)
+    content.best = best_per_rate_point(search.trials, search.stratify_by, metric, content.mode, family_of,
+                                       content.bootstrap)
     content.trials = [{"trial_id": t.trial_id, "run_id": t.run_id, "family": family_of.get(t.trial_id),
                        "recipe": recipe_of[t.trial_id], "variant": t.variant,
                        "auxt": t.auxt, "lmbda": t.lmbda, "status": t.status, "iterations": t.iterations,
@@ -455,15 +497,23 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
     run_of = {t.trial_id: t.run_id for t in used}
     families = group_families(t.point() for t in used)
     own_anchor, _ = anchor_family(families, search.anchor) if anchor_file is None else (None, "")
+    labels = family_labels(families)
     if own_anchor is not None:  # the search's own anchor variant, as Figure 8 measures rate savings
-        labels = family_labels(families)
         anchor = _labelled_curve(own_anchor, labels[own_anchor.key])
     else:
         anchor = load_curve(anchor_file if anchor_file is not None else shipped_anchor())
-    ranking = rank_families(families, anchor, metric, method)
+    ranking = rank_families(families, anchor, metric, method, labels=labels)
+    bootstrap = Bootstrap()
+    stats, folded = (family_intervals(families, own_anchor, labels, {t.trial_id: t.per_image for t in used}, metric,
+                                      method, bootstrap) if own_anchor is not None else (None, {}))
     differ = distinguishing_params([entry.family for entry in ranking])
     names = family_names([entry.family for entry in ranking], used)
     return [{"rank": entry.rank, "family": entry.family.key, "family_name": names[entry.family.key],
+             "label": labels[entry.family.key], "bootstrap": bootstrap.to_dict(),
+             "resolution": stats.resolution if stats is not None else None,
+             "resolution_text": stats.resolution_sentence() if stats is not None else None,
+             **interval_fields(stats, folded.get(entry.family.key, labels[entry.family.key]),
+                               NO_ANCHOR if own_anchor is None else "no per-image results"),
              "variant": entry.family.variant, "is_anchor": entry.is_anchor, "auxt": entry.family.auxt,
              "bd_rate": entry.bd_rate, "anchor": anchor.name, "metric": metric, "method": method,
              "reason": entry.reason, "points": len(entry.family.curve()),
@@ -479,4 +529,5 @@ def _safe_name(name: str) -> str:
 
 __all__ = ["TrialRecord", "SearchRecord", "Report", "ReportContent", "load_search", "compute_report",
            "build_report", "generate_report", "rank_experiment_families", "best_per_rate_point", "family_names",
+           "interval_fields",
            "REPORT_FILE", "DATA_FILE", "ARTIFACT_PATH"]

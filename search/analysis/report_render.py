@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from search.analysis.bdrate import MIN_SHORTER_OVERLAP, quality_db
 from search.analysis.curves import RATE_LIKELIHOOD, CurveError, RDCurve, save_curve
 from search.analysis.families import Family
+from search.bootstrap import interval_text
 from search.space.strata import stratum_label
 from search.tracking import names as T
 from search.tracking import run_names
@@ -29,6 +30,7 @@ PLOT_RD_MS_SSIM = "rd_ms_ssim.png"
 PLOT_CONVERGENCE = "convergence.png"
 PLOT_ENERGY = "energy.png"
 PLOT_SCHEDULE = "schedule.png"
+PLOT_SAVINGS = "rate_savings.png"
 
 
 # ---------------------------------------------------------------------------------- formatting
@@ -133,6 +135,31 @@ def _plot_rd(path: Path, labelled: Sequence[tuple[str, Family]], anchors: Sequen
     ax.legend(fontsize="small")
     figure.savefig(path, dpi=110)
     return _legend_colours(ax)
+
+
+def _plot_savings(path: Path, intervals: Optional[dict], colours: dict[str, Any]) -> Optional[dict[str, str]]:
+    """Each variant's rate saving against the anchor with its 95 % interval as an error bar, letter groups
+    beside the bars (variants sharing a letter cannot be told apart)."""
+    rows = [(label, row) for label, row in (intervals or {}).get("variants", {}).items()
+            if label != intervals["anchor"]]
+    if not rows:
+        return None
+    figure, (ax,) = _figure(height=1.2 + 0.45 * len(rows))
+    for y, (label, row) in enumerate(rows):
+        colour = colours.get(label, "C0")
+        ax.barh(y, row["estimate"], color=colour, alpha=0.6)
+        ax.errorbar(row["estimate"], y, xerr=[[row["estimate"] - row["lower"]], [row["upper"] - row["estimate"]]],
+                    color="black", capsize=4, linewidth=1)
+        ax.annotate(f" {row['group']}", (max(row["upper"], 0.0), y), va="center", fontsize="small")
+    ax.axvline(0.0, color="0.3", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"BD-rate vs {intervals['anchor']} (%, {intervals['metric']}; negative = fewer bits)")
+    ax.set_title(f"Rate savings, {intervals['bootstrap']['level']:.0%} intervals "
+                 f"({intervals['images']} images)", fontsize="medium")
+    ax.grid(True, axis="x", alpha=0.3)
+    figure.savefig(path, dpi=110)
+    return {label: colours.get(label, "C0") for label, _ in rows}
 
 
 def _log_y(ax) -> None:
@@ -248,6 +275,9 @@ def _family_table(content: "ReportContent") -> str:
     if content.with_ms_ssim:
         header.append(f"BD-rate vs {anchors[0]} (MS-SSIM)")
     header += [f"BD-rate vs {a} (PSNR)" for a in anchors[1:]]
+    uncertain = content.intervals is not None
+    if uncertain:
+        header += [f"rate saving vs {content.anchor_family} [95 % interval]", "group", "tied with", "seeds"]
     rows = []
     for family in content.families:
         def cell(key: str) -> str:
@@ -257,6 +287,11 @@ def _family_table(content: "ReportContent") -> str:
 
         cells = [cell(f"{anchors[0]} psnr")] + ([cell(f"{anchors[0]} ms-ssim")] if content.with_ms_ssim else [])
         cells += [cell(f"{a} psnr") for a in anchors[1:]]
+        if uncertain:
+            saving = ("anchor" if family["is_anchor"] else interval_text(family["interval"], unit=" %", digits=2)
+                      if family["interval"] else f"n/a ({family['interval_note']})")
+            cells += [saving, family["group"] or "-", ", ".join(family["tied_with"]) or "-",
+                      str(family["seeds"] or "-")]
         rank = "anchor" if family["is_anchor"] else str(family["rank"]) if family["rank"] is not None else "-"
         rows.append([family["label"], rank, family["name"], "yes" if family["auxt"] else "no", str(family["points"]),
                      ", ".join(f"{l:g}" for l in family["lambdas"]) or "-",
@@ -306,11 +341,18 @@ def _speed_table(rows: list[list[str]]) -> str:
 
 
 def _best_table(content: "ReportContent") -> str:
-    rows = [[stratum_label(b["stratum"]), b["trial_id"], b["family"] or "-", "yes" if b["auxt"] else "no",
-             _fmt(b["value"]), _fmt(b["bpp"]), _fmt(b["psnr"], ".2f"), b["status"] or "-", str(b["of"])]
+    def lead(b: dict) -> str:
+        runner = b.get("runner_up")
+        if runner is None:
+            return "-"
+        return f"{runner['label']} ({runner['trial_id']}): {interval_text(runner['relative'])}"
+
+    rows = [[stratum_label(b["stratum"]), b["label"], b["trial_id"], "yes" if b["auxt"] else "no",
+             _fmt(b["value"]), _fmt(b["bpp"]), _fmt(b["psnr"], ".2f"), b["status"] or "-", str(b["of"]), lead(b),
+             ", ".join(f"{g['label']} ({g['trial_id']})" for g in b.get("tied_with") or []) or "-"]
             for b in content.best]
-    return _table(["rate point", "best trial", "family", "AuxT", content.metric, "bpp", "PSNR", "status",
-                   "trials compared"], rows)
+    return _table(["rate point", "best", "trial", "AuxT", content.metric, "bpp", "PSNR", "status",
+                   "trials compared", "runner-up: its difference [95 % interval]", "tied with the best"], rows)
 
 
 def _lof_section(content: "ReportContent") -> list[str]:
@@ -357,6 +399,21 @@ def _anchor_intro(content: "ReportContent") -> list[str]:
     return [f"No anchor family ({content.anchor_how}): BD-rates against {content.anchor_names[0]}. " + source, ""]
 
 
+def _uncertainty_lines(content: "ReportContent", plots: dict[str, Optional[dict[str, str]]]) -> list[str]:
+    """What the interval columns mean, and the smallest difference this search resolves."""
+    intervals = content.intervals
+    if not intervals:
+        return []
+    lines = ["Rate saving: the BD-rate of each variant's mean curve against the anchor's, seed repeats folded into "
+             "one variant (`seeds`), with its 95 % interval; `group`: a compact letter display, variants sharing a "
+             "letter cannot be told apart (the interval of their difference contains 0), `tied with` names them. "
+             + (f"**{intervals['resolution_text'][0].upper() + intervals['resolution_text'][1:]}.**"
+                if intervals.get("resolution_text") else ""), ""]
+    if plots.get(PLOT_SAVINGS):
+        lines += [f"![Rate savings with intervals]({PLOT_SAVINGS})", ""]
+    return lines
+
+
 def _curve_file(label: str) -> str:
     """``A1 unconstrained OLP`` -> ``A1_unconstrained_OLP.json``: a file name any shell reads."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label) + ".json"
@@ -373,6 +430,7 @@ def _plots(content: "ReportContent", out: Path) -> dict[str, Optional[dict[str, 
     plots[PLOT_CONVERGENCE] = _plot_convergence(out / PLOT_CONVERGENCE, trials, family_of, colours, auxt)
     plots[PLOT_ENERGY] = _plot_energy(out / PLOT_ENERGY, trials, family_of, colours, auxt)
     plots[PLOT_SCHEDULE] = _plot_schedule(out / PLOT_SCHEDULE, content.schedules, colours, auxt)
+    plots[PLOT_SAVINGS] = _plot_savings(out / PLOT_SAVINGS, content.intervals, colours)
     return plots
 
 
@@ -399,6 +457,10 @@ def _markdown(content: "ReportContent", plots: dict[str, Optional[dict[str, str]
         "",
         _best_table(content) if content.best else f"_No trial has a finite {content.metric} yet._",
         "",
+        f"The runner-up's difference is in % of the best's `{content.metric}`, paired over the eval images; a trial "
+        "whose interval contains 0 is tied with the best: the images cannot tell them apart. Every interval of "
+        f"this report: {content.bootstrap.describe()}.",
+        "",
         "## Rate savings against the anchor" if content.anchor_family else "## Rate families and BD-rate",
         "",
         *_anchor_intro(content),
@@ -412,6 +474,7 @@ def _markdown(content: "ReportContent", plots: dict[str, Optional[dict[str, str]
         "",
         _family_table(content) if content.families else "_No completed trial has eval/bpp and eval/psnr yet._",
         "",
+        *_uncertainty_lines(content, plots),
     ]
     if plots[PLOT_RD_PSNR]:
         lines += [f"![R-D curves, PSNR]({PLOT_RD_PSNR})", ""]

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from search.bootstrap import interval_text
 from search.errors import LicSearchError
 from search.space.strata import stratum_label
 from search.tracking import run_names
@@ -91,25 +92,46 @@ def _best_families(args, selection) -> int:
         if not ranked:
             raise LicSearchError("--export --by family: no family has a BD-rate (each needs at least 4 rate "
                                  "points overlapping the anchor); see the reasons with lic-search best --by family")
-        _export(args, selection, ranked[0]["run_ids"], f"every rate point of the best family {ranked[0]['family_name']}")
+        saving = (f", rate saving {interval_text(ranked[0]['interval'])} vs {ranked[0]['anchor']}"
+                  if ranked[0].get("interval") else "")
+        _export(args, selection, ranked[0]["run_ids"],
+                f"every rate point of the best family {ranked[0]['family_name']}{saving}")
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
     if not rows:
         print("no rate families (no completed trials)")
         return 0
-    header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['anchor']}", "points", "λ", "differs in",
-              "why no BD-rate"]
+    uncertain = any(row.get("interval") and not row["is_anchor"] for row in rows)
+    header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['anchor']}",
+              *(["rate saving [95 %]", "group", "tied with", "seeds"] if uncertain else []), "points", "λ",
+              "differs in", "why no BD-rate"]
     lines = [["anchor" if row["is_anchor"] else str(row["rank"]) if row["rank"] is not None else "-",
-              row["family_name"], "yes" if row["auxt"] else "no",
+              row["variant"] or row["family_name"], "yes" if row["auxt"] else "no",
               "-" if row["is_anchor"] else "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%",
+              *(_uncertainty_cells(row) if uncertain else []),
               str(row["points"]),
               ", ".join(f"{v:g}" for v in row["lambdas"]) or "-",
               ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "-",
               "" if row["is_anchor"] else row["reason"] or ""]
              for row in rows]
     _print_table(header, lines)
+    if uncertain:
+        from search.bootstrap import Bootstrap
+
+        method = Bootstrap(**{k: rows[0]["bootstrap"][k] for k in ("resamples", "seed", "level")}).describe()
+        print(f"\nrate saving: the BD-rate of the variant's mean curve, seed repeats folded; same group letter = not "
+              f"told apart. {method}.")
+        if rows[0].get("resolution_text"):
+            print(rows[0]["resolution_text"][0].upper() + rows[0]["resolution_text"][1:] + ".")
     return 0
+
+
+def _uncertainty_cells(row: dict) -> list[str]:
+    """``-3.1 % [-4.0, -2.2]``, the letter group, the variants it cannot be told apart from, its seeds."""
+    saving = ("anchor" if row["is_anchor"] else interval_text(row["interval"]) if row["interval"]
+              else "n/a")
+    return [saving, row.get("group") or "-", ", ".join(row.get("tied_with") or []) or "-", str(row.get("seeds") or "-")]
 
 
 def _print_table(header: list[str], lines: list[list[str]]) -> None:
@@ -130,8 +152,11 @@ def _best(args) -> int:
     objectives = selection.objectives if args.metric is None else ()
     metric = args.metric or M.EVAL_RD_LOSS
     mode = args.mode or default_mode(metric)
-    rows = best_trials(args.experiment, metric=metric, mode=mode, top=args.top, where=_parse_where(args.where),
+    rows = best_trials(args.experiment, metric=metric, mode=mode, where=_parse_where(args.where),
                        status=args.status, selection=selection, objectives=objectives)
+    bootstrap = None if objectives else _mark_ties(rows, metric, mode, selection)
+    if args.top:  # after the ties: a leader is tied with runners-up the table may not show
+        rows = [row for row in rows if row["rank"] is not None and row["rank"] <= args.top]
     if args.export:
         best = winners(rows)
         if not best:
@@ -139,13 +164,16 @@ def _best(args) -> int:
                                  "nothing to re-run")
         what = (f"the Pareto front of each of {len({json.dumps(r['stratum'], sort_keys=True) for r in best})} rate "
                 "points" if objectives else f"the best trial of each of {len(best)} rate points")
+        tied = sum(1 for r in best if r.get("tied_with"))
+        if tied:  # the export re-runs winners the images could not tell from a runner-up: say so
+            what += f" ({tied} of them tied with a runner-up: its interval contains 0)"
         _export(args, selection, [r["run_id"] for r in best], what)
     keys = row_keys(rows)
     if args.json:
         ranked_by = ("pareto front: " + ", ".join(f"{name} {direction}" for name, direction in objectives)
                      if objectives else f"{metric} {mode}")
         rows = [{**row, "varying": run_names.described(row["params"], keys, row.get("variant")), "ranked_by": ranked_by}
-                for row in rows]
+                | ({"intervals": bootstrap.to_dict()} if bootstrap else {}) for row in rows]
         print(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return 0
     if not rows:
@@ -166,8 +194,53 @@ def _best(args) -> int:
     print(f"ranked by {metric} ({mode}) {within}")
     _print_table(*trial_table(rows, [metric], keys))
     best = winners(rows)
-    print("\nbest per rate point: " + "; ".join(f"{stratum_label(r['stratum'])}: run {r['run_id']}" for r in best))
+    print("\nbest per rate point: " + "; ".join(f"{stratum_label(r['stratum'])}: {_named(r)}run {r['run_id']}"
+                                              f"{_tied(r, rows)}" for r in best))
+    if bootstrap is not None and any("vs_best" in row for row in rows):
+        print(f"vs best: the difference to the rate point's best in % of its {metric}, paired over the eval images; "
+              f"'tied' where the interval contains 0. {bootstrap.describe()[0].upper()}{bootstrap.describe()[1:]}.")
     return 0
+
+
+def _mark_ties(rows: list[dict], metric: str, mode: str, selection):
+    """Each ranked row's difference to its rate point's best with its interval, and the best's ties
+    (:func:`search.bootstrap.mark_ties`, from the runs' per-image results); the method, or None without them."""
+    from search.bootstrap import COLUMN_OF, Bootstrap, mark_ties
+    from search.tracking.client import client_for
+    from search.tracking.queries import per_image_table
+
+    if metric not in COLUMN_OF:
+        return None
+    client = client_for(selection.tracking_uri)
+    tables = {row["trial_id"]: per_image_table(client, row["run_id"]) for row in rows if row["rank"] is not None}
+    if not any(tables.values()):
+        return None
+    bootstrap = Bootstrap()
+    mark_ties(rows, tables, metric, mode, bootstrap=bootstrap)
+    return bootstrap
+
+
+def _tied(best: dict, rows: list[dict]) -> str:
+    """`` (tied with full WLS run 5f3e.., ...)`` for a best trial the images cannot tell from runners-up."""
+    tied = [row for row in rows if row["trial_id"] in (best.get("tied_with") or [])]
+    if not tied:
+        return ""
+    return " (tied with " + ", ".join(f"{_named(row)}run {row['run_id']}" for row in tied) + ")"
+
+
+def _named(row: dict) -> str:
+    """``A3 avgpool `` before a run id in a labelled space; nothing otherwise."""
+    return f"{row['variant']} " if row.get("variant") else ""
+
+
+def _versus(row: dict) -> str:
+    """The ``vs best`` cell: ``best`` (``best, tied`` when a runner-up is tied), or the difference with its interval."""
+    if row.get("rank") == 1:
+        return "best, tied" if row.get("tied_with") else "best"
+    gap = row.get("vs_best")
+    if gap is None:
+        return "-"
+    return interval_text(gap["relative"]) + (" tied" if gap["tied"] else "")
 
 
 def row_keys(rows: list[dict]) -> list[str]:
@@ -182,12 +255,15 @@ def trial_table(rows: list[dict], metrics: list[str], keys: list[str],
     """Header and lines of ``best``'s table: scores (``metrics``, then bpp and PSNR), then one column per key
     that varies (see :func:`search.tracking.run_names.column_keys`), headed ``λ``, ``auxt``, ``lr``..."""
     shown = list(dict.fromkeys((*metrics, M.EVAL_BPP, M.EVAL_PSNR)))
-    header = ["rate point", rank_header, *shown, "iters", "status"] + [run_names.label(k, keys) for k in keys]
+    uncertain = any("vs_best" in row for row in rows)
+    header = ["rate point", rank_header, *shown, *(["vs best [95 %]"] if uncertain else []), "iters", "status"] \
+        + [run_names.label(k, keys) for k in keys]
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     lines = []
     for row in rows:
         m = row["metrics"]
         lines.append([stratum_label(row["stratum"]), "-" if row["rank"] is None else str(row["rank"]),
-                      *(fmt(m.get(name)) for name in shown), fmt(m.get(M.ITERATIONS)), row["status"] or "-"]
+                      *(fmt(m.get(name)) for name in shown), *([_versus(row)] if uncertain else []),
+                      fmt(m.get(M.ITERATIONS)), row["status"] or "-"]
                      + [run_names.value(row["params"], k, row.get("variant")) for k in keys])
     return header, lines

@@ -38,6 +38,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def best_line(best: dict, metric: str) -> str:
+    """``full WLS (trial 3f2a1, eval/rd_loss 0.9312, of 4); tied with no WLS (trial 9c01): +0.4 % [-0.2, +1.1]``."""
+    from search.bootstrap import interval_text
+
+    line = f"{best['label']} (trial {best['trial_id']}, {metric} {best['value']:.4g}, of {best['of']})"
+    runner = best.get("runner_up")
+    if best.get("tied_with"):
+        line += "; tied with " + ", ".join(f"{g['label']} (trial {g['trial_id']}): "
+                                           f"{interval_text(g['relative'])}" for g in best["tied_with"])
+    elif runner:
+        line += f"; leads {runner['label']} (trial {runner['trial_id']}) by {interval_text(runner['relative'])}"
+    return line
+
+
+def savings_lines(data: dict) -> list[str]:
+    """Each variant's rate saving against the anchor with its interval and letter group, then the resolution."""
+    intervals = data.get("intervals")
+    if not intervals:
+        return []
+    from search.bootstrap import interval_text
+
+    lines = [f"rate saving against {intervals['anchor']} (BD-rate, {intervals['metric']}; same letter = not told "
+             "apart):"]
+    for label, row in intervals["variants"].items():
+        if label == intervals["anchor"]:
+            lines.append(f"  {label}: the anchor (group {row['group']}, {row['seeds']} seed(s))")
+            continue
+        tied = f", tied with {', '.join(row['tied_with'])}" if row["tied_with"] else ""
+        lines.append(f"  {label}: {interval_text(row)} (group {row['group']}, {row['seeds']} seed(s){tied})")
+    for label, reason in intervals["reasons"].items():
+        lines.append(f"  {label}: n/a ({reason})")
+    if intervals.get("resolution_text"):
+        lines.append(intervals["resolution_text"])
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from search.analysis.report import ARTIFACT_PATH, generate_report
     from search.monitor import meter as meters
@@ -56,9 +92,11 @@ def run(args: argparse.Namespace) -> int:
     ranked = [f for f in families if f["rank"] is not None]
     print(f"report: {report.markdown}")
     print(f"{len(report.data['trials'])} trials, {len(families)} rate families ({len(ranked)} with a BD-rate)")
+    print(f"intervals: {report.data['bootstrap_text']}")
     for best in report.data["best_per_rate_point"]:
-        print(f"best at {stratum_label(best['stratum'])}: trial {best['trial_id']} "
-              f"({report.data['metric']} {best['value']:.4g}, of {best['of']})")
+        print(f"best at {stratum_label(best['stratum'])}: {best_line(best, report.data['metric'])}")
+    for line in savings_lines(report.data):
+        print(line)
     if ranked:
         best = min(ranked, key=lambda f: f["rank"])
         value = best["bd_rate"].get(f"{report.data['anchors'][0]} psnr")

@@ -23,6 +23,7 @@ from ray import tune
 
 from search.experiment import drivers
 from search.experiment.store import ExperimentStore
+from search.bootstrap import table_of
 from search.monitor import progress, summary
 from search.monitor.meter import PLAIN_PERIOD_S, interactive
 from search.space import SearchSpec
@@ -164,7 +165,7 @@ class LiveConsole(tune.Callback):
             views.append(progress.TrialView(
                 trial.trial_id, progress.trial_state(trial.status, result, budget),
                 int(result.get("iterations", 0) or 0), budget, trial.config, progress.numeric(scored),
-                float(result.get("time_total_s", 0.0) or 0.0)))
+                float(result.get("time_total_s", 0.0) or 0.0), table_of(scored)))
         return progress.SearchView(self.name, self.store_location, views, self.expected,
                                    time.time() - (self._started or time.time()),
                                    self.device, self.per_trial, self.ranking, self.keys, self.variants,

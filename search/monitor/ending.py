@@ -13,6 +13,7 @@ from search.errors import LicSearchError
 from search.experiment import skipped
 from search.experiment.state import SPACE_COPY, SearchState
 from search.experiment.store import ExperimentStore
+from search.bootstrap import table_of
 from search.monitor import summary
 from search.space.variants import Variants, split_labels
 from search.tracking import client as tracking_client
@@ -41,7 +42,7 @@ def print_ending(results, folder: str | Path) -> None:
     named = skipped.describe(store) if store is not None else None
     if named:
         print(named)
-    entries = [summary.Entry(str(r.metrics.get("trial_id", "?")), r.config, r.metrics)
+    entries = [summary.Entry(str(r.metrics.get("trial_id", "?")), r.config, r.metrics, table_of(r.metrics))
                for r in results if not r.error and not _diverged(r) and r.metrics and r.config]
     best = summary.best_per_rate_point(entries, ranking, variants=variants)
     fronts = summary.pareto_fronts(entries, ranking, variants=variants) if ranking.objectives else []

@@ -17,6 +17,7 @@ from search.monitor import summary
 from search.space.variants import Variants
 from search.tracking import run_names
 from trainables import metrics as M
+from trainables.metrics import PerImage
 
 STATES = ("pending", "running", "paused", "completed", "stopped", "errored")
 RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "paused", "ERROR": "errored"}
@@ -33,6 +34,7 @@ class TrialView:
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)  # the latest result's numeric values
     seconds: float = 0.0  # wall time trained so far (Ray's time_total_s)
+    per_image: Optional[PerImage] = None  # the scored evaluation's per-image results (ties at a rate point)
 
 
 def trial_state(ray_status: str, result: Optional[dict], budget: int) -> str:
@@ -112,7 +114,8 @@ class SearchView:
 
     def _scored(self) -> list[summary.Entry]:
         """The trials that may rank: all but the errored (a diverged trial's scores are NaN)."""
-        return [summary.Entry(t.trial_id, t.config, t.metrics) for t in self.trials if t.state != "errored"]
+        return [summary.Entry(t.trial_id, t.config, t.metrics, t.per_image) for t in self.trials
+                if t.state != "errored"]
 
     def _keys(self) -> list[str]:
         return self.keys if self.keys is not None else run_names.column_keys((t.config for t in self.trials),
@@ -128,12 +131,13 @@ class SearchView:
             "name": self.name, "folder": self.folder, "counts": self.counts(), "expected_trials": self.expected,
             "elapsed_s": self.elapsed, "eta_s": self.eta(), "device": self.device, "workers_per_trial": self.workers,
             "device_hours": self.device_hours(), "device_hours_unit": f"{self.device}-hours",
-            "trials": [{**{k: v for k, v in asdict(t).items() if k != "config"},
+            "trials": [{**{k: v for k, v in asdict(t).items() if k not in ("config", "per_image")},
                         "name": self.trial_name(t, keys),
                         "varying": run_names.described(t.config, keys, self.variants.label_of(t.config))}
                        for t in self.trials],
             "best": [{"rate_point": b.stratum, "trial_id": b.trial_id, "name": b.name, "metrics": b.metrics,
-                      "varying": b.varying} for b in self.best()],
+                      "varying": b.varying, "runner_up": b.runner_up, "tied_with": b.tied_with}
+                     for b in self.best()],
             "pareto_fronts": [{"rate_point": f.stratum, "objectives": [list(o) for o in self.ranking.objectives],
                                "trials": [{"trial_id": b.trial_id, "name": b.name, "metrics": b.metrics,
                                            "varying": b.varying} for b in f.trials]} for f in self.fronts()],

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
+from search.bootstrap import table_of
 from search.errors import LicSearchError
 from search.experiment import ray_state, skipped
 from search.experiment.drivers import Driver, read_driver
@@ -122,7 +123,8 @@ def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver],
         trials.append(progress.TrialView(
             trial_id=record["trial_id"], state=progress.trial_state(record.get("status", "PENDING"), result, budget),
             iteration=int(result.get("iterations", 0) or 0), budget=budget, config=config,
-            metrics=progress.numeric(result), seconds=float(result.get("time_total_s", 0.0) or 0.0)))
+            metrics=progress.numeric(result), seconds=float(result.get("time_total_s", 0.0) or 0.0),
+            per_image=table_of(result)))
     driver = read_driver(store)
     resources = spec.file.resources
     gpus = resources.gpus_per_trial > 0

@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from search.bootstrap import Bootstrap, Measured, interval_text, leader_gaps
 from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
 from search.space.strata import finite, pareto_within_strata, rank_within_strata, stratum_label, stratum_of
 from search.tracking import names as T
 from search.space.variants import Variants
 from search.tracking import run_names
 from trainables import metrics as M
+from trainables.metrics import PerImage
 
 SHOWN_METRICS = (M.EVAL_RD_LOSS, M.EVAL_BPP, M.EVAL_PSNR)
 
@@ -31,6 +33,7 @@ class Entry:
     trial_id: str
     config: Mapping[str, Any]
     metrics: Mapping[str, Any]
+    per_image: Optional[PerImage] = None  # its scored evaluation, image by image (ties need it)
 
 
 @dataclass
@@ -42,6 +45,10 @@ class Best:
     name: str  # the trial's distinguishing params (its MLflow run name)
     metrics: dict[str, Optional[float]] = field(default_factory=dict)
     varying: dict[str, str] = field(default_factory=dict)  # full dotted key -> shown value
+    # The closest runner-up's difference (search.bootstrap.Gap.to_dict() with its "name"), and those of the
+    # runners-up the images cannot tell from this trial (tied: the difference's interval contains 0)
+    runner_up: Optional[dict[str, Any]] = None
+    tied_with: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -82,7 +89,43 @@ def best_per_rate_point(entries: Iterable[Entry], ranking: Ranking = Ranking(),
     keys = list(keys) if keys is not None else run_names.column_keys((e.config for e in entries), variants)
     ranked = rank_within_strata(entries, lambda e: stratum_of(e.config, ranking.stratify_by),
                                 lambda e: e.metrics.get(ranking.metric), ranking.mode)
-    return [_shown(e, stratum, keys, variants, [ranking.metric]) for e, stratum, rank in ranked if rank == 1]
+    members: dict[str, list[Entry]] = {}
+    for e, stratum, rank in ranked:
+        if rank is not None:
+            members.setdefault(repr(stratum), []).append(e)
+    best = []
+    for e, stratum, rank in ranked:
+        if rank == 1:
+            best.append(_shown(e, stratum, keys, variants, [ranking.metric]))
+            _compare(best[-1], e, members[repr(stratum)][1:], ranking, keys, variants)
+    return best
+
+
+def _compare(best: Best, leader: Entry, others: Sequence[Entry], ranking: Ranking, keys: Sequence[str],
+             variants: Variants) -> None:
+    """The leader's difference to each runner-up, paired over images (:func:`search.bootstrap.leader_gaps`)."""
+    if leader.per_image is None:
+        return
+    scored = {e.trial_id: e for e in others if e.per_image is not None}
+    gaps = leader_gaps(Measured(leader.trial_id, None, leader.per_image),
+                       [Measured(e.trial_id, None, e.per_image) for e in scored.values()], ranking.metric,
+                       ranking.mode)
+    rows = [{**g.to_dict(), "name": run_names.trial_name(scored[g.trial_id].config, keys,
+                                                          variants.label_of(scored[g.trial_id].config))}
+            for g in gaps]
+    best.runner_up = rows[0] if rows else None
+    best.tied_with = [row for row in rows if row["tied"]]
+
+
+def comparison(b: Best) -> str:
+    """``; tied with no WLS (trial 3f0a1_00001): +0.3 % [-0.2, +0.9]`` or ``; leads ... by +2.1 % [+1.0, +3.2]``."""
+    if b.tied_with:
+        return "; tied with " + ", ".join(f"{g['name']} (trial {g['trial_id']}): {interval_text(g['relative'])}"
+                                          for g in b.tied_with)
+    if b.runner_up:
+        g = b.runner_up
+        return f"; leads {g['name']} (trial {g['trial_id']}) by {interval_text(g['relative'])}"
+    return ""
 
 
 def _shown(e: Entry, stratum: dict[str, Any], keys: Sequence[str], variants: Variants, scores: Sequence[str]) -> Best:
@@ -153,7 +196,10 @@ def lines(best: Sequence[Best], ranking: Ranking = Ranking()) -> list[str]:
                            if key != ranking.metric)
         out.append(f"best at {b.label}: {ranking.metric} = {'-' if score is None else f'{score:.4f}'} at "
                    f"{'-' if iterations is None else int(iterations)} iterations, {others} — {b.name} "
-                   f"(trial {b.trial_id})")
+                   f"(trial {b.trial_id}){comparison(b)}")
+    if any(b.runner_up for b in best):
+        out.append(f"(runner-up differences in % of the best's {ranking.metric}, paired over the eval images; "
+                   f"{Bootstrap().describe()})")
     return out
 
 
@@ -165,18 +211,31 @@ def markdown(best: Sequence[Best], ranking: Ranking = Ranking(), fronts: Sequenc
     if fronts:
         text = _table(f"Pareto front per rate point over {ranking.describe_objectives()} within {within}",
                       [b for front in fronts for b in front.trials], [name for name, _ in ranking.objectives]) + "\n"
-    return text + _table(f"Best trial per rate point, by {ranking.metric} ({ranking.mode}) within {within}", best,
-                         [ranking.metric])
+    text += _table(f"Best trial per rate point, by {ranking.metric} ({ranking.mode}) within {within}", best,
+                   [ranking.metric])
+    if any(b.runner_up for b in best):
+        text += (f"\nRunner-up: its difference in % of the best's {ranking.metric}, paired over the eval images; "
+                 f"tied: the interval contains 0, the images cannot tell them apart. {Bootstrap().describe()}.\n")
+    return text
 
 
 def _table(title: str, best: Sequence[Best], scores: Sequence[str]) -> str:
     keys = list(dict.fromkeys(k for b in best for k in b.varying))
     metrics = list(dict.fromkeys((*scores, *SHOWN_METRICS, M.ITERATIONS)))
-    header = ["rate point", "trial", *metrics, *(run_names.label(k, keys) for k in keys)]
+    compared = any(b.runner_up for b in best)
+    header = ["rate point", "trial", *metrics, *(["runner-up [95 %]", "tied with"] if compared else []),
+              *(run_names.label(k, keys) for k in keys)]
     rows = [[b.label, b.trial_id, *(_num(b.metrics.get(m), 6) for m in metrics),
+             *([_runner_up(b), ", ".join(f"{g['name']} ({g['trial_id']})" for g in b.tied_with) or "-"]
+               if compared else []),
              *(b.varying.get(k, "-") for k in keys)] for b in best]
     text = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(text + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def _runner_up(b: Best) -> str:
+    g = b.runner_up
+    return "-" if g is None else f"{g['name']} ({g['trial_id']}): {interval_text(g['relative'])}"
 
 
 def _key(label: str) -> str:
@@ -197,9 +256,15 @@ def parent_summary(best: Sequence[Best], ranking: Ranking = Ranking(), parent_ru
     for b in best:
         key = _key(b.label)
         score = b.metrics.get(ranking.metric)
-        tags[T.TAG_BEST_PREFIX + key] = f"{b.name} (trial {b.trial_id}, {ranking.metric} {_num(score, 6)})"
+        tags[T.TAG_BEST_PREFIX + key] = (f"{b.name} (trial {b.trial_id}, {ranking.metric} {_num(score, 6)})"
+                                         + comparison(b))[:5000]
         metrics += [[f"{T.METRIC_BEST_PREFIX}{key}/{m}", float(v), now, 0] for m, v in b.metrics.items()
                     if v is not None]
+        if b.runner_up:  # the lead over the closest runner-up, in % of the best's score, with its interval
+            relative = b.runner_up["relative"]
+            metrics += [[f"{T.METRIC_BEST_PREFIX}{key}/runner_up_gap_pct{suffix}", float(relative[part]), now, 0]
+                        for suffix, part in (("", "estimate"), ("_lower", "lower"), ("_upper", "upper"))]
+            metrics.append([f"{T.METRIC_BEST_PREFIX}{key}/tied", float(len(b.tied_with)), now, 0])
     return {"text": markdown(best, ranking, fronts), "artifact": T.ARTIFACT_BEST_TABLE, "tags": tags,
             "metrics": metrics, "note": experiment_note(best, ranking, parent_run_id, fronts)}
 
@@ -215,5 +280,6 @@ def experiment_note(best: Sequence[Best], ranking: Ranking, parent_run_id: str, 
             f"the tag `{T.TAG_RATE_POINT}` and sorts them by `{ranking.metric}`; or `lic-search best <name>`.\n")
 
 
-__all__ = ["Entry", "Best", "Ranking", "Front", "best_per_rate_point", "pareto_fronts", "lines", "front_lines",
+__all__ = ["Entry", "Best", "Ranking", "Front", "best_per_rate_point", "comparison",
+           "pareto_fronts", "lines", "front_lines",
            "markdown", "parent_summary", "experiment_note"]

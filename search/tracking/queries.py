@@ -8,11 +8,13 @@ run, the latest by default, and never mix the trials of different searches.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from search.errors import LicSearchError
 from search.space.sections import DEFAULT_STRATIFY_BY, default_mode
@@ -255,6 +257,39 @@ def winners(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------- export
+def per_image_table(client, run_id: str, step: Optional[int] = None) -> Optional[M.PerImage]:
+    """A trial run's per-image results of its evaluation at ``step`` (default: its last evaluation, the one its
+    final metrics come from); None for runs recorded before lic-search kept them."""
+    import tempfile
+
+    try:
+        files = sorted(a.path for a in client.list_artifacts(run_id, M.PER_IMAGE_FOLDER)
+                       if a.path.rsplit("/", 1)[-1].startswith("step_"))
+    except Exception:  # noqa: BLE001 - an artifact store that cannot list: no table, the intervals say so
+        return None
+    if step is not None:
+        files = [f for f in files if f == M.per_image_artifact(step)]
+    if not files:
+        return None
+    with tempfile.TemporaryDirectory() as folder, _no_download_bars():
+        return M.PerImage.from_json(Path(client.download_artifacts(run_id, files[-1], folder)).read_text())
+
+
+@contextlib.contextmanager
+def _no_download_bars() -> Iterator[None]:
+    """MLflow draws a progress bar per downloaded artifact: one per trial would bury the command's output."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def trial_config(run_id: str, tracking_uri: str) -> dict:
     """The exact (typed) config a trial trained with, from its ``trial_config.yaml`` artifact."""
     import tempfile

@@ -345,6 +345,9 @@ class MlflowTrialLogger(tune.Callback):
             skipped.record(self._journal.store, trial.trial_id, str(files))
         self._journal.append(J.BATCH, trial.trial_id, metrics=values + self._branch_metrics(trial, step, now),
                              tags=tags, **({"text": str(files), "artifact": skipped.ARTIFACT} if files else {}))
+        if result.get(M.EVAL_IMAGES):  # each image's values: the run's artifact per_image/step_<iterations>.json
+            self._journal.append(J.BATCH, trial.trial_id, text=str(result[M.EVAL_IMAGES]),
+                                 artifact=M.per_image_artifact(step))
         self._last_step[trial.trial_id] = step
         self._shipped()
 

@@ -288,8 +288,9 @@ class Trainer:
         return data_parallel.from_rank0(self.evaluate() if self.shard.rank == 0 else None)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """R-D metrics on the held-out images: whole images padded, metrics on the unpadded area."""
+    def evaluate(self) -> dict[str, Any]:
+        """R-D metrics on the held-out images: whole images padded, metrics on the unpadded area; the means,
+        and each image's values under :data:`~trainables.metrics.EVAL_IMAGES` (a JSON table)."""
         from trainables.data.images import crop_to, load_eval_images, pad_to_multiple
         from trainables.losses import bpp as bits_per_pixel
         from trainables.losses import (
@@ -305,7 +306,9 @@ class Trainer:
         self.model.eval()
         totals: dict[str, float] = {}
         count = 0
-        for _, image in self._eval_images:
+        loss = self.config.loss
+        per_image = M.PerImage()
+        for name, image in self._eval_images:
             x = image.to(self.device)
             padded, size = pad_to_multiple(x, self.model.pad_multiple)
             out = self.model(padded)
@@ -325,12 +328,15 @@ class Trainer:
             steps = self.model.decode_steps(*padded.shape[-2:])
             if steps is not None:
                 values[M.EVAL_DECODE_STEPS] = float(steps)
-            for name, value in values.items():
-                totals[name] = totals.get(name, 0.0) + value
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + value
             count += 1
+            per_image.add(name, bpp=values[M.EVAL_BPP], psnr=values[M.EVAL_PSNR], mse=mse, ms_ssim=quality,
+                          rd_loss=rd_loss_value(loss.distortion, loss.lmbda, values[M.EVAL_BPP], mse=mse,
+                                                ms_ssim=quality))
         result = {name: total / count for name, total in totals.items()}
-        loss = self.config.loss
         result[M.EVAL_RD_LOSS] = rd_loss_value(loss.distortion, loss.lmbda, result[M.EVAL_BPP],
                                                mse=result[M.EVAL_MSE], ms_ssim=result.get(M.EVAL_MS_SSIM))
         result[M.EVAL_ORTHO_LOSS] = float(self.model.ortho_loss())
+        result[M.EVAL_IMAGES] = per_image.to_json()  # each image's values: intervals over images (search.bootstrap)
         return result
