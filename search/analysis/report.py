@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from search.analysis.bdrate import MIN_SHORTER_OVERLAP, bd_rate
+from search.analysis.bunching import family_warnings
 from search.analysis.curves import RATE_LIKELIHOOD, CurveError, RDCurve, load_curve, shipped_anchor
 from search.analysis.families import (
     anchor_family,
@@ -74,6 +75,7 @@ class TrialRecord:
     family_name: Optional[str] = None  # the lic_search.family_name tag (readable; absent on older runs)
     family: Optional[str] = None  # the lic_search.family tag (a ladder's fine-tunes: their anchor's family)
     variant: Optional[str] = None  # the lic_search.variant tag: its variant label in a labelled space
+    ladder: Optional[str] = None  # the lic_search.ladder tag: anchor / fine_tune in a ladder search
     lof: dict[str, float] = field(default_factory=dict)  # lof/<setting>/* metrics of `eval --search` (LOF sweep)
 
     def final(self, metric: str) -> Optional[float]:
@@ -142,7 +144,7 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             status=tags.get(T.TAG_STATUS),
             params=dict(run.data.params),
             family_name=tags.get(T.TAG_FAMILY_NAME) or None, family=tags.get(T.TAG_FAMILY) or None,
-            variant=tags.get(T.TAG_VARIANT) or None,
+            variant=tags.get(T.TAG_VARIANT) or None, ladder=tags.get(T.TAG_LADDER) or None,
             histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
             lof={k: v for k, v in run.data.metrics.items() if k.startswith(T.METRIC_LOF_PREFIX)},
         ))
@@ -368,6 +370,7 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
         varying=sorted({k for params in differ.values() for k in params} - {AUXT_ENABLED_KEY}),
         with_ms_ssim=any(f.curve().ms_ssim is not None for f in ordered), curves={}, used=len(used), counts=counts,
         anchor_family=labels[own_anchor.key] if own_anchor is not None else None, anchor_how=anchor_how)
+    bunched = family_warnings(ordered, labels, {t.trial_id: t.ladder for t in used})
     for entry in ranking:
         label = labels[entry.family.key]
         curve = _labelled_curve(entry.family, label)
@@ -375,6 +378,7 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
             content.curves[label] = entry.family.curve(name=f"{search.experiment} {label}")
         content.families.append(_family_row(entry, label, curve, anchors, content.with_ms_ssim,
                                             differ[entry.family.key], method, names[entry.family.key]))
+        content.families[-1]["bunched"] = bunched.get(entry.family.key)
     for with_auxt, without in auxt_pairs(ordered):
         pair, rows = _pair_rows(with_auxt, without, labels, method)
         content.auxt_pairs.append(pair)
@@ -463,7 +467,9 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
     ranking = rank_families(families, anchor, metric, method)
     differ = distinguishing_params([entry.family for entry in ranking])
     names = family_names([entry.family for entry in ranking], used)
-    return [{"rank": entry.rank, "family": entry.family.key, "family_name": names[entry.family.key],
+    bunched = family_warnings(families, names, {t.trial_id: t.ladder for t in used})
+    return [{"bunched": bunched.get(entry.family.key),
+             "rank": entry.rank, "family": entry.family.key, "family_name": names[entry.family.key],
              "variant": entry.family.variant, "is_anchor": entry.is_anchor, "auxt": entry.family.auxt,
              "bd_rate": entry.bd_rate, "anchor": anchor.name, "metric": metric, "method": method,
              "reason": entry.reason, "points": len(entry.family.curve()),

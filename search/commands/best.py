@@ -109,6 +109,9 @@ def _best_families(args, selection) -> int:
               "" if row["is_anchor"] else row["reason"] or ""]
              for row in rows]
     _print_table(header, lines)
+    for row in rows:
+        if row.get("bunched"):
+            print(f"warning: {row['bunched']}")
     return 0
 
 

@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     ranked = [f for f in families if f["rank"] is not None]
     print(f"report: {report.markdown}")
     print(f"{len(report.data['trials'])} trials, {len(families)} rate families ({len(ranked)} with a BD-rate)")
+    for family in families:
+        if family.get("bunched"):
+            print(f"warning: {family['bunched']}")
     for best in report.data["best_per_rate_point"]:
         print(f"best at {stratum_label(best['stratum'])}: trial {best['trial_id']} "
               f"({report.data['metric']} {best['value']:.4g}, of {best['of']})")
