@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -81,6 +83,11 @@ def ladder_sources(order: str, lambdas: Sequence[float]) -> list[tuple[float, fl
     if order.startswith("nearest"):
         return list(zip(chain[1:], chain[:-1]))
     return [(lmbda, chain[0]) for lmbda in chain[1:]]
+
+
+def _folder(args, key: str) -> Path:
+    """Where a trial's final checkpoint is kept (its fine-tunes start from it)."""
+    return args.work / key.replace(" ", "_").replace(":", "_")
 
 
 def parse_ladder(text: str) -> tuple[str, float, int]:
@@ -171,40 +178,56 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="TOL:K settle rule (percent, evaluations); default off (fixed-length fine-tunes)")
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per trial")
+    parser.add_argument("--jobs", type=int, default=1, help="trials trained side by side (independent ones only)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lic-bench-ladder"),
                         help="checkpoints and results.json (reused by a rerun with the same arguments)")
     parser.add_argument("--output", type=Path, default=None, help="write the markdown here too (after each trial)")
     args = parser.parse_args(argv)
     args.ladder = args.ladder or [("descending", 1e-3, 0)]
-    torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     store = args.work / "results.json"
     results = json.loads(store.read_text()) if store.exists() else {}
 
-    def run(key: str, config: dict, settle=None) -> None:
-        if key not in results:
-            results[key] = train(config, args.work / key.replace(" ", "_").replace(":", "_"), settle)
-            store.write_text(json.dumps(results, indent=1))
-            r = results[key]
-            print(f"{key}: bpp {r['bpp']:.4f} PSNR {r['psnr']:.2f} R-D {r['rd_loss']:.4f} "
-                  f"after {r['iterations']} it ({r['why']}, {r['seconds']:.0f} s)", flush=True)
-            if args.output:
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(report(args, argv, results))
-
     lambdas = sorted(args.lambdas)
-    anchors = {lambdas[-1] if o.endswith("descending") else lambdas[0] for o, _, _ in args.ladder}
-    for lm in sorted(anchors, reverse=True) + [lm for lm in lambdas[::-1] if lm not in anchors]:
-        run(f"scratch {lm:g}", trial(args, lm, args.iterations, args.lr))
+    jobs = {f"scratch {lm:g}": (trial(args, lm, args.iterations, args.lr), None, None) for lm in lambdas[::-1]}
+    same: dict[str, str] = {}  # a ladder's trial that another ladder trains identically (nearest's first step)
     for order, lr, warmup in args.ladder:
-        name = f"{order}:{lr:g}:{warmup}"
+        name, anchor = f"{order}:{lr:g}:{warmup}", lambdas[-1] if order.endswith("descending") else lambdas[0]
         for lm, source in ladder_sources(order, lambdas):
-            source_key = f"scratch {source:g}" if source in anchors and f"{name} {source:g}" not in results \
-                else f"{name} {source:g}"
-            checkpoint = args.work / source_key.replace(" ", "_").replace(":", "_")
-            run(f"{name} {lm:g}", trial(args, lm, args.fine_tune, lr, warmup, args.eval_every, str(checkpoint),
-                                        decay=False), args.settle)
+            source_key = f"scratch {source:g}" if source == anchor else f"{name} {source:g}"
+            source_key = same.get(source_key, source_key)
+            job = (trial(args, lm, args.fine_tune, lr, warmup, args.eval_every, str(_folder(args, source_key)),
+                         decay=False), args.settle, source_key)
+            twin = next((key for key, other in jobs.items() if other == job), None)
+            if twin:
+                same[f"{name} {lm:g}"] = twin
+            else:
+                jobs[f"{name} {lm:g}"] = job
+
+    def done(key: str, outcome: dict) -> None:
+        results.update({k: outcome for k, twin in {key: key, **same}.items() if twin == key})
+        store.write_text(json.dumps(results, indent=1))
+        print(f"{key}: bpp {outcome['bpp']:.4f} PSNR {outcome['psnr']:.2f} R-D {outcome['rd_loss']:.4f} after "
+              f"{outcome['iterations']} it ({outcome['why']}, {outcome['seconds']:.0f} s)", flush=True)
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(report(args, argv, results))
+
+    # Independent trials run side by side (--jobs processes); a fine-tune waits for its source. In file order
+    # otherwise: the from-scratch family first, then each ladder as given.
+    waiting = [key for key in jobs if key not in results]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
+        running: dict = {}
+        while waiting or running:
+            for key in [k for k in waiting if jobs[k][2] is None or jobs[k][2] in results][:args.jobs - len(running)]:
+                config, settle, _ = jobs[key]
+                running[pool.submit(train, config, _folder(args, key), settle)] = key
+                waiting.remove(key)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done(running.pop(future), future.result())
     text = report(args, argv, results)
     print(text)
     if args.output:
