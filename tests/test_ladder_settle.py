@@ -79,7 +79,7 @@ def test_settle_section_is_described_listed_and_priced(tmp_path, capsys):
     keys = capsys.readouterr().out
     assert "ladder.settle.tolerance: a number > 0 and < 100; required." in keys
     assert "ladder.settle.evaluations: an integer >= 2; default 3." in keys
-    assert main(["estimate", str(path), "--steps", "1", "--warmup", "1"]) == 0
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "1", "--launch", "5"]) == 0
     out = capsys.readouterr().out
     assert "80 + 180 = 260 iterations" in out  # the fine-tunes at their cap: 6 x 30
     assert ("fine-tunes priced at their cap (ladder.fine_tune schedule.iterations): the settle rule (ladder.settle: "
