@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from search.analysis.bdrate import MIN_SHORTER_OVERLAP, bd_rate
+from search.analysis.bunching import family_warnings
 from search.analysis.curves import RATE_LIKELIHOOD, CurveError, RDCurve, load_curve, shipped_anchor
 from search.analysis.families import (
     anchor_family,
@@ -78,6 +79,7 @@ class TrialRecord:
     family_name: Optional[str] = None  # the lic_search.family_name tag (readable; absent on older runs)
     family: Optional[str] = None  # the lic_search.family tag (a ladder's fine-tunes: their anchor's family)
     variant: Optional[str] = None  # the lic_search.variant tag: its variant label in a labelled space
+    ladder: Optional[str] = None  # the lic_search.ladder tag: anchor / fine_tune in a ladder search
     lof: dict[str, float] = field(default_factory=dict)  # lof/<setting>/* metrics of `eval --search` (LOF sweep)
     per_image: Optional[PerImage] = None  # its last evaluation, image by image (None: recorded before they were kept)
 
@@ -147,7 +149,7 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             status=tags.get(T.TAG_STATUS),
             params=dict(run.data.params),
             family_name=tags.get(T.TAG_FAMILY_NAME) or None, family=tags.get(T.TAG_FAMILY) or None,
-            variant=tags.get(T.TAG_VARIANT) or None,
+            variant=tags.get(T.TAG_VARIANT) or None, ladder=tags.get(T.TAG_LADDER) or None,
             histories={m: _history(client, run.info.run_id, m) for m in HISTORY_METRICS + SCHEDULE_METRICS},
             lof={k: v for k, v in run.data.metrics.items() if k.startswith(T.METRIC_LOF_PREFIX)},
             per_image=per_image_table(client, run.info.run_id),
@@ -407,6 +409,7 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
     stats, folded = (family_intervals(ordered, own_anchor, labels, {t.trial_id: t.per_image for t in used},
                                       "psnr", method, content.bootstrap) if own_anchor is not None else (None, {}))
     content.intervals = stats.to_dict() if stats is not None else None
+    bunched = family_warnings(ordered, labels, {t.trial_id: t.ladder for t in used})
     for entry in ranking:
         label = labels[entry.family.key]
         curve = _labelled_curve(entry.family, label)
@@ -416,6 +419,7 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
                                             differ[entry.family.key], method, names[entry.family.key])
                                 | interval_fields(stats, folded.get(entry.family.key, label),
                                                   NO_ANCHOR if own_anchor is None else "no per-image results"))
+        content.families[-1]["bunched"] = bunched.get(entry.family.key)
     for with_auxt, without in auxt_pairs(ordered):
         pair, rows = _pair_rows(with_auxt, without, labels, method)
         content.auxt_pairs.append(pair)
@@ -508,8 +512,9 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
                                       method, bootstrap) if own_anchor is not None else (None, {}))
     differ = distinguishing_params([entry.family for entry in ranking])
     names = family_names([entry.family for entry in ranking], used)
+    bunched = family_warnings(families, labels, {t.trial_id: t.ladder for t in used})
     return [{"rank": entry.rank, "family": entry.family.key, "family_name": names[entry.family.key],
-             "label": labels[entry.family.key], "bootstrap": bootstrap.to_dict(),
+             "label": labels[entry.family.key], "bootstrap": bootstrap.to_dict(), "bunched": bunched.get(entry.family.key),
              "resolution": stats.resolution if stats is not None else None,
              "resolution_text": stats.resolution_sentence() if stats is not None else None,
              **interval_fields(stats, folded.get(entry.family.key, labels[entry.family.key]),

@@ -475,6 +475,7 @@ def _markdown(content: "ReportContent", plots: dict[str, Optional[dict[str, str]
         _family_table(content) if content.families else "_No completed trial has eval/bpp and eval/psnr yet._",
         "",
         *_uncertainty_lines(content, plots),
+        *[f"**Warning:** {family['bunched']}.\n" for family in content.families if family.get("bunched")],
     ]
     if plots[PLOT_RD_PSNR]:
         lines += [f"![R-D curves, PSNR]({PLOT_RD_PSNR})", ""]

@@ -124,6 +124,9 @@ def _best_families(args, selection) -> int:
               f"told apart. {method}.")
         if rows[0].get("resolution_text"):
             print(rows[0]["resolution_text"][0].upper() + rows[0]["resolution_text"][1:] + ".")
+    for row in rows:
+        if row.get("bunched"):
+            print(f"warning: {row['bunched']}")
     return 0
 
 

@@ -76,6 +76,11 @@ def _print_ladder(ladder, seconds, scratch, file, gpus: int, unit: str) -> None:
           f"{_hours(scratch.grid_wall_hours)}; the ladder is {iterations / max(scratch.grid_iterations, 1):.0%} of it")
     if file.scheduler.type == "asha":
         print("  under ASHA only the anchors that finish their budget are fine-tuned: the ladder costs at most this")
+    if file.ladder.settle is not None:
+        print(f"  fine-tunes priced at their cap (ladder.fine_tune schedule.iterations): the settle rule "
+              f"(ladder.settle: {file.ladder.settle.tolerance:g}% over {file.ladder.settle.evaluations} evaluations) "
+              "ends each one when its rate has settled, so they cost at most this, at least "
+              f"{file.ladder.settle.evaluations} evaluations each")
 
 
 def _run_probe(space: Path, storage_path: Path, tracking_uri: str) -> None:

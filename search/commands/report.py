@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {report.markdown}")
     print(f"{len(report.data['trials'])} trials, {len(families)} rate families ({len(ranked)} with a BD-rate)")
     print(f"intervals: {report.data['bootstrap_text']}")
+    for family in families:
+        if family.get("bunched"):
+            print(f"warning: {family['bunched']}")
     for best in report.data["best_per_rate_point"]:
         print(f"best at {stratum_label(best['stratum'])}: {best_line(best, report.data['metric'])}")
     for line in savings_lines(report.data):

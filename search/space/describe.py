@@ -140,6 +140,11 @@ def describe_spec(spec: SearchSpec) -> str:
         tuned = ", ".join(f"{k}={show(v)}" for k, v in file.ladder.fine_tune.items()) or "nothing changed"
         lines.append(f"ladder: per rate family, {anchor} from scratch first; every other rate point then fine-tuned "
                      f"from its final weights with {tuned}")
+        settle = file.ladder.settle
+        if settle is not None:
+            lines.append(f"ladder settle: a fine-tune ends once eval/bpp and eval/rd_loss of its last "
+                         f"{settle.evaluations} evaluations lie within {settle.tolerance:g}% of the latest (its "
+                         "schedule.iterations is the cap)")
     r = file.resources
     workers = "" if r.workers_per_trial == 1 else (f" over {r.workers_per_trial} data-parallel workers "
                                                    f"({r.gpus_per_trial / r.workers_per_trial:g} GPU each)")

@@ -24,6 +24,15 @@ class ResourcesConfig(_Strict):
                                    "cpus_per_trial and gpus_per_trial are the trial's totals, split evenly over them.")
 
 
+class SettleConfig(_Strict):
+    """When a fine-tune has settled: its rate and R-D loss stopped moving (the fine-tune's budget is then a cap)."""
+
+    tolerance: float = Field(..., gt=0, lt=100, description="Percent: a fine-tune ends once eval/bpp and "
+                             "eval/rd_loss of its last `evaluations` evaluations all lie within this of the latest.")
+    evaluations: int = Field(3, ge=2, description="How many consecutive evaluations (every schedule.eval_every "
+                             "iterations) must agree; the fine-tune budget must allow at least this many.")
+
+
 class LadderConfig(_Strict):
     """A rate ladder: each rate family's anchor rate point first, the others fine-tuned from its weights."""
 
@@ -31,6 +40,8 @@ class LadderConfig(_Strict):
                                    "family: every rate key that varies with its value, e.g. {loss.lmbda: 0.0483}.")
     fine_tune: dict[str, Any] = Field(default_factory=dict, description="Dotted trial keys set for every other "
                                       "rate point, e.g. {schedule.iterations: 200000, schedule.lr: 5.0e-5}.")
+    settle: Optional[SettleConfig] = Field(None, description="End each fine-tune once its rate has settled "
+                                           "(schedule.iterations of fine_tune is then its cap); null: fixed length.")
 
 
 class SpaceFile(_Strict):

@@ -141,14 +141,21 @@ def _check_fine_tune_phase(file: str, spec: SearchSpec) -> None:
     from trainables.config import TrialConfig
 
     phase = fine_tune_spec(spec)
+    settle = spec.file.ladder.settle
     for config in phase.configs():
         try:
-            TrialConfig.model_validate(config)
+            schedule = TrialConfig.model_validate(config).schedule
         except ValidationError as error:
             problem = error.errors()[0]
             where = ".".join(map(str, problem["loc"]))
             raise SpaceError(file, "ladder.fine_tune", f"a fine-tuned trial would be invalid at trial.{where}: "
                              f"{problem['msg']}") from None
+        evaluations = schedule.iterations // min(schedule.eval_every, schedule.iterations)
+        if settle is not None and evaluations < settle.evaluations:
+            raise SpaceError(file, "ladder.settle.evaluations", f"a fine-tune of {schedule.iterations} iterations "
+                             f"evaluates {evaluations} time(s) (every {schedule.eval_every}), so it could never "
+                             f"see {settle.evaluations} evaluations settle: lower it, or raise the fine-tune's "
+                             "schedule.iterations or lower its schedule.eval_every in ladder.fine_tune")
     try:
         check_search_setup(phase.file.search, phase.file.scheduler, phase.file.trial, phase.budget(), file)
     except SpaceError as error:

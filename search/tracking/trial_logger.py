@@ -123,6 +123,7 @@ class MlflowTrialLogger(tune.Callback):
         self._client = None
         self.ladder_role: Optional[str] = None  # set by a ladder search per phase (tag lic_search.ladder)
         self.ladder_plan = None  # the fine-tune phase's LadderPlan: which anchor a warm start comes from
+        self.stop_reasons: dict[str, str] = {}  # trial id -> why a stopper (the ladder's settle rule) ended it
         self._attach(journal, sender, recover_from_mlflow)
         self._reset()
 
@@ -369,7 +370,9 @@ class MlflowTrialLogger(tune.Callback):
             return
         budget = int(trial.config.get("schedule", {}).get("iterations", 0))
         reached = self._last_iteration.get(trial.trial_id) or int((trial.last_result or {}).get(M.ITERATIONS, 0))
-        if reached and reached < budget:
+        if trial.trial_id in self.stop_reasons:  # its rate settled: the budget was only a cap
+            status, detail = T.STATUS_COMPLETED, f"{self.stop_reasons[trial.trial_id]} (cap {budget})"
+        elif reached and reached < budget:
             status, detail = T.STATUS_STOPPED, f"stopped by the scheduler at iteration {reached} of {budget}"
         else:
             status, detail = T.STATUS_COMPLETED, f"completed {reached} iterations"

@@ -29,6 +29,7 @@ from search.space import SearchSpec
 from search.space.ladder import anchor_spec, fine_tune_configs, fine_tune_spec
 from search.space.strata import family_key
 from search.tracking import run_names
+from search.tuning.settle import SettleStopper
 from trainables import metrics as M
 
 
@@ -103,10 +104,16 @@ def search_algorithm(spec: SearchSpec, configs: list[dict]):
     return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
 
 
+def settle_stopper(spec: SearchSpec) -> Optional[SettleStopper]:
+    """The fine-tune phase's settle rule (``ladder.settle``) as a Tune stopper; None: fixed-length fine-tunes."""
+    settle = spec.file.ladder.settle if spec.file.ladder is not None else None
+    return SettleStopper(settle.tolerance, settle.evaluations) if settle is not None else None
+
+
 def phase_store(store: ExperimentStore) -> ExperimentStore:
     """The fine-tune phase's Ray experiment folder."""
     return ExperimentStore(f"{store.location}/{FINE_TUNE_FOLDER}")
 
 
-__all__ = ["anchor_outcome", "plan", "phase_store", "search_algorithm", "ExplicitConfigs", "anchor_spec",
+__all__ = ["anchor_outcome", "plan", "phase_store", "settle_stopper", "search_algorithm", "ExplicitConfigs", "anchor_spec",
            "fine_tune_spec"]

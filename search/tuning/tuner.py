@@ -95,6 +95,7 @@ class Phase:
     spec: SearchSpec
     store: ExperimentStore
     points: Optional[list[dict]] = None
+    stopper: Optional[object] = None  # a ray.tune Stopper (the ladder's settle rule), or None
 
     def param_space(self) -> dict:
         return {} if self.points is not None else tuner_param_space(self.spec)
@@ -125,11 +126,13 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
         ours = tuple(type(c) for c in callbacks)
         run_config.callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, ours)] + callbacks
         run_config.verbose = console.ray_verbosity()  # this driver's --verbose, not the first one's
+        run_config.stop = phase.stopper  # this driver's stopper (and its record of why trials stopped)
         return tuner
     run_config = tune.RunConfig(
         name=phase.store.name,
         storage_path=phase.store.parent,
         callbacks=callbacks,
+        stop=phase.stopper,
         failure_config=tune.FailureConfig(max_failures=resources.max_failures),
         # PBT restores clones from other trials' checkpoints: keep a few more of them.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if spec.file.scheduler.type == "pbt" else 2),
@@ -232,7 +235,8 @@ def _run_ladder(spec: SearchSpec, store: ExperimentStore, restore: bool, recorde
         restore = False  # the fine-tune phase starts now
     else:
         results = list(_phase_results(anchors))
-    fine_tunes = Phase(ladder.fine_tune_spec(spec), ladder.phase_store(store), plan.configs)
+    fine_tunes = Phase(ladder.fine_tune_spec(spec), ladder.phase_store(store), plan.configs,
+                       ladder.settle_stopper(spec))
     started = restore and tune.Tuner.can_restore(fine_tunes.store.location)
     print(f"ladder: {sum(bool(f.checkpoint) for f in plan.families)} of {len(plan.families)} rate families "
           f"fine-tune {len(plan.configs)} trials from their anchors", *plan.lines(), sep="\n")
@@ -240,6 +244,8 @@ def _run_ladder(spec: SearchSpec, store: ExperimentStore, restore: bool, recorde
         return results
     recorder.logger.ladder_role = T.LADDER_FINE_TUNE
     recorder.logger.ladder_plan = plan
+    if fine_tunes.stopper is not None:
+        recorder.logger.stop_reasons = fine_tunes.stopper.reasons
     tuner = _tuner(spec, store, fine_tunes, started,
                    [recorder.logger, stop, *console.callbacks(fine_tunes.spec, store, plan.configs)])
     return results + list(tuner.fit())
