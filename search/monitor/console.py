@@ -239,6 +239,9 @@ class LiveConsole(tune.Callback):
         elif result.get(M.DAMAGED_CHECKPOINTS):
             self._event(f"{trial.trial_id} restored at {at}, skipping damaged checkpoints: "
                         + "; ".join(str(result[M.DAMAGED_CHECKPOINTS]).splitlines()))
+        if result.get(M.UNVERIFIED_CHECKPOINT):
+            self._event(f"{trial.trial_id} restored at {at} from {result[M.UNVERIFIED_CHECKPOINT]}, which has no "
+                        "checksums to verify (written before they were recorded)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._begin()
