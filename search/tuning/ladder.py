@@ -23,6 +23,7 @@ from typing import Any, Iterable, Optional
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from search.experiment.atomic import write_local_text
 from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderFamily, LadderPlan
 from search.experiment.store import ExperimentStore
 from search.space import SearchSpec
@@ -89,7 +90,7 @@ class ExplicitConfigs(Searcher):
         return True  # the configs are whole: nothing to take from Ray's param space
 
     def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps({"proposed": self.proposed, "configs": self.configs}))
+        write_local_text(checkpoint_path, json.dumps({"proposed": self.proposed, "configs": self.configs}))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())

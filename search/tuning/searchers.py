@@ -34,6 +34,7 @@ from typing import Any, Optional, Union
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search.experiment.atomic import write_local_text
 from search.space.keypath import get_path, set_path
 from trainables import metrics as M
 from trainables.config import flatten
@@ -225,8 +226,7 @@ class StratifiedOptunaSearch(Searcher):
         state = {"version": 1, "counts": self._counts, "trial_cell": self._trial_cell,
                  "trial_config": self._trial_config,
                  "cells": [None if s is None else _cell_state(s) for s in self._searchers]}
-        with open(checkpoint_path, "w") as handle:
-            json.dump(state, handle)
+        write_local_text(checkpoint_path, json.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as handle:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 
+from trainables.atomic_file import write_atomically
 from trainables.config import TrialConfig
 from trainables.errors import LicSearchError
 
@@ -54,22 +53,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
 def file_digest(path: Path) -> dict[str, Any]:
     """Size and SHA-256 of a file, as :data:`MANIFEST_FILE` records them."""
     digest = hashlib.sha256()
@@ -84,12 +67,12 @@ def save_checkpoint(state: dict[str, Any], folder: Path) -> Path:
     what was written; returns the state file."""
     folder = Path(folder)
     target = folder / STATE_FILE
-    _atomic_write(target, lambda stream: torch.save(state, stream))
+    write_atomically(target, lambda stream: torch.save(state, stream))
     config_text = yaml.safe_dump(state["config"], sort_keys=False).encode()
-    _atomic_write(folder / CONFIG_FILE, lambda stream: stream.write(config_text))
+    write_atomically(folder / CONFIG_FILE, lambda stream: stream.write(config_text))
     manifest = {name: file_digest(folder / name) for name in (STATE_FILE, CONFIG_FILE)}
     text = json.dumps(manifest, indent=1).encode()
-    _atomic_write(folder / MANIFEST_FILE, lambda stream: stream.write(text))
+    write_atomically(folder / MANIFEST_FILE, lambda stream: stream.write(text))
     return target
 
 
