@@ -304,13 +304,20 @@ def _is_optuna(spec) -> bool:
     return spec.file.search.algorithm == "optuna"
 
 
+def concurrency_limit(spec, cap: Optional[int] = None) -> Optional[int]:
+    """How many trials of a phase may run at once: ``search.max_concurrent``, lowered to ``cap`` (data-parallel
+    trials: how many the cluster's workers fit); None: no limit. Every phase (a ladder's fine-tunes too) uses it."""
+    limits = [c for c in (spec.file.search.max_concurrent, cap) if c]
+    return min(limits) if limits else None
+
+
 def build_search_algorithm(spec, cap: Optional[int] = None):
     """The search algorithm of a space: Ray's BasicVariantGenerator or a :class:`StratifiedOptunaSearch`.
 
     ``cap`` lowers ``search.max_concurrent`` (data-parallel trials: how many the cluster's workers fit).
     """
     search = spec.file.search
-    limit = min(c for c in (search.max_concurrent, cap) if c) if (search.max_concurrent or cap) else None
+    limit = concurrency_limit(spec, cap)
     if not _is_optuna(spec):
         return BasicVariantGenerator(max_concurrent=limit or 0, random_state=search.seed)
     objectives = getattr(search, "objectives", None)
@@ -339,5 +346,5 @@ def tune_num_samples(spec) -> int:
     return spec.trial_count() if _is_optuna(spec) else spec.file.search.num_samples
 
 
-__all__ = ["StratifiedOptunaSearch", "PrunedOptunaSearch", "build_search_algorithm", "tuner_param_space",
+__all__ = ["StratifiedOptunaSearch", "PrunedOptunaSearch", "build_search_algorithm", "concurrency_limit", "tuner_param_space",
            "tune_num_samples", "grid_cells", "make_sampler"]

@@ -136,13 +136,13 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
         verbose=console.ray_verbosity(),  # Ray's boxes only with --verbose (search.monitor.console)
     )
     data_parallel = resources.workers_per_trial > 1
+    cap = _concurrent_data_parallel_trials(spec) if data_parallel else None  # every phase, fine-tunes too
     tune_config = tune.TuneConfig(
         num_samples=len(phase.points) if phase.points is not None else tune_num_samples(phase.spec),
         scheduler=build_scheduler(phase.spec),
         # Tune sees only the coordinators of data-parallel trials: start no more than their workers fit.
-        search_alg=(ladder.search_algorithm(phase.spec, phase.points) if phase.points is not None
-                    else build_search_algorithm(phase.spec, _concurrent_data_parallel_trials(spec)
-                                                if data_parallel else None)),
+        search_alg=(ladder.search_algorithm(phase.spec, phase.points, cap) if phase.points is not None
+                    else build_search_algorithm(phase.spec, cap)),
         # Importing torch + CompressAI costs seconds per process: keep trial actors warm. A data-parallel
         # trial's actor only coordinates (its workers are new processes each time): end it with the trial.
         reuse_actors=not data_parallel,
