@@ -113,6 +113,7 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
 
         reaper = WorkerGroupReaper(start_registry())
         callbacks = [*callbacks, reaper]
+        console.name_raylet_lines(reaper.trial_process)  # Ray's lines about a worker that died name its trial
         trainable = _data_parallel_trainable(spec, store, indexes, reaper.registry)
     else:
         trainable = tune.with_parameters(train_lic_indexed, train_indexes=indexes)

@@ -27,6 +27,7 @@ it (``search.tuning.worker_groups``).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -75,13 +76,22 @@ class WorkerGroup:
 
 
 class WorkerGroupRegistry:
-    """A Ray actor the driver starts: trial id -> placement groups its workers started in, oldest first."""
+    """A Ray actor the driver starts: trial id -> placement groups its workers started in, oldest first; and
+    which trial each worker and coordinator process belongs to (by pid)."""
 
     def __init__(self) -> None:
         self._groups: dict[str, list[str]] = {}
+        self._processes: dict[int, tuple[str, str]] = {}  # pid -> (trial id, "worker r" or "coordinator")
 
     def record(self, trial_id: str, group_id: str) -> None:
         self._groups.setdefault(trial_id, []).append(group_id)
+
+    def record_process(self, trial_id: str, pid: int, role: str) -> None:
+        """A process of the trial (a rank, or its coordinator): the console names the trial when Ray says it died."""
+        self._processes[int(pid)] = (trial_id, role)
+
+    def process(self, pid: int) -> Optional[tuple[str, str]]:
+        return self._processes.get(int(pid))
 
     def groups(self) -> dict[str, list[str]]:
         return self._groups
@@ -144,6 +154,8 @@ def train_worker(loop_config: dict) -> None:
     registry = loop_config.get("registry")
     if shard.rank == 0 and registry is not None and group is not None:
         registry.record.remote(loop_config["trial_id"], group.id.hex())
+    if registry is not None:
+        registry.record_process.remote(loop_config["trial_id"], os.getpid(), f"worker {shard.rank}")
     if shard.rank == 0 and loop_config.get("stop") is not None:
         _watch_coordinator(loop_config["stop"])
     identity: dict[str, Any] = {M.NODE_ID: ray.get_runtime_context().get_node_id()}
@@ -244,6 +256,8 @@ def train_lic_data_parallel(config: dict, train_indexes: Optional[dict[str, str]
     _check_train_v2()
     assert group is not None and storage, "the driver passes the worker group and the Train storage"
     name = tune.get_context().get_trial_id()
+    if registry is not None:
+        registry.record_process.remote(name, os.getpid(), "coordinator")
     _remove_run_folder(storage, name)
     reports = Queue(actor_options={"num_cpus": 0})
     stop = Queue(actor_options={"num_cpus": 0})  # the coordinator's SIGTERM, for rank 0
