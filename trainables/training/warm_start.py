@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from trainables.training.checkpoint import MANIFEST_FILE, STATE_FILE, damage
+from trainables.training.checkpoint import MANIFEST_FILE, STATE_FILE, damage, restore_candidates
 from trainables import metrics as M
 from trainables.config import ModelConfig
 from trainables.errors import LicSearchError
@@ -181,8 +181,6 @@ def newest_verified(checkpoint, trial_id: Optional[str]) -> tuple[Optional[str],
     """The newest of a trial's checkpoints (``checkpoint`` first, then its older ones in the trial's folder,
     as a restore tries them) whose files match their recorded checksums, and "path: problem" of each newer
     one that did not. ``(None, problems)`` when none does."""
-    from trainables.training.trainable import restore_candidates
-
     damaged: list[str] = []
     for candidate in restore_candidates(checkpoint, trial_id):
         try:
