@@ -277,7 +277,8 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
     assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu", "--launch", "0"]) == 0
     shown = capsys.readouterr()
     out = shown.out
-    assert re.match(r"estimate: timing step configurations: 2/2 \[.*\] · 2/2: mbt2018-mean N=8 M=8, AuxT off, "
+    assert re.match(r"estimate: timing step configurations: 2/2 \[.*\] · 2/2: mbt2018-mean N=8 M=8 \(\d+ params\), "
+                    r"AuxT off, "
                     r"batch \d, crop \d+", shown.err), shown.err
     assert "estimate:" not in out  # progress goes to stderr only
     number = r"([\d.e+-]+)"
