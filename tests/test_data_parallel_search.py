@@ -264,13 +264,13 @@ def test_a_lost_worker_node_costs_a_two_worker_trial_one_checkpoint_interval(tmp
 
     def join(name: str):
         log = tmp_path / f"{name}.log"
-        node = start([RAY_CLI, "start", "--block", f"--address={address}", "--num-cpus=1", *common], log, auth)
+        node = start([RAY_CLI, "start", "--block", f"--address={address}", "--num-cpus=2", *common], log, auth)
         nodes.append(node)
         wait_for(lambda: "Ray runtime started" in log.read_text(), 120, f"node {name}")
         return node
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = _space(tmp_path, {"cpus_per_trial": 1, "max_failures": 1},
+    space = _space(tmp_path, {"max_failures": 1},
                    **{"model.auxt.enabled": False, "schedule.iterations": 40, "schedule.eval_every": 8,
                       "schedule.checkpoint_minutes": 0.01})
     results = tmp_path / "results"
