@@ -267,3 +267,34 @@ def test_the_quiet_console_keeps_optunas_new_study_lines_off(monkeypatch):
         optuna.logging.set_verbosity(verbosity)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+RAYLET_DIED = ("\x1b[33m(raylet)\x1b[0m A worker died or was killed while executing a task by an unexpected system "
+               "error. To troubleshoot the problem, check the logs for the dead worker. Lease ID: 0a1b2c3d Attempt "
+               "Number: 0 Worker ID: 5f6e7d8c9b Node ID: 1a2b3c Worker IP address: 127.0.0.1 Worker port: 40123 "
+               "Worker PID: 4242 Worker exit type: SYSTEM_ERROR Worker exit detail: The leased worker has "
+               "unrecoverable failure. Worker is requested to be destroyed when it is returned.")
+
+
+def test_a_raylet_line_about_a_data_parallel_trials_worker_becomes_one_plain_line_naming_the_trial():
+    import io
+
+    from search.monitor.console import RayletLines, raylet_line
+
+    owners = {4242: ("2247b_00000", "worker 1")}
+    line = raylet_line(RAYLET_DIED, owners.get)
+    assert line == ("lic-search: Ray: trial 2247b_00000's worker 1 (pid 4242) died: The leased worker has "
+                    "unrecoverable failure — the trial's attempt ends and it continues from its last checkpoint (a "
+                    "retry counted against resources.max_failures; Ray Train restarts a worker group that was still "
+                    "starting)")
+    unknown = raylet_line(RAYLET_DIED, lambda pid: None)
+    assert unknown.startswith("lic-search: Ray: a worker process (pid 4242) died: The leased worker has")
+    stream = io.StringIO()
+    out = RayletLines(stream, owners.get)
+    print("1 trials: 1 running", file=out)
+    print(RAYLET_DIED, file=out)
+    printed = stream.getvalue().splitlines()
+    assert printed == ["1 trials: 1 running", line]
+    assert "\x1b" not in stream.getvalue() and "Lease ID" not in stream.getvalue()
+    assert raylet_line("\x1b[33m(raylet)\x1b[0m Spilled 12 MiB. Set RAY_verbose_spill_logs=0 to hide.", owners.get) \
+        == "lic-search: Ray: Spilled 12 MiB"

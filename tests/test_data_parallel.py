@@ -132,3 +132,48 @@ def test_two_workers_resume_exactly_from_rank_0s_checkpoint(tmp_path: Path):
             assert resumed[rank]["results"][0][name] == whole[rank]["results"][1][name], name
         for name, value in whole[rank]["state"].items():
             assert torch.equal(resumed[rank]["state"][name], value), name
+
+
+def _rank_restore(rank: int, world: int, port: int, newest: str, out: str) -> None:
+    """Restore as a data-parallel trial's rank does; vote on a checkpoint only rank 1 asks for."""
+    import torch.distributed as dist
+    from ray import tune
+
+    from trainables.training import data_parallel
+    from trainables.training.data_parallel_trainable import _restore
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        trainer = Trainer(TrialConfig.model_validate(tiny_trial(**{"schedule.iterations": 6,
+                                                                  "schedule.eval_every": 6})),
+                          device=torch.device("cpu"), shard=Shard(rank, world))
+        notice = _restore(trainer, tune.Checkpoint(newest), "abc12_00000", Shard(rank, world))
+        due = data_parallel.agreed(lambda: "preempted" if rank == 1 else ("checkpoint" if rank == 0 else None),
+                                   ("checkpoint", "preempted"))
+        merged = data_parallel.union_over_ranks({f"file{rank}": "broken", "shared": f"rank {rank}"})
+        torch.save({"iteration": trainer.iteration, "notice": notice, "due": due(), "merged": merged},
+                   Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_restore_past_a_truncated_checkpoint_and_agree_on_stopping(tmp_path: Path):
+    """Rank 0 skips the truncated newest checkpoint for the older one and names it; rank 1 loads the one rank 0
+    chose. A SIGTERM on one rank stops both (the strongest reason wins); rank-local findings are merged."""
+    from tests.test_preemption import _trial_checkpoints
+
+    older, newest = _trial_checkpoints(tmp_path, [2, 4])
+    state = newest / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    mp.start_processes(_rank_restore, args=(2, _free_port(), str(newest), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["iteration"] for r in ranks] == [2, 2]
+    assert ranks[0]["notice"][M.NOTICE] == M.NOTICE_RESTORED
+    assert ranks[0]["notice"][M.DAMAGED_CHECKPOINTS].startswith(f"{newest}: state.pt has ")
+    assert ranks[1]["notice"] is None
+    assert [r["due"] for r in ranks] == ["preempted", "preempted"]
+    assert ranks[0]["merged"] == ranks[1]["merged"] == {"file0": "broken", "shared": "rank 0", "file1": "broken"}

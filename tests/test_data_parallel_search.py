@@ -172,3 +172,146 @@ def test_sigkilled_two_worker_search_resumes_with_continuous_histories(tmp_path:
     assert run.data.tags[T.TAG_STATUS] == "completed"
     steps = [m.step for m in client_for(uri).get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)]
     assert steps == list(range(4, 41, 4))
+
+
+def _train_workers(root_pid: int) -> list:
+    """The Ray Train worker processes (``ray::RayTrainWorker...``) among ``root_pid``'s descendants."""
+    import psutil
+
+    found = []
+    for process in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["worker", "coordinator"])
+def test_sigterm_to_a_worker_or_the_coordinator_checkpoints_and_resumes_there_without_a_failure(tmp_path: Path,
+                                                                                              victim: str):
+    """A 2-worker gloo trial (``max_failures: 0``) gets SIGTERM in one worker, or in its coordinator: every rank
+    stops at the next iteration after rank 0 checkpointed there, the attempt is a preemption (num_failures 0), the
+    next one starts at exactly that iteration, the clock checkpointed between evaluations, and the MLflow history
+    has each evaluation once."""
+    import signal
+
+    from search.tracking.client import client_for
+    from tests.test_faults_and_clusters import LIC_SEARCH, kill_session, start, trial_processes, wait_for
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = _space(tmp_path, {}, **{"model.auxt.enabled": False, "schedule.iterations": 40,
+                                    "schedule.eval_every": 8, "schedule.checkpoint_minutes": 0.01})
+    results = tmp_path / "results"
+    log = tmp_path / "driver.log"
+    driver = start(LIC_SEARCH + ["run", str(space), "--storage-path", str(results), "--tracking-uri", uri], log)
+    try:
+        def past_first_evaluation():
+            for result_file in (results / "dp").glob("*/result.json"):
+                if '"iterations": 8,' in result_file.read_text():
+                    found = _train_workers(driver.pid) if victim == "worker" else trial_processes(driver.pid)
+                    return found[-1] if found else None
+            return None
+
+        wait_for(past_first_evaluation, 400, "the trial past its first evaluation", interval=0.1).send_signal(
+            signal.SIGTERM)
+        assert driver.wait(timeout=500) == 0, log.read_text()[-3000:]
+    finally:
+        kill_session(driver)
+    (result_file,) = (results / "dp").glob("*/result.json")
+    lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    first = next(i for i, r in enumerate(lines) if M.RESTORED_AT in r)
+    stopped_at = lines[first][M.RESTORED_AT]
+    assert 8 <= stopped_at < 40 and all(r[M.RESTORED_AT] == stopped_at for r in lines[first:])
+    assert all(M.RESTORED_AT not in r and r[M.ITERATIONS] <= stopped_at for r in lines[:first])
+    output = log.read_text()
+    assert f"got SIGTERM: checkpointed at iteration {stopped_at};" in output, output[-3000:]
+    assert [r[M.ITERATIONS] for r in lines if not M.is_notice(r)] == [8, 16, 24, 32, 40]
+    assert any(r.get(M.NOTICE) == M.NOTICE_CHECKPOINT for r in lines)  # the clock checkpointed between them
+    state = next((results / "dp").glob("experiment_state-*.json")).read_text()
+    assert '\\"num_failures\\": 0' in state
+    (run,) = trial_runs("dp", uri)
+    assert run.data.tags[T.TAG_STATUS] == "completed"
+    assert run.data.tags[T.TAG_PREEMPTED].startswith(f"iteration {stopped_at} on node ")
+    client = client_for(uri)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [8, 16, 24, 32, 40]
+
+
+@pytest.mark.slow
+def test_a_lost_worker_node_costs_a_two_worker_trial_one_checkpoint_interval(tmp_path: Path):
+    """A real loopback cluster: a head without CPUs and one worker node that holds the whole 2-worker trial
+    (coordinator and both workers). The node is killed mid-training (raylet and workers at once) and another
+    joins: the trial continues there from the last checkpoint its lost attempt reported (the clock's, at most
+    one interval back), the search exits 0, and the MLflow history has each evaluation once."""
+    import secrets
+    import signal
+
+    from search.tracking.client import client_for
+    from tests.conftest import RAY_CLI
+    from tests.test_faults_and_clusters import (LIC_SEARCH, _node_processes, free_port, kill_session, start,
+                                                wait_for)
+
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    fast = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+            "RAY_health_check_initial_delay_ms": "1000"}
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    nodes = [start([RAY_CLI, "start", "--head", "--block", f"--port={port}", "--num-cpus=0",
+                    "--include-dashboard=false", *common], tmp_path / "head.log", {**auth, **fast})]
+
+    def join(name: str):
+        log = tmp_path / f"{name}.log"
+        node = start([RAY_CLI, "start", "--block", f"--address={address}", "--num-cpus=2", *common], log, auth)
+        nodes.append(node)
+        wait_for(lambda: "Ray runtime started" in log.read_text(), 120, f"node {name}")
+        return node
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = _space(tmp_path, {"max_failures": 1},
+                   **{"model.auxt.enabled": False, "schedule.iterations": 40, "schedule.eval_every": 8,
+                      "schedule.checkpoint_minutes": 0.01})
+    results = tmp_path / "results"
+    log = tmp_path / "driver.log"
+    try:
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), 120, "the head node")
+        first = join("first")
+        driver = start(LIC_SEARCH + ["run", str(space), "--address", address, "--storage-path", str(results),
+                                     "--tracking-uri", uri], log, auth)
+        try:
+            def past_first_evaluation():
+                return any('"iterations": 8,' in f.read_text() for f in (results / "dp").glob("*/result.json"))
+
+            wait_for(past_first_evaluation, 500, "the trial past its first evaluation", interval=0.2)
+            for process in _node_processes(first):  # the node is gone: its raylet and workers die at once
+                try:
+                    process.kill()
+                except Exception:  # noqa: BLE001  (already gone)
+                    pass
+            join("second")
+            assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
+        finally:
+            kill_session(driver)
+    finally:
+        for node in reversed(nodes):
+            if node.poll() is None:
+                node.send_signal(signal.SIGTERM)
+                try:
+                    node.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    kill_session(node)
+    (result_file,) = (results / "dp").glob("*/result.json")
+    lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    restored = [r for r in lines if M.RESTORED_AT in r]
+    before = lines[:lines.index(restored[0])]
+    assert restored[0][M.RESTORED_AT] >= max(r[M.ITERATIONS] for r in before)  # at most one clock interval lost
+    assert restored[0][M.NODE_ID] != before[-1][M.NODE_ID]
+    assert [r[M.ITERATIONS] for r in lines if not M.is_notice(r)] == [8, 16, 24, 32, 40]
+    state = next((results / "dp").glob("experiment_state-*.json")).read_text()
+    assert '\\"num_failures\\": 1' in state  # a lost node is a failure (unlike SIGTERM)
+    (run,) = trial_runs("dp", uri)
+    assert run.data.tags[T.TAG_STATUS] == "completed"
+    steps = [m.step for m in client_for(uri).get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)]
+    assert steps == [8, 16, 24, 32, 40]

@@ -3,6 +3,7 @@ space, the presets' stated GPU budgets, and the command on the quickstart."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -276,7 +277,8 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
     assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu", "--launch", "0"]) == 0
     shown = capsys.readouterr()
     out = shown.out
-    assert re.match(r"estimate: timing step configurations: 2/2 \[.*\] · 2/2: mbt2018-mean N=8 M=8, AuxT off, "
+    assert re.match(r"estimate: timing step configurations: 2/2 \[.*\] · 2/2: mbt2018-mean N=8 M=8 \(\d+ params\), "
+                    r"AuxT off, "
                     r"batch \d, crop \d+", shown.err), shown.err
     assert "estimate:" not in out  # progress goes to stderr only
     number = r"([\d.e+-]+)"
@@ -312,3 +314,24 @@ resources: {{cpus_per_trial: 2, gpus_per_trial: 0, workers_per_trial: 2}}
     assert "at 2 workers per trial: the times above / 2, assumed linear (not measured" in out
     grid = re.search(r"^grid \(every trial its full budget\): 100 iterations, ([\d.e+-]+) CPU-hours", out, re.M)
     assert float(grid.group(1)) > 0 and 100 * timed / 2 / 3600 <= float(grid.group(1)) * 1.006  # + evaluations
+
+
+@pytest.mark.parametrize("preset, knob", [("ablation_llic.yaml", "llic"), ("msp_profiles.yaml", "msp")])
+def test_each_kernel_variant_and_msp_profile_is_priced_apart(preset: str, knob: str) -> None:
+    """What to time comes from the built model (its size) and its backbone's own knobs, not a hand list: the
+    LLIC kernel variants and the MSP profiles (same widths, other work per step) each get their own timing."""
+    for folder in (Path("spaces"), Path("spaces/smoke")):
+        spec = load_space(folder / preset, check_data=False)  # full presets point at the user's data
+        trials = plan_trials(spec, seed=spec.file.search.seed)
+        variants = {spec.variants.label_of(t.config) or json.dumps(t.config["model"], sort_keys=True)
+                    for t in trials}
+        steps_per_variant: dict[str, set] = {}
+        for trial in trials:
+            label = spec.variants.label_of(trial.config) or json.dumps(trial.config["model"], sort_keys=True)
+            steps_per_variant.setdefault(label, set()).update(
+                (s.step.model, s.step.auxt) for s in trial.phases())
+        assert len(variants) > 1
+        keys = [frozenset(steps) for steps in steps_per_variant.values()]
+        assert len(set(keys)) == len(keys), steps_per_variant  # no two variants share a timing
+        assert all("params" in model for steps in keys for model, _ in steps)
+    assert any(f"{knob}." in model for steps in keys for model, _ in steps)

@@ -99,3 +99,34 @@ def test_ladder_fine_tunes_from_the_anchor_and_resumes_after_sigkill(tmp_path: P
 def _config_of(phase: Path) -> dict:
     (params,) = phase.glob("*/params.json")
     return json.loads(params.read_text())
+
+
+def test_a_labelled_ladder_keeps_its_labels_in_the_fine_tune_phase(tmp_path: Path):
+    """Variant labels on the model: the fine-tuned runs (model.init_from added) keep their variant's label in
+    their run names, the lic_search.variant tag and the console, as the anchors do."""
+    import yaml
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 2}},
+                         name="labelled", resources={"cpus_per_trial": 1, "max_failures": 0})
+    data = yaml.safe_load(space.read_text())
+    data["trial"]["model"] = {"grid": [{"label": "narrow", "backbone": "mbt2018-mean", "N": 8, "M": 8},
+                                       {"label": "wide", "backbone": "mbt2018-mean", "N": 16, "M": 8}]}
+    data["trial"]["loss"]["lmbda"] = {"grid": [0.013, 0.0483]}
+    data["trial"]["schedule"].update({"iterations": 4, "eval_every": 2, "lr": 1e-3})
+    data["scheduler"] = {"type": "fifo"}
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = subprocess.run(LIC_SEARCH + ["run", str(space), "--storage-path", str(tmp_path / "results"),
+                                        "--tracking-uri", uri], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = trial_runs(uri, "labelled")
+    fine = [r for r in runs if r.data.tags.get(T.TAG_LADDER) == T.LADDER_FINE_TUNE]
+    assert len(runs) == 4 and len(fine) == 2
+    for run in runs:
+        label = run.data.tags[T.TAG_VARIANT]
+        assert label == ("wide" if run.data.params["model.N"] == "16" else "narrow")
+        assert run.info.run_name.startswith(label)
+    assert {r.data.tags[T.TAG_VARIANT] for r in fine} == {"narrow", "wide"}
+    assert all(r.info.run_name.endswith("fine-tuned") for r in fine)
+    completed = [line for line in done.stdout.splitlines() if " completed at 2/2 it" in line]  # the fine-tunes
+    assert len(completed) == 2 and all(("narrow" in line) != ("wide" in line) for line in completed), completed

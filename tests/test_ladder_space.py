@@ -132,19 +132,74 @@ def test_only_finished_anchors_are_fine_tuned_and_each_family_says_why(tmp_path)
     low_lr, high_lr = list(anchor_spec(spec).configs())[:1] * 2
     high_lr = {**high_lr, "schedule": {**high_lr["schedule"], "lr": 3e-3}}
 
-    def result(trial_id, config, iterations, error=None, checkpoint="/ckpt/{}", **metrics):
+    from ray import tune
+
+    def result(trial_id, config, iterations, error=None, **metrics):
+        folder = tmp_path / trial_id
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"weights")  # no checksums recorded: nothing to verify
         return SimpleNamespace(config=config, error=error, path=f"/r/{trial_id}",
                                metrics={"trial_id": trial_id, "iterations": iterations, **metrics},
-                               checkpoint=SimpleNamespace(path=checkpoint.format(trial_id)))
+                               checkpoint=tune.Checkpoint(str(folder)))
 
     finished = plan(spec, [result("a", low_lr, 40), result("b", high_lr, 20)], {"a": "run-a"})
     assert [(f.anchor_trial, f.checkpoint, f.anchor_run) for f in finished.families] == [
-        ("a", "/ckpt/a", "run-a"), ("b", None, None)]
+        ("a", str(tmp_path / "a"), "run-a"), ("b", None, None)]
     assert finished.families[1].reason == "stopped by the scheduler at iteration 20 of 40"
-    assert len(finished.configs) == 3 and {c["model"]["init_from"] for c in finished.configs} == {"/ckpt/a"}
+    assert len(finished.configs) == 3 and {c["model"]["init_from"] for c in finished.configs} == {str(tmp_path / "a")}
     assert "not fine-tuned: anchor b stopped by the scheduler" in "\n".join(finished.lines())
     others = plan(spec, [result("c", low_lr, 10, error=RuntimeError("boom")),
                          result("d", high_lr, 40, diverged=1, diverged_reason="non-finite loss at iteration 7")], {})
     assert [f.reason for f in others.families] == ["errored (RuntimeError)",
                                                    "diverged (non-finite loss at iteration 7)"]
     assert others.configs == []
+
+
+def test_a_tampered_anchor_checkpoint_is_refused_by_checksum_and_the_fine_tunes_start_from_the_older_one(tmp_path):
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from search.tuning.ladder import plan
+    from tests.test_preemption import _trial_checkpoints
+    from trainables.config import ModelConfig
+    from trainables.model import create_model
+    from trainables.training.warm_start import WarmStartError, apply_warm_start
+
+    spec = load_space(ladder_space(tmp_path))
+    anchor = next(anchor_spec(spec).configs())
+    older, newest = _trial_checkpoints(tmp_path, [2, 4])  # in a Ray trial folder of trial abc12_00000
+    with open(newest / "state.pt", "r+b") as stream:  # same size, other bytes: only the checksums tell
+        stream.seek(200)
+        stream.write(b"\xff" * 8)
+    config = ModelConfig.model_validate({**anchor["model"], "init_from": str(newest)})
+    with pytest.raises(WarmStartError) as refused:
+        apply_warm_start(create_model(config), config)
+    assert str(refused.value) == (f"model.init_from: {newest} fails its checksums (checksums.json): "
+                                  "state.pt differs from what was written (SHA-256 mismatch)")
+    result = SimpleNamespace(config=anchor, error=None, path=str(newest.parent),
+                             metrics={"trial_id": "abc12_00000", "iterations": 40},
+                             checkpoint=tune.Checkpoint(str(newest)))
+    ladder = plan(spec, [result], {})
+    (family,) = ladder.families
+    assert family.checkpoint == str(older) and family.damaged == [f"{newest}: state.pt differs from what was "
+                                                                  "written (SHA-256 mismatch)"]
+    assert {c["model"]["init_from"] for c in ladder.configs} == {str(older)}
+    assert f"passed over damaged checkpoint {newest}" in "\n".join(ladder.lines())
+
+
+def test_the_fine_tune_phase_gets_the_concurrency_cap_of_any_phase(tmp_path):
+    """Data-parallel trials: no more fine-tune coordinators at once than the cluster's workers fit (the cap), as
+    in the anchor phase; search.max_concurrent still applies when lower."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.tuning.ladder import ExplicitConfigs, search_algorithm
+    from search.tuning.searchers import concurrency_limit
+
+    spec = load_space(ladder_space(tmp_path))
+    configs = list(fine_tune_configs(spec, next(anchor_spec(spec).configs()), "/ckpt/a"))
+    capped = search_algorithm(spec, configs, cap=2)
+    assert isinstance(capped, ConcurrencyLimiter) and capped.max_concurrent == 2
+    assert isinstance(search_algorithm(spec, configs), ExplicitConfigs)  # no cap, no max_concurrent: no limit
+    lower = load_space(ladder_space(tmp_path, name="lower", search={"max_concurrent": 1}))
+    assert search_algorithm(lower, configs, cap=2).max_concurrent == 1 == concurrency_limit(lower, 2)

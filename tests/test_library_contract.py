@@ -228,3 +228,20 @@ def test_ray_train_v2_members_the_data_parallel_trial_uses():
         "UserCallback.after_report(run_context, metrics, checkpoint) moved"
     assert _parameters(PlacementGroup.__init__)[:2] == ["self", "id"], "PlacementGroup(id) moved"
     assert ray.PlacementGroupID.from_hex("0" * 36).hex() == "0" * 36
+
+
+def test_train_worker_callbacks_in_the_run_config_reach_the_workers_main_thread():
+    """Data-parallel trials install their SIGTERM handler through a Ray Train ``WorkerCallback`` (a DeveloperAPI)
+    passed in ``RunConfig.callbacks``: Train hands callbacks that are not UserCallbacks to its internals, which
+    copy WorkerCallbacks to each worker and call ``after_init_train_context`` from the worker actor's
+    ``init_train_context`` method (the actor's main thread, where Python runs signal handlers)."""
+    import inspect
+
+    from ray.train.v2._internal.execution.callback import WorkerCallback
+    from ray.train.v2._internal.execution.worker_group import worker as train_worker
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    assert hasattr(WorkerCallback, "after_init_train_context")
+    source = inspect.getsource(train_worker.RayTrainWorker.init_train_context)
+    assert "after_init_train_context()" in source
+    assert "not isinstance(cb, UserCallback)" in inspect.getsource(DataParallelTrainer._create_default_callbacks)

@@ -101,7 +101,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_older_one_and_names_it(tm
         load_checkpoint(newest)
 
     trainer = Trainer(_config())
-    damaged = restore(trainer, tune.Checkpoint(str(newest)), "abc12_00000")
+    damaged = restore(trainer, tune.Checkpoint(str(newest)), "abc12_00000").damaged
     assert trainer.iteration == 2
     assert len(damaged) == 1 and str(newest) in damaged[0] and "bytes" in damaged[0]
 
@@ -113,7 +113,7 @@ def test_only_ray_s_checkpoint_or_older_ones_of_the_trial_are_tried(tmp_path: Pa
 
     known, newer = _trial_checkpoints(tmp_path, [2, 4])
     trainer = Trainer(_config())
-    assert restore(trainer, tune.Checkpoint(str(known)), "abc12_00000") == []
+    assert restore(trainer, tune.Checkpoint(str(known)), "abc12_00000").damaged == []
     assert trainer.iteration == 2  # not 4: the newer checkpoint is not the one Ray registered
     (newer / STATE_FILE).write_bytes(b"")
     with pytest.raises(LicSearchError, match="no checkpoint of this trial loads"):  # not its folder: no fallback
@@ -140,3 +140,38 @@ def test_checkpoints_written_before_checksums_still_load(tmp_path: Path):
     (tmp_path / MANIFEST_FILE).unlink()
     assert load_checkpoint(tmp_path)["iteration"] == 0
     assert torch.is_tensor(load_checkpoint(tmp_path)["rng"]["torch"])
+
+
+def test_a_checkpoint_that_does_not_load_into_the_model_is_damage_too(tmp_path: Path):
+    """Checksums fine, but another model's weights (a load_state_dict mismatch): skipped, named with the reason."""
+    from ray import tune
+
+    from trainables.training.trainable import restored_notice
+
+    older, newest = _trial_checkpoints(tmp_path, [2, 4])
+    other = Trainer(_config(**{"model.N": 16}))
+    save_checkpoint(other.state_dict(), newest)  # verifies, but does not fit
+    trainer = Trainer(_config())
+    restored = restore(trainer, tune.Checkpoint(str(newest)), "abc12_00000")
+    assert trainer.iteration == 2 and restored.checkpoint.path == str(older)
+    (damaged,) = restored.damaged
+    assert damaged.startswith(f"{newest}: RuntimeError: Error(s) in loading state_dict") and "size mismatch" in damaged
+    notice = restored_notice(restored, trainer.iteration)
+    assert notice[M.NOTICE] == M.NOTICE_RESTORED and notice[M.DAMAGED_CHECKPOINTS] == damaged
+
+
+def test_a_checkpoint_without_checksums_is_loaded_with_a_note(tmp_path: Path, capsys):
+    from ray import tune
+
+    from trainables.training.trainable import restored_notice
+
+    (newest,) = _trial_checkpoints(tmp_path, [4])
+    (newest / MANIFEST_FILE).unlink()
+    trainer = Trainer(_config())
+    restored = restore(trainer, tune.Checkpoint(str(newest)), "abc12_00000")
+    assert trainer.iteration == 4 and restored.unverified and restored.damaged == []
+    assert f"checkpoint {newest} has no {MANIFEST_FILE}" in capsys.readouterr().out
+    notice = restored_notice(restored, 4)
+    assert notice[M.UNVERIFIED_CHECKPOINT] == str(newest) and M.DAMAGED_CHECKPOINTS not in notice
+    (newest / "checksums.json").write_text("{}")  # verified (nothing recorded to differ): nothing to say
+    assert restored_notice(restore(Trainer(_config()), tune.Checkpoint(str(newest)), "abc12_00000"), 4) is None

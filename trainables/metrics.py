@@ -55,12 +55,14 @@ INIT_KEPT_KEYS = "init_kept_keys"  # their names, comma-separated (a string; rec
 NODE_ID = "node_id"  # Ray node that ran the result (a string; recorded as an MLflow tag)
 
 # A result that is not an evaluation carries NOTICE (its kind: 'checkpoint' on the clock, 'preempted'
-# after SIGTERM, 'restored' after skipping damaged checkpoints), the iteration, and NaN scores (Ray
+# after SIGTERM, 'restored' after skipping damaged checkpoints or loading an unverifiable one), the iteration, and NaN scores (Ray
 # requires the scheduler's metric in every result). Schedulers, searchers, MLflow histories and the
 # scores the console shows skip it: use is_notice.
 NOTICE = "notice"
 NOTICE_CHECKPOINT, NOTICE_PREEMPTED, NOTICE_RESTORED = "checkpoint", "preempted", "restored"
 DAMAGED_CHECKPOINTS = "damaged_checkpoints"  # with notice 'restored': "path: problem" lines of those skipped
+# with notice 'restored': the checkpoint loaded had no checksums.json (older than checksums), so it was not verified
+UNVERIFIED_CHECKPOINT = "unverified_checkpoint"
 RESTORED_AT = "restored_at"  # in every result of an attempt that started from a checkpoint: its iteration
 
 

@@ -27,6 +27,7 @@ stages before its stop:
 from __future__ import annotations
 
 import copy
+import functools
 import heapq
 import itertools
 import math
@@ -61,13 +62,14 @@ class StepConfig:
     amp: str
     channels_last: bool
     compile: bool
+    model: str = ""  # what else of the built model sets the step (:func:`model_key`): its size and own knobs
 
     def label(self) -> str:
         widths = "" if self.N is None and self.M is None else f" N={self.N} M={self.M}"
         extras = "".join(f", {name}" for name, on in (("channels_last", self.channels_last),
                                                        ("compile", self.compile)) if on)
-        return (f"{self.backbone}{widths}, AuxT {self.auxt}, batch {self.batch_size}, crop {self.crop_size}, "
-                f"amp {self.amp}{extras}")
+        return (f"{self.backbone}{widths}{f' ({self.model})' if self.model else ''}, AuxT {self.auxt}, "
+                f"batch {self.batch_size}, crop {self.crop_size}, amp {self.amp}{extras}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,39 @@ def step_config(config: TrialConfig) -> StepConfig:
         auxt_text = "off"
     perf = config.performance
     return StepConfig(config.model.backbone, config.model.N, config.model.M, auxt_text, config.data.batch_size,
-                      config.data.crop_size, perf.amp, perf.channels_last, perf.compile)
+                      config.data.crop_size, perf.amp, perf.channels_last, perf.compile,
+                      model_key(config.model.model_dump_json(exclude={"init_from", "init_from_partial"})))
+
+
+@functools.lru_cache(maxsize=256)
+def model_key(model_json: str) -> str:
+    """What of a model config sets its step time beyond backbone, widths and AuxT, read off the built model:
+    its parameter count (any knob that changes a layer changes it) and its backbone's own knobs
+    (``BackboneSpec.options``, e.g. ``llic``, ``msp``: a kernel kind or a decoding profile may keep the
+    count and still change the work), each shown where it differs from the default. Nothing is listed by
+    hand, so a new backbone or knob is priced apart as soon as it changes either. Built on torch's meta
+    device: no memory, no initialisation."""
+    import torch
+
+    from trainables.backbones import get_backbone
+    from trainables.config import ModelConfig
+    from trainables.model import create_model
+
+    config = ModelConfig.model_validate_json(model_json)
+    try:
+        with torch.device("meta"):
+            model = create_model(config)
+    except Exception:  # noqa: BLE001  (a builder that needs real tensors: build it for real, once)
+        model = create_model(config)
+    size = sum(p.numel() for p in model.parameters())
+    parts = [f"{size / 1e6:.3g}M params" if size >= 1e5 else f"{size} params"]
+    section = get_backbone(config.backbone).options
+    if section:
+        knobs = getattr(config, section).model_dump(mode="json")
+        defaults = type(getattr(config, section))().model_dump(mode="json")
+        changed = {k: v for k, v in knobs.items() if v != defaults[k]}
+        parts += [f"{section}.{k}={v}" for k, v in sorted(changed.items())]
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)

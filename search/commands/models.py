@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from search.errors import LicSearchError
+from search.experiment.atomic import write_local_text
 
 WIDTH, HEIGHT = 768, 512
 PROBE = 128  # MACs measured at 128x128 and 128x256, extrapolated exactly: see trainables.model.count_macs
@@ -84,7 +85,7 @@ def _cached_summary(name: str, with_macs: bool, use_cache: bool) -> dict[str, Op
     cache[key] = row
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(json.dumps(cache, indent=1))
+        write_local_text(str(file), json.dumps(cache, indent=1))  # a crash never leaves half a cache
     except OSError:
         pass  # a read-only home only costs a recount next time
     return row

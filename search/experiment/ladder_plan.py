@@ -29,6 +29,7 @@ class LadderFamily:
     checkpoint: Optional[str] = None
     reason: str = ""  # why the family is not fine-tuned
     anchor_run: Optional[str] = None  # MLflow run id, when known (offline tracking: later)
+    damaged: list[str] = field(default_factory=list)  # "path: problem" of newer anchor checkpoints passed over
 
 
 @dataclass
@@ -55,6 +56,7 @@ class LadderPlan:
         """One line per family: fine-tuned from which anchor, or why not."""
         return [f"  {f.name or f.anchor_trial}: " + (f"fine-tuned from anchor {f.anchor_trial}" if f.checkpoint
                                                      else f"not fine-tuned: anchor {f.anchor_trial} {f.reason}")
+                + ("".join(f"; passed over damaged checkpoint {d}" for d in f.damaged) if f.damaged else "")
                 for f in self.families]
 
 

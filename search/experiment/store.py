@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from search.experiment.atomic import write_text
 from trainables.errors import LicSearchError
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
@@ -79,8 +80,7 @@ class ExperimentStore:
     def write_text(self, file: str, text: str) -> None:
         if "/" in file:  # a nested file (drivers/..., train_index/...): local filesystems need its folder
             self.fs.create_dir(f"{self.path}/{file.rsplit('/', 1)[0]}", recursive=True)
-        with self.fs.open_output_stream(f"{self.path}/{file}") as stream:
-            stream.write(text.encode())
+        write_text(self.fs, f"{self.path}/{file}", text)  # whole or not at all: a crash keeps the previous one
 
     def __str__(self) -> str:
         return self.location

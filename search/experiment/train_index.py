@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from search.errors import LicSearchError
+from search.experiment.atomic import write_file
 from search.experiment.store import ExperimentStore
 from trainables.data.file_index import list_training_files
 from trainables.errors import DataError
@@ -64,8 +65,8 @@ def build_index(store: ExperimentStore, source: str) -> IndexEntry:
         raise LicSearchError(f"trial.data.train: {error}") from None
     file = _index_file(source)
     store.fs.create_dir(f"{store.path}/{INDEX_FOLDER}", recursive=True)
-    with store.fs.open_output_stream(f"{store.path}/{file}") as stream:
-        stream.write(files.to_bytes())
+    data = files.to_bytes()
+    write_file(store.fs, f"{store.path}/{file}", lambda stream: stream.write(data))  # whole or not at all
     return IndexEntry(file, len(files), round(time.perf_counter() - started, 3))
 
 

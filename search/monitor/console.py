@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Callable, Optional, TextIO
 
 from ray import tune
 
@@ -94,6 +95,62 @@ def shorten_ray_logs() -> None:
         return
     for handler in logging.getLogger("ray").handlers:
         handler.setFormatter(OneLineRayLog())
+
+
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+RAYLET = "(raylet)"
+
+
+def raylet_line(text: str, process: Callable[[int], Optional[tuple[str, str]]]) -> str:
+    """The quiet console's form of a line Ray's raylet sends the driver (printed by Ray itself, colours and ids
+    included): one plain line naming the trial whose process it is (``process(pid)``: trial and role, or None)
+    and what happens next."""
+    message = " ".join(_COLOUR.sub("", text).split(RAYLET, 1)[-1].split())
+    pid = re.search(r"Worker PID: (\d+)", message)
+    owner = process(int(pid.group(1))) if pid else None
+    if pid is None and "worker died or was killed" not in message.lower():
+        return f"lic-search: Ray: {message.split('. ')[0].rstrip('.')}"
+    exit_type = re.search(r"Worker exit type: (\w+)", message)
+    detail = re.search(r"Worker exit detail: (.+?\.)(?: |$)", message)
+    cause = detail.group(1).rstrip(".") if detail else (exit_type.group(1) if exit_type else "unexpectedly")
+    if owner is None:
+        where = f" (pid {pid.group(1)})" if pid else ""
+        return (f"lic-search: Ray: a worker process{where} died: {cause} — Ray retries what it ran; a trial whose "
+                "process it was continues from its last checkpoint (a retry under resources.max_failures)")
+    trial, role = owner
+    return (f"lic-search: Ray: trial {trial}'s {role} (pid {pid.group(1)}) died: {cause} — the trial's attempt "
+            "ends and it continues from its last checkpoint (a retry counted against resources.max_failures; "
+            "Ray Train restarts a worker group that was still starting)")
+
+
+class RayletLines:
+    """Stdout of the quiet console: what Ray's raylet sends the driver becomes :func:`raylet_line`; the rest
+    passes as it is. (Ray prints those messages itself to ``sys.stdout``: there is no logger to format.)"""
+
+    def __init__(self, stream: TextIO, process: Callable[[int], Optional[tuple[str, str]]]):
+        self.stream = stream
+        self.process = process
+
+    def write(self, text: str) -> int:
+        if RAYLET in text:
+            try:
+                text = raylet_line(text, self.process)
+            except Exception:  # noqa: BLE001  (never lose the message over naming it)
+                text = _COLOUR.sub("", text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def name_raylet_lines(process: Callable[[int], Optional[tuple[str, str]]]) -> None:
+    """Quiet console: Ray's raylet lines on stdout as :func:`raylet_line` (``--verbose`` keeps Ray's own)."""
+    if _settings["verbose"]:
+        return
+    if isinstance(sys.stdout, RayletLines):
+        sys.stdout.process = process  # a later phase (a ladder's fine-tunes) brings its own registry
+        return
+    sys.stdout = RayletLines(sys.stdout, process)  # type: ignore[assignment]
 
 
 def ray_verbosity() -> int:
@@ -240,6 +297,9 @@ class LiveConsole(tune.Callback):
         elif result.get(M.DAMAGED_CHECKPOINTS):
             self._event(f"{trial.trial_id} restored at {at}, skipping damaged checkpoints: "
                         + "; ".join(str(result[M.DAMAGED_CHECKPOINTS]).splitlines()))
+        if result.get(M.UNVERIFIED_CHECKPOINT):
+            self._event(f"{trial.trial_id} restored at {at} from {result[M.UNVERIFIED_CHECKPOINT]}, which has no "
+                        "checksums to verify (written before they were recorded)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._begin()
@@ -279,5 +339,5 @@ class LiveConsole(tune.Callback):
             self._draw(trials, force=True)
 
 
-__all__ = ["configure", "shorten_ray_logs", "OneLineRayLog", "ray_verbosity", "callbacks", "LiveConsole",
+__all__ = ["configure", "shorten_ray_logs", "name_raylet_lines", "raylet_line", "RayletLines", "OneLineRayLog", "ray_verbosity", "callbacks", "LiveConsole",
            "interactive"]

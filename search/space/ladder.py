@@ -56,14 +56,15 @@ def _ladder(spec: SearchSpec) -> LadderConfig:
 
 
 def _derived(spec: SearchSpec, trial: dict) -> SearchSpec:
-    """A sub-space of ``spec`` with another trial template and no ladder (same search, scheduler, resources)."""
+    """A sub-space of ``spec`` with another trial template and no ladder (same search, scheduler, resources,
+    variant labels: ``trial`` is derived from the template without labels, the labels name its trials)."""
     file: SpaceFile = spec.file.model_copy(update={"trial": trial, "ladder": None})
-    return SearchSpec(spec.path, file)
+    return SearchSpec(spec.path, file, spec.variants, trial)
 
 
 def anchor_spec(spec: SearchSpec) -> SearchSpec:
     """The first phase: the space with each rate key fixed at the anchor's value."""
-    trial = copy.deepcopy(spec.file.trial)
+    trial = copy.deepcopy(spec.trial)  # without the variants' labels
     for key, value in _ladder(spec).anchor.items():
         kp.set_path(trial, key, value)
     return _derived(spec, trial)
@@ -75,7 +76,7 @@ def fine_tune_spec(spec: SearchSpec) -> SearchSpec:
     Its trials stand for the fine-tuned trials of the families (what the scheduler of the phase,
     ``estimate`` and validation need); the phase itself trains the anchors' exact configs."""
     ladder = _ladder(spec)
-    trial = copy.deepcopy(spec.file.trial)
+    trial = copy.deepcopy(spec.trial)  # without the variants' labels
     for key in rate_keys(spec):
         others = [value for value in _grid_values(spec, key) if value != ladder.anchor[key]]
         kp.set_path(trial, key, {"grid": others} if len(others) > 1 else others[0] if others else ladder.anchor[key])

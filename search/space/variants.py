@@ -26,7 +26,8 @@ from search.space.strata import canonical, flat_params
 
 LABEL_KEY = "label"
 SEPARATOR = " · "
-MAX_LABEL = 40  # a label names a column entry and a legend line; longer names wrap tables
+MAX_LABEL = 40
+WARM_START_KEYS = ("model.init_from", "model.init_from_partial")  # set on a ladder's fine-tunes, not by a variant  # a label names a column entry and a legend line; longer names wrap tables
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ class VariantSite:
         return key == self.prefix or key.startswith(self.prefix + ".")
 
     def label_of(self, flat: Mapping[str, object]) -> Optional[str]:
-        values = {k: v for k, v in flat.items() if self.covers(k)}
+        named = {key for variant in self.variants for key in (*dict(variant.fixed), *variant.drawn)}
+        # A warm start a ladder adds to its fine-tunes (model.init_from) is no part of a variant that does not name it
+        values = {k: v for k, v in flat.items() if self.covers(k) and (k not in WARM_START_KEYS or k in named)}
         found = [v.label for v in self.variants if v.matches(values)]
         return found[0] if len(found) == 1 else None
 

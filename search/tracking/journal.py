@@ -143,20 +143,7 @@ class Journal:
                 self.run_ids.update(run_ids)
             state = json.dumps({"shipped": self.shipped, "runs": self.run_ids}, indent=1)
         if self.store is not None:
-            self._write_atomically(SHIPPED_FILE, state)
+            self.store.write_text(SHIPPED_FILE, state)  # atomic, local or remote
 
     def remember_run(self, trial: str, run_id: str) -> None:
         self.mark_shipped(self.shipped, {trial: run_id})
-
-    def _write_atomically(self, file: str, text: str) -> None:
-        if is_uri(self.store.location):
-            self.store.write_text(file, text)  # object stores replace a whole object atomically
-            return
-        import os
-
-        target = f"{self.store.path}/{file}"
-        with open(target + ".tmp", "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(target + ".tmp", target)

@@ -17,6 +17,7 @@ TAG_STATUS = "lic_search.status"  # "running" | "completed" | "stopped" | "error
 TAG_STATUS_DETAIL = "lic_search.status_detail"  # e.g. "stopped by ASHA at iteration 200"
 TAG_NODE = "lic_search.node_id"  # Ray node of the trial's latest result
 TAG_DAMAGED_CHECKPOINTS = "lic_search.damaged_checkpoints"  # "path: problem" lines of checkpoints a restore skipped
+TAG_UNVERIFIED_CHECKPOINT = "lic_search.unverified_checkpoint"  # a restore loaded it without checksums to verify
 TAG_PREEMPTED = "lic_search.preempted"  # the latest SIGTERM checkpoint: "iteration N on node X" (not a failure)
 TAG_FAMILY = "lic_search.family"  # hash of the config without the R-D λ (rate family)
 TAG_FAMILY_NAME = "lic_search.family_name"  # readable: the family's shared distinguishing params

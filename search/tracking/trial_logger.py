@@ -357,6 +357,8 @@ class MlflowTrialLogger(tune.Callback):
         where = f"iteration {int(result.get(M.ITERATIONS, 0))} on node {result.get(M.NODE_ID, '?')}"
         if result.get(M.DAMAGED_CHECKPOINTS):
             tags[T.TAG_DAMAGED_CHECKPOINTS] = str(result[M.DAMAGED_CHECKPOINTS])[:5000]
+        if result.get(M.UNVERIFIED_CHECKPOINT):
+            tags[T.TAG_UNVERIFIED_CHECKPOINT] = str(result[M.UNVERIFIED_CHECKPOINT])
         if result.get(M.NOTICE) == M.NOTICE_PREEMPTED:
             tags[T.TAG_PREEMPTED] = where
         if tags:

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Optional
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from search.experiment.atomic import write_local_text
 from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderFamily, LadderPlan
 from search.experiment.store import ExperimentStore
 from search.space import SearchSpec
@@ -30,7 +31,9 @@ from search.space.ladder import anchor_spec, fine_tune_configs, fine_tune_spec
 from search.space.strata import family_key
 from search.tracking import run_names
 from search.tuning.settle import SettleStopper
+from search.tuning.searchers import concurrency_limit
 from trainables import metrics as M
+from trainables.training.warm_start import newest_verified
 
 
 def anchor_outcome(result: Any, budget: int) -> tuple[Optional[str], str]:
@@ -49,7 +52,10 @@ def anchor_outcome(result: Any, budget: int) -> tuple[Optional[str], str]:
 
 
 def plan(spec: SearchSpec, results: Iterable[Any], run_ids: dict[str, str]) -> LadderPlan:
-    """The fine-tune phase from the anchor phase's results: per family, its anchor's checkpoint or why not."""
+    """The fine-tune phase from the anchor phase's results: per family, its anchor's checkpoint or why not.
+
+    A final checkpoint whose files no longer match their checksums is passed over for the anchor's newest
+    one that does (named in ``ladder.json`` and on the console)."""
     keys = run_names.column_keys(spec.configs())
     ladder = LadderPlan()
     for result in sorted(results, key=lambda r: str((r.metrics or {}).get("trial_id", ""))):
@@ -57,8 +63,12 @@ def plan(spec: SearchSpec, results: Iterable[Any], run_ids: dict[str, str]) -> L
         trial_id = str((result.metrics or {}).get("trial_id", "")) or str(result.path).rsplit("/", 1)[-1]
         budget = int(config.get("schedule", {}).get("iterations", 0))
         checkpoint, reason = anchor_outcome(result, budget)
+        damaged: list[str] = []
+        if checkpoint:  # the newest checkpoint of the anchor whose files still match their checksums
+            checkpoint, damaged = newest_verified(result.checkpoint, trial_id)
+            reason = "" if checkpoint else "left no checkpoint that matches its checksums"
         ladder.families.append(LadderFamily(trial_id, run_names.family_name(config, keys), family_key(config),
-                                            checkpoint, reason, run_ids.get(trial_id)))
+                                            checkpoint, reason, run_ids.get(trial_id), damaged))
         if checkpoint:
             ladder.configs.extend(fine_tune_configs(spec, config, checkpoint))
     return ladder
@@ -90,17 +100,18 @@ class ExplicitConfigs(Searcher):
         return True  # the configs are whole: nothing to take from Ray's param space
 
     def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps({"proposed": self.proposed, "configs": self.configs}))
+        write_local_text(checkpoint_path, json.dumps({"proposed": self.proposed, "configs": self.configs}))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
         self.proposed, self.configs = int(state["proposed"]), list(state["configs"])
 
 
-def search_algorithm(spec: SearchSpec, configs: list[dict]):
-    """The fine-tune phase's search algorithm: the configs, at most ``search.max_concurrent`` at a time."""
+def search_algorithm(spec: SearchSpec, configs: list[dict], cap: Optional[int] = None):
+    """The fine-tune phase's search algorithm: the configs, at most as many at a time as any phase runs
+    (``search.max_concurrent``, lowered to ``cap``: how many data-parallel trials the cluster's workers fit)."""
     searcher = ExplicitConfigs(configs)
-    limit = spec.file.search.max_concurrent
+    limit = concurrency_limit(spec, cap)
     return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
 from search.experiment.ray_internals import experiment_location
+from search.experiment.atomic import write_local_text, write_text
 from search.space.sections import DEFAULT_STRATIFY_BY, trial_default
 from search.space.strata import stratum_of
 from trainables import metrics as M
@@ -271,8 +272,7 @@ class StratifiedASHA(FIFOScheduler):
         self._stopped = {tid: float(t) for tid, t in state["stopped"].items()}
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "w") as handle:
-            json.dump(self.state(), handle, indent=1)
+        write_local_text(checkpoint_path, json.dumps(self.state(), indent=1))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as handle:
@@ -318,13 +318,8 @@ class StratifiedASHA(FIFOScheduler):
         if self._target is None:
             return
         filesystem, path = self._target
-        data = json.dumps(self.state()).encode()
-        temporary = f"{path}.tmp"
-        parent = path.rsplit("/", 1)[0]
-        filesystem.create_dir(parent, recursive=True)
-        with filesystem.open_output_stream(temporary) as stream:
-            stream.write(data)
-        filesystem.move(temporary, path)  # atomic on local and POSIX-shared filesystems
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        write_text(filesystem, path, json.dumps(self.state()))
 
     def __getstate__(self) -> dict:
         # Ray pickles the scheduler into tuner.pkl; the file in the experiment folder is the

@@ -39,6 +39,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.experiment.store import is_uri
+from search.experiment.atomic import write_local_text
 from search.space.keypath import get_path, set_path
 from trainables import metrics as M
 from trainables.errors import LicSearchError
@@ -285,9 +286,8 @@ class StratifiedOptunaSearch(Searcher):
     CKPT_FILE_TMPL = INDEX_FILE_TMPL
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "w") as handle:
-            json.dump({"version": 2, "storage": self.storage, "studies": self.study_names,
-                       "trials": self._trial_cell}, handle)
+        state = {"version": 2, "storage": self.storage, "studies": self.study_names, "trials": self._trial_cell}
+        write_local_text(checkpoint_path, json.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as handle:
@@ -350,6 +350,13 @@ def _is_optuna(spec) -> bool:
     return spec.file.search.algorithm == "optuna"
 
 
+def concurrency_limit(spec, cap: Optional[int] = None) -> Optional[int]:
+    """How many trials of a phase may run at once: ``search.max_concurrent``, lowered to ``cap`` (data-parallel
+    trials: how many the cluster's workers fit); None: no limit. Every phase (a ladder's fine-tunes too) uses it."""
+    limits = [c for c in (spec.file.search.max_concurrent, cap) if c]
+    return min(limits) if limits else None
+
+
 def optuna_storage(spec, folder: Optional[str]) -> Optional[str]:
     """Where an Optuna search keeps its studies: ``search.optuna_storage``, else the journal file in the
     experiment ``folder`` (None: in memory, for a searcher built without a search)."""
@@ -372,7 +379,7 @@ def build_search_algorithm(spec, cap: Optional[int] = None, folder: Optional[str
     ``folder`` is the experiment folder, home of the Optuna journal (:func:`optuna_storage`).
     """
     search = spec.file.search
-    limit = min(c for c in (search.max_concurrent, cap) if c) if (search.max_concurrent or cap) else None
+    limit = concurrency_limit(spec, cap)
     if not _is_optuna(spec):
         return BasicVariantGenerator(max_concurrent=limit or 0, random_state=search.seed)
     objectives = getattr(search, "objectives", None)
@@ -402,5 +409,5 @@ def tune_num_samples(spec) -> int:
     return spec.trial_count() if _is_optuna(spec) else spec.file.search.num_samples
 
 
-__all__ = ["StratifiedOptunaSearch", "build_search_algorithm", "tuner_param_space", "tune_num_samples",
-           "grid_cells", "make_sampler", "optuna_storage", "open_storage", "JOURNAL_FILE"]
+__all__ = ["StratifiedOptunaSearch", "build_search_algorithm", "concurrency_limit", "tuner_param_space",
+           "tune_num_samples", "grid_cells", "make_sampler", "optuna_storage", "open_storage", "JOURNAL_FILE"]

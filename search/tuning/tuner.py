@@ -114,6 +114,7 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
 
         reaper = WorkerGroupReaper(start_registry())
         callbacks = [*callbacks, reaper]
+        console.name_raylet_lines(reaper.trial_process)  # Ray's lines about a worker that died name its trial
         trainable = _data_parallel_trainable(spec, store, indexes, reaper.registry)
     else:
         trainable = tune.with_parameters(train_lic_indexed, train_indexes=indexes)
@@ -139,13 +140,13 @@ def _tuner(spec: SearchSpec, store: ExperimentStore, phase: Phase, restore: bool
         verbose=console.ray_verbosity(),  # Ray's boxes only with --verbose (search.monitor.console)
     )
     data_parallel = resources.workers_per_trial > 1
+    cap = _concurrent_data_parallel_trials(spec) if data_parallel else None  # every phase, fine-tunes too
     tune_config = tune.TuneConfig(
         num_samples=len(phase.points) if phase.points is not None else tune_num_samples(phase.spec),
         scheduler=build_scheduler(phase.spec),
         # Tune sees only the coordinators of data-parallel trials: start no more than their workers fit.
-        search_alg=(ladder.search_algorithm(phase.spec, phase.points) if phase.points is not None
-                    else build_search_algorithm(phase.spec, _concurrent_data_parallel_trials(spec)
-                                                if data_parallel else None, folder=phase.store.location)),
+        search_alg=(ladder.search_algorithm(phase.spec, phase.points, cap) if phase.points is not None
+                    else build_search_algorithm(phase.spec, cap, folder=phase.store.location)),
         # Importing torch + CompressAI costs seconds per process: keep trial actors warm. A data-parallel
         # trial's actor only coordinates (its workers are new processes each time): end it with the trial.
         reuse_actors=not data_parallel,

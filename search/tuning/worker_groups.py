@@ -13,7 +13,7 @@ of a trial's earlier attempts.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 from ray import tune
 
@@ -52,6 +52,15 @@ class WorkerGroupReaper(tune.Callback):
         self.registry = registry
         self._removed: set[str] = set()
         self._looked = 0.0
+
+    def trial_process(self, pid: int) -> Optional[tuple[str, str]]:
+        """(trial id, "worker r" or "coordinator") of a data-parallel trial's process, or None."""
+        import ray
+
+        try:
+            return ray.get(self.registry.process.remote(pid), timeout=5)
+        except Exception:  # noqa: BLE001  (the registry gone or slow: the line is printed without the trial)
+            return None
 
     def __getstate__(self) -> dict:
         return {"registry": None, "_removed": set(), "_looked": 0.0}  # a restored driver brings its own

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 
+from trainables.atomic_file import write_atomically
 from trainables.config import TrialConfig
 from trainables.errors import LicSearchError
 
@@ -54,22 +53,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
 def file_digest(path: Path) -> dict[str, Any]:
     """Size and SHA-256 of a file, as :data:`MANIFEST_FILE` records them."""
     digest = hashlib.sha256()
@@ -84,12 +67,12 @@ def save_checkpoint(state: dict[str, Any], folder: Path) -> Path:
     what was written; returns the state file."""
     folder = Path(folder)
     target = folder / STATE_FILE
-    _atomic_write(target, lambda stream: torch.save(state, stream))
+    write_atomically(target, lambda stream: torch.save(state, stream))
     config_text = yaml.safe_dump(state["config"], sort_keys=False).encode()
-    _atomic_write(folder / CONFIG_FILE, lambda stream: stream.write(config_text))
+    write_atomically(folder / CONFIG_FILE, lambda stream: stream.write(config_text))
     manifest = {name: file_digest(folder / name) for name in (STATE_FILE, CONFIG_FILE)}
     text = json.dumps(manifest, indent=1).encode()
-    _atomic_write(folder / MANIFEST_FILE, lambda stream: stream.write(text))
+    write_atomically(folder / MANIFEST_FILE, lambda stream: stream.write(text))
     return target
 
 
@@ -134,6 +117,35 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         return torch.load(file, map_location=map_location, weights_only=True)
     except Exception as error:  # corrupt or foreign file: say which
         raise LicSearchError(f"cannot read checkpoint {file}: {error}") from None
+
+
+def _checkpoint_index(path: str) -> int:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    digits = name.rsplit("_", 1)[-1]
+    return int(digits) if name.startswith("checkpoint_") and digits.isdigit() else -1
+
+
+def restore_candidates(checkpoint, trial_id: Optional[str]) -> list:
+    """The checkpoints to try, best first: Ray's (the newest it registered) and, when it lies in
+    this trial's own folder, the trial's older checkpoints there, newest first (a fallback for damage).
+
+    Newer ones (written while the driver went away) are not used: the results they were reported with
+    never reached the driver, so the trial's history would miss those evaluations."""
+    from pyarrow import fs as pafs
+    from ray import tune
+
+    path = checkpoint.path.rstrip("/")
+    parent = path.rsplit("/", 1)[0]
+    if not trial_id or f"_{trial_id}_" not in parent.rsplit("/", 1)[-1] or _checkpoint_index(path) < 0:
+        return [checkpoint]  # another trial's (a PBT clone) or an unknown layout: only Ray's choice
+    try:
+        infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        return [checkpoint]
+    siblings = sorted((i.path for i in infos if i.type == pafs.FileType.Directory and _checkpoint_index(i.path) >= 0
+                       and i.path.rstrip("/") != path), key=_checkpoint_index, reverse=True)
+    older = [p for p in siblings if _checkpoint_index(p) < _checkpoint_index(path)]
+    return [checkpoint] + [tune.Checkpoint(p, checkpoint.filesystem) for p in older]
 
 
 def load_trained_model(path: Path, map_location: str | torch.device = "cpu"):

@@ -10,13 +10,15 @@
   RNG states stay equal on all ranks (a checkpoint of rank 0 holds everyone's).
 * The entropy bottlenecks' quantiles are left out of DDP: their (auxiliary) loss does not depend
   on the data, so every rank computes the same update without communication.
+* A checkpoint between evaluations (the clock, SIGTERM to any rank) is agreed on every iteration
+  (:func:`agreed`: one small reduction on the CPU), so every rank stops at the same one.
 * Evaluation runs on rank 0 only; its result is broadcast so a plateau schedule decays on every
   rank at once. The training loss means and the divergence check are reduced over the ranks.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -24,7 +26,8 @@ from torch import nn
 from trainables import batch_noise
 from trainables.shard import Shard
 
-__all__ = ["Shard", "shard_quantization_noise", "wrap", "mean_over_ranks", "earliest_over_ranks", "from_rank0"]
+__all__ = ["Shard", "shard_quantization_noise", "wrap", "mean_over_ranks", "earliest_over_ranks", "from_rank0",
+           "agreed", "union_over_ranks"]
 
 
 def shard_quantization_noise(model: nn.Module) -> int:
@@ -98,3 +101,41 @@ def from_rank0(value: Optional[Any]) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _cpu_group():
+    """A gloo group for the small per-iteration votes (the default group when it is gloo already): on NCCL
+    a vote on the GPU would wait for the step's kernels every iteration."""
+    import torch.distributed as dist
+
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def agreed(local: Callable[[], Optional[str]], reasons: Sequence[str]) -> Callable[[], Optional[str]]:
+    """A ``checkpoint_due`` for every rank: the strongest reason any rank's ``local()`` names (``reasons``
+    weakest first), on all of them at the same iteration. Every rank must call it at the same iterations
+    (the engine does: between evaluations) and create it at the same point (it may create a group)."""
+    import torch.distributed as dist
+
+    group = _cpu_group()
+
+    def due() -> Optional[str]:
+        reason = local()
+        vote = torch.tensor([reasons.index(reason) + 1 if reason is not None else 0], dtype=torch.long)
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=group)
+        return reasons[int(vote.item()) - 1] if int(vote.item()) else None
+
+    return due
+
+
+def union_over_ranks(found: dict) -> dict:
+    """Every rank's ``found`` entries merged, the first rank's first (e.g. the unreadable files each rank hit)."""
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, found)
+    merged: dict = {}
+    for each in gathered:
+        for key, value in each.items():
+            merged.setdefault(key, value)
+    return merged

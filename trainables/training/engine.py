@@ -270,6 +270,8 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = group["initial_lr"] * self.lr_schedule.factor(self.scheduler.last_epoch)
                 result[M.ITERATIONS] = self.iteration
+                if self.shard.distributed:  # the files every rank found unreadable, not rank 0's alone
+                    loader.broken.update(data_parallel.union_over_ranks(loader.broken))
                 result.update(loader.data_metrics())  # training images listed / skipped
                 self._stats = _TrainStats()  # before the yield: the checkpoint taken there starts a new interval
                 yield result

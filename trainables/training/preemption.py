@@ -11,6 +11,11 @@ process, on any node, without using up ``max_failures``. A second SIGTERM exits 
 
 Between evaluations, :class:`CheckpointClock` asks for a checkpoint every
 ``schedule.checkpoint_minutes``, so a SIGKILL or a lost node costs at most that much work.
+
+A data-parallel trial (:mod:`trainables.training.data_parallel_trainable`) does the same on every
+rank: each worker process handles SIGTERM so, the coordinator passes its own SIGTERM on to rank 0,
+and the ranks agree on the reason each iteration (:func:`trainables.training.data_parallel.agreed`),
+so all of them checkpoint and stop at the same one.
 """
 
 from __future__ import annotations
@@ -44,6 +49,12 @@ class TrialPreempted(RayActorError):
 
 def stop_requested() -> bool:
     return _requested.is_set()
+
+
+def request_stop() -> None:
+    """As SIGTERM does: checkpoint at the next iteration and end the attempt (a data-parallel trial's rank 0
+    when its coordinator got the SIGTERM)."""
+    _requested.set()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

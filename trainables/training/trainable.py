@@ -15,14 +15,14 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
 from trainables import metrics as M
 from trainables.config import TrialConfig
 from trainables.errors import LicSearchError, TrainingDivergedError
-from trainables.training.checkpoint import load_checkpoint, save_checkpoint
+from trainables.training.checkpoint import MANIFEST_FILE, load_checkpoint, restore_candidates, save_checkpoint
 from trainables.training.engine import Trainer
 from trainables.training.preemption import (
     PREEMPTED,
@@ -90,52 +90,49 @@ def notice_result(kind: str, iteration: int, **fields) -> dict:
     return _nan_scores() | fields | {M.ITERATIONS: iteration, M.NOTICE: kind}
 
 
-def _checkpoint_index(path: str) -> int:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    digits = name.rsplit("_", 1)[-1]
-    return int(digits) if name.startswith("checkpoint_") and digits.isdigit() else -1
+class Restored(NamedTuple):
+    """What :func:`restore` loaded, and what it skipped or could not verify on the way."""
+
+    checkpoint: Any  # the ray.tune.Checkpoint loaded
+    damaged: list[str]  # "path: problem" of each newer one skipped
+    unverified: bool  # it has no checksums.json (written before checksums were recorded): loaded as it is
 
 
-def restore_candidates(checkpoint, trial_id: Optional[str]) -> list:
-    """The checkpoints to try, best first: Ray's (the newest it registered) and, when it lies in
-    this trial's own folder, the trial's older checkpoints there, newest first (a fallback for damage).
-
-    Newer ones (written while the driver went away) are not used: the results they were reported with
-    never reached the driver, so the trial's history would miss those evaluations."""
-    from pyarrow import fs as pafs
-    from ray import tune
-
-    path = checkpoint.path.rstrip("/")
-    parent = path.rsplit("/", 1)[0]
-    if not trial_id or f"_{trial_id}_" not in parent.rsplit("/", 1)[-1] or _checkpoint_index(path) < 0:
-        return [checkpoint]  # another trial's (a PBT clone) or an unknown layout: only Ray's choice
-    try:
-        infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
-    except OSError:
-        return [checkpoint]
-    siblings = sorted((i.path for i in infos if i.type == pafs.FileType.Directory and _checkpoint_index(i.path) >= 0
-                       and i.path.rstrip("/") != path), key=_checkpoint_index, reverse=True)
-    older = [p for p in siblings if _checkpoint_index(p) < _checkpoint_index(path)]
-    return [checkpoint] + [tune.Checkpoint(p, checkpoint.filesystem) for p in older]
-
-
-def restore(trainer: Trainer, checkpoint, trial_id: Optional[str]) -> list[str]:
-    """Load the first candidate checkpoint that verifies and loads; returns the damaged ones skipped
-    (path: problem). None loads: a :class:`LicSearchError` naming every file tried."""
+def restore(trainer: Trainer, checkpoint, trial_id: Optional[str]) -> Restored:
+    """Load the first candidate checkpoint (:func:`restore_candidates`) that verifies and loads. Any failure
+    to read or load one (checksums, a truncated file, an OSError of remote storage, a ``load_state_dict``
+    mismatch) is damage: named, printed, and the next older one tried. None loads: a :class:`LicSearchError`
+    naming every file tried. One-process and data-parallel trials (rank 0) restore through here."""
     damaged: list[str] = []
     for candidate in restore_candidates(checkpoint, trial_id):
         try:
             with candidate.as_directory() as folder:
                 state = load_checkpoint(Path(folder), map_location=trainer.device)
-        except LicSearchError as error:
+                unverified = not (Path(folder) / MANIFEST_FILE).is_file()
+            trainer.load_state_dict(state)
+        except Exception as error:  # noqa: BLE001  (whatever keeps it from loading is damage: say what)
             if candidate is not checkpoint and "no checkpoint at" in str(error):
                 continue  # removed meanwhile (Ray keeps only the newest few): not damage
-            damaged.append(f"{candidate.path}: {str(error).split(': ', 1)[-1]}")
-            print(f"lic-search: skipping damaged checkpoint {candidate.path}: {str(error).split(': ', 1)[-1]}")
+            problem = str(error).split(": ", 1)[-1] if isinstance(error, LicSearchError) else \
+                f"{type(error).__name__}: {error}"
+            damaged.append(f"{candidate.path}: {problem}")
+            print(f"lic-search: skipping damaged checkpoint {candidate.path}: {problem}")
             continue
-        trainer.load_state_dict(state)
-        return damaged
+        if unverified:
+            print(f"lic-search: checkpoint {candidate.path} has no {MANIFEST_FILE} (written before checksums "
+                  "were recorded): loaded without verifying it")
+        return Restored(candidate, damaged, unverified)
     raise LicSearchError("no checkpoint of this trial loads: " + "; ".join(damaged))
+
+
+def restored_notice(restored: Restored, iteration: int, **fields) -> Optional[dict]:
+    """The notice result saying what a restore skipped or could not verify (None: nothing to say)."""
+    if not restored.damaged and not restored.unverified:
+        return None
+    said = {M.DAMAGED_CHECKPOINTS: "\n".join(restored.damaged)} if restored.damaged else {}
+    if restored.unverified:
+        said[M.UNVERIFIED_CHECKPOINT] = str(restored.checkpoint.path)
+    return notice_result(M.NOTICE_RESTORED, iteration, **fields, **said)
 
 
 def _trial_id() -> Optional[str]:
@@ -158,10 +155,9 @@ def train_lic(config: dict) -> None:
     started_from = warm_start_result(trainer.warm_start)
     node = _node_id()
     if checkpoint is not None:
-        damaged = restore(trainer, checkpoint, _trial_id())
-        if damaged:  # said now, not at the next evaluation: the console and the run's tags name them
-            tune.report(notice_result(M.NOTICE_RESTORED, trainer.iteration, **{M.NODE_ID: node,
-                                      M.DAMAGED_CHECKPOINTS: "\n".join(damaged)}))
+        notice = restored_notice(restore(trainer, checkpoint, _trial_id()), trainer.iteration, **{M.NODE_ID: node})
+        if notice is not None:  # said now, not at the next evaluation: the console and the run's tags name them
+            tune.report(notice)
     restored_at = {M.RESTORED_AT: trainer.iteration} if checkpoint is not None else {}
     clock = CheckpointClock(trial_config.schedule.checkpoint_minutes)
     try:

@@ -10,6 +10,11 @@ file is read with ``torch.load(weights_only=True)`` (no code runs) and may be
   entry of what CompressAI's ``examples/train.py`` saves (keys ``g_a.*``, old zoo names
   renamed by CompressAI's own ``load_pretrained``).
 
+A checkpoint folder of this tool is verified against the checksums recorded when it was written
+(:data:`~trainables.training.checkpoint.MANIFEST_FILE`): a file changed since is refused, naming
+it and what differs. A ladder's fine-tunes start from the anchor's newest checkpoint that verifies
+(:func:`newest_verified`).
+
 Keys must match the trial's model exactly. The one exception, when asked
 (``init_from_partial``), is AuxT added to a model trained without it: AuxT wraps ``g_a``/``g_s``
 (their layers move under ``layers.``, see :mod:`trainables.auxt.attach`), so such a
@@ -26,12 +31,13 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from trainables.training.checkpoint import STATE_FILE
+from trainables.training.checkpoint import MANIFEST_FILE, STATE_FILE, damage, restore_candidates
 from trainables import metrics as M
 from trainables.config import ModelConfig
 from trainables.errors import LicSearchError
 
-__all__ = ["WarmStartError", "WarmStart", "read_weights", "plan", "apply_warm_start", "warm_start_result"]
+__all__ = ["WarmStartError", "WarmStart", "read_weights", "plan", "apply_warm_start", "newest_verified",
+           "warm_start_result"]
 
 KEY_PATH = "model.init_from"
 SHOWN = 5  # keys named per kind of mismatch
@@ -64,6 +70,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[di
     if not file.is_file():
         raise WarmStartError(f"{KEY_PATH}: no checkpoint at {path} (expected a checkpoint folder with "
                              f"{STATE_FILE}, a {STATE_FILE} file, or a CompressAI state dict file)")
+    problem = damage(file.parent) if (file.parent / MANIFEST_FILE).is_file() else None
+    if problem is not None:  # a checkpoint of this tool records its checksums: a changed file is refused
+        raise WarmStartError(f"{KEY_PATH}: {file.parent} fails its checksums ({MANIFEST_FILE}): {problem}")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (corrupt, truncated or not a torch file: say which)
@@ -166,6 +175,23 @@ def apply_warm_start(model: torch.nn.Module, config: ModelConfig) -> Optional[Wa
     start = plan(model.state_dict(), config.init_from, config, config.init_from_partial)
     model.load_state_dict(start.weights, strict=not start.kept)
     return start
+
+
+def newest_verified(checkpoint, trial_id: Optional[str]) -> tuple[Optional[str], list[str]]:
+    """The newest of a trial's checkpoints (``checkpoint`` first, then its older ones in the trial's folder,
+    as a restore tries them) whose files match their recorded checksums, and "path: problem" of each newer
+    one that did not. ``(None, problems)`` when none does."""
+    damaged: list[str] = []
+    for candidate in restore_candidates(checkpoint, trial_id):
+        try:
+            with candidate.as_directory() as folder:
+                problem = damage(Path(folder))
+        except Exception as error:  # noqa: BLE001  (unreadable storage is damage too: say what)
+            problem = f"{type(error).__name__}: {error}"
+        if problem is None:
+            return str(candidate.path), damaged
+        damaged.append(f"{candidate.path}: {problem}")
+    return None, damaged
 
 
 def warm_start_result(start: Optional[WarmStart]) -> dict[str, Any]:
