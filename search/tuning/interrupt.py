@@ -35,7 +35,8 @@ JOB_END_DEADLINE_S = 60.0
 
 
 class GracefulStop(tune.Callback):
-    def __init__(self, notify: Callable[[str], None] = print):
+    def __init__(self, notify: Callable[[str], None] = print, preempt_trials: bool = True):
+        self.preempt_trials = preempt_trials  # False: trials without the SIGTERM protocol (data-parallel coordinators)
         self.requested = False  # Ctrl-C once, or a job-end signal
         self.stopped_now = False  # Ctrl-C twice, a second job-end signal, or the deadline passed
         self.stopped_by: Optional[str] = None  # "Ctrl-C" or the job-end signal's name
@@ -49,7 +50,8 @@ class GracefulStop(tune.Callback):
         self._tune_handler = None  # Tune's own SIGUSR1 handler (its stop), taken over inside fit
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with its state: nothing of this run belongs there
-        return {"requested": False, "stopped_now": False, "stopped_by": None, "_notify": print, "_waiting": None,
+        return {"preempt_trials": self.preempt_trials, "requested": False, "stopped_now": False, "stopped_by": None,
+                "_notify": print, "_waiting": None,
                 "_signalled": False, "_previous": {}, "_reported": set(), "_deadline": None,
                 "_preempt_pending": False, "_tune_handler": None}
 
@@ -89,13 +91,14 @@ class GracefulStop(tune.Callback):
             return
         self.requested, self.stopped_by = True, name
         self._deadline = time.monotonic() + JOB_END_DEADLINE_S
-        self._preempt_pending = True
-        self._notify(f"\nlic-search: got {name}: every running trial checkpoints at its next iteration, then the "
-                     f"search stops (at most {JOB_END_DEADLINE_S:.0f} s) to be continued by the next job.")
+        self._preempt_pending = self.preempt_trials
+        when = "at its next iteration" if self.preempt_trials else "at its next report"
+        self._notify(f"\nlic-search: got {name}: every running trial checkpoints {when}, then the search stops "
+                     f"(at most {JOB_END_DEADLINE_S:.0f} s) to be continued by the next job.")
 
     def _take_sigusr1(self) -> None:
         """Inside ``fit`` (Tune's main-thread loop): SIGUSR1 is a job-end signal; Tune's handler is our stop."""
-        if self._previous and signal.getsignal(signal.SIGUSR1) is not self._on_job_end:
+        if self._previous and signal.getsignal(signal.SIGUSR1) != self._on_job_end:  # (bound methods: equal, not same)
             self._tune_handler = signal.signal(signal.SIGUSR1, self._on_job_end)
 
     def _stop_tune(self) -> None:

@@ -198,7 +198,7 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
                                                 name_keys=run_names.column_keys(spec.configs(), spec.variants),
                                                 stratify_by=spec.stratify_by(), flush_seconds=flush_seconds,
                                                 run_params=run_params(spec))
-    stop = GracefulStop()
+    stop = GracefulStop(preempt_trials=spec.file.resources.workers_per_trial <= 1)  # data-parallel: no SIGTERM protocol
     status = "FAILED"
     recorder.start()
     installed = stop.install()
