@@ -10,7 +10,7 @@ import warnings
 from typing import Optional, Sequence
 
 from search import commands
-from search.commands._shared import EXIT_CTRL_C, EXIT_REFUSED
+from search.commands._shared import EXIT_CTRL_C, EXIT_REFUSED, EXIT_REQUEUE, JobEnded
 from search.errors import LicSearchError
 
 
@@ -58,6 +58,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LicSearchError as error:
         print(f"lic-search: error: {error}", file=sys.stderr)
         return EXIT_REFUSED
+    except JobEnded as ended:  # a job's end while no trial was training: nothing lost, run the command again
+        print(f"lic-search: got {ended}: stopped (nothing was training); the same command continues",
+              file=sys.stderr)
+        return EXIT_REQUEUE
     except KeyboardInterrupt:  # Ctrl-C: one line saying how far the command got and what it wrote
         from search.monitor.meter import interrupted
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.commands._shared import add_search_options, finish
+from search.commands._shared import add_search_options, catch_job_end, finish
 
 
 def register(subparsers) -> None:
@@ -17,6 +17,7 @@ def _resume(args) -> int:
     from search.tuning import tuner
 
     console.configure(verbose=args.verbose)
+    catch_job_end()
 
     outcome = tuner.resume_search(args.experiment_dir, address=args.address,
                                   tracking_offline=args.tracking_offline, flush_seconds=args.tracking_flush_seconds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.commands._shared import add_search_options, finish
+from search.commands._shared import add_search_options, catch_job_end, finish
 
 DEFAULT_STORAGE = "lic_search_results"
 
@@ -31,6 +31,7 @@ def _run(args) -> int:
     from search.tuning import tuner
 
     console.configure(verbose=args.verbose)
+    catch_job_end()
 
     outcome = tuner.run_search(args.space, args.storage_path, tracking_uri=args.tracking_uri,
                                address=args.address, name=args.name, tracking_offline=args.tracking_offline,
