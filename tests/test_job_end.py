@@ -76,6 +76,7 @@ def stop_with(signal_number: int, command: list[str], log: Path, experiment: Pat
     return took
 
 
+@pytest.mark.timeout(2400)  # several driver starts, each seconds to a minute on a loaded 2-core machine
 def test_a_search_stopped_by_job_end_signals_continues_from_the_iteration_it_stopped_at(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # Evaluations (with their checkpoints) 20 iterations apart: the stop must not wait for the next one.

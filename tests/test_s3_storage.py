@@ -54,6 +54,7 @@ def lic_search(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.C
                           env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
 
 
+@pytest.mark.timeout(2400)  # several driver starts, each seconds to a minute on a loaded 2-core machine
 def test_a_search_in_s3_survives_a_driver_sigkill_and_is_read_back_from_another_folder(tmp_path: Path, s3: str):
     uri = f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"
     (tmp_path / "tracking").mkdir()

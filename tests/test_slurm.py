@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +103,7 @@ def test_the_script_asks_for_the_spaces_resources_and_refuses_what_no_node_shape
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # several driver starts, each seconds to a minute on a loaded 2-core machine
 def test_a_search_longer_than_a_job_finishes_across_requeued_jobs(tmp_path: Path, slurm: dict):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = write_space(tmp_path, "queued", {"schedule.iterations": 40, "schedule.eval_every": 20,
