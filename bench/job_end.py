@@ -86,9 +86,10 @@ def stops(experiment: Path) -> list[dict]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", type=Path, default=REPO / "spaces" / "quickstart.yaml")
-    parser.add_argument("--rounds", type=int, default=3, help="jobs stopped by the signal (then one finishes them)")
+    parser.add_argument("--rounds", type=int, default=3, help="jobs stopped by the signal")
     parser.add_argument("--delay", type=float, default=5.0, help="seconds of training after the trials reported")
     parser.add_argument("--signal", default="SIGTERM", choices=("SIGTERM", "SIGUSR1", "SIGUSR2"))
+    parser.add_argument("--finish", action="store_true", help="then run the search to its end (one more job)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -104,13 +105,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             break
         assert outcome["exit"] == EXIT_REQUEUE, (work / f"job{index + 1}.log").read_text()[-3000:]
         timings.append(outcome["seconds"])
-    last = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    last = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}) \
+        if args.finish else None
     rows = stops(experiment)
     lines = [f"# Job end: signal to driver exit, iterations lost (CPU, {os.cpu_count()} cores, shared machine)", "",
              f"Command: `{command_line('bench/job_end.py', argv)}`", "",
              f"Space {args.space.name}; {args.signal} to the driver of `lic-search run --resume-if-exists` "
-             f"{args.delay:g} s after the running trials reported; the last job ran to the end "
-             f"(exit {last.returncode}).",
+             f"{args.delay:g} s after the running trials reported"
+             + (f"; the last job ran to the end (exit {last.returncode})." if last else "."),
              "", "| job | signal → driver exit (s) |", "|---|---|"]
     lines += [f"| {i + 1} | {t:.1f} |" for i, t in enumerate(timings)]
     lines += ["", "| trial | checkpoint after the signal (iteration) | evaluation checkpoint before | next job "
