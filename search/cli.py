@@ -10,7 +10,8 @@ import warnings
 from typing import Optional, Sequence
 
 from search import commands
-from search.commands._shared import EXIT_CTRL_C, EXIT_REFUSED, EXIT_REQUEUE, JobEnded
+from search.commands._shared import EXIT_CTRL_C, EXIT_REFUSED, EXIT_REQUEUE
+from search.tuning.interrupt import JobEnded
 from search.errors import LicSearchError
 
 

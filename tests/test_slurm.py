@@ -106,14 +106,14 @@ def test_the_script_asks_for_the_spaces_resources_and_refuses_what_no_node_shape
 @pytest.mark.timeout(2400)  # several driver starts, each seconds to a minute on a loaded 2-core machine
 def test_a_search_longer_than_a_job_finishes_across_requeued_jobs(tmp_path: Path, slurm: dict):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = write_space(tmp_path, "queued", {"schedule.iterations": 40, "schedule.eval_every": 20,
+    space = write_space(tmp_path, "queued", {"schedule.iterations": 60, "schedule.eval_every": 20,
                                              "model.auxt.enabled": False, "schedule.lr": {"grid": [1e-3, 2e-3]}},
                         {"max_concurrent": 2}, {"type": "fifo"})
     results = tmp_path / "results"
     script = tmp_path / "queued.sbatch"
-    # Slurm's shortest limits: 3 minutes a job, the warning 60 s before its end.
+    # Jobs of 4 minutes, the warning 60 s before their end: the search needs more than one here.
     made = subprocess.run(LIC_SEARCH + ["slurm", str(space), "--cpus-per-node", str(os.cpu_count()), "--time",
-                                        "00:03:00", "--signal-seconds", "60", "--storage-path", str(results),
+                                        "00:04:00", "--signal-seconds", "60", "--storage-path", str(results),
                                         "--tracking-uri", uri, "--output", str(script), "--submit"],
                           capture_output=True, text=True, cwd=tmp_path, env=slurm)
     assert made.returncode == 0, made.stdout + made.stderr
@@ -136,7 +136,7 @@ def test_a_search_longer_than_a_job_finishes_across_requeued_jobs(tmp_path: Path
     assert len(trials) == 2
     for trial, parts in trials.items():
         iterations = [r[M.ITERATIONS] for p in parts for r in p]
-        assert iterations == sorted(set(iterations)) and iterations[-1] == 40, (trial, iterations)
+        assert iterations == sorted(set(iterations)) and iterations[-1] == 60, (trial, iterations)
         for ended, next_attempt in zip(parts, parts[1:]):
             assert next_attempt[0][M.RESTORED_AT] == ended[-1][M.ITERATIONS]  # no iteration trained twice
     runs = trial_runs(uri, "queued")
@@ -144,5 +144,5 @@ def test_a_search_longer_than_a_job_finishes_across_requeued_jobs(tmp_path: Path
     client = client_for(uri)
     for run in runs:
         assert run.data.tags[T.TAG_STATUS] == "completed"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [20, 40]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [20, 40, 60]
     print(f"{len(exits)} jobs: exits {', '.join(exits)}")

@@ -10,27 +10,11 @@ EXIT_REQUEUE = 75  # stopped by SIGTERM/SIGUSR1/SIGUSR2 after checkpointing: unf
 EXIT_CTRL_C = 130  # stopped by Ctrl-C: unfinished, resumable
 
 
-class JobEnded(BaseException):
-    """A job-end signal before the search trained (or after it stopped): nothing to checkpoint, exit 75.
-
-    A BaseException like KeyboardInterrupt, so that no ``except Exception`` swallows it on the way out."""
-
-
 def catch_job_end() -> None:
-    """SIGTERM/SIGUSR1/SIGUSR2 outside the Tuner's loop (starting Ray, recording the search) end the command with
-    :data:`EXIT_REQUEUE`; inside it, :class:`search.tuning.interrupt.GracefulStop` takes them over and gives
-    them back."""
-    import signal
-    import threading
+    """Job-end signals end ``run``/``resume`` with :data:`EXIT_REQUEUE` (search.tuning.interrupt)."""
+    from search.tuning.interrupt import catch_job_end as catch
 
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def job_ended(signum, frame):
-        raise JobEnded(signal.Signals(signum).name)
-
-    for name in ("SIGTERM", "SIGUSR1", "SIGUSR2"):
-        signal.signal(getattr(signal, name), job_ended)
+    catch()
 
 
 def exit_code(outcome) -> int:

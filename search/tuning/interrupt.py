@@ -34,6 +34,36 @@ JOB_END_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 JOB_END_DEADLINE_S = 60.0
 
 
+class JobEnded(BaseException):
+    """A job-end signal outside the Tuner's loop (starting Ray, recording the search, the summary): nothing is
+    training, so nothing to checkpoint; ``lic-search`` exits 75. A BaseException like KeyboardInterrupt, so no
+    ``except Exception`` swallows it on the way out."""
+
+
+_catching = {"on": False}
+
+
+def _job_ended(signum, frame) -> None:
+    raise JobEnded(signal.Signals(signum).name)
+
+
+def catch_job_end() -> None:
+    """Make the job-end signals raise :class:`JobEnded` (main thread only); :class:`GracefulStop` takes them over
+    inside the Tuner's loop and gives them back. Called again after ``ray.init``, whose failure-signal handler
+    (C++) would otherwise turn SIGTERM into an abort of the driver."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _catching["on"] = True
+    for name in JOB_END_SIGNALS:
+        signal.signal(getattr(signal, name), _job_ended)
+
+
+def catch_job_end_again() -> None:
+    """:func:`catch_job_end` again, if a command asked for it (after ``ray.init`` replaced the handlers)."""
+    if _catching["on"]:
+        catch_job_end()
+
+
 class GracefulStop(tune.Callback):
     def __init__(self, notify: Callable[[str], None] = print, preempt_trials: bool = True):
         self.preempt_trials = preempt_trials  # False: trials without the SIGTERM protocol (data-parallel coordinators)

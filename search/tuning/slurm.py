@@ -140,7 +140,7 @@ def sbatch_script(spec: SearchSpec, space: Path, shape: JobShape) -> str:
         f"    srun --nodes=1 --ntasks=1 -w \"$node\" \"$RAY\" start --address=\"$head_ip:$PORT\" "
         f"--num-cpus={cpus} --num-gpus={gpus} --block &",
         "done",
-        f"for _ in $(seq 60); do \"$RAY\" status --address=\"$head_ip:$PORT\" >/dev/null 2>&1 && break; sleep 2; done",
+        "for _ in $(seq 60); do \"$RAY\" status --address=\"$head_ip:$PORT\" >/dev/null 2>&1 && break; sleep 2; done",
         "",
         "\"$PYTHON\" -m search.cli run \"$SPACE\" --address \"$head_ip:$PORT\" --storage-path \"$STORAGE\" "
         "--tracking-uri \"$TRACKING\" --resume-if-exists &",

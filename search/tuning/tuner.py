@@ -29,7 +29,7 @@ from search.tracking import names as T
 from search.tracking import run_names
 from search.tracking import session as tracking_session
 from search.tuning import ladder, state_save
-from search.tuning.interrupt import GracefulStop
+from search.tuning.interrupt import GracefulStop, catch_job_end_again
 from search.tuning.resource_check import check_cluster
 from search.tuning.schedulers import build_scheduler
 from search.tuning.searchers import (
@@ -69,6 +69,7 @@ def _init_ray(address: Optional[str]) -> None:
     # on this machine; joining an existing cluster is what --address is for.
     ray.init(address=address or "local", log_to_driver=console.ray_verbosity() > 0, include_dashboard=False,
              configure_logging=True, logging_level="WARNING")
+    catch_job_end_again()  # Ray's own SIGTERM handler would abort the driver
     _owned_ray["started"] = address is None
 
 
