@@ -190,3 +190,20 @@ def test_ray_train_v2_members_the_data_parallel_trial_uses():
         "UserCallback.after_report(run_context, metrics, checkpoint) moved"
     assert _parameters(PlacementGroup.__init__)[:2] == ["self", "id"], "PlacementGroup(id) moved"
     assert ray.PlacementGroupID.from_hex("0" * 36).hex() == "0" * 36
+
+
+def test_ray_members_the_job_end_stop_uses():
+    """search/tuning/interrupt.py: a trial's actor handle (``Trial.temporary_state.ray_actor``), its process and node
+    from GCS's actor table (``ray._private.state.actors``: ``Pid``, ``Address.NodeID``), Tune's SIGUSR1 stop
+    installed inside ``fit``, and ``Callback.on_trial_recover`` (called for a preempted attempt)."""
+    import ray._private.state as state
+    from ray import tune
+    from ray.tune import tune as tune_module
+    from ray.tune.experiment import Trial
+
+    assert "ray_actor" in inspect.getsource(Trial), "Trial.temporary_state.ray_actor moved"
+    assert _parameters(state.actors)[0] == "actor_id", "ray._private.state.actors(actor_id) moved"
+    source = inspect.getsource(state)
+    assert '"Pid"' in source and '"NodeID"' in source, "the actor table no longer names Pid and Address.NodeID"
+    assert "signal.SIGUSR1" in inspect.getsource(tune_module), "Tune no longer stops on SIGUSR1"
+    assert hasattr(tune.Callback, "on_trial_recover"), "tune.Callback.on_trial_recover moved"
