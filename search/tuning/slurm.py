@@ -133,16 +133,17 @@ def sbatch_script(spec: SearchSpec, space: Path, shape: JobShape) -> str:
         "head_ip=$(srun --nodes=1 --ntasks=1 -w \"$head\" hostname --ip-address | awk '{print $1}')",
         f"echo \"job $SLURM_JOB_ID (restart ${{SLURM_RESTART_COUNT:-0}}): Ray head on $head ($head_ip:$PORT), "
         f"{shape.nodes} node(s)\"",
-        f"srun --nodes=1 --ntasks=1 -w \"$head\" \"$RAY\" start --head --node-ip-address=\"$head_ip\" "
+        "# setsid: Slurm signals the batch shell's whole process group (B:): only this shell may get it",
+        f"setsid srun --nodes=1 --ntasks=1 -w \"$head\" \"$RAY\" start --head --node-ip-address=\"$head_ip\" "
         f"--port=$PORT --num-cpus={cpus} --num-gpus={gpus} --include-dashboard=false --block &",
         "sleep 10",
         "for node in \"${nodes[@]:1}\"; do",
-        f"    srun --nodes=1 --ntasks=1 -w \"$node\" \"$RAY\" start --address=\"$head_ip:$PORT\" "
+        f"    setsid srun --nodes=1 --ntasks=1 -w \"$node\" \"$RAY\" start --address=\"$head_ip:$PORT\" "
         f"--num-cpus={cpus} --num-gpus={gpus} --block &",
         "done",
         "for _ in $(seq 60); do \"$RAY\" status --address=\"$head_ip:$PORT\" >/dev/null 2>&1 && break; sleep 2; done",
         "",
-        "\"$PYTHON\" -m search.cli run \"$SPACE\" --address \"$head_ip:$PORT\" --storage-path \"$STORAGE\" "
+        "setsid \"$PYTHON\" -m search.cli run \"$SPACE\" --address \"$head_ip:$PORT\" --storage-path \"$STORAGE\" "
         "--tracking-uri \"$TRACKING\" --resume-if-exists &",
         "driver=$!",
         "# Slurm's warning before the time limit (and scancel --signal) reaches this shell: pass it to the driver,",
