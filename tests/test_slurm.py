@@ -129,7 +129,9 @@ def test_a_search_longer_than_a_job_finishes_across_requeued_jobs(tmp_path: Path
     wait_for(done, 1800, f"Slurm job {job} to finish the search", interval=3)
     text = output.read_text()
     exits = re.findall(r"lic-search exited (\d+)", text)
-    assert exits[-1] == "0" and exits.count("75") >= 1 and set(exits) <= {"0", "75"}, text[-4000:]
+    # Every job but the last stopped unfinished (75), or was signalled while its driver was closing a search that
+    # had just finished (143: requeued too, and the next job says the search finished).
+    assert exits[-1] == "0" and "75" in exits and set(exits[:-1]) <= {"75", "143"}, text[-4000:]
     assert "requeueing job" in text
 
     trials = attempts(results / "queued")
