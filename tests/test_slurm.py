@@ -106,8 +106,11 @@ def test_the_script_asks_for_the_spaces_resources_and_refuses_what_no_node_shape
 @pytest.mark.timeout(2400)  # several driver starts, each seconds to a minute on a loaded 2-core machine
 def test_a_search_longer_than_a_job_finishes_across_requeued_jobs(tmp_path: Path, slurm: dict):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Batches of 8 crops: about 3.5 minutes of training on 2 idle cores, more than a job's 3 minutes before the
+    # warning less Ray's and the driver's start, so the search needs at least two jobs.
     space = write_space(tmp_path, "queued", {"schedule.iterations": 60, "schedule.eval_every": 20,
-                                             "model.auxt.enabled": False, "schedule.lr": {"grid": [1e-3, 2e-3]}},
+                                             "data.batch_size": 8, "model.auxt.enabled": False,
+                                             "schedule.lr": {"grid": [1e-3, 2e-3]}},
                         {"max_concurrent": 2}, {"type": "fifo"})
     results = tmp_path / "results"
     script = tmp_path / "queued.sbatch"
