@@ -106,9 +106,9 @@ def test_the_script_asks_for_the_spaces_resources_and_refuses_what_no_node_shape
 @pytest.mark.timeout(2400)  # several driver starts, each seconds to a minute on a loaded 2-core machine
 def test_a_search_longer_than_a_job_finishes_across_requeued_jobs(tmp_path: Path, slurm: dict):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Batches of 8 crops: about 3.5 minutes of training on 2 idle cores, more than a job's 3 minutes before the
-    # warning less Ray's and the driver's start, so the search needs at least two jobs.
-    space = write_space(tmp_path, "queued", {"schedule.iterations": 60, "schedule.eval_every": 20,
+    # About 4 minutes of training on 2 quiet cores (60 iterations took 1 minute), more than a job's 3 minutes
+    # before the warning less Ray's and the driver's start: the search needs at least two jobs.
+    space = write_space(tmp_path, "queued", {"schedule.iterations": 240, "schedule.eval_every": 80,
                                              "data.batch_size": 8, "model.auxt.enabled": False,
                                              "schedule.lr": {"grid": [1e-3, 2e-3]}},
                         {"max_concurrent": 2}, {"type": "fifo"})
@@ -141,7 +141,7 @@ def test_a_search_longer_than_a_job_finishes_across_requeued_jobs(tmp_path: Path
     assert len(trials) == 2
     for trial, parts in trials.items():
         iterations = [r[M.ITERATIONS] for p in parts for r in p]
-        assert iterations == sorted(set(iterations)) and iterations[-1] == 60, (trial, iterations)
+        assert iterations == sorted(set(iterations)) and iterations[-1] == 240, (trial, iterations)
         for ended, next_attempt in zip(parts, parts[1:]):
             assert next_attempt[0][M.RESTORED_AT] == ended[-1][M.ITERATIONS]  # no iteration trained twice
     runs = trial_runs(uri, "queued")
@@ -149,5 +149,5 @@ def test_a_search_longer_than_a_job_finishes_across_requeued_jobs(tmp_path: Path
     client = client_for(uri)
     for run in runs:
         assert run.data.tags[T.TAG_STATUS] == "completed"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [20, 40, 60]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)] == [80, 160, 240]
     print(f"{len(exits)} jobs: exits {', '.join(exits)}")
