@@ -10,6 +10,8 @@ import warnings
 from typing import Optional, Sequence
 
 from search import commands
+from search.commands._shared import EXIT_CTRL_C, EXIT_REFUSED, EXIT_REQUEUE
+from search.tuning.interrupt import JobEnded
 from search.errors import LicSearchError
 
 
@@ -56,12 +58,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.func(args) or 0)
     except LicSearchError as error:
         print(f"lic-search: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
+    except JobEnded as ended:  # a job's end while no trial was training: nothing lost, run the command again
+        print(f"lic-search: got {ended}: stopped (nothing was training); the same command continues",
+              file=sys.stderr)
+        return EXIT_REQUEUE
     except KeyboardInterrupt:  # Ctrl-C: one line saying how far the command got and what it wrote
         from search.monitor.meter import interrupted
 
         print(interrupted(), file=sys.stderr)
-        return 130
+        return EXIT_CTRL_C
 
 
 if __name__ == "__main__":

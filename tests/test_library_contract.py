@@ -245,3 +245,20 @@ def test_train_worker_callbacks_in_the_run_config_reach_the_workers_main_thread(
     source = inspect.getsource(train_worker.RayTrainWorker.init_train_context)
     assert "after_init_train_context()" in source
     assert "not isinstance(cb, UserCallback)" in inspect.getsource(DataParallelTrainer._create_default_callbacks)
+
+
+def test_ray_members_the_job_end_stop_uses():
+    """search/tuning/interrupt.py: a trial's actor handle (``Trial.temporary_state.ray_actor``), its process and node
+    from GCS's actor table (``ray._private.state.actors``: ``Pid``, ``Address.NodeID``), Tune's SIGUSR1 stop
+    installed inside ``fit``, and ``Callback.on_trial_recover`` (called for a preempted attempt)."""
+    import ray._private.state as state
+    from ray import tune
+    from ray.tune import tune as tune_module
+    from ray.tune.experiment import Trial
+
+    assert "ray_actor" in inspect.getsource(Trial), "Trial.temporary_state.ray_actor moved"
+    assert _parameters(state.actors)[0] == "actor_id", "ray._private.state.actors(actor_id) moved"
+    source = inspect.getsource(state)
+    assert '"Pid"' in source and '"NodeID"' in source, "the actor table no longer names Pid and Address.NodeID"
+    assert "signal.SIGUSR1" in inspect.getsource(tune_module), "Tune no longer stops on SIGUSR1"
+    assert hasattr(tune.Callback, "on_trial_recover"), "tune.Callback.on_trial_recover moved"

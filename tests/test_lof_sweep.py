@@ -114,14 +114,12 @@ def test_latest_checkpoint_is_the_highest_numbered_folder_of_the_trials_own_fold
     assert latest_checkpoint(f"file://{tmp_path}", "abc12_00000").parent.name.startswith("train_abc12_00000_0")
 
 
-def test_missing_checkpoints_and_remote_folders_are_user_errors(tmp_path: Path) -> None:
+def test_missing_checkpoints_are_user_errors(tmp_path: Path) -> None:
     from search.errors import LicSearchError
 
     (tmp_path / "train_abc12_00000_0_x").mkdir()
     with pytest.raises(LicSearchError, match="abc12_00009.*no checkpoint_NNNNNN"):
         latest_checkpoint(str(tmp_path), "abc12_00009")
-    with pytest.raises(LicSearchError, match="s3://bucket/x is remote"):
-        latest_checkpoint("s3://bucket/x", "abc12_00000")
 
 
 def test_lof_metric_keys_round_trip() -> None:

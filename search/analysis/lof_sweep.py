@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from search.analysis.bdrate import bd_rate
 from search.analysis.curves import CurveError, RDCurve
 from search.errors import LicSearchError
 from search.experiment.state import SearchState
-from search.experiment.store import ExperimentStore, is_uri
+from search.experiment.store import ExperimentStore
 from search.space.strata import stratum_label
 from search.tracking import client as tracking
 from search.tracking import journal as J
@@ -64,31 +65,20 @@ class SweptTrial:
     results: list[Any] = field(default_factory=list)  # trainables.evaluation.EvalResult per setting
 
 
-def _local_folder(location: str) -> Path:
-    """A folder on this machine for a Ray experiment location (a path or a file:// URI)."""
-    if location.startswith("file://"):
-        return Path(location[len("file://"):])
-    if is_uri(location):
-        raise LicSearchError(f"the search's experiment folder {location} is remote; the LOF sweep reads checkpoints "
-                             f"from a local folder: copy it here and evaluate the checkpoints with "
-                             f"`lic-search eval CHECKPOINT --lof-iterations ...`")
-    return Path(location)
-
-
 def latest_checkpoint(experiment_dir: str, trial_id: str) -> Path:
-    """The highest-numbered ``checkpoint_NNNNNN`` of the trial whose Ray folder names ``trial_id``."""
-    folder = _local_folder(experiment_dir)
-    if not folder.is_dir():
-        raise LicSearchError(f"experiment folder {folder} (MLflow tag {T.TAG_SEARCH_DIR} of the search's parent run) "
-                             f"does not exist")
+    """The highest-numbered ``checkpoint_NNNNNN`` of the trial whose Ray folder names ``trial_id``: a local
+    folder, or (an experiment folder in object storage) its copy downloaded into the temporary folder."""
+    store = ExperimentStore(experiment_dir)
     # Ray names trial folders <trainable>_<trial_id>_<index>_<params>_<date>; the id is a token of its own.
-    trials = [d for d in folder.iterdir() if d.is_dir() and f"_{trial_id}_" in f"_{d.name}_"]
-    checkpoints = [(int(m.group(1)), c) for d in trials for c in d.iterdir()
-                   if c.is_dir() and (m := CHECKPOINT_DIR.match(c.name))]
+    trials = [d for d in store.list(folders=True) if f"_{trial_id}_" in f"_{d}_"]
+    checkpoints = [(int(m.group(1)), f"{d}/{c}") for d in trials for c in store.list(d, folders=True)
+                   if (m := CHECKPOINT_DIR.match(c))]
     if not checkpoints:
-        raise LicSearchError(f"trial {trial_id}: no checkpoint_NNNNNN folder in a trial folder of {folder} "
-                             f"(trial folders found: {', '.join(d.name for d in trials) or 'none'})")
-    return max(checkpoints)[1]
+        raise LicSearchError(f"trial {trial_id}: no checkpoint_NNNNNN folder in a trial folder of {experiment_dir} "
+                             f"(MLflow tag {T.TAG_SEARCH_DIR} of the search's parent run; trial folders found: "
+                             f"{', '.join(trials) or 'none'})")
+    newest = max(checkpoints)[1]
+    return store.download(newest, Path(tempfile.gettempdir()) / "lic-search-checkpoints" / store.name / newest)
 
 
 def rd_loss(result: Any, distortion: str) -> Optional[float]:

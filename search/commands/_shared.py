@@ -1,6 +1,40 @@
-"""Options and printing shared by the commands that run searches."""
+"""Options, printing and exit codes shared by the commands that run searches."""
 
 from __future__ import annotations
+
+#: Exit codes of ``run`` and ``resume`` (README "Exit codes"), for scripts and batch jobs to act on.
+EXIT_FINISHED = 0  # every trial ended (or the search had already finished): nothing left to train
+EXIT_REFUSED = 2  # refused before starting (bad space, different stored space, unreachable server...)
+EXIT_ERRORED_TRIALS = 3  # finished, but some trials errored or diverged: requeueing would not help
+EXIT_REQUEUE = 75  # stopped by SIGTERM/SIGUSR1/SIGUSR2 after checkpointing: unfinished, run it again (EX_TEMPFAIL)
+EXIT_CTRL_C = 130  # stopped by Ctrl-C: unfinished, resumable
+
+
+def catch_job_end() -> None:
+    """Job-end signals end ``run``/``resume`` with :data:`EXIT_REQUEUE` (search.tuning.interrupt)."""
+    from search.tuning.interrupt import catch_job_end as catch
+
+    catch()
+
+
+def exit_code(outcome) -> int:
+    """The exit code of a search's outcome (``search.tuning.tuner.SearchOutcome``)."""
+    from search.monitor.ending import errored
+
+    if outcome.stopped_by is not None:
+        return EXIT_CTRL_C if outcome.stopped_by == "Ctrl-C" else EXIT_REQUEUE
+    if outcome.results is not None and errored(outcome.results):
+        return EXIT_ERRORED_TRIALS
+    return EXIT_FINISHED
+
+
+def finish(outcome) -> int:
+    """The end of ``run``/``resume``: the summary (unless the search had already finished) and the exit code."""
+    from search.monitor import ending
+
+    if outcome.results is not None:  # None: a finished search, nothing trained (resume_search said so)
+        ending.print_ending(outcome.results, outcome.folder, stopped=outcome.stopped_by is not None)
+    return exit_code(outcome)
 
 
 def add_cluster_options(parser) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.commands._shared import add_search_options
+from search.commands._shared import add_search_options, catch_job_end, finish
 
 
 def register(subparsers) -> None:
@@ -13,14 +13,12 @@ def register(subparsers) -> None:
 
 
 def _resume(args) -> int:
-    from search.monitor import console, ending
+    from search.monitor import console
     from search.tuning import tuner
 
     console.configure(verbose=args.verbose)
+    catch_job_end()
 
     outcome = tuner.resume_search(args.experiment_dir, address=args.address,
                                   tracking_offline=args.tracking_offline, flush_seconds=args.tracking_flush_seconds)
-    if outcome.results is None:  # a finished search: nothing was trained (resume_search said so)
-        return 0
-    ending.print_ending(outcome.results, outcome.folder)
-    return 130 if outcome.interrupted else 0
+    return finish(outcome)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.commands._shared import add_search_options
+from search.commands._shared import add_search_options, catch_job_end, finish
 
 DEFAULT_STORAGE = "lic_search_results"
 
@@ -18,18 +18,22 @@ def register(subparsers) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: sqlite store ./mlflow.db, what `mlflow ui` opens)")
     parser.add_argument("--name", default=None, help="override the search name from the space file")
+    parser.add_argument("--resume-if-exists", action="store_true",
+                        help="if the storage path already holds this search, continue it (or exit 0 when it has "
+                             "finished) instead of refusing; its stored space must equal SPACE. The one command a "
+                             "requeued batch job runs (exit codes: README \"Exit codes\")")
     add_search_options(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from search.monitor import console, ending
+    from search.monitor import console
     from search.tuning import tuner
 
     console.configure(verbose=args.verbose)
+    catch_job_end()
 
     outcome = tuner.run_search(args.space, args.storage_path, tracking_uri=args.tracking_uri,
                                address=args.address, name=args.name, tracking_offline=args.tracking_offline,
-                               flush_seconds=args.tracking_flush_seconds)
-    ending.print_ending(outcome.results, outcome.folder)
-    return 130 if outcome.interrupted else 0
+                               flush_seconds=args.tracking_flush_seconds, resume_if_exists=args.resume_if_exists)
+    return finish(outcome)

@@ -9,7 +9,6 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import psutil
@@ -99,9 +98,9 @@ def record_end(store: ExperimentStore, outcome: str) -> None:
 def read_driver(store: ExperimentStore) -> Optional[Driver]:
     """The latest driver's record (None for a search started before drivers were recorded)."""
     records = []
-    for path in (Path(store.location) / DRIVERS_DIR).glob("driver-*.json"):
+    for name in store.list(DRIVERS_DIR, "driver-*.json"):
         try:
-            records.append(Driver(**json.loads(path.read_text())))
+            records.append(Driver(**json.loads(store.read_text(f"{DRIVERS_DIR}/{name}"))))
         except (OSError, ValueError, TypeError):
             continue  # caught mid-write
     return max(records, key=lambda d: d.started, default=None)

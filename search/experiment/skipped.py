@@ -8,10 +8,9 @@ few from here and say where the full lists are.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
-from search.experiment.store import ExperimentStore, is_uri
+from search.experiment.store import ExperimentStore
 
 FOLDER = "skipped_images"
 ARTIFACT = "skipped_images.txt"  # the same list on the trial's MLflow run
@@ -24,11 +23,9 @@ def record(store: ExperimentStore, trial_id: str, text: str) -> None:
 
 def skipped_files(store: ExperimentStore) -> dict[str, str]:
     """Each skipped file named by any trial (path -> reason), in trial then report order."""
-    if is_uri(store.location):
-        return {}
     found: dict[str, str] = {}
-    for file in sorted(Path(store.location, FOLDER).glob("*.txt")):
-        for line in file.read_text().splitlines():
+    for name in store.list(FOLDER, "*.txt"):
+        for line in store.read_text(f"{FOLDER}/{name}").splitlines():
             path, _, reason = line.partition("\t")
             if path:
                 found.setdefault(path, reason)

@@ -7,6 +7,7 @@ Ray's, through the same pyarrow filesystem.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 
@@ -76,6 +77,31 @@ class ExperimentStore:
     def read_text(self, file: str) -> str:
         with self.fs.open_input_stream(f"{self.path}/{file}") as stream:
             return stream.read().decode()
+
+    def list(self, folder: str = "", pattern: str = "*", folders: bool = False) -> list[str]:
+        """Sorted names of the files (``folders``: the folders) directly in ``folder`` that match ``pattern``;
+        none when ``folder`` does not exist. Object stores have no folders, only common key prefixes: the same."""
+        wanted = pyarrow.fs.FileType.Directory if folders else pyarrow.fs.FileType.File
+        where = f"{self.path}/{folder}".rstrip("/")
+        try:
+            infos = self.fs.get_file_info(pyarrow.fs.FileSelector(where, allow_not_found=True))
+        except (OSError, pyarrow.ArrowException):
+            return []
+        return sorted(i.base_name for i in infos if i.type == wanted and fnmatch.fnmatch(i.base_name, pattern))
+
+    def download(self, folder: str, local: Path) -> Path:
+        """Copy ``folder`` of the experiment (a trial's checkpoint, say) into the local folder ``local``: where the
+        experiment folder is on this machine already, its own path instead (nothing copied)."""
+        if isinstance(self.fs, pyarrow.fs.LocalFileSystem):
+            return Path(self.path, folder)
+        local.mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(f"{self.path}/{folder}", str(local), source_filesystem=self.fs,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        return local
+
+    def child(self, folder: str) -> "ExperimentStore":
+        """The store of a folder inside this one (a ladder's fine-tune phase is its own Ray experiment)."""
+        return ExperimentStore(f"{self.location}/{folder}")
 
     def write_text(self, file: str, text: str) -> None:
         if "/" in file:  # a nested file (drivers/..., train_index/...): local filesystems need its folder

@@ -65,7 +65,10 @@ RAY_MEANINGS = (
                                            "is checked"),
     ("Experiment state snapshotting failed", "the search's saved state may lag; the final one is checked"),
     ("Last sync command failed", "an upload of the search's state failed; the next save uploads it again"),
-    ("Trials did not complete", "trials left unfinished: `lic-search resume` continues them"),
+    # (Ray says it for errored trials: resuming retries them only from a checkpoint that loads, which the summary
+    # below tells apart)
+    ("Trials did not complete", "some trials errored: the summary below names them and says whether resuming "
+                                "can retry them"),
 )
 
 

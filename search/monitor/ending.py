@@ -25,13 +25,16 @@ from trainables import metrics as M
 from trainables.config import flatten
 
 
-def print_ending(results, folder: str | Path) -> None:
+def print_ending(results, folder: str | Path, stopped: bool = False) -> None:
     """The end of a search: counts, best trial per rate point, where results are, how to resume and browse.
+
+    The resume line appears only where resuming can help: a ``stopped`` search, or errored trials that
+    resume retries (not those with no loadable checkpoint: :func:`retriable_errors`).
 
     The best-per-rate-point table also goes to the search's MLflow parent run (artifact, tags, metrics),
     through the tracking journal: a server that is down gets it from ``lic-search sync`` or resume."""
     diverged = [r for r in results if _diverged(r)]
-    errors = sum(1 for r in results if r.error) + len(diverged)
+    errors = errored(results)
     why = f", {len(diverged)} of them diverged" if diverged else ""
     print(f"\n{len(results)} trials ({errors} errored{why}). Experiment folder: {folder}")
     from search.space.training_data import (
@@ -62,13 +65,33 @@ def print_ending(results, folder: str | Path) -> None:
     name = state.name if state else "<name>"
     uri = state.tracking_uri if state else tracking_client.default_tracking_uri()
     where = "" if uri == tracking_client.default_tracking_uri() else f" --tracking-uri {uri}"
-    print(f"Resume with: lic-search resume {folder}\n"
-          f"Progress:    lic-search status {folder}\n"
+    retriable = retriable_errors(results)
+    if stopped:
+        print(f"Resume with: lic-search resume {folder}   (or the same `lic-search run ... --resume-if-exists`)")
+    elif retriable:
+        print(f"Resume with: lic-search resume {folder}   (retries {retriable} errored trial"
+              f"{'' if retriable == 1 else 's'} from {'its' if retriable == 1 else 'their'} last checkpoint)")
+    print(f"Progress:    lic-search status {folder}\n"
           f"Browse with: lic-search best {name}{where}   or   lic-search ui {name}{where} --open")
     url = _runs_url(state) if state is not None else None
     if url:
         print(f"MLflow UI:   {url}" + ("" if uri.startswith(("http://", "https://")) else
                                         "   (served by lic-search ui)"))
+
+
+#: The error of a trial none of whose checkpoints loads (trainables/training/trainable.py): resuming retries the
+#: same checkpoints and fails the same way.
+NO_CHECKPOINT_LOADS = "no checkpoint of this trial loads"
+
+
+def errored(results) -> int:
+    """Trials that errored or diverged."""
+    return sum(1 for r in results if r.error or _diverged(r))
+
+
+def retriable_errors(results) -> int:
+    """Errored trials ``resume`` can retry: with a checkpoint to start from, and not every checkpoint damaged."""
+    return sum(1 for r in results if r.error and r.checkpoint is not None and NO_CHECKPOINT_LOADS not in str(r.error))
 
 
 def _diverged(result) -> bool:

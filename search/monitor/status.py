@@ -23,7 +23,7 @@ from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderPlan
 from search.experiment.state import STATE_FILE, SearchState
 from search.experiment.store import ExperimentStore, is_uri
 from search.monitor import progress, summary
-from search.space import load_space
+from search.space.load import load_stored_space
 from search.tracking import client as tracking
 from search.tracking import journal as J
 from search.tracking import names as T
@@ -46,7 +46,10 @@ def describe_driver(driver: Driver) -> str:
 
 # ---------------------------------------------------------------------------------- the search
 def _candidates(target: str, storage_path: str) -> list[str]:
-    return [target] if is_uri(target) else [target, str(Path(storage_path) / target)]
+    if is_uri(target):
+        return [target]
+    inside = f"{storage_path.rstrip('/')}/{target}" if is_uri(storage_path) else str(Path(storage_path) / target)
+    return [target, inside]
 
 
 def experiment_folder(target: str, storage_path: str = "lic_search_results") -> Optional[ExperimentStore]:
@@ -87,13 +90,13 @@ def resolve(target: str, tracking_uri: Optional[str] = None, storage_path: str =
     return ExperimentStore(folder)
 
 
-def _last_result(trial_folder: Path) -> dict:
+def _last_result(phase: ExperimentStore, trial_folder: str) -> dict:
     """The trial's latest scores, at its latest iteration (a notice after them moves only the iteration)."""
-    path = trial_folder / "result.json"
-    if not path.is_file():
+    path = f"{trial_folder}/result.json"
+    if not trial_folder or not phase.exists(path):
         return {}
     latest = None
-    for line in reversed(path.read_text().splitlines()):
+    for line in reversed(phase.read_text(path).splitlines()):
         try:
             result = json.loads(line)
         except ValueError:
@@ -107,18 +110,13 @@ def _last_result(trial_folder: Path) -> dict:
 def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver], Any]:
     """The search's view, its driver record and its :class:`SearchState`, from the experiment folder."""
 
-    if is_uri(store.location):
-        raise LicSearchError(f"{store}: status reads local experiment folders; on a multi-node cluster run it "
-                             "where the storage path is mounted")
     state = SearchState.load(store)
-    folder = Path(store.location)
-    spec = load_space(folder / state.space_file, check_data=False)
+    spec = load_stored_space(store, state.space_file)
     trials = []
-    phases = [folder, folder / FINE_TUNE_FOLDER]  # a ladder's fine-tune phase is its own Ray experiment
-    for phase, record in [(phase, record) for phase in phases
-                          for record in ray_state.trial_records(ExperimentStore(phase))]:
+    phases = [store, store.child(FINE_TUNE_FOLDER)]  # a ladder's fine-tune phase is its own Ray experiment
+    for phase, record in [(phase, record) for phase in phases for record in ray_state.trial_records(phase)]:
         config = record.get("config") or {}
-        result = _last_result(phase / record.get("relative_logdir", ""))
+        result = _last_result(phase, record.get("relative_logdir", ""))
         budget = progress.budget_of(config)
         trials.append(progress.TrialView(
             trial_id=record["trial_id"], state=progress.trial_state(record.get("status", "PENDING"), result, budget),

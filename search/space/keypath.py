@@ -77,3 +77,23 @@ def primitive_sites(node: Any, keys: Keys = ()) -> list[tuple[Keys, str, Any]]:
     if isinstance(node, dict):
         return [site for key, value in node.items() for site in primitive_sites(value, keys + (key,))]
     return []
+
+
+def first_difference(stored: Any, current: Any, keys: Keys = ()) -> Optional[str]:
+    """The dotted key path of the first place two nested configs differ (mapping keys in ``current``'s order,
+    then keys only ``stored`` has), or None when they are equal. The root differs as ``<root>``."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in [*current, *(k for k in stored if k not in current)]:
+            if key not in stored or key not in current:
+                return dotted((*keys, key), prefix="")
+            found = first_difference(stored[key], current[key], (*keys, key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+        for index, (old, new) in enumerate(zip(stored, current)):
+            found = first_difference(old, new, (*keys, index))
+            if found is not None:
+                return found
+        return None
+    return None if stored == current else (dotted(keys, prefix="") or "<root>")

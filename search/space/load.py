@@ -131,3 +131,14 @@ def load_space(path: str | Path, check_data: bool = True) -> SearchSpec:
     check_spec(file, spec, check_data)
     return spec
 
+
+
+def load_stored_space(store, file: str) -> SearchSpec:
+    """A search's stored space copy (``file`` in the experiment folder ``store``, local or remote), validated
+    without walking the training folders again (the search's index lists them)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / Path(file).name
+        local.write_text(store.read_text(file))
+        return load_space(local, check_data=False)

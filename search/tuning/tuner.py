@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,12 +22,14 @@ from search.experiment.store import ExperimentStore, is_uri
 from search.experiment.train_index import prepare_train_indexes
 from search.monitor import console
 from search.space import SearchSpec, load_space
+from search.space.load import load_stored_space
+from search.space.keypath import first_difference
 from search.tracking import client as tracking
 from search.tracking import names as T
 from search.tracking import run_names
 from search.tracking import session as tracking_session
 from search.tuning import ladder, state_save
-from search.tuning.interrupt import GracefulStop
+from search.tuning.interrupt import GracefulStop, catch_job_end_again
 from search.tuning.resource_check import check_cluster
 from search.tuning.schedulers import build_scheduler
 from search.tuning.searchers import (
@@ -42,11 +43,15 @@ _owned_ray = {"started": False}  # this process started the local Ray instance (
 
 @dataclass
 class SearchOutcome:
-    """How a ``run``/``resume`` ended: Ray's results, the experiment folder, and whether Ctrl-C stopped it."""
+    """How a ``run``/``resume`` ended: Ray's results, the experiment folder, and what stopped it unfinished."""
 
     results: object  # ray.tune.ResultGrid; None when resume found the search finished (nothing trained)
     folder: str
-    interrupted: bool = False  # the commands exit 130 and print the resume command
+    stopped_by: Optional[str] = None  # "Ctrl-C" or a job-end signal's name: unfinished (search.commands exit codes)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by is not None
 
 
 def _init_ray(address: Optional[str]) -> None:
@@ -64,6 +69,7 @@ def _init_ray(address: Optional[str]) -> None:
     # on this machine; joining an existing cluster is what --address is for.
     ray.init(address=address or "local", log_to_driver=console.ray_verbosity() > 0, include_dashboard=False,
              configure_logging=True, logging_level="WARNING")
+    catch_job_end_again()  # Ray's own SIGTERM handler would abort the driver
     _owned_ray["started"] = address is None
 
 
@@ -197,7 +203,7 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
                                                 name_keys=run_names.column_keys(spec.configs(), spec.variants),
                                                 stratify_by=spec.stratify_by(), flush_seconds=flush_seconds,
                                                 run_params=run_params(spec))
-    stop = GracefulStop()
+    stop = GracefulStop(preempt_trials=spec.file.resources.workers_per_trial <= 1)  # data-parallel: no SIGTERM protocol
     status = "FAILED"
     recorder.start()
     installed = stop.install()
@@ -210,8 +216,8 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
             results = _run_ladder(spec, store, restore, recorder, stop)
         status = "KILLED" if stop.requested else "FINISHED"
         if stop.requested:
-            print(f"\nlic-search: search stopped by Ctrl-C; continue it with: lic-search resume {store}")
-        return SearchOutcome(results, store.location, interrupted=stop.requested)
+            print(f"\nlic-search: search stopped by {stop.stopped_by}; continue it with: lic-search resume {store}")
+        return SearchOutcome(results, store.location, stopped_by=stop.stopped_by)
     finally:
         if installed:
             stop.uninstall()
@@ -268,22 +274,49 @@ def _end_ray(store: Optional[ExperimentStore]) -> None:
 
 def run_search(space_path: Path, storage_path: str | Path, tracking_uri: Optional[str] = None,
                address: Optional[str] = None, name: Optional[str] = None, tracking_offline: bool = False,
-               flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS):
-    """Validate the space, record the parent run, then run the Tuner."""
+               flush_seconds: float = tracking_session.DEFAULT_FLUSH_SECONDS, resume_if_exists: bool = False):
+    """Validate the space, record the parent run, then run the Tuner.
+
+    ``resume_if_exists``: a search of that name already in ``storage_path`` is continued (or reported finished)
+    instead of refused, provided its stored space is this one: the line a requeued batch job runs each time."""
     from trainables.data.file_index import remembered_walks
 
     store = None
     try:
         with remembered_walks():  # validation's walk of the training folders is the one the index uses
             spec = load_space(space_path)
+            if name:
+                spec.file.name = name
+            existing = ExperimentStore.under(storage_path, spec.name)
+            if resume_if_exists and existing.exists(STATE_FILE):
+                check_same_space(spec, space_path, existing)
+                print(f"lic-search: {existing} holds search {spec.name!r}: continuing it")
+                return resume_search(existing.location, address=address, tracking_offline=tracking_offline,
+                                     flush_seconds=flush_seconds)
             if address is None:
-                ray_session.end_leftovers_near(ExperimentStore.under(storage_path, name or spec.name))
+                ray_session.end_leftovers_near(existing)
             store, state = _prepare_search(spec, space_path, storage_path, tracking_uri, address, name,
                                            tracking_offline)
         return _run(spec, store, state, restore=False, address=address, offline=tracking_offline,
                     flush_seconds=flush_seconds)
     finally:
         _end_ray(store)
+
+
+def space_text(spec: SearchSpec) -> str:
+    """The resolved space as the experiment folder stores it (``space.yaml``)."""
+    return yaml.safe_dump(spec.file.model_dump(mode="json"), sort_keys=False)
+
+
+def check_same_space(spec: SearchSpec, space_path: Path, store: ExperimentStore) -> None:
+    """Refuse to continue a stored search with another space: name the first key that differs."""
+    state = SearchState.load(store)
+    stored = yaml.safe_load(store.read_text(state.space_file)) or {}
+    differs = first_difference(stored, yaml.safe_load(space_text(spec)))
+    if differs is not None:
+        raise LicSearchError(f"{space_path}: {differs}: differs from the space of the search stored in {store} "
+                             f"({state.space_file}); continuing needs the same space: restore it, or pass another "
+                             f"--name or --storage-path to start a new search")
 
 
 def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path, tracking_uri: Optional[str],
@@ -304,14 +337,14 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
     _start_cluster(spec, address, str(space_path))
     store.create()
     prepare_train_indexes(spec, store)
-    space_text = yaml.safe_dump(spec.file.model_dump(mode="json"), sort_keys=False)
-    store.write_text(SPACE_COPY, space_text)
+    text = space_text(spec)
+    store.write_text(SPACE_COPY, text)
     state = SearchState(spec.name, tracking_uri, "")
     state.save(store)
     # The parent run goes through the journal like every MLflow record: online it is shipped now (its id
     # lands in the state file); --tracking-offline leaves it to the sender, when the server answers.
     search = spec.file.search
-    tracking_session.journal_search_run(store, spec.name, space_text, spec.stratify_by(), spec.anchor_label(),
+    tracking_session.journal_search_run(store, spec.name, text, spec.stratify_by(), spec.anchor_label(),
                                         spec.variants.labels(),
                                         list(zip(search.objectives or [], search.objective_modes())))
     if online:
@@ -328,13 +361,11 @@ def resume_search(experiment_dir: str | Path, address: Optional[str] = None, tra
     state = SearchState.load(store)
     from ray import tune
 
-    if not tune.Tuner.can_restore(store.location):
-        raise LicSearchError(f"{store} has no Ray Tune state to restore (was the search started?)")
-    with tempfile.TemporaryDirectory() as folder:
-        local_copy = Path(folder) / SPACE_COPY
-        local_copy.write_text(store.read_text(state.space_file))
-        # The training folders are not walked again: the search's index lists the files.
-        spec = load_space(local_copy, check_data=False)
+    restore = tune.Tuner.can_restore(store.location)
+    if not restore:  # the driver ended between recording the search and Ray's first save: nothing trained yet
+        print(f"lic-search: {store} has no Ray Tune state yet (its driver ended before training): starting its "
+              f"trials")
+    spec = load_stored_space(store, state.space_file)
     # An unreachable server is an error before Ray starts, unless --tracking-offline.
     online = tracking_session.reachable(state.tracking_uri, tracking_offline)
     # (a ladder's two phases are two Ray experiments: its resume goes through Ray, which knows both)
@@ -349,7 +380,7 @@ def resume_search(experiment_dir: str | Path, address: Optional[str] = None, tra
         ray_session.end_leftovers_near(store)
     try:
         _start_cluster(spec, address, f"{store}/{state.space_file}")
-        return _run(spec, store, state, restore=True, address=address, offline=tracking_offline,
+        return _run(spec, store, state, restore=restore, address=address, offline=tracking_offline,
                     flush_seconds=flush_seconds)
     finally:
         _end_ray(store)
