@@ -4,6 +4,7 @@ across as many Slurm jobs as it takes (search/tuning/slurm.py)."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from search.errors import LicSearchError
@@ -47,6 +48,10 @@ def _slurm(args) -> int:
                      warning_seconds=args.warning_seconds, storage_path=args.storage_path,
                      tracking_uri=args.tracking_uri)
     script = sbatch_script(spec, args.space, shape)
+    if "://" not in str(args.storage_path) or not args.tracking_uri or args.tracking_uri.startswith("sqlite:"):
+        # Stderr, so a printed script stays clean: a requeued job may start on other nodes than the last one.
+        print("note: the storage path and the MLflow store must be on a filesystem every node of every job mounts "
+              "(or use --storage-path s3://... and --tracking-uri http://<mlflow server>)", file=sys.stderr)
     output = args.output or (Path(f"lic-{spec.name}.sbatch") if args.submit else None)
     if output is None:
         print(script, end="")
