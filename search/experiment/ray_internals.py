@@ -71,5 +71,22 @@ def restored_run_config(tuner: Any) -> Any:
     return tuner._local_tuner.get_run_config()
 
 
+def running_trial_process(trial: Any) -> Optional[tuple[str, int]]:
+    """(node id, pid) of a running Tune trial's actor process, None when it has none. Reads the trial's actor
+    handle (``Trial.temporary_state.ray_actor``) and GCS's actor table (``ray._private.state.actors``: ``Pid``,
+    ``Address.NodeID``), so the job-end stop can SIGTERM each trial on its own node at once. Public replacement:
+    ``ray.util.state.get_actor`` gives both but needs the dashboard's API server, which searches start without."""
+    import ray
+
+    actor = trial.temporary_state.ray_actor if trial.status == "RUNNING" else None
+    if actor is None:
+        return None
+    info = ray._private.state.actors(actor._actor_id.hex())
+    if not info or not info.get("Pid"):
+        return None
+    return info["Address"]["NodeID"], int(info["Pid"])
+
+
 __all__ = ["EXPERIMENT_STATE_PATTERN", "AUTH_TOKEN_LOGGER", "global_node", "experiment_location", "staging_folder",
-           "wait_for_upload", "experiment_checkpoint_manager", "manager_storage", "restored_run_config"]
+           "wait_for_upload", "experiment_checkpoint_manager", "manager_storage", "restored_run_config",
+           "running_trial_process"]

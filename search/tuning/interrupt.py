@@ -26,6 +26,8 @@ from typing import Callable, Optional
 
 from ray import tune
 
+from search.experiment import ray_internals
+
 
 #: The signals a batch system sends before the end of a job (Slurm: ``--signal``, ``scancel``, the time limit).
 JOB_END_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
@@ -190,12 +192,9 @@ def preempt_running_trials(trials, notify: Callable[[str], None] = print) -> int
 
     targets: dict[str, list[int]] = {}
     for trial in trials:
-        actor = trial.temporary_state.ray_actor if trial.status == "RUNNING" else None
-        if actor is None:
-            continue
-        info = ray._private.state.actors(actor._actor_id.hex())
-        if info and info.get("Pid"):
-            targets.setdefault(info["Address"]["NodeID"], []).append(int(info["Pid"]))
+        process = ray_internals.running_trial_process(trial)
+        if process is not None:
+            targets.setdefault(process[0], []).append(process[1])
     here = ray.get_runtime_context().get_node_id()
     pending = []
     for node, pids in targets.items():

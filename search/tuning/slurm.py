@@ -12,14 +12,16 @@ continues the search. A finished search (exit 0 or 3) is not requeued.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import shlex
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Optional
+
+from packaging.version import Version
 
 from search.errors import LicSearchError
 from search.space import SearchSpec
@@ -81,7 +83,7 @@ def check_shape(spec: SearchSpec, shape: JobShape) -> None:
 
 def token_auth() -> bool:
     """Whether the installed Ray authenticates by token (``RAY_AUTH_MODE=token``, Ray >= 2.52)."""
-    return importlib.util.find_spec("ray._private.authentication") is not None
+    return Version(metadata.version("ray")) >= Version("2.52")
 
 
 def sbatch_script(spec: SearchSpec, space: Path, shape: JobShape) -> str:
