@@ -205,5 +205,10 @@ def test_a_ladder_in_s3_fine_tunes_from_the_anchor_checkpoint_in_the_bucket(tmp_
     resumed = lic_search(["resume", f"{s3}/s3ladder"], cwd=job, timeout=900)  # everything read from the bucket
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "ladder: 1 of 1 rate families fine-tune 1 trials from their anchors" in resumed.stdout
-    assert len(trial_runs(uri, "s3ladder")) == 2  # nothing trained twice
+    assert len(trial_runs(uri, "s3ladder")) == 2  # nothing trained twice: no new run, each step once
+    client = client_for(uri)
+    assert [m.step for m in client.get_metric_history(anchor.info.run_id, M.EVAL_RD_LOSS)] == [2, 4]
+    assert [m.step for m in client.get_metric_history(fine.info.run_id, M.EVAL_RD_LOSS)] == [2]
     assert not [p for p in job.rglob("*") if p.name in ("ladder.json", "lic_search.json", "state.pt")]
+    status = lic_search(["status", f"{s3}/s3ladder", "--json"], cwd=job, timeout=300)
+    assert status.returncode == 0 and json.loads(status.stdout)["finished"], status.stdout[-3000:] + status.stderr
