@@ -167,13 +167,14 @@ def test_a_warm_start_from_the_bucket_is_verified_and_falls_back_to_the_older_ch
 @pytest.mark.timeout(1800)
 def test_a_ladder_in_s3_fine_tunes_from_the_anchor_checkpoint_in_the_bucket(tmp_path: Path, s3: str):
     """A ladder on --storage-path s3://: ladder.json and every checkpoint in the bucket, the fine-tune started from
-    the anchor's checkpoint there (by URI), nothing in a local experiment folder; a resume reads it all back."""
+    the anchor's checkpoint there (by URI), nothing in a local experiment folder; a driver SIGKILLed in the
+    fine-tune phase continues from the bucket (`run --resume-if-exists`) without training the anchor again."""
     import yaml
 
     from tests.test_ladder_space import ladder_space
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 2}},
+    space = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 40}},
                          name="s3ladder", resources={"cpus_per_trial": 1, "max_failures": 0})
     data = yaml.safe_load(space.read_text())
     data["trial"]["loss"]["lmbda"] = {"grid": [0.013, 0.0483]}  # one family: the anchor and one rate point
@@ -182,8 +183,28 @@ def test_a_ladder_in_s3_fine_tunes_from_the_anchor_checkpoint_in_the_bucket(tmp_
     space.write_text(yaml.safe_dump(data, sort_keys=False))
     job = tmp_path / "job"
     job.mkdir()
-    done = lic_search(["run", str(space), "--storage-path", s3, "--tracking-uri", uri], cwd=job, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    command = LIC_SEARCH + ["run", str(space), "--storage-path", s3, "--tracking-uri", uri, "--resume-if-exists"]
+    driver = start(command, tmp_path / "job1.log", cwd=job)
+    instance: set[int] = set()
+    try:
+        def fine_tuning() -> bool:
+            return any(r.data.tags.get(T.TAG_LADDER) == T.LADDER_FINE_TUNE and r.data.metrics.get(M.ITERATIONS, 0) >= 6
+                       for r in trial_runs(uri, "s3ladder"))
+
+        wait_for(fine_tuning, 600, "the fine-tuned trial past its third checkpoint", interval=0.2)
+        instance = {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        done = lic_search(command[len(LIC_SEARCH):], cwd=job, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "continuing it" in done.stdout and "ladder: 1 of 1 rate families fine-tune 1 trials" in done.stdout
+    finally:
+        kill_session(driver)
+        for pid in instance:  # only the processes of the killed driver's own Ray instance
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
 
     keys = objects("results/s3ladder/")
     assert "results/s3ladder/ladder.json" in keys
@@ -202,13 +223,10 @@ def test_a_ladder_in_s3_fine_tunes_from_the_anchor_checkpoint_in_the_bucket(tmp_
     assert fine.data.tags[T.TAG_STATUS] == "completed" and fine.data.metrics[M.INIT_LOADED_TENSORS] > 50
     assert not [p for p in job.rglob("*") if p.name in ("ladder.json", "lic_search.json", "state.pt")]
 
-    resumed = lic_search(["resume", f"{s3}/s3ladder"], cwd=job, timeout=900)  # everything read from the bucket
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "ladder: 1 of 1 rate families fine-tune 1 trials from their anchors" in resumed.stdout
-    assert len(trial_runs(uri, "s3ladder")) == 2  # nothing trained twice: no new run, each step once
+    assert len(runs) == 2  # the anchor never trained again, the fine-tune continued in its own run
     client = client_for(uri)
     assert [m.step for m in client.get_metric_history(anchor.info.run_id, M.EVAL_RD_LOSS)] == [2, 4]
-    assert [m.step for m in client.get_metric_history(fine.info.run_id, M.EVAL_RD_LOSS)] == [2]
-    assert not [p for p in job.rglob("*") if p.name in ("ladder.json", "lic_search.json", "state.pt")]
+    # continued from its checkpoint in the bucket, not from zero: each step once in MLflow
+    assert [m.step for m in client.get_metric_history(fine.info.run_id, M.EVAL_RD_LOSS)] == list(range(2, 42, 2))
     status = lic_search(["status", f"{s3}/s3ladder", "--json"], cwd=job, timeout=300)
     assert status.returncode == 0 and json.loads(status.stdout)["finished"], status.stdout[-3000:] + status.stderr
