@@ -18,7 +18,7 @@ from search.errors import LicSearchError
 from search.experiment import ray_internals, ray_session, ray_state
 from search.experiment.ladder_plan import LadderPlan
 from search.experiment.state import SPACE_COPY, STATE_FILE, SearchState
-from search.experiment.store import ExperimentStore, is_uri
+from search.experiment.store import ExperimentStore
 from search.experiment.train_index import prepare_train_indexes
 from search.monitor import console
 from search.space import SearchSpec, load_space
