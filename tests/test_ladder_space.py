@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from search.errors import SpaceError
+from search.experiment.store import ExperimentStore
 from search.space import load_space
 from search.space.ladder import anchor_spec, fine_tune_configs, fine_tune_spec, rate_points
 from tests.conftest import SAMPLES
@@ -142,29 +143,29 @@ def test_only_finished_anchors_are_fine_tuned_and_each_family_says_why(tmp_path)
                                metrics={"trial_id": trial_id, "iterations": iterations, **metrics},
                                checkpoint=tune.Checkpoint(str(folder)))
 
-    finished = plan(spec, [result("a", low_lr, 40), result("b", high_lr, 20)], {"a": "run-a"})
+    finished = plan(spec, [result("a", low_lr, 40), result("b", high_lr, 20)], {"a": "run-a"}, ExperimentStore(tmp_path))
     assert [(f.anchor_trial, f.checkpoint, f.anchor_run) for f in finished.families] == [
         ("a", str(tmp_path / "a"), "run-a"), ("b", None, None)]
     assert finished.families[1].reason == "stopped by the scheduler at iteration 20 of 40"
     assert len(finished.configs) == 3 and {c["model"]["init_from"] for c in finished.configs} == {str(tmp_path / "a")}
     assert "not fine-tuned: anchor b stopped by the scheduler" in "\n".join(finished.lines())
     others = plan(spec, [result("c", low_lr, 10, error=RuntimeError("boom")),
-                         result("d", high_lr, 40, diverged=1, diverged_reason="non-finite loss at iteration 7")], {})
+                         result("d", high_lr, 40, diverged=1, diverged_reason="non-finite loss at iteration 7")], {},
+                  ExperimentStore(tmp_path))
     assert [f.reason for f in others.families] == ["errored (RuntimeError)",
                                                    "diverged (non-finite loss at iteration 7)"]
     assert others.configs == []
 
 
-def test_a_tampered_anchor_checkpoint_is_refused_by_checksum_and_the_fine_tunes_start_from_the_older_one(tmp_path):
+def test_a_tampered_anchor_checkpoint_is_refused_by_checksum_and_the_fine_tunes_start_from_the_older_one(tmp_path,
+                                                                                                          capsys):
     from types import SimpleNamespace
 
     from ray import tune
 
     from search.tuning.ladder import plan
     from tests.test_preemption import _trial_checkpoints
-    from trainables.config import ModelConfig
-    from trainables.model import create_model
-    from trainables.training.warm_start import WarmStartError, apply_warm_start
+    from trainables.training.warm_start import WarmStartError, read_source
 
     spec = load_space(ladder_space(tmp_path))
     anchor = next(anchor_spec(spec).configs())
@@ -172,20 +173,24 @@ def test_a_tampered_anchor_checkpoint_is_refused_by_checksum_and_the_fine_tunes_
     with open(newest / "state.pt", "r+b") as stream:  # same size, other bytes: only the checksums tell
         stream.seek(200)
         stream.write(b"\xff" * 8)
-    config = ModelConfig.model_validate({**anchor["model"], "init_from": str(newest)})
-    with pytest.raises(WarmStartError) as refused:
-        apply_warm_start(create_model(config), config)
-    assert str(refused.value) == (f"model.init_from: {newest} fails its checksums (checksums.json): "
-                                  "state.pt differs from what was written (SHA-256 mismatch)")
+    source, weights, _ = read_source(newest)  # damaged by the time a fine-tune loads it: the older one loads
+    assert source == str(older / "state.pt") and weights
+    assert (f"model.init_from: {newest} fails its checksums (checksums.json): state.pt differs from "
+            f"what was written (SHA-256 mismatch); loading {older / 'state.pt'} instead") in capsys.readouterr().out
     result = SimpleNamespace(config=anchor, error=None, path=str(newest.parent),
                              metrics={"trial_id": "abc12_00000", "iterations": 40},
                              checkpoint=tune.Checkpoint(str(newest)))
-    ladder = plan(spec, [result], {})
+    ladder = plan(spec, [result], {}, ExperimentStore(tmp_path))
     (family,) = ladder.families
     assert family.checkpoint == str(older) and family.damaged == [f"{newest}: state.pt differs from what was "
                                                                   "written (SHA-256 mismatch)"]
     assert {c["model"]["init_from"] for c in ladder.configs} == {str(older)}
     assert f"passed over damaged checkpoint {newest}" in "\n".join(ladder.lines())
+    with open(older / "state.pt", "r+b") as stream:  # no older one left to fall back to: refused
+        stream.seek(200)
+        stream.write(b"\xff" * 8)
+    with pytest.raises(WarmStartError, match=r"fails its checksums \(checksums.json\): state.pt differs"):
+        read_source(older)
 
 
 def test_the_fine_tune_phase_gets_the_concurrency_cap_of_any_phase(tmp_path):

@@ -125,3 +125,108 @@ def test_a_search_in_s3_survives_a_driver_sigkill_and_is_read_back_from_another_
                         "--max-images", "1", "--lof-iterations", "0,2", "--device", "cpu"], cwd=elsewhere, timeout=600)
     assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
     assert "lic-search-checkpoints" in swept.stdout  # the winner's checkpoint, downloaded from the bucket
+
+
+def test_a_warm_start_from_the_bucket_is_verified_and_falls_back_to_the_older_checkpoint(tmp_path: Path, s3: str):
+    """``model.init_from`` as an s3:// URI (a ladder's anchor in a bucket): copied through pyarrow, its checksums
+    checked; a tampered newest checkpoint gives way to the trial's older one, and with none left it is refused."""
+    import pyarrow.fs
+    import torch
+
+    from tests.test_preemption import _config, _trial_checkpoints
+    from trainables.training.engine import Trainer
+    from trainables.training.warm_start import WarmStartError, read_source
+
+    older, newest = _trial_checkpoints(tmp_path, [2, 4])
+    bucket, _ = pyarrow.fs.FileSystem.from_uri(s3)
+    trial = f"{BUCKET}/results/{older.parent.name}"
+    pyarrow.fs.copy_files(str(older.parent), trial, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                          destination_filesystem=bucket)
+    remote_older, remote_newest = (f"s3://{trial}/{p.name}" for p in (older, newest))
+    plain = _config()
+    config = plain.model_copy(update={"model": plain.model.model_copy(update={"init_from": remote_newest})})
+    assert Trainer(config).warm_start.source == f"{remote_newest}/state.pt"  # intact: the newest loads
+
+    data = bytearray((newest / "state.pt").read_bytes())
+    data[200:208] = b"\xff" * 8  # same size, other bytes: only the checksums tell
+    with bucket.open_output_stream(f"{trial}/{newest.name}/state.pt") as stream:
+        stream.write(bytes(data))
+    trainer = Trainer(config)
+    assert trainer.warm_start.source == f"{remote_older}/state.pt"
+    saved = torch.load(older / "state.pt", weights_only=True)["model"]
+    loaded = trainer.model.state_dict()
+    assert all(torch.equal(loaded[k].cpu(), v) for k, v in saved.items() if loaded[k].shape == v.shape)
+
+    with bucket.open_output_stream(f"{trial}/{older.name}/state.pt") as stream:
+        stream.write(bytes(data[:100]))  # the older one truncated too: nothing left that verifies
+    with pytest.raises(WarmStartError, match=r"no checkpoint of s3://.*checkpoint_000001 or its older ones loads: "
+                                             r"s3://.*checkpoint_000001 fails its checksums.*checkpoint_000000 fails"):
+        read_source(remote_newest)
+
+
+@pytest.mark.timeout(1800)
+def test_a_ladder_in_s3_fine_tunes_from_the_anchor_checkpoint_in_the_bucket(tmp_path: Path, s3: str):
+    """A ladder on --storage-path s3://: ladder.json and every checkpoint in the bucket, the fine-tune started from
+    the anchor's checkpoint there (by URI), nothing in a local experiment folder; a driver SIGKILLed in the
+    fine-tune phase continues from the bucket (`run --resume-if-exists`) without training the anchor again."""
+    import yaml
+
+    from tests.test_ladder_space import ladder_space
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 40}},
+                         name="s3ladder", resources={"cpus_per_trial": 1, "max_failures": 0})
+    data = yaml.safe_load(space.read_text())
+    data["trial"]["loss"]["lmbda"] = {"grid": [0.013, 0.0483]}  # one family: the anchor and one rate point
+    data["trial"]["schedule"].update({"iterations": 4, "eval_every": 2, "lr": 1e-3})
+    data["scheduler"] = {"type": "fifo"}
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    job = tmp_path / "job"
+    job.mkdir()
+    command = LIC_SEARCH + ["run", str(space), "--storage-path", s3, "--tracking-uri", uri, "--resume-if-exists"]
+    driver = start(command, tmp_path / "job1.log", cwd=job)
+    instance: set[int] = set()
+    try:
+        def fine_tuning() -> bool:
+            return any(r.data.tags.get(T.TAG_LADDER) == T.LADDER_FINE_TUNE and r.data.metrics.get(M.ITERATIONS, 0) >= 6
+                       for r in trial_runs(uri, "s3ladder"))
+
+        wait_for(fine_tuning, 600, "the fine-tuned trial past its third checkpoint", interval=0.2)
+        instance = {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        done = lic_search(command[len(LIC_SEARCH):], cwd=job, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "continuing it" in done.stdout and "ladder: 1 of 1 rate families fine-tune 1 trials" in done.stdout
+    finally:
+        kill_session(driver)
+        for pid in instance:  # only the processes of the killed driver's own Ray instance
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    keys = objects("results/s3ladder/")
+    assert "results/s3ladder/ladder.json" in keys
+    assert any(k.startswith("results/s3ladder/fine_tune/") and k.endswith("/state.pt") for k in keys)
+    import boto3
+
+    plan = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key="results/s3ladder/ladder.json")["Body"].read())
+    (family,) = plan["families"]
+    assert family["checkpoint"].startswith(f"{s3}/s3ladder/") and "/checkpoint_" in family["checkpoint"]
+    assert f"{family['checkpoint'].removeprefix('s3://' + BUCKET + '/')}/state.pt" in keys
+    runs = trial_runs(uri, "s3ladder")
+    (fine,) = [r for r in runs if r.data.tags.get(T.TAG_LADDER) == T.LADDER_FINE_TUNE]
+    (anchor,) = [r for r in runs if r.data.tags.get(T.TAG_LADDER) == T.LADDER_ANCHOR]
+    origin = json.loads(fine.data.tags[T.TAG_INIT_FROM])
+    assert origin["checkpoint"] == family["checkpoint"] and origin["anchor_trial"] == anchor.data.tags[T.TAG_TRIAL_ID]
+    assert fine.data.tags[T.TAG_STATUS] == "completed" and fine.data.metrics[M.INIT_LOADED_TENSORS] > 50
+    assert not [p for p in job.rglob("*") if p.name in ("ladder.json", "lic_search.json", "state.pt")]
+
+    assert len(runs) == 2  # the anchor never trained again, the fine-tune continued in its own run
+    client = client_for(uri)
+    assert [m.step for m in client.get_metric_history(anchor.info.run_id, M.EVAL_RD_LOSS)] == [2, 4]
+    # continued from its checkpoint in the bucket, not from zero: each step once in MLflow
+    assert [m.step for m in client.get_metric_history(fine.info.run_id, M.EVAL_RD_LOSS)] == list(range(2, 42, 2))
+    status = lic_search(["status", f"{s3}/s3ladder", "--json"], cwd=job, timeout=300)
+    assert status.returncode == 0 and json.loads(status.stdout)["finished"], status.stdout[-3000:] + status.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from typing import Optional
+from typing import Optional, Sequence
 
 import pyarrow.fs
 
@@ -45,10 +45,11 @@ def trial_records(store: ExperimentStore) -> list[dict]:
     return []
 
 
-def finished(store: ExperimentStore, expected: int) -> Optional[int]:
+def finished(store: ExperimentStore, expected: int, phases: Sequence[str] = ()) -> Optional[int]:
     """The number of trials when the saved state holds at least ``expected`` trials, every one
-    terminated (nothing left for ``resume`` to train); None otherwise."""
-    records = trial_records(store)
+    terminated (nothing left for ``resume`` to train); None otherwise. ``phases``: folders inside
+    ``store`` that are Ray experiments of the same search too (a ladder's fine-tune phase)."""
+    records = [r for s in [store, *(store.child(p) for p in phases)] for r in trial_records(s)]
     if len(records) < max(expected, 1) or any(r.get("status") != TERMINATED for r in records):
         return None
     return len(records)

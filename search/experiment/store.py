@@ -99,6 +99,14 @@ class ExperimentStore:
                               destination_filesystem=pyarrow.fs.LocalFileSystem())
         return local
 
+    def location_of(self, path: str) -> str:
+        """A path on this store's filesystem (as Ray names a checkpoint: ``bucket/...``, no scheme) as a location
+        any process can open: the path itself on a local disk, the URI with this store's scheme on remote storage."""
+        if isinstance(self.fs, pyarrow.fs.LocalFileSystem) or is_uri(path):
+            return path
+        prefix = self.location[:len(self.location) - len(self.path)] if self.location.endswith(self.path) else ""
+        return prefix + path.lstrip("/") if prefix else path
+
     def child(self, folder: str) -> "ExperimentStore":
         """The store of a folder inside this one (a ladder's fine-tune phase is its own Ray experiment)."""
         return ExperimentStore(f"{self.location}/{folder}")

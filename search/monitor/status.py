@@ -144,7 +144,8 @@ def report(store: ExperimentStore) -> tuple[list[str], dict[str, Any]]:
     """What ``lic-search status`` prints, as lines and as JSON."""
     view, driver, state = load(store)
     alive = driver.alive() if driver is not None else False
-    ended = ray_state.finished(store, view.expected or 0)  # every trial terminated in Ray's saved state
+    # every trial terminated in Ray's saved state (a ladder's: of both phases)
+    ended = ray_state.finished(store, view.expected or 0, (FINE_TUNE_FOLDER,))
     finished = ended is not None or (driver is not None and driver.outcome == "FINISHED")
     resume = None if (alive is not False or finished) else f"lic-search resume {store.location}"
     lines = [f"search {view.name!r} at {view.folder}",

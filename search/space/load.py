@@ -79,6 +79,8 @@ def _resolve_path(file: str, where: str, value: Any, base: Path) -> Any:
     expanded = os.path.expanduser(os.path.expandvars(value))
     if "$" in expanded:
         raise SpaceError(file, where, f"environment variable in {value!r} is not set")
+    if "://" in expanded:  # a URI (s3://...: a checkpoint on object storage) is no path to resolve
+        return expanded
     path = Path(expanded)
     return str(path if path.is_absolute() else (base / path).resolve())
 

@@ -51,10 +51,11 @@ def anchor_outcome(result: Any, budget: int) -> tuple[Optional[str], str]:
     return str(result.checkpoint.path), ""
 
 
-def plan(spec: SearchSpec, results: Iterable[Any], run_ids: dict[str, str]) -> LadderPlan:
+def plan(spec: SearchSpec, results: Iterable[Any], run_ids: dict[str, str], store: ExperimentStore) -> LadderPlan:
     """The fine-tune phase from the anchor phase's results: per family, its anchor's checkpoint or why not.
 
-    A final checkpoint whose files no longer match their checksums is passed over for the anchor's newest
+    Checkpoints are named as any node opens them: a path, or on object storage a URI (``s3://...``, what
+    ``model.init_from`` of the fine-tunes then holds: the trial copies it). A final checkpoint whose files no longer match their checksums is passed over for the anchor's newest
     one that does (named in ``ladder.json`` and on the console)."""
     keys = run_names.column_keys(spec.configs())
     ladder = LadderPlan()
@@ -66,7 +67,8 @@ def plan(spec: SearchSpec, results: Iterable[Any], run_ids: dict[str, str]) -> L
         damaged: list[str] = []
         if checkpoint:  # the newest checkpoint of the anchor whose files still match their checksums
             checkpoint, damaged = newest_verified(result.checkpoint, trial_id)
-            reason = "" if checkpoint else "left no checkpoint that matches its checksums"
+            checkpoint = store.location_of(checkpoint) if checkpoint else None
+            damaged = [store.location_of(d) for d in damaged]  # "path: problem": the path first            reason = "" if checkpoint else "left no checkpoint that matches its checksums"
         ladder.families.append(LadderFamily(trial_id, run_names.family_name(config, keys), family_key(config),
                                             checkpoint, reason, run_ids.get(trial_id), damaged))
         if checkpoint:

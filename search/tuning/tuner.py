@@ -18,7 +18,7 @@ from search.errors import LicSearchError
 from search.experiment import ray_internals, ray_session, ray_state
 from search.experiment.ladder_plan import LadderPlan
 from search.experiment.state import SPACE_COPY, STATE_FILE, SearchState
-from search.experiment.store import ExperimentStore, is_uri
+from search.experiment.store import ExperimentStore
 from search.experiment.train_index import prepare_train_indexes
 from search.monitor import console
 from search.space import SearchSpec, load_space
@@ -237,7 +237,7 @@ def _run_ladder(spec: SearchSpec, store: ExperimentStore, restore: bool, recorde
                                                                *console.callbacks(anchors.spec, store)]).fit())
         if stop.requested:
             return results
-        plan = ladder.plan(spec, results, recorder.logger.run_ids())
+        plan = ladder.plan(spec, results, recorder.logger.run_ids(), store)
         plan.save(store)
         restore = False  # the fine-tune phase starts now
     else:
@@ -331,9 +331,6 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
     if store.exists(STATE_FILE):
         raise LicSearchError(f"{store} already holds a search named {spec.name!r}: "
                              f"continue it with `lic-search resume {store}` or pass --name")
-    if spec.file.ladder is not None and is_uri(store.location):
-        raise LicSearchError(f"{space_path}: ladder: fine-tuned trials load their anchor's checkpoint by path, so a "
-                             f"ladder needs a local or mounted --storage-path, not {store.parent}")
     _start_cluster(spec, address, str(space_path))
     store.create()
     prepare_train_indexes(spec, store)

@@ -119,7 +119,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise LicSearchError(f"cannot read checkpoint {file}: {error}") from None
 
 
-def _checkpoint_index(path: str) -> int:
+def checkpoint_index(path: str) -> int:
     name = path.rstrip("/").rsplit("/", 1)[-1]
     digits = name.rsplit("_", 1)[-1]
     return int(digits) if name.startswith("checkpoint_") and digits.isdigit() else -1
@@ -136,15 +136,15 @@ def restore_candidates(checkpoint, trial_id: Optional[str]) -> list:
 
     path = checkpoint.path.rstrip("/")
     parent = path.rsplit("/", 1)[0]
-    if not trial_id or f"_{trial_id}_" not in parent.rsplit("/", 1)[-1] or _checkpoint_index(path) < 0:
+    if not trial_id or f"_{trial_id}_" not in parent.rsplit("/", 1)[-1] or checkpoint_index(path) < 0:
         return [checkpoint]  # another trial's (a PBT clone) or an unknown layout: only Ray's choice
     try:
         infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
     except OSError:
         return [checkpoint]
-    siblings = sorted((i.path for i in infos if i.type == pafs.FileType.Directory and _checkpoint_index(i.path) >= 0
-                       and i.path.rstrip("/") != path), key=_checkpoint_index, reverse=True)
-    older = [p for p in siblings if _checkpoint_index(p) < _checkpoint_index(path)]
+    siblings = sorted((i.path for i in infos if i.type == pafs.FileType.Directory and checkpoint_index(i.path) >= 0
+                       and i.path.rstrip("/") != path), key=checkpoint_index, reverse=True)
+    older = [p for p in siblings if checkpoint_index(p) < checkpoint_index(path)]
     return [checkpoint] + [tune.Checkpoint(p, checkpoint.filesystem) for p in older]
 
 

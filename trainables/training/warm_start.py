@@ -13,7 +13,9 @@ file is read with ``torch.load(weights_only=True)`` (no code runs) and may be
 A checkpoint folder of this tool is verified against the checksums recorded when it was written
 (:data:`~trainables.training.checkpoint.MANIFEST_FILE`): a file changed since is refused, naming
 it and what differs. A ladder's fine-tunes start from the anchor's newest checkpoint that verifies
-(:func:`newest_verified`).
+(:func:`newest_verified`); should it fail by the time a fine-tune loads it, the anchor's newest older
+``checkpoint_k`` that verifies is loaded instead. ``init_from`` may be a URI (``s3://...``, a ladder's
+anchor on object storage): it is copied through pyarrow first (:mod:`trainables.training.checkpoint_source`).
 
 Keys must match the trial's model exactly. The one exception, when asked
 (``init_from_partial``), is AuxT added to a model trained without it: AuxT wraps ``g_a``/``g_s``
@@ -32,11 +34,12 @@ from typing import Any, Mapping, Optional
 import torch
 
 from trainables.training.checkpoint import MANIFEST_FILE, STATE_FILE, damage, restore_candidates
+from trainables.training.checkpoint_source import CheckpointSource
 from trainables import metrics as M
 from trainables.config import ModelConfig
 from trainables.errors import LicSearchError
 
-__all__ = ["WarmStartError", "WarmStart", "read_weights", "plan", "apply_warm_start", "newest_verified",
+__all__ = ["WarmStartError", "WarmStart", "read_source", "read_weights", "plan", "apply_warm_start", "newest_verified",
            "warm_start_result"]
 
 KEY_PATH = "model.init_from"
@@ -64,29 +67,66 @@ def _checkpoint_file(path: Path) -> Path:
     return path / STATE_FILE if path.is_dir() else path
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
-    """The model weights in ``path`` under this tool's key names, and the saved trial config (or None)."""
-    file = _checkpoint_file(Path(path))
+def _read_local(file: Path, shown: str) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+    """The weights in the local ``file`` (``shown``: how messages name it), verified against its checksums."""
     if not file.is_file():
-        raise WarmStartError(f"{KEY_PATH}: no checkpoint at {path} (expected a checkpoint folder with "
+        raise WarmStartError(f"{KEY_PATH}: no checkpoint at {shown} (expected a checkpoint folder with "
                              f"{STATE_FILE}, a {STATE_FILE} file, or a CompressAI state dict file)")
     problem = damage(file.parent) if (file.parent / MANIFEST_FILE).is_file() else None
     if problem is not None:  # a checkpoint of this tool records its checksums: a changed file is refused
-        raise WarmStartError(f"{KEY_PATH}: {file.parent} fails its checksums ({MANIFEST_FILE}): {problem}")
+        folder = shown.rsplit("/", 1)[0]  # the checkpoint folder its checksums belong to
+        raise WarmStartError(f"{KEY_PATH}: {folder} fails its checksums ({MANIFEST_FILE}): {problem}")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (corrupt, truncated or not a torch file: say which)
-        raise WarmStartError(f"{KEY_PATH}: cannot read {file}: {type(error).__name__}: {error}") from None
+        raise WarmStartError(f"{KEY_PATH}: cannot read {shown}: {type(error).__name__}: {error}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), Mapping) and "config" in state:
         return dict(state["model"]), state["config"]  # a checkpoint of this tool
     weights = state.get("state_dict", state) if isinstance(state, dict) else None
     if not isinstance(weights, Mapping) or not weights or not all(
             isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
-        raise WarmStartError(f"{KEY_PATH}: {file} holds no model weights (neither a lic-search checkpoint nor a "
+        raise WarmStartError(f"{KEY_PATH}: {shown} holds no model weights (neither a lic-search checkpoint nor a "
                              "CompressAI state dict of tensors)")
     from compressai.zoo.pretrained import load_pretrained
 
     return {f"backbone.{k}": v for k, v in load_pretrained(dict(weights)).items()}, None
+
+
+def _shown(source: CheckpointSource, local: Path) -> str:
+    """How messages name the file read: its own path, or the URI of the remote file it was copied from."""
+    if source.local:
+        return str(local)
+    return source.location if local.name == Path(source.path).name else f"{source.location.rstrip('/')}/{local.name}"
+
+
+def read_source(location: str | Path) -> tuple[str, dict[str, torch.Tensor], Optional[dict]]:
+    """(file loaded, weights under this tool's key names, saved trial config or None) of ``location``: a path or
+    a URI (copied from remote storage first). A trial's ``checkpoint_N`` that fails its checksums or cannot be
+    read is passed over for the trial's newest older one that loads (as a ladder's plan picks the anchor's)."""
+    failures: list[WarmStartError] = []
+    for candidate in CheckpointSource(str(location)).with_older():
+        try:
+            with candidate.fetched() as local:
+                file = _checkpoint_file(local)
+                shown = _shown(candidate, file)
+                weights, saved = _read_local(file, shown)
+        except (WarmStartError, OSError) as error:
+            failures.append(error if isinstance(error, WarmStartError) else
+                            WarmStartError(f"{KEY_PATH}: cannot read {candidate}: {type(error).__name__}: {error}"))
+            continue
+        for failure in failures:
+            print(f"lic-search: {failure}; loading {shown} instead")
+        return shown, weights, saved
+    if len(failures) == 1:
+        raise failures[0]
+    raise WarmStartError(f"{KEY_PATH}: no checkpoint of {location} or its older ones loads: "
+                         + "; ".join(str(f).removeprefix(f"{KEY_PATH}: ") for f in failures))
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+    """The model weights in ``path`` (a path or URI) under this tool's key names, and the saved trial config."""
+    _, weights, saved = read_source(path)
+    return weights, saved
 
 
 def _same_architecture(file: str, saved: Optional[dict], config: ModelConfig) -> None:
@@ -123,8 +163,7 @@ def _names(keys: list[str]) -> str:
 def plan(model_state: Mapping[str, torch.Tensor], path: str | Path, config: ModelConfig,
          partial: bool = False) -> WarmStart:
     """Match the file's weights to the model's state dict keys; raise :class:`WarmStartError` on any mismatch."""
-    file = str(_checkpoint_file(Path(path)))
-    weights, saved = read_weights(path)
+    file, weights, saved = read_source(path)
     _same_architecture(file, saved, config)
     matched: dict[str, torch.Tensor] = {}
     missing: list[str] = []
