@@ -12,6 +12,7 @@ of a trial's earlier attempts.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Optional
 
@@ -21,6 +22,8 @@ from trainables.training.data_parallel_trainable import WorkerGroup, WorkerGroup
 
 _LOOK_EVERY_SECONDS = 1.0
 
+logger = logging.getLogger(__name__)
+
 
 def worker_group(resources: Any) -> WorkerGroup:
     """The layout of one trial's workers from the space's ``resources``."""
@@ -28,10 +31,13 @@ def worker_group(resources: Any) -> WorkerGroup:
 
 
 def start_registry():
-    """The registry actor of this driver (no resources; it ends with the driver)."""
+    """The registry actor of this driver (no resources; it ends with the driver). It lives on the driver's node:
+    placed on another node it would die with that node (a lost worker node), and with it every later lookup."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(num_cpus=0)(WorkerGroupRegistry).remote()
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(WorkerGroupRegistry).options(scheduling_strategy=here).remote()
 
 
 def remove_placement_group(group_id: str) -> None:
@@ -80,7 +86,13 @@ class WorkerGroupReaper(tune.Callback):
         import ray
 
         running = {trial.trial_id for trial in trials if trial.status == "RUNNING" and not everything}
-        for trial_id, groups in ray.get(self.registry.groups.remote()).items():
+        try:
+            recorded = ray.get(self.registry.groups.remote())
+        except ray.exceptions.RayActorError as error:  # its node died with the driver's: nothing left to reap
+            logger.warning("data-parallel placement groups are no longer tracked (%s)", type(error).__name__)
+            self.registry = None
+            return
+        for trial_id, groups in recorded.items():
             stale = groups if trial_id not in running else groups[:-1]  # the latest attempt's group is in use
             for group in stale:
                 if group not in self._removed:
