@@ -79,10 +79,10 @@ def stop_with(signal_number: int, command: list[str], log: Path, experiment: Pat
 @pytest.mark.timeout(2400)  # several driver starts, each seconds to a minute on a loaded 2-core machine
 def test_a_search_stopped_by_job_end_signals_continues_from_the_iteration_it_stopped_at(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Evaluations (with their checkpoints) 20 iterations apart: the stop must not wait for the next one. 100
-    # iterations: after the first job's stop (which may come 20 iterations past the checkpoint it waited for)
-    # each trial still has two checkpoints ahead, so the second job signals both while they run.
-    space = write_space(tmp_path, "jobs", {"schedule.iterations": 100, "schedule.eval_every": 20,
+    # Evaluations (with their checkpoints) 20 iterations apart: the stop must not wait for the next one. 400
+    # iterations: the trials start seconds apart (one was at iteration 72 when the other passed 20), so each
+    # still has many checkpoints ahead after the first job's stop and the second job signals both while they run.
+    space = write_space(tmp_path, "jobs", {"schedule.iterations": 400, "schedule.eval_every": 20,
                                            "model.auxt.enabled": False, "schedule.lr": {"grid": [1e-3, 2e-3]}},
                         {"max_concurrent": 2}, {"type": "fifo"})
     results = tmp_path / "results"
@@ -112,17 +112,17 @@ def test_a_search_stopped_by_job_end_signals_continues_from_the_iteration_it_sto
             assert stopped.get(M.NOTICE) == M.NOTICE_PREEMPTED, stopped
             assert next_attempt[0][M.RESTORED_AT] == stopped[M.ITERATIONS]
         iterations = [r[M.ITERATIONS] for p in parts for r in p if not M.is_notice(r)]  # trained
-        assert iterations == sorted(set(iterations)) and iterations[-1] == 100, iterations
+        assert iterations == sorted(set(iterations)) and iterations[-1] == 400, iterations
     runs = trial_runs(uri, "jobs")
     assert len(runs) == 2  # one MLflow run per trial across the three jobs
     client = client_for(uri)
     for run in runs:
         assert run.data.tags[T.TAG_STATUS] == "completed"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RD_LOSS)]
-        assert steps == [20, 40, 60, 80, 100]  # continuous, no step twice
+        assert steps == list(range(20, 401, 20))  # continuous, no step twice
 
     # Another space under the same name is refused before anything starts, naming the first differing key.
-    changed = space.read_text().replace("iterations: 100", "iterations: 120")
+    changed = space.read_text().replace("iterations: 400", "iterations: 420")
     space.write_text(changed)
     refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert refused.returncode == EXIT_REFUSED
