@@ -27,6 +27,7 @@ from typing import Callable, Optional
 from ray import tune
 
 from search.experiment import ray_internals
+from trainables import metrics as M
 
 
 #: The signals a batch system sends before the end of a job (Slurm: ``--signal``, ``scancel``, the time limit).
@@ -77,6 +78,9 @@ class GracefulStop(tune.Callback):
         self._signalled = False
         self._previous: dict[int, object] = {}
         self._reported: set[str] = set()
+        # trials sent SIGTERM: only their preemption checkpoint counts (an evaluation's report in flight at the
+        # signal does not; stopping on it would lose the preempted result and the iterations since)
+        self._awaiting_notice: set[str] = set()
         self._deadline: Optional[float] = None  # a job-end signal: stop at once after this (time.monotonic)
         self._preempt_pending = False  # a job-end signal: running trials get SIGTERM at Tune's next step
         self._tune_handler = None  # Tune's own SIGUSR1 handler (its stop), taken over inside fit
@@ -84,7 +88,7 @@ class GracefulStop(tune.Callback):
     def __getstate__(self) -> dict:  # Tune pickles callbacks with its state: nothing of this run belongs there
         return {"preempt_trials": self.preempt_trials, "requested": False, "stopped_now": False, "stopped_by": None,
                 "_notify": print, "_waiting": None,
-                "_signalled": False, "_previous": {}, "_reported": set(), "_deadline": None,
+                "_signalled": False, "_previous": {}, "_reported": set(), "_awaiting_notice": set(), "_deadline": None,
                 "_preempt_pending": False, "_tune_handler": None}
 
     # --------------------------------------------------------------- signals
@@ -146,7 +150,7 @@ class GracefulStop(tune.Callback):
         self._take_sigusr1()
         if self._preempt_pending:
             self._preempt_pending = False
-            preempt_running_trials(trials, self._notify)
+            self._awaiting_notice = preempt_running_trials(trials, self._notify)
         if self._deadline is not None and time.monotonic() > self._deadline and not self._signalled:
             self.stopped_now = True
             self._notify("lic-search: trials still without a checkpoint at the deadline: stopping now.")
@@ -164,37 +168,47 @@ class GracefulStop(tune.Callback):
             self._stop_tune()
 
     def _done_with(self, trial) -> None:
+        if trial.trial_id in self._awaiting_notice:  # a save of an evaluation, not yet the preemption checkpoint
+            return
         if self._waiting is not None:
             self._waiting.discard(trial.trial_id)
         self._check()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.requested:
+        if result.get(M.NOTICE) == M.NOTICE_PREEMPTED:
+            self._awaiting_notice.discard(trial.trial_id)
+        if self.requested and trial.trial_id not in self._awaiting_notice:
             self._reported.add(trial.trial_id)
 
     def on_trial_save(self, iteration, trials, trial, **info):
         self._done_with(trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._done_with(trial)
+        self._ended(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._done_with(trial)
+        self._ended(trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):  # a preempted attempt ended (after its checkpoint)
+        self._ended(trial)
+
+    def _ended(self, trial) -> None:
+        self._awaiting_notice.discard(trial.trial_id)
         self._done_with(trial)
 
 
-def preempt_running_trials(trials, notify: Callable[[str], None] = print) -> int:
+def preempt_running_trials(trials, notify: Callable[[str], None] = print) -> set[str]:
     """SIGTERM to every running trial's process, on its node: each checkpoints at its next iteration (the
-    trials' preemption protocol) and ends its attempt. Returns how many were signalled."""
+    trials' preemption protocol) and ends its attempt. Returns the ids of the trials signalled."""
     import ray
 
     targets: dict[str, list[int]] = {}
+    signalled = set()
     for trial in trials:
         process = ray_internals.running_trial_process(trial)
         if process is not None:
             targets.setdefault(process[0], []).append(process[1])
+            signalled.add(trial.trial_id)
     here = ray.get_runtime_context().get_node_id()
     pending = []
     for node, pids in targets.items():
@@ -206,7 +220,7 @@ def preempt_running_trials(trials, notify: Callable[[str], None] = print) -> int
         ray.get(pending, timeout=30)
     except Exception as error:  # noqa: BLE001 - a node gone: its trials restart from their last checkpoints
         notify(f"lic-search: could not signal the trials on every node ({type(error).__name__}: {error})")
-    return sum(len(p) for p in targets.values())
+    return signalled
 
 
 def _terminate(pids: list[int]) -> None:
