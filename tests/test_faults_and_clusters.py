@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -59,9 +60,26 @@ def ray_daemons() -> set[int]:
     return found
 
 
+_SESSION_STARTER = re.compile(r"/session_[\d_-]+_(\d+)(?:/|\s|$)")
+
+
+def _session_starter(pid: int) -> int | None:
+    """The pid of the process that started the Ray instance this daemon belongs to (the ``_<pid>`` ending of
+    its session folder, which ``ray.init`` names after the calling process), None if its command line has none."""
+    try:
+        found = _SESSION_STARTER.search(" ".join(psutil.Process(pid).cmdline()))
+    except psutil.Error:
+        return None
+    return int(found.group(1)) if found else None
+
+
 def kill_orphaned_ray(before: set[int]) -> None:
-    """A driver killed with SIGKILL leaves its local Ray instance behind: clean it up."""
+    """A driver killed with SIGKILL leaves its local Ray instance behind: clean it up. Only instances whose
+    starting driver is gone: a live driver's instance (another test running beside this one) is left alone."""
     for pid in ray_daemons() - before:
+        starter = _session_starter(pid)
+        if starter is not None and psutil.pid_exists(starter):
+            continue
         try:
             psutil.Process(pid).kill()
         except psutil.NoSuchProcess:
