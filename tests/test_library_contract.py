@@ -247,18 +247,45 @@ def test_train_worker_callbacks_in_the_run_config_reach_the_workers_main_thread(
     assert "not isinstance(cb, UserCallback)" in inspect.getsource(DataParallelTrainer._create_default_callbacks)
 
 
-def test_ray_members_the_job_end_stop_uses():
-    """search/tuning/interrupt.py: a trial's actor handle (``Trial.temporary_state.ray_actor``), its process and node
-    from GCS's actor table (``ray._private.state.actors``: ``Pid``, ``Address.NodeID``), Tune's SIGUSR1 stop
-    installed inside ``fit``, and ``Callback.on_trial_recover`` (called for a preempted attempt)."""
-    import ray._private.state as state
-    from ray import tune
-    from ray.tune import tune as tune_module
-    from ray.tune.experiment import Trial
+def _reports_its_process(config: dict) -> None:
+    import os
+    import time
 
-    assert "ray_actor" in inspect.getsource(Trial), "Trial.temporary_state.ray_actor moved"
-    assert _parameters(state.actors)[0] == "actor_id", "ray._private.state.actors(actor_id) moved"
-    source = inspect.getsource(state)
-    assert '"Pid"' in source and '"NodeID"' in source, "the actor table no longer names Pid and Address.NodeID"
-    assert "signal.SIGUSR1" in inspect.getsource(tune_module), "Tune no longer stops on SIGUSR1"
-    assert hasattr(tune.Callback, "on_trial_recover"), "tune.Callback.on_trial_recover moved"
+    import ray
+    from ray import tune
+
+    node = ray.get_runtime_context().get_node_id()
+    for iteration in range(1, 4):
+        tune.report({"iterations": iteration, "pid": os.getpid(), "node": node})
+        time.sleep(1.0)  # Tune stops on SIGUSR1 long before a third report
+
+
+@pytest.mark.slow
+def test_the_job_end_stop_finds_each_running_trials_process_and_tune_stops_on_sigusr1(ray_cluster, tmp_path):
+    """search/tuning/interrupt.py, by behaviour: while a trial runs, ``ray_internals.running_trial_process`` (the
+    trial's actor handle, ``Trial.temporary_state.ray_actor``, and GCS's actor table ``ray._private.state.actors``:
+    ``Pid``, ``Address.NodeID``) names the process and node the trial itself reports; Tune's own SIGUSR1 handler,
+    installed inside ``fit``, stops the run and saves its state; ``Callback.on_trial_recover`` exists (a
+    preempted attempt ends through it)."""
+    import signal
+
+    from ray import tune
+
+    from search.experiment import ray_internals
+
+    seen: list[tuple] = []
+
+    class Look(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            seen.append((ray_internals.running_trial_process(trial), (result["node"], result["pid"])))
+            if len(seen) == 2:  # what interrupt.GracefulStop does when it stops Tune
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    with member("Trial.temporary_state.ray_actor, ray._private.state.actors, Tune's SIGUSR1 stop"):
+        tuner = tune.Tuner(_reports_its_process, param_space={},
+                           run_config=tune.RunConfig(name="job-end", storage_path=str(tmp_path), callbacks=[Look()]))
+        results = tuner.fit()
+        assert seen and all(found == reported for found, reported in seen), seen
+        assert len(seen) == 2, "Tune did not stop on SIGUSR1"  # the trial reports 3 times when left alone
+        assert results[0].metrics["iterations"] == 2 and list((tmp_path / "job-end").glob("experiment_state-*.json"))
+        assert hasattr(tune.Callback, "on_trial_recover"), "tune.Callback.on_trial_recover moved"
