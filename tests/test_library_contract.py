@@ -230,21 +230,43 @@ def test_ray_train_v2_members_the_data_parallel_trial_uses():
     assert ray.PlacementGroupID.from_hex("0" * 36).hex() == "0" * 36
 
 
-def test_train_worker_callbacks_in_the_run_config_reach_the_workers_main_thread():
+def _sigterm_probe(config: dict) -> None:
+    import os
+    import signal
+    import time
+
+    from ray import train
+
+    from trainables.training import preemption
+
+    installed = signal.getsignal(signal.SIGTERM) is preemption._on_sigterm
+    os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice to this worker: a stop request, not an exit
+    deadline = time.monotonic() + 30
+    while not preemption.stop_requested() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # Train V2's result keeps the metrics of a checkpoint's report
+        train.report({"installed": installed, "stop_requested": preemption.stop_requested()},
+                     checkpoint=train.Checkpoint.from_directory(folder))
+
+
+@pytest.mark.slow
+def test_train_worker_callbacks_in_the_run_config_reach_the_workers_main_thread(ray_cluster, tmp_path):
     """Data-parallel trials install their SIGTERM handler through a Ray Train ``WorkerCallback`` (a DeveloperAPI)
-    passed in ``RunConfig.callbacks``: Train hands callbacks that are not UserCallbacks to its internals, which
-    copy WorkerCallbacks to each worker and call ``after_init_train_context`` from the worker actor's
-    ``init_train_context`` method (the actor's main thread, where Python runs signal handlers)."""
-    import inspect
+    passed in ``RunConfig.callbacks``: by behaviour, a worker of a real Train run has the handler installed (which
+    only the actor's main thread can do) before its loop starts, and a SIGTERM to it becomes a stop request."""
+    from ray import train
+    from ray.train.torch import TorchTrainer
 
-    from ray.train.v2._internal.execution.callback import WorkerCallback
-    from ray.train.v2._internal.execution.worker_group import worker as train_worker
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    from trainables.training.data_parallel_trainable import _sigterm_on_workers
 
-    assert hasattr(WorkerCallback, "after_init_train_context")
-    source = inspect.getsource(train_worker.RayTrainWorker.init_train_context)
-    assert "after_init_train_context()" in source
-    assert "not isinstance(cb, UserCallback)" in inspect.getsource(DataParallelTrainer._create_default_callbacks)
+    with member("ray.train.v2 WorkerCallback.after_init_train_context"):
+        trainer = TorchTrainer(_sigterm_probe, scaling_config=train.ScalingConfig(num_workers=1),
+                               run_config=train.RunConfig(name="worker-callback", storage_path=str(tmp_path),
+                                                          callbacks=[_sigterm_on_workers()]))
+        metrics = trainer.fit().metrics
+        assert metrics["installed"] and metrics["stop_requested"], metrics
 
 
 def _reports_its_process(config: dict) -> None:
