@@ -1,4 +1,4 @@
-"""The MLflow UI as a user first meets it, checked in a real (headless) Chromium; the README's pictures.
+"""The MLflow UI as a user first meets it, checked in a real (headless) Chromium; the pictures of the README and docs/.
 
     python bench/ui_check.py [--space docs/tour.yaml] [--workdir DIR] [--shots docs]
 
@@ -6,7 +6,7 @@ Runs the space with ``lic-search run`` in ``--workdir`` (a temporary folder by d
 already holds the finished search is reused), starts ``lic-search ui`` on a free loopback port, opens the
 URL it prints with headless Chromium (``--dump-dom``) and checks that the page is the runs table in
 Model-training mode, grouped by rate point, listing every trial of the search by name. Exit status 0
-when every check passes. ``--shots DIR`` also writes the README's PNGs: the run's console, ``status``,
+when every check passes. ``--shots DIR`` also writes the docs' PNGs: the run's console, ``status``,
 the MLflow runs page and the report's R-D, convergence and schedule plots.
 
 Needs Chromium (Debian: ``apt-get install chromium``); without it the script says so and exits 0
@@ -159,7 +159,7 @@ def terminal_png(executable: str, text: str, out: Path, title: str, width: int =
 
 
 def small_png(source: Path, out: Path, width: int = 900) -> None:
-    """A copy at most ``width`` pixels wide, 8-bit palette: README pictures stay small."""
+    """A copy at most ``width`` pixels wide, 8-bit palette: docs pictures stay small."""
     from PIL import Image
 
     image = Image.open(source).convert("RGB")
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", type=Path, default=REPO / "docs" / "tour.yaml")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the search runs (default: a temporary folder)")
-    parser.add_argument("--shots", type=Path, default=None, help="write the README's PNGs into this folder")
+    parser.add_argument("--shots", type=Path, default=None, help="write the docs' PNGs into this folder (docs/)")
     parser.add_argument("--require-browser", action="store_true", help="fail instead of skipping without Chromium")
     args = parser.parse_args(argv)
     executable = browser()

@@ -2,7 +2,7 @@
 relies on (not by its source text), so a version bound in pyproject.toml can be raised by running this file: a
 failure names the member and the installed version.
 
-The list (README.md, "Private library members", says why each is needed):
+The list (docs/architecture.md, "Private library members", says why each is needed):
 
 Ray, all through search/experiment/ray_internals.py:
   1. ``_ExperimentCheckpointManager.sync_up_experiment_state(save_fn, force, wait)`` and its ``_storage``: wrapped by

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-#: Exit codes of ``run`` and ``resume`` (README "Exit codes"), for scripts and batch jobs to act on.
+#: Exit codes of ``run`` and ``resume`` (docs/resume.md, "exit codes"), for scripts and batch jobs to act on.
 EXIT_FINISHED = 0  # every trial ended (or the search had already finished): nothing left to train
 EXIT_REFUSED = 2  # refused before starting (bad space, different stored space, unreachable server...)
 EXIT_ERRORED_TRIALS = 3  # finished, but some trials errored or diverged: requeueing would not help

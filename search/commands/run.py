@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--resume-if-exists", action="store_true",
                         help="if the storage path already holds this search, continue it (or exit 0 when it has "
                              "finished) instead of refusing; its stored space must equal SPACE. The one command a "
-                             "requeued batch job runs (exit codes: README \"Exit codes\")")
+                             "requeued batch job runs (exit codes: docs/resume.md)")
     add_search_options(parser)
     parser.set_defaults(func=_run)
 

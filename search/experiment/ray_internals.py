@@ -2,7 +2,7 @@
 
 Each one is here because no public Ray API gives the same; each comment says which public API would
 replace it. tests/test_library_contract.py checks the behaviour each one is used for (not its source
-text) and names the member and the Ray version when an upgrade changes it. README.md ("Private
+text) and names the member and the Ray version when an upgrade changes it. docs/architecture.md ("Private
 library members") lists these with the other libraries' (one MLflow schema: search/tracking/view.py;
 one Ray hook inside the trial: trainables/training/preemption.py, which may not import search).
 """

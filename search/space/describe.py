@@ -67,7 +67,12 @@ def describe_type(annotation: Any, info: Any = None) -> str:
         kinds = {describe_type(a) for a in args if a is not Ellipsis}
         return f"a list of {len(args)} {'numbers' if kinds == {'a number'} else 'values'}"
     if origin is list:
-        return f"a list of {describe_type(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+        if not args:
+            return "a list"
+        item = describe_type(args[0])
+        if item.startswith(("an ", "a ")):  # "an integer" -> "a list of integers"; "one of a, b" stays as it is
+            return f"a list of {item.split(' ', 1)[1]}s"
+        return f"a list, each {item}"
     if origin is dict:
         return "a mapping"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a folder path"}

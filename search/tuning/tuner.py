@@ -61,7 +61,7 @@ def _init_ray(address: Optional[str]) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if console.ray_verbosity() == 0:
-        # Ray 2.60 announces its token authentication at every start; the README's cluster section
+        # Ray 2.60 announces its token authentication at every start; the cluster page (docs/clusters.md)
         # says what to do about tokens, so the quiet console leaves it out (--verbose keeps it).
         logging.getLogger(ray_internals.AUTH_TOKEN_LOGGER).addFilter(
             lambda record: record.levelno >= logging.ERROR)
