@@ -196,8 +196,8 @@ def rank_families(families: Sequence[Family], reference: RDCurve, metric: str = 
     """Families ranked by BD-rate against ``reference`` (lowest first); those without one come last.
 
     A BD-rate needs the overlap rule (:data:`MIN_SHORTER_OVERLAP` of the shorter quality range);
-    the family whose own curve ``reference`` is (the baseline) comes first, marked, with no rank. ``labels`` (family key ->
-    its variant label) name the families in the reasons, never a family hash."""
+    the family whose own curve ``reference`` is (the baseline) comes first, marked, with no rank.
+    ``labels`` (family key -> its variant label) name the families in the reasons, never a family hash."""
     ranked: list[FamilyRank] = []
     for family in families:
         if family.is_curve(reference):

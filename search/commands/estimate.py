@@ -69,7 +69,8 @@ def _print_ladder(ladder, seconds, scratch, file, gpus: int, unit: str) -> None:
     wall = sum(p.grid_wall_hours for p in phases)
     fine = phases[1].grid_iterations if len(phases) > 1 else 0
     print(f"\nladder ({len(starts)} start point(s) from scratch, then {len(tuned)} rate point(s) fine-tuned from "
-          f"them; every start point finishing its budget): {phases[0].grid_iterations:,} + {fine:,} = {iterations:,} iterations, "
+          f"them; every start point finishing its budget): {phases[0].grid_iterations:,} + {fine:,} = "
+          f"{iterations:,} iterations, "
           f"{_hours(hours).replace(' h', ' ' + unit, 1)}, wall {_hours(wall)}")
     print(f"from scratch (the same {len(starts) + len(tuned)} trials, no ladder): {scratch.grid_iterations:,} "
           f"iterations, {_hours(scratch.grid_hours).replace(' h', ' ' + unit, 1)}, wall "

@@ -37,7 +37,8 @@ class LadderConfig(_Strict):
     """A rate ladder: each rate family's start point first, the other rate points fine-tuned from its weights."""
 
     start: dict[str, Any] = Field(..., min_length=1, description="The start point: the rate point trained from "
-                                  "scratch, per rate family: every rate key that varies with its value, e.g. {loss.lmbda: 0.0483}.")
+                                  "scratch, per rate family: every rate key that varies with its value, e.g. "
+                                  "{loss.lmbda: 0.0483}.")
     fine_tune: dict[str, Any] = Field(default_factory=dict, description="Dotted trial keys set for every other "
                                       "rate point, e.g. {schedule.iterations: 200000, schedule.lr: 5.0e-5}.")
     settle: Optional[SettleConfig] = Field(None, description="End each fine-tune once its rate has settled "
