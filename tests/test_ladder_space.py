@@ -120,6 +120,27 @@ def test_a_search_started_before_the_rename_still_loads_its_stored_space_and_lad
     assert LadderPlan.load(store).lines() == ["  lr=0.001: fine-tuned from start point t1"]
 
 
+def test_run_resume_if_exists_takes_a_renamed_space_as_the_one_stored_before_the_rename(tmp_path):
+    """The stored copy is the full dump of the space (``search.anchor: null`` included, ``ladder.anchor``): the
+    same space with the new names is the same search, and ``resume`` reads that copy too."""
+    from search.experiment.state import SearchState
+    from search.space.load import load_stored_space
+    from search.tuning.tuner import check_same_space, space_text
+
+    path = ladder_space(tmp_path)
+    spec = load_space(path)
+    store = ExperimentStore(tmp_path / "exp")
+    store.create()
+    SearchState(spec.name, "sqlite:///unused.db", "").save(store)
+    old = yaml.safe_load(space_text(spec))
+    old["search"] = {("anchor" if k == "baseline" else k): v for k, v in old["search"].items()}
+    old["ladder"] = {("anchor" if k == "start" else k): v for k, v in old["ladder"].items()}
+    assert "anchor" in old["search"] and "anchor" in old["ladder"]  # as the code before the rename wrote it
+    store.write_text("space.yaml", yaml.safe_dump(old, sort_keys=False))
+    check_same_space(spec, path, store)  # no difference: continued, not refused
+    assert load_stored_space(store, "space.yaml").file == spec.file
+
+
 def test_best_export_of_a_ladder_writes_a_ladder(tmp_path):
     """The winners of a ladder search (a start point and fine-tuned rate points) become a ladder space again."""
     from search.tracking.queries import ladder_template

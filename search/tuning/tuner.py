@@ -22,8 +22,9 @@ from search.experiment.store import ExperimentStore
 from search.experiment.train_index import prepare_train_indexes
 from search.monitor import console
 from search.space import SearchSpec, load_space
-from search.space.load import load_stored_space
 from search.space.keypath import first_difference
+from search.space.load import load_stored_space
+from search.space.renamed import upgrade_renamed
 from search.tracking import client as tracking
 from search.tracking import names as T
 from search.tracking import run_names
@@ -312,6 +313,7 @@ def check_same_space(spec: SearchSpec, space_path: Path, store: ExperimentStore)
     """Refuse to continue a stored search with another space: name the first key that differs."""
     state = SearchState.load(store)
     stored = yaml.safe_load(store.read_text(state.space_file)) or {}
+    upgrade_renamed(stored)  # a copy stored before search.anchor/ladder.anchor were renamed matches the new names
     differs = first_difference(stored, yaml.safe_load(space_text(spec)))
     if differs is not None:
         raise LicSearchError(f"{space_path}: {differs}: differs from the space of the search stored in {store} "
