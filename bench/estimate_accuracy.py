@@ -1,7 +1,7 @@
 """Does `lic-search estimate` predict what a search costs? A scaled-down Figure 8(a), run for real.
 
 Target (issue 24): the estimate within ±15 % of the measured CPU-hours and wall time. The space is
-the components ablation at CPU scale: the anchor, full WLS and A2 (labelled variants) × 4 MSE λ on
+the components ablation at CPU scale: the baseline, full WLS and A2 (labelled variants) × 4 MSE λ on
 mbt2018-mean N=16/M=24, 64×64 crops, 400 iterations, lr 1e-3, evaluated every 100 iterations on 8
 256×256 Kodak crops (from ../shared/data/kodak; the shipped sample crops when it is absent), two
 trials at a time on one CPU each. The script writes the space, runs `lic-search estimate`, then
@@ -50,7 +50,7 @@ def write_space(out: Path, iterations: int, eval_folder: Path) -> Path:
         "description": "Scaled-down Figure 8(a) for bench/estimate_accuracy.py",
         "trial": {
             "model": {"backbone": "mbt2018-mean", "N": 16, "M": 24, "auxt": {"grid": [
-                {"label": "anchor", "enabled": False},
+                {"label": "baseline", "enabled": False},
                 {"label": "full WLS", "enabled": True},
                 {"label": "A2 no scaling", "enabled": True, "scaling": False}]}},
             "data": {"train": str(SAMPLES / "train"), "eval": str(eval_folder), "crop_size": 64, "batch_size": 8,
@@ -60,7 +60,7 @@ def write_space(out: Path, iterations: int, eval_folder: Path) -> Path:
                          "seed": 0},
         },
         "search": {"algorithm": "random", "num_samples": 1, "max_concurrent": 2, "seed": 0,
-                   "anchor": {"label": "anchor"}},
+                   "baseline": {"label": "baseline"}},
         "scheduler": {"type": "fifo"},
         "resources": {"cpus_per_trial": 1, "max_failures": 0},
     }
@@ -125,7 +125,7 @@ def main() -> int:
 
     rows = [("CPU-hours (trial time × CPUs per trial)", predicted_hours, measured_hours),
             ("wall time (h)", predicted_wall, measured_wall)]
-    print(f"Space: {space.name} (written by the script): anchor, full WLS, A2 × λ {LAMBDAS}, mbt2018-mean "
+    print(f"Space: {space.name} (written by the script): baseline, full WLS, A2 × λ {LAMBDAS}, mbt2018-mean "
           f"N=16 M=24, crops 64, batch 8, {args.iterations} iterations, eval every 100 on {eval_text}, "
           f"2 trials at a time, 1 CPU each; {completed} of {len(view['trials'])} trials completed.")
     print(f"Load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; the "

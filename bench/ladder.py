@@ -1,13 +1,13 @@
 """A rate family from scratch vs as ladders (issues 20, 34): per rate point bpp, PSNR, R-D loss and iterations.
 
 From scratch, every λ trains ``--iterations``. Each ``--ladder ORDER:LR:WARMUP`` trains the same
-family as a ladder: its anchor (the largest λ for a descending order, the smallest for an
+family as a ladder: its start point (the largest λ for a descending order, the smallest for an
 ascending one) is the from-scratch trial of that λ, and every other λ starts from the final
 weights of its source (``model.init_from``) and fine-tunes at ``LR`` after ``WARMUP`` linear
 warm-up iterations (constant lr after it), until the settle rule says its rate has settled
 (``--settle TOL:K``, the rule of ``ladder.settle``: ``eval/bpp`` and ``eval/rd_loss`` of the last K
 evaluations within TOL percent of the latest) or ``--fine-tune`` iterations, whichever is first.
-Orders: ``descending``/``ascending`` fine-tune every λ from the anchor; ``nearest-descending``/
+Orders: ``descending``/``ascending`` fine-tune every λ from the start point; ``nearest-descending``/
 ``nearest-ascending`` fine-tune each λ from its neighbour already trained (a chain).
 
 Every trial's result is kept in ``--work``/results.json and the markdown is rewritten after each
@@ -78,7 +78,7 @@ def train(config: dict, keep: Path, settle: Optional[tuple[float, int]] = None) 
 
 
 def ladder_sources(order: str, lambdas: Sequence[float]) -> list[tuple[float, float]]:
-    """(λ, the λ it fine-tunes from) for every non-anchor λ, in training order."""
+    """(λ, the λ it fine-tunes from) for every λ but the start point, in training order."""
     chain = sorted(lambdas, reverse=order.endswith("descending"))
     if order.startswith("nearest"):
         return list(zip(chain[1:], chain[:-1]))
@@ -133,8 +133,8 @@ def report(args, argv, results: dict) -> str:
                   ""]
     for order, lr, warmup in args.ladder:
         name = f"{order}:{lr:g}:{warmup}"
-        anchor = lambdas[-1] if order.endswith("descending") else lambdas[0]
-        points = {anchor: scratch[anchor]} if anchor in scratch else {}
+        start = lambdas[-1] if order.endswith("descending") else lambdas[0]
+        points = {start: scratch[start]} if start in scratch else {}
         points.update({lm: results[f"{name} {lm:g}"] for lm in lambdas if f"{name} {lm:g}" in results})
         sources = dict(ladder_sources(order, lambdas))
         lines += [f"## Ladder {order}, fine-tune lr {lr:g}, warm-up {warmup}", "",
@@ -145,15 +145,15 @@ def report(args, argv, results: dict) -> str:
             if lm not in points or lm not in scratch:
                 continue
             s, p = scratch[lm], points[lm]
-            lines.append(f"| {lm:g} | {'anchor' if lm == anchor else f'λ {sources[lm]:g}'} | {s['bpp']:.4f} | "
+            lines.append(f"| {lm:g} | {'start' if lm == start else f'λ {sources[lm]:g}'} | {s['bpp']:.4f} | "
                          f"{p['bpp']:.4f} | {s['psnr']:.2f} | {p['psnr']:.2f} | {s['rd_loss']:.4f} | "
                          f"{p['rd_loss']:.4f} | {p['rd_loss'] / s['rd_loss']:.3f} | {p['bpp'] / s['bpp']:.2f} | "
-                         f"{p['iterations']} | {'scratch' if lm == anchor else p['why']} |")
+                         f"{p['iterations']} | {'scratch' if lm == start else p['why']} |")
         lines.append("")
         if len(points) == len(lambdas) == len(scratch):
             total = sum(p["iterations"] for p in points.values())
             seconds = sum(p["seconds"] for p in points.values())
-            worst = max(points[lm]["rd_loss"] / scratch[lm]["rd_loss"] for lm in lambdas if lm != anchor)
+            worst = max(points[lm]["rd_loss"] / scratch[lm]["rd_loss"] for lm in lambdas if lm != start)
             bpps = [p["bpp"] for p in points.values()]
             lines += [f"Total iterations {total} of {args.iterations * len(lambdas)} from scratch "
                       f"({total / (args.iterations * len(lambdas)):.0%}); wall time {seconds:.0f} s of "
@@ -193,9 +193,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = {f"scratch {lm:g}": (trial(args, lm, args.iterations, args.lr), None, None) for lm in lambdas[::-1]}
     same: dict[str, str] = {}  # a ladder's trial that another ladder trains identically (nearest's first step)
     for order, lr, warmup in args.ladder:
-        name, anchor = f"{order}:{lr:g}:{warmup}", lambdas[-1] if order.endswith("descending") else lambdas[0]
+        name, start = f"{order}:{lr:g}:{warmup}", lambdas[-1] if order.endswith("descending") else lambdas[0]
         for lm, source in ladder_sources(order, lambdas):
-            source_key = f"scratch {source:g}" if source == anchor else f"{name} {source:g}"
+            source_key = f"scratch {source:g}" if source == start else f"{name} {source:g}"
             source_key = same.get(source_key, source_key)
             job = (trial(args, lm, args.fine_tune, lr, warmup, args.eval_every, str(_folder(args, source_key)),
                          decay=False), args.settle, source_key)

@@ -1,5 +1,5 @@
 """Ablations a researcher can read (issue 24): labelled variants, names from the model built, rate
-savings against the search's own anchor, one colour per variant, speed-up bounds, full-cost estimates."""
+savings against the search's own baseline, one colour per variant, speed-up bounds, full-cost estimates."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from trainables import metrics as M
 from trainables.config import flatten
 
 LAMBDAS = (0.0035, 0.0067, 0.013, 0.025)
-VARIANTS = {"anchor": {"enabled": False}, "full WLS": {"enabled": True},
+VARIANTS = {"baseline": {"enabled": False}, "full WLS": {"enabled": True},
             "A2 no scaling": {"enabled": True, "scaling": False}}
-RATES = {"anchor": 1.0, "full WLS": 0.9, "A2 no scaling": 0.95}  # bits at equal quality, against the anchor
+RATES = {"baseline": 1.0, "full WLS": 0.9, "A2 no scaling": 0.95}  # bits at equal quality, against the baseline
 
 
 def _space(tmp_path: Path, auxt: str, search: str = "") -> Path:
@@ -49,18 +49,18 @@ search:
 
 
 LABELLED = """      grid:
-        - {label: anchor, enabled: false}
+        - {label: baseline, enabled: false}
         - {label: full WLS, enabled: true}
         - {label: A3 avgpool, enabled: true, downsample: avgpool}"""
 
 
 # ----------------------------------------------------------------------------------- labels
 def test_labels_are_found_again_from_configs_and_mlflow_params(tmp_path):
-    spec = load_space(_space(tmp_path, LABELLED, "  anchor: {label: anchor}"))
-    assert spec.variants.labels() == ["anchor", "full WLS", "A3 avgpool"] and spec.anchor_label() == "anchor"
+    spec = load_space(_space(tmp_path, LABELLED, "  baseline: {label: baseline}"))
+    assert spec.variants.labels() == ["baseline", "full WLS", "A3 avgpool"] and spec.baseline_label() == "baseline"
     configs = list(spec.configs())
     assert "label" not in json.dumps(configs)  # labels never reach Ray, TrialConfig or MLflow params
-    assert [spec.variants.label_of(c) for c in configs[:3]] == ["anchor", "full WLS", "A3 avgpool"]
+    assert [spec.variants.label_of(c) for c in configs[:3]] == ["baseline", "full WLS", "A3 avgpool"]
     params = {k: str(v) for k, v in flatten(configs[2]).items()}  # as MLflow holds them
     assert spec.variants.label_of(params) == "A3 avgpool"
     keys = R.column_keys(configs, spec.variants)
@@ -70,7 +70,7 @@ def test_labels_are_found_again_from_configs_and_mlflow_params(tmp_path):
 
 @pytest.mark.parametrize("auxt, search, where, words", [
     ("""      grid:
-        - {label: anchor, enabled: false}
+        - {label: baseline, enabled: false}
         - {enabled: true}""", "", "trial.model.auxt.grid[1]", "label every variant"),
     ("""      grid:
         - {label: x, enabled: false}
@@ -79,7 +79,10 @@ def test_labels_are_found_again_from_configs_and_mlflow_params(tmp_path):
       enabled: true""", "", "trial.model.auxt.label", "inside a grid or choice"),
     ("""      grid:
         - {label: "", enabled: true}""", "", "trial.model.auxt.grid[0].label", "non-empty string"),
-    (LABELLED, "  anchor: {label: baseline}", "search.anchor.label", "'anchor', 'full WLS', 'A3 avgpool'"),
+    (LABELLED, "  baseline: {label: nobody}", "search.baseline.label", "'baseline', 'full WLS', 'A3 avgpool'"),
+    # the key's old name: refused before anything starts, naming the new one
+    (LABELLED, "  anchor: {label: baseline}", "search.anchor",
+     "renamed to search.baseline (same meaning: the baseline variant every other variant's rate saving"),
     ("""      grid:
         - {label: A3, enabled: true, downsample: avgpool}
         - {label: A3 without scaling, enabled: true, downsample: avgpool, scaling: false}""", "",
@@ -91,6 +94,18 @@ def test_bad_labels_are_clear_errors_before_any_trial(tmp_path, auxt, search, wh
     assert error.value.key_path == where and words in str(error.value)
 
 
+def test_a_search_recorded_before_the_rename_still_names_its_baseline():
+    """Parent runs of searches started before ``search.anchor`` became ``search.baseline`` carry the old tag."""
+    from search.tracking.queries import _baseline
+
+    def parent(tags: dict) -> SimpleNamespace:
+        return SimpleNamespace(data=SimpleNamespace(tags=tags))
+
+    assert _baseline([parent({T.TAG_BASELINE_OLD: "anchor"})]) == "anchor"
+    assert _baseline([parent({T.TAG_BASELINE: "baseline"}), parent({T.TAG_BASELINE: "baseline"})]) == "baseline"
+    assert _baseline([parent({T.TAG_BASELINE: "baseline"}), parent({})]) is None  # they disagree: none
+
+
 def test_every_ablation_preset_labels_every_variant():
     spaces = REPO / "spaces"
     presets = sorted(spaces.glob("ablation_*.yaml")) + sorted((spaces / "smoke").glob("ablation_*.yaml"))
@@ -98,11 +113,11 @@ def test_every_ablation_preset_labels_every_variant():
         spec = load_space(path, check_data=False)
         labels = [spec.variants.label_of(c) for c in spec.configs()]
         assert labels and None not in labels, path
-        assert spec.anchor_label() in (None, *spec.variants.labels()), path
+        assert spec.baseline_label() in (None, *spec.variants.labels()), path
     components = load_space(REPO / "spaces" / "ablation_components.yaml", check_data=False)
-    assert components.variants.labels() == ["anchor", "full WLS", "A1 unconstrained OLP", "A2 no scaling",
+    assert components.variants.labels() == ["baseline", "full WLS", "A1 unconstrained OLP", "A2 no scaling",
                                             "A3 avgpool", "A4 strided conv"]
-    assert components.anchor_label() == "anchor"
+    assert components.baseline_label() == "baseline"
 
 
 # --------------------------------------------------------------------- the model that is built
@@ -152,7 +167,7 @@ def _log_run(client, experiment_id, tags, params, metrics) -> None:
 
 @pytest.fixture(scope="module")
 def labelled_search(tmp_path_factory):
-    """Figure 8(a) in miniature: anchor, full WLS, A2 × 4 λ, as the tracking logger records them."""
+    """Figure 8(a) in miniature: baseline, full WLS, A2 × 4 λ, as the tracking logger records them."""
     from mlflow.tracking import MlflowClient
 
     from search.tracking.session import search_tags
@@ -161,7 +176,8 @@ def labelled_search(tmp_path_factory):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment("fig8a", artifact_location=(tmp / "artifacts").as_uri())
-    parent = _log_run(client, experiment_id, search_tags(str(tmp), ["loss.lmbda"], "anchor", list(VARIANTS)), {}, {})
+    parent = _log_run(client, experiment_id, search_tags(str(tmp), ["loss.lmbda"], "baseline", list(VARIANTS)),
+                      {}, {})
     steps = (100, 200, 300, 400)
     for label, auxt in VARIANTS.items():
         for i, lmbda in enumerate(LAMBDAS):
@@ -169,8 +185,8 @@ def labelled_search(tmp_path_factory):
                       "data": {"train": str(SAMPLES / "train"), "eval": str(SAMPLES / "eval")},
                       "loss": {"lmbda": lmbda}, "schedule": {"iterations": 400, "eval_every": 100}}
             bpp, psnr = 0.2 * (i + 1) * RATES[label], 24.0 + 2.0 * i
-            # full WLS is at the anchor's final loss by its first evaluation: its speed-up is a bound
-            losses = {"anchor": (1.0, 0.8, 0.7, 0.6), "full WLS": (0.55, 0.5, 0.45, 0.4),
+            # full WLS is at the baseline's final loss by its first evaluation: its speed-up is a bound
+            losses = {"baseline": (1.0, 0.8, 0.7, 0.6), "full WLS": (0.55, 0.5, 0.45, 0.4),
                       "A2 no scaling": (0.9, 0.6, 0.5, 0.45)}[label]
             metrics = {M.EVAL_RD_LOSS: [(s, (i + 1) * v) for s, v in zip(steps, losses)],
                        M.EVAL_BPP: [(400, bpp)], M.EVAL_PSNR: [(400, psnr)],
@@ -183,28 +199,28 @@ def labelled_search(tmp_path_factory):
     return {"uri": uri, "tmp": tmp, "client": client}
 
 
-def test_report_names_variants_measures_them_against_the_anchor_and_colours_each(labelled_search, capsys):
+def test_report_names_variants_measures_them_against_the_baseline_and_colours_each(labelled_search, capsys):
     out = labelled_search["tmp"] / "report"
     assert main(["report", "fig8a", "--tracking-uri", labelled_search["uri"], "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "3 rate families (2 with a BD-rate)" in printed
-    assert "AuxT speed-up full WLS vs anchor: ≥ 4.00x (a lower bound" in printed
+    assert "AuxT speed-up full WLS vs baseline: ≥ 4.00x (a lower bound" in printed
     data = json.loads((out / "report.json").read_text())
     rows = data["families"]
-    assert [r["label"] for r in rows] == list(VARIANTS)  # the space's order, the anchor first
-    assert data["anchor_family"] == "anchor" and data["anchor_how"] == "search.anchor: anchor"
-    anchor, full, a2 = rows
-    assert anchor["is_anchor"] and anchor["rank"] is None and "anchor psnr" not in anchor["bd_rate"]
-    assert full["bd_rate"]["anchor psnr"] == pytest.approx(-10.0, abs=1e-6) and full["rank"] == 1
-    assert a2["bd_rate"]["anchor psnr"] == pytest.approx(-5.0, abs=1e-6) and a2["rank"] == 2
-    assert full["bd_rate"]["anchor ms-ssim"] == pytest.approx(-10.0, abs=1e-6)
+    assert [r["label"] for r in rows] == list(VARIANTS)  # the space's order, the baseline first
+    assert data["baseline_family"] == "baseline" and data["baseline_how"] == "search.baseline: baseline"
+    baseline, full, a2 = rows
+    assert baseline["is_baseline"] and baseline["rank"] is None and "baseline psnr" not in baseline["bd_rate"]
+    assert full["bd_rate"]["baseline psnr"] == pytest.approx(-10.0, abs=1e-6) and full["rank"] == 1
+    assert a2["bd_rate"]["baseline psnr"] == pytest.approx(-5.0, abs=1e-6) and a2["rank"] == 2
+    assert full["bd_rate"]["baseline ms-ssim"] == pytest.approx(-10.0, abs=1e-6)
     # VTM was measured on Kodak, these curves on the 4 sample crops: a second column saying so
     assert full["bd_rate"]["VTM psnr"] is None
     assert any("not comparable to VTM: evaluated on 4 images (4 x 192x128)" in n for n in full["notes"])
     markdown = (out / "report.md").read_text()
-    assert "## Rate savings against the anchor" in markdown and "**anchor** (search.anchor: anchor)" in markdown
+    assert "## Rate savings against the baseline" in markdown and "**baseline** (search.baseline: baseline)" in markdown
     assert "| full WLS | 1 | full WLS | yes | 4 |" in markdown and "| -10.00% | -10.00% | n/a |" in markdown
-    assert "| anchor | anchor | anchor | no | 4 |" in markdown
+    assert "| baseline | baseline | baseline | no | 4 |" in markdown
     assert "≥ 4.00× (reached at the first evaluation)" in markdown and "| ≤ 25.0% |" in markdown
     assert load_curve(out / "curves" / "A2_no_scaling.json").name == "fig8a A2 no scaling"
     # one colour per variant, AuxT or not: the legends name every variant once, in distinct colours
@@ -216,19 +232,19 @@ def test_report_names_variants_measures_them_against_the_anchor_and_colours_each
     assert "VTM (clipped to the search's range)" in legends["rd_psnr.png"]
 
 
-def test_best_by_family_ranks_against_the_anchor_variant_never_itself(labelled_search, capsys):
+def test_best_by_family_ranks_against_the_baseline_variant_never_itself(labelled_search, capsys):
     capsys.readouterr()
     assert main(["best", "fig8a", "--tracking-uri", labelled_search["uri"], "--by", "family", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["variant"], r["rank"], r["is_anchor"]) for r in rows] == [
-        ("anchor", None, True), ("full WLS", 1, False), ("A2 no scaling", 2, False)]
-    assert rows[1]["bd_rate"] == pytest.approx(-10.0, abs=1e-6) and rows[1]["anchor"] == "anchor"
-    # a family's own saved curve as --anchor: it is the anchor, not ranked first at +0.00 %
+    assert [(r["variant"], r["rank"], r["is_baseline"]) for r in rows] == [
+        ("baseline", None, True), ("full WLS", 1, False), ("A2 no scaling", 2, False)]
+    assert rows[1]["bd_rate"] == pytest.approx(-10.0, abs=1e-6) and rows[1]["reference"] == "baseline"
+    # a family's own saved curve as --anchor: it is the baseline, not ranked first at +0.00 %
     curve = labelled_search["tmp"] / "report" / "curves" / "full_WLS.json"
     assert main(["best", "fig8a", "--tracking-uri", labelled_search["uri"], "--by", "family", "--json",
                  "--anchor", str(curve)]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["variant"] == "full WLS" and rows[0]["is_anchor"] and rows[0]["rank"] is None
+    assert rows[0]["variant"] == "full WLS" and rows[0]["is_baseline"] and rows[0]["rank"] is None
     assert [r["rank"] for r in rows[1:]] == [1, 2] and all(r["bd_rate"] > 0 for r in rows[1:])
 
 

@@ -23,7 +23,7 @@ from search.experiment.store import ExperimentStore
 store = ExperimentStore(sys.argv[1])
 
 def half_then_die(stream):
-    stream.write(b'{"families": [{"anchor_trial": "cut')  # half of a plan...
+    stream.write(b'{"families": [{"start_trial": "cut')  # half of a plan...
     stream.flush()
     os.kill(os.getpid(), signal.SIGKILL)  # ...and the process is gone (a crash, an OOM kill, a lost node)
 
@@ -38,13 +38,13 @@ def _plan(trial: str) -> LadderPlan:
 def test_a_ladder_json_write_killed_midway_leaves_the_previous_plan(tmp_path: Path):
     store = ExperimentStore(tmp_path / "exp")
     store.create()
-    _plan("anchor_1").save(store)
+    _plan("start_1").save(store)
     killed = subprocess.run([sys.executable, "-c", KILLED_MIDWAY, store.location], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120)
     assert killed.returncode == -9, killed.stderr
-    assert LadderPlan.load(store) == _plan("anchor_1")  # whole, and the one before the cut write
-    _plan("anchor_2").save(store)  # the next write still works
-    assert LadderPlan.load(store) == _plan("anchor_2")
+    assert LadderPlan.load(store) == _plan("start_1")  # whole, and the one before the cut write
+    _plan("start_2").save(store)  # the next write still works
+    assert LadderPlan.load(store) == _plan("start_2")
 
 
 def _memory_filesystem() -> pyarrow.fs.FileSystem:

@@ -163,8 +163,8 @@ def test_by_family_lists_families_without_bd_rate_and_exits_0(store, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["rank", "family", "AuxT"]
     rows = out[1:]
-    # against the search's own anchor, its AuxT-off family: listed first, never ranked against itself
-    assert len(rows) == 2 and rows[0].startswith("anchor") and "auxt=off" in rows[0] and rows[1].startswith("-")
+    # against the search's own baseline, its AuxT-off family: listed first, never ranked against itself
+    assert len(rows) == 2 and rows[0].startswith("baseline") and "auxt=off" in rows[0] and rows[1].startswith("-")
     assert "2 rate points; BD-rate needs at least 4" in rows[1] and "BD-rate needs" not in rows[0]
     assert any("0.0035, 0.0483" in row for row in rows)
     # the readable name from the lic_search.family_name tag, not the lic_search.family hash

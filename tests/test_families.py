@@ -111,16 +111,16 @@ def test_iterations_to_reach_interpolates_linearly():
 
 
 def test_training_speed_both_directions_and_ratio():
-    anchor = {100: 1.0, 200: 0.8, 300: 0.7, 400: 0.6}
+    reference = {100: 1.0, 200: 0.8, 300: 0.7, 400: 0.6}
     test = [(100, 0.9), (200, 0.6), (300, 0.5), (400, 0.45)]
-    result = training_speed(test, anchor)
-    assert result.anchor_final_loss == 0.6 and result.test_final_loss == 0.45
-    assert result.test_reaches_anchor_final == pytest.approx(200.0)
-    assert result.anchor_reaches_test_final is None
+    result = training_speed(test, reference)
+    assert result.reference_final_loss == 0.6 and result.test_final_loss == 0.45
+    assert result.test_reaches_reference_final == pytest.approx(200.0)
+    assert result.reference_reaches_test_final is None
     assert result.fraction == pytest.approx(0.5) and result.speedup == pytest.approx(2.0)
-    reverse = training_speed(anchor, test)
-    assert reverse.test_reaches_anchor_final is None and reverse.fraction is None and reverse.speedup is None
-    assert reverse.anchor_reaches_test_final == pytest.approx(200.0)
+    reverse = training_speed(reference, test)
+    assert reverse.test_reaches_reference_final is None and reverse.fraction is None and reverse.speedup is None
+    assert reverse.reference_reaches_test_final == pytest.approx(200.0)
 
 
 def test_family_speed_matches_lambdas_and_takes_geometric_mean():

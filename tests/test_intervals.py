@@ -41,12 +41,12 @@ def test_bd_rate_intervals_cover_the_truth_in_about_95_percent_of_simulated_sear
     covers_zero, covers_three = [], []
     for simulation in range(200):
         difficulty = _images(rng)
-        anchor = Variant("anchor", "A", {"0": _trials(rng, difficulty)})
+        baseline = Variant("baseline", "A", {"0": _trials(rng, difficulty)})
         same = Variant("same", "S", {"0": _trials(rng, difficulty)})
         variants = [same]
         if simulation < 50:  # the -3 % variant: fewer simulations
             variants.append(Variant("minus 3 %", "M", {"0": _trials(rng, difficulty, rate_factor=0.97)}))
-        result = bd_rate_intervals(variants, anchor, bootstrap=bootstrap)
+        result = bd_rate_intervals(variants, baseline, bootstrap=bootstrap)
         covers_zero.append(result.intervals["same"].contains(0.0))
         if simulation < 50:
             covers_three.append(result.intervals["minus 3 %"].contains(-3.0))
@@ -58,17 +58,17 @@ def test_bd_rate_intervals_cover_the_truth_in_about_95_percent_of_simulated_sear
 def test_a_set_difference_is_resolved_and_the_output_says_how_finely():
     rng = np.random.default_rng(3)
     difficulty = _images(rng)
-    anchor = Variant("anchor", "A", {"0": _trials(rng, difficulty)})
+    baseline = Variant("baseline", "A", {"0": _trials(rng, difficulty)})
     better = Variant("full WLS", "W", {"0": _trials(rng, difficulty, rate_factor=0.90)})
     same = Variant("no WLS", "N", {"0": _trials(rng, difficulty)})
-    result = bd_rate_intervals([better, same], anchor, bootstrap=Bootstrap(resamples=150))
+    result = bd_rate_intervals([better, same], baseline, bootstrap=Bootstrap(resamples=150))
     full = result.intervals["full WLS"]
     assert full.upper < 0 and full.contains(-10.0), full
-    assert result.tied_with("no WLS") == ["anchor"]
-    assert result.letters["full WLS"] == "a" and result.letters["no WLS"] == result.letters["anchor"] == "b"
+    assert result.tied_with("no WLS") == ["baseline"]
+    assert result.letters["full WLS"] == "a" and result.letters["no WLS"] == result.letters["baseline"] == "b"
     assert 0 < result.resolution < 3
     assert result.resolution_sentence().startswith("with 24 images and 1 seed per variant, differences under ")
-    again = bd_rate_intervals([better, same], anchor, bootstrap=Bootstrap(resamples=150))
+    again = bd_rate_intervals([better, same], baseline, bootstrap=Bootstrap(resamples=150))
     assert again.intervals["full WLS"] == full  # fixed bootstrap seed: reproducible
 
 
@@ -82,13 +82,13 @@ def test_seed_repeats_fold_into_one_variant_and_widen_its_interval():
             members.append(("variant", {**params, "schedule.seed": seed, "loss.lmbda": trial.lmbda}, None, trial))
     folded = fold_seeds(members)
     assert len(folded) == 1 and folded[0].seed_count == 3
-    anchor = Variant("anchor", "A", {"0": _trials(rng, difficulty)})
+    baseline = Variant("baseline", "A", {"0": _trials(rng, difficulty)})
     one_seed = Variant("variant", "V1", {"0": folded[0].seeds["0"]})
-    wide = bd_rate_intervals(folded, anchor, bootstrap=Bootstrap(resamples=200)).intervals["variant"]
-    narrow = bd_rate_intervals([one_seed], anchor, bootstrap=Bootstrap(resamples=200)).intervals["variant"]
+    wide = bd_rate_intervals(folded, baseline, bootstrap=Bootstrap(resamples=200)).intervals["variant"]
+    narrow = bd_rate_intervals([one_seed], baseline, bootstrap=Bootstrap(resamples=200)).intervals["variant"]
     assert wide.half_width > 1.5 * narrow.half_width
-    result = bd_rate_intervals(folded, anchor, bootstrap=Bootstrap(resamples=50))
-    assert result.seeds == {"anchor": 1, "variant": 3}
+    result = bd_rate_intervals(folded, baseline, bootstrap=Bootstrap(resamples=50))
+    assert result.seeds == {"baseline": 1, "variant": 3}
     assert "1-3 seeds per variant" in result.resolution_sentence()
 
 

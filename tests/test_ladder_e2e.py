@@ -1,5 +1,5 @@
-"""A ladder search from the CLI on the real stack: the fine-tuned rate point starts from its anchor's
-weights, its run says so, and a driver SIGKILLed in the fine-tune phase resumes without re-running the anchor."""
+"""A ladder search from the CLI on the real stack: the fine-tuned rate point starts from its start
+point's weights, its run says so, and a driver SIGKILLed in the fine-tune phase resumes without re-running the start point."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def _scratch_first_eval(config: dict) -> float:
     return next(Trainer(TrialConfig.model_validate(config)).train())[M.EVAL_RD_LOSS]
 
 
-def test_ladder_fine_tunes_from_the_anchor_and_resumes_after_sigkill(tmp_path: Path):
+def test_ladder_fine_tunes_from_the_start_and_resumes_after_sigkill(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483},
+    space = ladder_space(tmp_path, {"start": {"loss.lmbda": 0.0483},
                                     "fine_tune": {"schedule.iterations": 50, "schedule.lr": 1e-3}},
                          name="ladder2", resources={"cpus_per_trial": 1, "max_failures": 0})
     text = space.read_text().replace("- 0.0067\n      - 0.013\n      - 0.025\n", "- 0.013\n")  # 2 rate points
@@ -57,30 +57,30 @@ def test_ladder_fine_tunes_from_the_anchor_and_resumes_after_sigkill(tmp_path: P
             raise
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
-        (anchor_id,) = result_iterations(experiment)
-        anchor_checkpoint = newest_checkpoint(experiment, anchor_id)
+        (start_id,) = result_iterations(experiment)
+        start_checkpoint = newest_checkpoint(experiment, start_id)
         resumed = subprocess.run(LIC_SEARCH + ["resume", str(experiment)], capture_output=True, text=True,
                                  timeout=300)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     finally:
         kill_orphaned_ray(daemons)
     assert "ladder: 1 of 1 rate families fine-tune 1 trials" in resumed.stdout
-    # The anchor never trained again: one trial in the anchor phase, its checkpoints as before.
-    assert list(result_iterations(experiment)) == [anchor_id]
-    assert newest_checkpoint(experiment, anchor_id) == anchor_checkpoint
+    # The start point never trained again: one trial in the start phase, its checkpoints as before.
+    assert list(result_iterations(experiment)) == [start_id]
+    assert newest_checkpoint(experiment, start_id) == start_checkpoint
     (fine_id, iterations), = result_iterations(experiment / "fine_tune").items()
     assert iterations[-1] == 50 and iterations == sorted(iterations) and iterations[0] == 10
     assert len(iterations) - len(set(iterations)) <= 1  # continued from its checkpoint, not from zero
 
     runs = {r.data.tags[T.TAG_TRIAL_ID]: r for r in trial_runs(uri, "ladder2")}
-    assert set(runs) == {anchor_id, fine_id}
-    anchor, fine = runs[anchor_id], runs[fine_id]
+    assert set(runs) == {start_id, fine_id}
+    start_point, fine = runs[start_id], runs[fine_id]
     origin = json.loads(fine.data.tags[T.TAG_INIT_FROM])
-    assert origin["anchor_trial"] == anchor_id and origin["anchor_run"] == anchor.info.run_id
-    assert f"{anchor_id}" in origin["checkpoint"] and Path(origin["checkpoint"]).is_dir()
-    assert json.loads(anchor.data.tags[T.TAG_LADDER_CHILDREN]) == [fine_id]
-    assert anchor.data.tags[T.TAG_LADDER] == T.LADDER_ANCHOR
-    assert fine.data.tags[T.TAG_FAMILY] == anchor.data.tags[T.TAG_FAMILY]
+    assert origin["start_trial"] == start_id and origin["start_run"] == start_point.info.run_id
+    assert f"{start_id}" in origin["checkpoint"] and Path(origin["checkpoint"]).is_dir()
+    assert json.loads(start_point.data.tags[T.TAG_LADDER_CHILDREN]) == [fine_id]
+    assert start_point.data.tags[T.TAG_LADDER] == T.LADDER_START
+    assert fine.data.tags[T.TAG_FAMILY] == start_point.data.tags[T.TAG_FAMILY]
     assert fine.data.params["model.init_from"] == origin["checkpoint"]
     assert fine.data.tags[T.TAG_STATUS] == "completed"
 
@@ -103,11 +103,11 @@ def _config_of(phase: Path) -> dict:
 
 def test_a_labelled_ladder_keeps_its_labels_in_the_fine_tune_phase(tmp_path: Path):
     """Variant labels on the model: the fine-tuned runs (model.init_from added) keep their variant's label in
-    their run names, the lic_search.variant tag and the console, as the anchors do."""
+    their run names, the lic_search.variant tag and the console, as the start points do."""
     import yaml
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 2}},
+    space = ladder_space(tmp_path, {"start": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 2}},
                          name="labelled", resources={"cpus_per_trial": 1, "max_failures": 0})
     data = yaml.safe_load(space.read_text())
     data["trial"]["model"] = {"grid": [{"label": "narrow", "backbone": "mbt2018-mean", "N": 8, "M": 8},

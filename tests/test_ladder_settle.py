@@ -58,7 +58,7 @@ SETTLE_BAD = {
 @pytest.mark.parametrize("case", sorted(SETTLE_BAD))
 def test_bad_settle_sections_are_refused_at_their_key_path(tmp_path, case):
     settle, where, message = SETTLE_BAD[case]
-    path = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483}, "settle": settle,
+    path = ladder_space(tmp_path, {"start": {"loss.lmbda": 0.0483}, "settle": settle,
                                    "fine_tune": {"schedule.iterations": 30, "schedule.lr": 5e-4}})
     with pytest.raises(SpaceError) as refused:
         load_space(path)
@@ -69,7 +69,7 @@ def test_bad_settle_sections_are_refused_at_their_key_path(tmp_path, case):
 def test_settle_section_is_described_listed_and_priced(tmp_path, capsys):
     from search.cli import main
 
-    path = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483}, "settle": {"tolerance": 1.5},
+    path = ladder_space(tmp_path, {"start": {"loss.lmbda": 0.0483}, "settle": {"tolerance": 1.5},
                                    "fine_tune": {"schedule.iterations": 30, "schedule.lr": 5e-4}})
     spec = load_space(path)
     assert spec.file.ladder.settle.evaluations == 3  # the default window
@@ -87,11 +87,11 @@ def test_settle_section_is_described_listed_and_priced(tmp_path, capsys):
 
 
 def test_bunched_ladder_family_is_named_a_spread_one_is_not():
-    # Issue 34's descending ladder: λ 0.0035 fine-tuned from the λ 0.0483 anchor stayed at 1.387 bpp.
+    # Issue 34's descending ladder: λ 0.0035 fine-tuned from the λ 0.0483 start point stayed at 1.387 bpp.
     bunched = [LadderPoint(0.0483, 2.675, False), LadderPoint(0.0035, 1.387, True)]
     assert bunched_warning("F1", bunched) == (
-        "ladder family F1 is bunched: its rates span 1.93× over a 13.8× λ range (anchor λ 0.0483 at 2.675 bpp, "
-        "fine-tuned λ 0.0035 at 1.387 bpp): its points sit near the anchor's rate, not on an R-D curve; fine-tune "
+        "ladder family F1 is bunched: its rates span 1.93× over a 13.8× λ range (start point λ 0.0483 at 2.675 bpp, "
+        "fine-tuned λ 0.0035 at 1.387 bpp): its points sit near the start point's rate, not on an R-D curve; fine-tune "
         "longer (ladder.fine_tune) or until the rate settles (ladder.settle)")
     spread = [LadderPoint(0.0483, 2.675, False), LadderPoint(0.0035, 0.40, True)]  # 6.7× over 13.8×
     assert bunched_warning("F1", spread) is None

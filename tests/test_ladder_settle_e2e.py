@@ -28,7 +28,7 @@ def _cli(*args: str, timeout: int = 600) -> str:
 
 def test_settled_fine_tune_records_why_and_its_bunched_family_is_warned_about(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    path = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483},
+    path = ladder_space(tmp_path, {"start": {"loss.lmbda": 0.0483},
                                    # short and gentle on purpose: the rate cannot move 27x in λ at lr 1e-5
                                    "fine_tune": {"schedule.iterations": 60, "schedule.lr": 1e-5},
                                    "settle": {"tolerance": 50, "evaluations": 2}},
@@ -43,21 +43,21 @@ def test_settled_fine_tune_records_why_and_its_bunched_family_is_warned_about(tm
     finally:
         kill_orphaned_ray(daemons)
     runs = {r.data.tags[T.TAG_LADDER]: r for r in trial_runs(uri, "settle")}
-    fine, anchor = runs[T.LADDER_FINE_TUNE], runs[T.LADDER_ANCHOR]
+    fine, start_point = runs[T.LADDER_FINE_TUNE], runs[T.LADDER_START]
     fine_id = fine.data.tags[T.TAG_TRIAL_ID]
     # Two evaluations (iterations 10 and 20) within 50% of each other: settled long before the cap of 60.
     why = "settled at iteration 20: eval/bpp and eval/rd_loss changed less than 50% over the last 2 evaluations"
     assert f"ladder: fine-tune {fine_id} {why}" in out
     assert fine.data.tags[T.TAG_STATUS_DETAIL] == f"{why} (cap 60)"
     assert fine.data.tags[T.TAG_STATUS] == T.STATUS_COMPLETED and fine.data.metrics[M.ITERATIONS] == 20
-    assert anchor.data.tags[T.TAG_STATUS_DETAIL] == "completed 40 iterations"  # the anchor is not settled
-    fine_bpp, anchor_bpp = fine.data.metrics[M.EVAL_BPP], anchor.data.metrics[M.EVAL_BPP]
-    assert max(fine_bpp, anchor_bpp) / min(fine_bpp, anchor_bpp) < (0.0483 / 0.0018) ** 0.4  # bunched indeed
+    assert start_point.data.tags[T.TAG_STATUS_DETAIL] == "completed 40 iterations"  # the start point is not settled
+    fine_bpp, start_bpp = fine.data.metrics[M.EVAL_BPP], start_point.data.metrics[M.EVAL_BPP]
+    assert max(fine_bpp, start_bpp) / min(fine_bpp, start_bpp) < (0.0483 / 0.0018) ** 0.4  # bunched indeed
 
     report = _cli("report", "settle", "--tracking-uri", uri, "--out", str(tmp_path / "report"), "--no-attach")
     warning = (f"ladder family F1 is bunched: its rates span "
-               f"{max(fine_bpp, anchor_bpp) / min(fine_bpp, anchor_bpp):.2f}× over a 26.8× λ range (anchor λ 0.0483 "
-               f"at {anchor_bpp:.3f} bpp, fine-tuned λ 0.0018 at {fine_bpp:.3f} bpp)")
+               f"{max(fine_bpp, start_bpp) / min(fine_bpp, start_bpp):.2f}× over a 26.8× λ range (start point λ 0.0483 "
+               f"at {start_bpp:.3f} bpp, fine-tuned λ 0.0018 at {fine_bpp:.3f} bpp)")
     assert f"warning: {warning}" in report
     assert f"**Warning:** {warning}" in (tmp_path / "report" / "report.md").read_text()
     families = json.loads((tmp_path / "report" / "report.json").read_text())["families"]

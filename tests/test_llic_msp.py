@@ -91,7 +91,7 @@ def test_llic_knobs_are_validated(options: dict, match: str) -> None:
 def test_groups_run_coarse_to_fine_and_split_the_latent_evenly() -> None:
     two = group_map(2, 8, 8)
     i, j = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
-    assert torch.equal(two, (i + j) % 2)           # checkerboard: anchors first
+    assert torch.equal(two, (i + j) % 2)           # checkerboard: one half first
     four = group_map(4, 8, 8)
     assert torch.equal(four[0::2, 0::2], torch.zeros(4, 4, dtype=torch.long))   # coarse lattice first
     assert torch.equal(four[1::2, 1::2], torch.ones(4, 4, dtype=torch.long))    # its diagonal next

@@ -9,7 +9,7 @@ import pytest
 from search.cli import main
 from trainables.backbones import BACKBONES
 
-# Table 1 of the paper (#Params, M): anchor, + AuxT. ELIC "+ about 1 M".
+# Table 1 of the paper (#Params, M): the base model, + AuxT. ELIC "+ about 1 M".
 TABLE_1 = {"mbt2018-mean": (17.6, 18.6), "elic": (33.8, 34.8), "tcm-small": (45.2, 45.8), "tcm-large": (76.6, 78.2)}
 
 

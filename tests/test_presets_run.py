@@ -46,14 +46,14 @@ def test_smoke_preset_runs_every_trial(preset: str, varied: str, tmp_path: Path,
     assert all(r.data.tags[T.TAG_STATUS] == "completed" for r in runs)
     assert all(math.isfinite(r.data.metrics[M.EVAL_RD_LOSS]) for r in runs)
     assert len({r.data.params.get(varied) for r in runs}) >= 2  # the preset's knob really varied
-    if preset == "ablation_wavelets.yaml":  # labelled variants name the runs, tag them, and the anchor is recorded
+    if preset == "ablation_wavelets.yaml":  # labelled variants name the runs, tag them, and the baseline is recorded
         from search.tracking.queries import select_search
 
         assert sorted(r.data.tags[T.TAG_VARIANT] for r in runs) == sorted(spec.variants.labels())
         assert all(r.info.run_name.startswith(r.data.tags[T.TAG_VARIANT] + " · λ=") for r in runs)
         assert all(r.data.tags[T.TAG_FAMILY_NAME] == r.data.tags[T.TAG_VARIANT] for r in runs)
         selection = select_search(spec.name, uri)
-        assert selection.anchor == "anchor" and list(selection.variants) == spec.variants.labels()
+        assert selection.baseline == "baseline" and list(selection.variants) == spec.variants.labels()
         from search.monitor.ending import print_ending  # the end-of-search summary names the winners so too
 
         capsys.readouterr()

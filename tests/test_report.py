@@ -114,7 +114,7 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     assert code == 0, capsys.readouterr().err
     shown = capsys.readouterr()
     printed = shown.out
-    # the no-AuxT family is the search's anchor (no search.anchor recorded: the one AuxT-off family): listed
+    # the no-AuxT family is the search's baseline (no search.baseline recorded: the one AuxT-off family): listed
     # first as F1, never ranked against itself
     assert "2 rate families (1 with a BD-rate)" in printed and "AuxT speed-up F2 vs F1: 2.00x" in printed
     # progress on stderr (not a terminal here: one line at the end): the 10 trial runs read; none on stdout
@@ -133,20 +133,20 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     families = {f["label"]: f for f in data["families"]}
     assert set(families) == {"F1", "F2"}  # the stopped and the errored trial form no family
     assert families["F2"]["auxt"] and not families["F1"]["auxt"]
-    assert families["F1"]["is_anchor"] and families["F1"]["rank"] is None and families["F2"]["rank"] == 1
-    assert data["anchor_family"] == "F1" and data["anchor_how"] == "the family with AuxT off"
+    assert families["F1"]["is_baseline"] and families["F1"]["rank"] is None and families["F2"]["rank"] == 1
+    assert data["baseline_family"] == "F1" and data["baseline_how"] == "the family with AuxT off"
     assert families["F2"]["lambdas"] == list(LAMBDAS) and families["F2"]["points"] == 4
     # readable names, not the family hash (no lic_search.family_name tag here: named from the params)
     assert (families["F2"]["name"], families["F1"]["name"]) == ("auxt=haar", "auxt=off")
     assert families["F2"]["key"] != "auxt=haar" and len(families["F2"]["key"]) == 12
-    assert "| F2 | 1 | auxt=haar | yes | 4 |" in markdown and "| F1 | anchor | auxt=off | no | 4 |" in markdown
-    assert "## Rate savings against the anchor" in markdown
-    # against the search's own anchor: rates 1.10 / 1.25 of the same qualities = -12% (PSNR and MS-SSIM);
-    # the anchor has no BD-rate against itself
+    assert "| F2 | 1 | auxt=haar | yes | 4 |" in markdown and "| F1 | baseline | auxt=off | no | 4 |" in markdown
+    assert "## Rate savings against the baseline" in markdown
+    # against the search's own baseline: rates 1.10 / 1.25 of the same qualities = -12% (PSNR and MS-SSIM);
+    # the baseline has no BD-rate against itself
     assert families["F2"]["bd_rate"]["F1 psnr"] == pytest.approx(-12.0, abs=1e-6)
     assert families["F2"]["bd_rate"]["F1 ms-ssim"] == pytest.approx(-12.0, abs=1e-6)
     assert "F1 psnr" not in families["F1"]["bd_rate"]
-    # against the extra anchor the curves are exact rate scalings: +10% and +25%
+    # against the extra published anchor the curves are exact rate scalings: +10% and +25%
     assert families["F2"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(10.0, abs=1e-6)
     assert families["F1"]["bd_rate"]["four-point anchor psnr"] == pytest.approx(25.0, abs=1e-6)
     # against the shipped VTM curve: recomputed here from the logged points with the bjontegaard
@@ -161,8 +161,8 @@ def test_report_files_tables_and_mlflow_artifacts(search, capsys):
     # the BD-rate table as printed in the Markdown
     f1_row = next(line for line in markdown.splitlines() if line.startswith("| F2 |"))
     assert "| -12.00% | -12.00% |" in f1_row and "+10.00%" in f1_row and f"{expected_vtm:+.2f}%" in f1_row
-    anchor_row = next(line for line in markdown.splitlines() if line.startswith("| F1 |"))
-    assert "| anchor | anchor |" in anchor_row and "+25.00%" in anchor_row
+    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| F1 |"))
+    assert "| baseline | baseline |" in baseline_row and "+25.00%" in baseline_row
 
     # AuxT family against its no-AuxT counterpart: rates 1.10 / 1.25 of the same qualities = -12%
     (pair,) = data["auxt_pairs"]
@@ -222,7 +222,7 @@ def test_rank_experiment_families_for_best_by_family(search):
     rows = rank_experiment_families("ablation", search["uri"], anchor_file=search["anchor"])
     assert [(r["rank"], r["auxt"]) for r in rows] == [(1, True), (2, False)]
     assert [r["bd_rate"] for r in rows] == pytest.approx([10.0, 25.0], abs=1e-6)
-    assert rows[0]["points"] == 4 and rows[0]["lambdas"] == list(LAMBDAS) and rows[0]["anchor"] == "four-point anchor"
+    assert rows[0]["points"] == 4 and rows[0]["lambdas"] == list(LAMBDAS) and rows[0]["reference"] == "four-point anchor"
     assert [r["family_name"] for r in rows] == ["auxt=haar", "auxt=off"]
     assert all(len(r["family"]) == 12 and r["family"] != r["family_name"] for r in rows)  # the id stays
 

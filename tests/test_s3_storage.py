@@ -128,7 +128,7 @@ def test_a_search_in_s3_survives_a_driver_sigkill_and_is_read_back_from_another_
 
 
 def test_a_warm_start_from_the_bucket_is_verified_and_falls_back_to_the_older_checkpoint(tmp_path: Path, s3: str):
-    """``model.init_from`` as an s3:// URI (a ladder's anchor in a bucket): copied through pyarrow, its checksums
+    """``model.init_from`` as an s3:// URI (a ladder's start point in a bucket): copied through pyarrow, its checksums
     checked; a tampered newest checkpoint gives way to the trial's older one, and with none left it is refused."""
     import pyarrow.fs
     import torch
@@ -165,19 +165,19 @@ def test_a_warm_start_from_the_bucket_is_verified_and_falls_back_to_the_older_ch
 
 
 @pytest.mark.timeout(1800)
-def test_a_ladder_in_s3_fine_tunes_from_the_anchor_checkpoint_in_the_bucket(tmp_path: Path, s3: str):
+def test_a_ladder_in_s3_fine_tunes_from_the_start_checkpoint_in_the_bucket(tmp_path: Path, s3: str):
     """A ladder on --storage-path s3://: ladder.json and every checkpoint in the bucket, the fine-tune started from
-    the anchor's checkpoint there (by URI), nothing in a local experiment folder; a driver SIGKILLed in the
-    fine-tune phase continues from the bucket (`run --resume-if-exists`) without training the anchor again."""
+    the start point's checkpoint there (by URI), nothing in a local experiment folder; a driver SIGKILLed in the
+    fine-tune phase continues from the bucket (`run --resume-if-exists`) without training the start point again."""
     import yaml
 
     from tests.test_ladder_space import ladder_space
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = ladder_space(tmp_path, {"anchor": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 40}},
+    space = ladder_space(tmp_path, {"start": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 40}},
                          name="s3ladder", resources={"cpus_per_trial": 1, "max_failures": 0})
     data = yaml.safe_load(space.read_text())
-    data["trial"]["loss"]["lmbda"] = {"grid": [0.013, 0.0483]}  # one family: the anchor and one rate point
+    data["trial"]["loss"]["lmbda"] = {"grid": [0.013, 0.0483]}  # one family: the start point and one rate point
     data["trial"]["schedule"].update({"iterations": 4, "eval_every": 2, "lr": 1e-3})
     data["scheduler"] = {"type": "fifo"}
     space.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -217,15 +217,15 @@ def test_a_ladder_in_s3_fine_tunes_from_the_anchor_checkpoint_in_the_bucket(tmp_
     assert f"{family['checkpoint'].removeprefix('s3://' + BUCKET + '/')}/state.pt" in keys
     runs = trial_runs(uri, "s3ladder")
     (fine,) = [r for r in runs if r.data.tags.get(T.TAG_LADDER) == T.LADDER_FINE_TUNE]
-    (anchor,) = [r for r in runs if r.data.tags.get(T.TAG_LADDER) == T.LADDER_ANCHOR]
+    (start_point,) = [r for r in runs if r.data.tags.get(T.TAG_LADDER) == T.LADDER_START]
     origin = json.loads(fine.data.tags[T.TAG_INIT_FROM])
-    assert origin["checkpoint"] == family["checkpoint"] and origin["anchor_trial"] == anchor.data.tags[T.TAG_TRIAL_ID]
+    assert origin["checkpoint"] == family["checkpoint"] and origin["start_trial"] == start_point.data.tags[T.TAG_TRIAL_ID]
     assert fine.data.tags[T.TAG_STATUS] == "completed" and fine.data.metrics[M.INIT_LOADED_TENSORS] > 50
     assert not [p for p in job.rglob("*") if p.name in ("ladder.json", "lic_search.json", "state.pt")]
 
-    assert len(runs) == 2  # the anchor never trained again, the fine-tune continued in its own run
+    assert len(runs) == 2  # the start point never trained again, the fine-tune continued in its own run
     client = client_for(uri)
-    assert [m.step for m in client.get_metric_history(anchor.info.run_id, M.EVAL_RD_LOSS)] == [2, 4]
+    assert [m.step for m in client.get_metric_history(start_point.info.run_id, M.EVAL_RD_LOSS)] == [2, 4]
     # continued from its checkpoint in the bucket, not from zero: each step once in MLflow
     assert [m.step for m in client.get_metric_history(fine.info.run_id, M.EVAL_RD_LOSS)] == list(range(2, 42, 2))
     status = lic_search(["status", f"{s3}/s3ladder", "--json"], cwd=job, timeout=300)

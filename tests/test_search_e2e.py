@@ -113,7 +113,7 @@ def test_report_of_a_real_search_has_plots_tables_and_mlflow_artifacts(tmp_path:
     assert main(["report", "fam", "--tracking-uri", uri, "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "8 trials: 8 completed" in text
-    assert "## Rate savings against the anchor" in text and "## Training speed: AuxT against no AuxT" in text
+    assert "## Rate savings against the baseline" in text and "## Training speed: AuxT against no AuxT" in text
     family_rows = [line for line in text.splitlines() if line.startswith("| F")]
     assert len(family_rows) >= 2 and all("| 4 |" in row for row in family_rows[:2])
     assert "_No pair of families" not in text  # the AuxT pair was found
@@ -229,10 +229,10 @@ def test_best_by_family_on_single_point_families_prints_a_table(two_lambda, caps
                  searches[-1]]) == 0  # the first search: two families of two λ each
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("rank") and len(out) == 3
-    assert all("2 rate points; BD-rate needs at least 4" in line or "anchor" in line for line in out[1:]), out
+    assert all("2 rate points; BD-rate needs at least 4" in line or "baseline" in line for line in out[1:]), out
     assert main(["best", "rate", "--tracking-uri", two_lambda["uri"], "--by", "family"]) == 0  # one 1-point family
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2 and out[1].startswith("anchor")  # the one family is the anchor: never ranked against itself
+    assert len(out) == 2 and out[1].startswith("baseline")  # the one family is the baseline: never ranked against itself
 
 
 def client_parents(uri: str, name: str) -> list[str]:

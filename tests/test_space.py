@@ -258,7 +258,7 @@ trial:
     lr: 0.001
 """)
     with pytest.raises(SpaceError, match="common: unknown key 'common'"):
-        load_space(path)  # the anchor host is an unknown key, but the merge itself parsed
+        load_space(path)  # the key holding &common is unknown, but the merge itself parsed
     path.write_text(path.read_text().replace("common: &common", "description: &common"))
     with pytest.raises(SpaceError, match="description: must be a string"):
         load_space(path)

@@ -39,14 +39,14 @@ def test_finished_reads_the_newest_state_by_name_and_needs_every_trial_terminate
 
 def test_a_ladder_is_finished_when_both_phases_are(tmp_path: Path):
     store = ExperimentStore(tmp_path)
-    _state_file(tmp_path, "2026-01-01_10-00-00", ["TERMINATED"])  # the anchor
+    _state_file(tmp_path, "2026-01-01_10-00-00", ["TERMINATED"])  # the start phase's experiment
     (tmp_path / "fine_tune").mkdir()
     assert ray_state.finished(store, 3, ("fine_tune",)) is None  # the fine-tune phase has not begun
     _state_file(tmp_path / "fine_tune", "2026-01-01_10-05-00", ["TERMINATED", "RUNNING"])
     assert ray_state.finished(store, 3, ("fine_tune",)) is None
     _state_file(tmp_path / "fine_tune", "2026-01-01_10-06-00", ["TERMINATED", "TERMINATED"])
     assert ray_state.finished(store, 3, ("fine_tune",)) == 3
-    assert ray_state.finished(store, 3) is None  # the anchor phase alone is not the search
+    assert ray_state.finished(store, 3) is None  # the start phase alone is not the search
 
 
 def test_a_final_save_that_reads_back_different_is_uploaded_again(tmp_path: Path):

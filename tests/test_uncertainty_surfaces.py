@@ -1,7 +1,7 @@
 """Intervals where people read them: `report`, `best --by family`, `best`, on an MLflow search with known truth.
 
-A labelled ablation recorded as lic-search records one: three variants (the anchor "baseline", "full WLS"
-saving 10 % rate at equal quality, "no WLS" identical to the anchor) at four λ, each trial's last evaluation
+A labelled ablation recorded as lic-search records one: three variants (the baseline "baseline", "full WLS"
+saving 10 % rate at equal quality, "no WLS" identical to the baseline) at four λ, each trial's last evaluation
 with its per-image table (artifact per_image/step_N.json) on 12 images of different difficulty."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def ablation(tmp_path_factory):
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment("fig8", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment_id, run_name="fig8", tags={
-        T.TAG_ROLE: T.ROLE_SEARCH, T.TAG_ANCHOR: "baseline", T.TAG_VARIANTS: json.dumps(list(VARIANTS))}).info.run_id
+        T.TAG_ROLE: T.ROLE_SEARCH, T.TAG_BASELINE: "baseline", T.TAG_VARIANTS: json.dumps(list(VARIANTS))}).info.run_id
     rng = np.random.default_rng(0)
     rate_effect, quality_effect = np.exp(rng.normal(0, 0.3, IMAGES)), rng.normal(0, 1.5, IMAGES)
     now = int(time.time() * 1000)
@@ -85,8 +85,8 @@ def test_report_prints_each_rate_saving_with_its_interval_and_the_resolution(abl
     assert upper < 0 and lower < estimate < upper and abs(estimate + 10) < 2  # the set 10 % saving, resolved
     no_wls = re.search(rf"  no WLS: ({INTERVAL}) \(group (\w+), 1 seed\(s\), tied with baseline\)", out)
     assert no_wls, out
-    assert no_wls.group(2) != full.group(2)  # told apart from full WLS, in the anchor's group
-    assert re.search(r"  baseline: the anchor \(group " + no_wls.group(2), out)
+    assert no_wls.group(2) != full.group(2)  # told apart from full WLS, in the baseline's group
+    assert re.search(r"  baseline: the baseline \(group " + no_wls.group(2), out)
     assert re.search(r"with 12 images and 1 seed per variant, differences under \d\.\d % BD-rate are not resolved", out)
     # best per rate point names the variant label and the trial; full WLS leads clearly at every λ
     leads = re.findall(r"best at λ=[\d.]+, distortion=mse: full WLS \(trial full_WLS_\d, eval/rd_loss [\d.]+, "
@@ -121,13 +121,13 @@ def test_best_by_family_has_an_interval_column_and_ties(ablation, capsys):
     full = next(line for line in out.splitlines() if line.startswith("1 ") and "full WLS" in line)
     assert re.search(r"-\d+\.\d % \[-\d+\.\d, -\d+\.\d\]", full)
     no_wls = next(line for line in out.splitlines() if "no WLS" in line and not line.startswith("rate"))
-    assert "baseline" in no_wls.split("%]")[-1]  # its tied-with column names the anchor by its label
+    assert "baseline" in no_wls.split("%]")[-1]  # its tied-with column names the baseline by its label
     assert "differences under" in out and "not told apart" in out
     assert main(["best", "fig8", "--tracking-uri", ablation["uri"], "--by", "family", "--json"]) == 0
     rows = {row["label"]: row for row in json.loads(capsys.readouterr().out)}
     assert {"estimate", "lower", "upper"} == set(rows["full WLS"]["interval"])
     assert rows["full WLS"]["interval"]["lower"] <= rows["full WLS"]["interval"]["upper"] < 0
-    assert rows["no WLS"]["tied_with"] == ["baseline"] and rows["baseline"]["is_anchor"]
+    assert rows["no WLS"]["tied_with"] == ["baseline"] and rows["baseline"]["is_baseline"]
 
 
 def test_best_marks_the_runner_ups_difference_and_tied_leaders(ablation, capsys):

@@ -221,15 +221,15 @@ def plan_configs(plains: Sequence[dict], stratify_by: Sequence[str]) -> list[Tri
 
 
 def plan_ladder(spec: SearchSpec) -> tuple[list[TrialPlan], list[TrialPlan]]:
-    """A ladder space's trials: (the anchors, the fine-tuned rate points of every anchor's family).
+    """A ladder space's trials: (the start points, the fine-tuned rate points of every start point's family).
 
-    Priced as if every anchor finished its budget (under ASHA only the anchors that do are fine-tuned,
+    Priced as if every start point finished its budget (under ASHA only the start points that do are fine-tuned,
     so this is the most the fine-tune phase costs)."""
-    from search.space.ladder import anchor_spec, fine_tune_configs
+    from search.space.ladder import fine_tune_configs, start_spec
 
-    anchors = plan_trials(anchor_spec(spec), seed=spec.file.search.seed)
-    tuned = [config for anchor in anchors for config in fine_tune_configs(spec, anchor.config, "<anchor checkpoint>")]
-    return anchors, plan_configs(tuned, spec.stratify_by())
+    starts = plan_trials(start_spec(spec), seed=spec.file.search.seed)
+    tuned = [config for start in starts for config in fine_tune_configs(spec, start.config, "<start checkpoint>")]
+    return starts, plan_configs(tuned, spec.stratify_by())
 
 
 def _stages(config: TrialConfig, plain: dict) -> tuple[Stage, ...]:

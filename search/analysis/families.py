@@ -53,7 +53,7 @@ class TrialPoint:
     psnr: Optional[float] = None
     ms_ssim: Optional[float] = None
     rd_loss_history: list[tuple[int, float]] = field(default_factory=list)  # (iteration, eval/rd_loss)
-    family: Optional[str] = None  # recorded family key (a ladder's fine-tunes: their anchor's), else from params
+    family: Optional[str] = None  # recorded family key (a ladder's fine-tunes: their start point's), else from params
     variant: Optional[str] = None  # its variant label (``label:`` in the space; the lic_search.variant tag)
 
     @property
@@ -117,7 +117,7 @@ class Family:
         )
 
     def is_curve(self, curve: RDCurve) -> bool:
-        """Whether ``curve`` is this family's own (a saved ``curves/<family>.json`` given as anchor)."""
+        """Whether ``curve`` is this family's own (a saved ``curves/<family>.json`` given as reference)."""
         ids = curve.extra.get("trial_id")
         if ids:
             return sorted(map(str, ids)) == sorted(t.trial_id for t in self.trials if t.has_point)
@@ -132,7 +132,7 @@ def group_families(trials: Iterable[TrialPoint]) -> list[Family]:
         key = trial.family or family_key(trial.params)
         if key not in families:
             families[key] = Family(key, family_params(trial.params), [])
-        if key == family_key(trial.params):  # the recipe as its own trials (a ladder's anchor) have it
+        if key == family_key(trial.params):  # the recipe as its own trials (a ladder's start point) have it
             families[key].params = family_params(trial.params)
         families[key].trials.append(trial)
     for family in families.values():
@@ -158,73 +158,73 @@ def other_images(curve: RDCurve, anchor: RDCurve) -> Optional[str]:
             f"{anchor.name} on {anchor.image_set.describe()}")
 
 
-def anchor_family(families: Sequence[Family], label: Optional[str]) -> tuple[Optional[Family], str]:
-    """The family rate savings are measured against, and how it was chosen (or why there is none).
+def baseline_family(families: Sequence[Family], label: Optional[str]) -> tuple[Optional[Family], str]:
+    """The baseline family rate savings are measured against, and how it was chosen (or why there is none).
 
-    ``label``: the space's ``search.anchor.label`` (a variant's label, or one part of a composed
+    ``label``: the space's ``search.baseline.label`` (a variant's label, or one part of a composed
     label); without it the one family with AuxT off, as in the AuxT paper's Figure 8."""
     if label:
         found = [f for f in families if f.variant and label in f.variant.split(VARIANT_SEPARATOR)]
         if len(found) == 1:
-            return found[0], f"search.anchor: {label}"
-        return None, (f"search.anchor {label!r} names {len(found)} families" if found
-                      else f"no finished family carries the anchor label {label!r}")
+            return found[0], f"search.baseline: {label}"
+        return None, (f"search.baseline {label!r} names {len(found)} families" if found
+                      else f"no finished family carries the baseline label {label!r}")
     off = [f for f in families if not f.auxt]
     if len(off) == 1:
         return off[0], "the family with AuxT off"
-    return None, (f"{len(off)} families have AuxT off; mark the anchor with search.anchor: {{label: ...}}" if off
-                  else "no family has AuxT off; mark the anchor with search.anchor: {label: ...}")
+    return None, (f"{len(off)} families have AuxT off; mark the baseline with search.baseline: {{label: ...}}" if off
+                  else "no family has AuxT off; mark the baseline with search.baseline: {label: ...}")
 
 
 @dataclass
 class FamilyRank:
-    """A family's BD-rate against an anchor; ``result`` is None with a ``reason`` when it has none."""
+    """A family's BD-rate against a reference curve; ``result`` is None with a ``reason`` when it has none."""
 
     family: Family
     result: Optional[BDResult]
     reason: Optional[str] = None
     rank: Optional[int] = None
-    is_anchor: bool = False  # the family IS the anchor: never ranked against itself
+    is_baseline: bool = False  # the family IS the reference (the baseline): never ranked against itself
 
     @property
     def bd_rate(self) -> Optional[float]:
         return None if self.result is None else self.result.bd_rate
 
 
-def rank_families(families: Sequence[Family], anchor: RDCurve, metric: str = "psnr", method: str = "pchip",
+def rank_families(families: Sequence[Family], reference: RDCurve, metric: str = "psnr", method: str = "pchip",
                   min_points: int = MIN_POINTS, labels: Optional[Mapping[str, str]] = None) -> list[FamilyRank]:
-    """Families ranked by BD-rate against ``anchor`` (lowest first); those without one come last.
+    """Families ranked by BD-rate against ``reference`` (lowest first); those without one come last.
 
     A BD-rate needs the overlap rule (:data:`MIN_SHORTER_OVERLAP` of the shorter quality range);
-    the family whose own curve ``anchor`` is comes first, marked, with no rank. ``labels`` (family key ->
-    its variant label) name the families in the reasons, never a family hash."""
+    the family whose own curve ``reference`` is (the baseline) comes first, marked, with no rank.
+    ``labels`` (family key -> its variant label) name the families in the reasons, never a family hash."""
     ranked: list[FamilyRank] = []
     for family in families:
-        if family.is_curve(anchor):
-            ranked.append(FamilyRank(family, None, "the anchor", is_anchor=True))
+        if family.is_curve(reference):
+            ranked.append(FamilyRank(family, None, "the baseline", is_baseline=True))
             continue
         curve = family.curve((labels or {}).get(family.key))
         curve.source = curve.name
-        other = other_images(curve, anchor) if anchor.rate != RATE_LIKELIHOOD else None
+        other = other_images(curve, reference) if reference.rate != RATE_LIKELIHOOD else None
         if other:
             ranked.append(FamilyRank(family, None, other))
             continue
         try:
-            ranked.append(FamilyRank(family, bd_rate(curve, anchor, metric, method, min_points,
+            ranked.append(FamilyRank(family, bd_rate(curve, reference, metric, method, min_points,
                                                      MIN_SHORTER_OVERLAP)))
         except CurveError as error:
-            ranked.append(FamilyRank(family, None, short_reason(str(error), curve, anchor)))
-    ranked.sort(key=lambda r: (not r.is_anchor, r.result is None, r.bd_rate if r.result is not None else 0.0))
+            ranked.append(FamilyRank(family, None, short_reason(str(error), curve, reference)))
+    ranked.sort(key=lambda r: (not r.is_baseline, r.result is None, r.bd_rate if r.result is not None else 0.0))
     for position, entry in enumerate(r for r in ranked if r.result is not None):
         entry.rank = position + 1
     return ranked
 
 
-def short_reason(message: str, curve: RDCurve, anchor: RDCurve) -> str:
-    """A BD-rate refusal without the curves' sources: "vs <anchor>: the psnr ranges do not overlap ..."."""
-    pair, own = f"{curve.source} and {anchor.source}: ", f"{curve.source}: "
+def short_reason(message: str, curve: RDCurve, reference: RDCurve) -> str:
+    """A BD-rate refusal without the curves' sources: "vs <reference>: the psnr ranges do not overlap ..."."""
+    pair, own = f"{curve.source} and {reference.source}: ", f"{curve.source}: "
     if message.startswith(pair):
-        return f"vs {anchor.name}: {message[len(pair):]}"
+        return f"vs {reference.name}: {message[len(pair):]}"
     return message[len(own):] if message.startswith(own) else message
 
 
@@ -255,25 +255,25 @@ def iterations_to_reach(history: History, target: float) -> Optional[float]:
 
 @dataclass(frozen=True)
 class SpeedResult:
-    """How fast ``test`` (e.g. with AuxT) trains compared with ``anchor`` (e.g. without)."""
+    """How fast ``test`` (e.g. with AuxT) trains compared with ``reference`` (e.g. without)."""
 
     test_iterations: float  # iteration of test's final evaluation
     test_final_loss: float
-    anchor_iterations: float
-    anchor_final_loss: float
-    test_reaches_anchor_final: Optional[float]  # iterations test needs to reach anchor's final loss
-    anchor_reaches_test_final: Optional[float]  # iterations anchor needs to reach test's final loss
-    #: test was at or below the anchor's final loss at its FIRST evaluation: nothing earlier was measured, so
+    reference_iterations: float
+    reference_final_loss: float
+    test_reaches_reference_final: Optional[float]  # iterations test needs to reach reference's final loss
+    reference_reaches_test_final: Optional[float]  # iterations reference needs to reach test's final loss
+    #: test was at or below the reference's final loss at its FIRST evaluation: nothing earlier was measured, so
     #: the share is an upper bound (and the speed-up a lower bound), not an interpolated measurement.
     reached_at_first_eval: bool = False
 
     @property
     def fraction(self) -> Optional[float]:
-        """Share of the anchor's iterations test needs for the anchor's final loss (0.5 = 2x faster);
+        """Share of the reference's iterations test needs for the reference's final loss (0.5 = 2x faster);
         an upper bound when :attr:`reached_at_first_eval`."""
-        if self.test_reaches_anchor_final is None or self.anchor_iterations <= 0:
+        if self.test_reaches_reference_final is None or self.reference_iterations <= 0:
             return None
-        return self.test_reaches_anchor_final / self.anchor_iterations
+        return self.test_reaches_reference_final / self.reference_iterations
 
     @property
     def speedup(self) -> Optional[float]:
@@ -281,21 +281,21 @@ class SpeedResult:
         return None if fraction is None or fraction <= 0 else 1.0 / fraction
 
 
-def training_speed(test: History, anchor: History) -> SpeedResult:
+def training_speed(test: History, reference: History) -> SpeedResult:
     """Iterations each history needs to reach the other's final eval loss, and the ratio."""
-    test_points, anchor_points = _points(test), _points(anchor)
-    if not test_points or not anchor_points:
-        which = "test" if not test_points else "anchor"
+    test_points, reference_points = _points(test), _points(reference)
+    if not test_points or not reference_points:
+        which = "test" if not test_points else "reference"
         raise CurveError(f"training speed needs two eval-loss histories; the {which} history has no finite value")
-    (test_end, test_final), (anchor_end, anchor_final) = test_points[-1], anchor_points[-1]
+    (test_end, test_final), (reference_end, reference_final) = test_points[-1], reference_points[-1]
     return SpeedResult(
         test_iterations=test_end,
         test_final_loss=test_final,
-        anchor_iterations=anchor_end,
-        anchor_final_loss=anchor_final,
-        test_reaches_anchor_final=iterations_to_reach(test_points, anchor_final),
-        anchor_reaches_test_final=iterations_to_reach(anchor_points, test_final),
-        reached_at_first_eval=test_points[0][1] <= anchor_final,
+        reference_iterations=reference_end,
+        reference_final_loss=reference_final,
+        test_reaches_reference_final=iterations_to_reach(test_points, reference_final),
+        reference_reaches_test_final=iterations_to_reach(reference_points, test_final),
+        reached_at_first_eval=test_points[0][1] <= reference_final,
     )
 
 
@@ -304,14 +304,14 @@ class FamilySpeed:
     """Training speed of two families, matched λ by λ; the summary is the geometric mean."""
 
     test: Family
-    anchor: Family
+    reference: Family
     per_lambda: dict[float, SpeedResult]
 
     @property
     def fraction(self) -> Optional[float]:
         fractions = [r.fraction for r in self.per_lambda.values() if r.fraction is not None and r.fraction > 0]
         if not fractions or len(fractions) < len(self.per_lambda):
-            return None  # some λ never reached the anchor's loss: no single honest number
+            return None  # some λ never reached the reference's loss: no single honest number
         return math.exp(sum(math.log(f) for f in fractions) / len(fractions))
 
     @property
@@ -325,7 +325,7 @@ class FamilySpeed:
         return any(r.reached_at_first_eval for r in self.per_lambda.values())
 
 
-def family_speed(test: Family, anchor: Family) -> FamilySpeed:
+def family_speed(test: Family, reference: Family) -> FamilySpeed:
     """:func:`training_speed` for every λ both families trained (first trial per λ)."""
     def by_lambda(family: Family) -> dict[float, TrialPoint]:
         found: dict[float, TrialPoint] = {}
@@ -334,10 +334,10 @@ def family_speed(test: Family, anchor: Family) -> FamilySpeed:
                 found.setdefault(trial.lmbda, trial)
         return found
 
-    tests, anchors = by_lambda(test), by_lambda(anchor)
-    shared = sorted(set(tests) & set(anchors))
-    return FamilySpeed(test, anchor, {lmbda: training_speed(tests[lmbda].rd_loss_history,
-                                                            anchors[lmbda].rd_loss_history) for lmbda in shared})
+    tests, references = by_lambda(test), by_lambda(reference)
+    shared = sorted(set(tests) & set(references))
+    return FamilySpeed(test, reference, {lmbda: training_speed(tests[lmbda].rd_loss_history,
+                                                            references[lmbda].rd_loss_history) for lmbda in shared})
 
 
 def auxt_pairs(families: Sequence[Family]) -> list[tuple[Family, Family]]:
@@ -351,7 +351,7 @@ def auxt_pairs(families: Sequence[Family]) -> list[tuple[Family, Family]]:
 
 
 __all__ = [
-    "TrialPoint", "Family", "FamilyRank", "SpeedResult", "FamilySpeed", "anchor_family", "other_images",
+    "TrialPoint", "Family", "FamilyRank", "SpeedResult", "FamilySpeed", "baseline_family", "other_images",
     "family_key", "family_params", "auxt_enabled", "group_families", "distinguishing_params", "rank_families",
     "short_reason",
     "iterations_to_reach", "training_speed", "family_speed", "auxt_pairs", "LAMBDA_KEY", "SEED_KEY",

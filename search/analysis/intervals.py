@@ -9,7 +9,7 @@ resamples them.
 Method, stated once wherever the numbers are printed (:func:`Bootstrap.describe`):
 
 * **Paired bootstrap over images.** One resample draws image indices with replacement; *every* curve of that
-  resample (each variant's and the anchor's, every λ) is measured on the same drawn images, so the shared
+  resample (each variant's and the baseline's, every λ) is measured on the same drawn images, so the shared
   image difficulty cancels out of the difference, as it does in the point estimate.
 * **Seeds.** Families that differ only in ``schedule.seed`` are one variant (:func:`fold_seeds`); a resample
   also draws that variant's seeds with replacement (independently per variant), so the interval covers
@@ -61,7 +61,7 @@ def seedless_key(params: Mapping[str, object]) -> str:
 def fold_seeds(members: Iterable[tuple[str, Mapping[str, object], Optional[str], Measured]]) -> list[Variant]:
     """Group ``(label, params, family key or None, trial)`` into variants, seeds folded, in first-seen order.
 
-    ``family key`` (a ladder's fine-tunes carry their anchor's) wins over the params where given."""
+    ``family key`` (a ladder's fine-tunes carry their start point's) wins over the params where given."""
     variants: dict[str, Variant] = {}
     for label, params, family, measured in members:
         key = seedless_key(params) if family is None else family
@@ -74,15 +74,15 @@ def fold_seeds(members: Iterable[tuple[str, Mapping[str, object], Optional[str],
 # ---------------------------------------------------------------------------------- BD-rates
 @dataclass
 class BDIntervals:
-    """BD-rate of every variant against the anchor, with intervals, and the grouping they allow."""
+    """BD-rate of every variant against the baseline, with intervals, and the grouping they allow."""
 
-    anchor: str
+    baseline: str
     metric: str
     method: str
     images: int
     bootstrap: Bootstrap
     seeds: dict[str, int]  # label -> seed repeats folded into it
-    intervals: dict[str, Interval]  # label -> BD-rate (%) against the anchor
+    intervals: dict[str, Interval]  # label -> BD-rate (%) against the baseline
     reasons: dict[str, str]  # label -> why it has no interval
     differences: dict[tuple[str, str], Interval] = field(default_factory=dict)  # (a, b) -> BD(a) - BD(b)
     letters: dict[str, str] = field(default_factory=dict)  # label -> compact letter display group(s)
@@ -94,7 +94,7 @@ class BDIntervals:
         return float(np.median(widths)) if widths else None
 
     def tied_with(self, label: str) -> list[str]:
-        """The other variants (anchor included) whose difference to ``label`` has an interval containing 0."""
+        """The other variants (baseline included) whose difference to ``label`` has an interval containing 0."""
         return [b if a == label else a for (a, b), i in self.differences.items() if label in (a, b) and i.contains(0)]
 
     def resolution_sentence(self) -> Optional[str]:
@@ -107,7 +107,7 @@ class BDIntervals:
                 f"{self.resolution:.1f} % BD-rate are not resolved")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"anchor": self.anchor, "metric": self.metric, "method": self.method, "images": self.images,
+        return {"baseline": self.baseline, "metric": self.metric, "method": self.method, "images": self.images,
                 "bootstrap": self.bootstrap.to_dict(), "seeds": self.seeds,
                 "resolution": self.resolution, "resolution_text": self.resolution_sentence(),
                 "variants": {label: {**i.to_dict(), "dropped": i.dropped, "group": self.letters.get(label, ""),
@@ -143,15 +143,15 @@ def _curve_means(variant: Variant, names: Sequence[str], indices: np.ndarray, rn
     return lambdas, rates, quality_db(qualities, quality)
 
 
-def bd_rate_intervals(variants: Sequence[Variant], anchor: Variant, metric: str = "psnr", method: str = "pchip",
+def bd_rate_intervals(variants: Sequence[Variant], baseline: Variant, metric: str = "psnr", method: str = "pchip",
                       bootstrap: Bootstrap = Bootstrap(), min_points: int = 4,
                       min_shorter_overlap: float = 0.5) -> Optional[BDIntervals]:
-    """BD-rate of each variant against ``anchor`` with a paired-bootstrap interval; None without shared images.
+    """BD-rate of each variant against ``baseline`` with a paired-bootstrap interval; None without shared images.
 
     The point estimate is the BD-rate of the mean curves (seeds averaged); it is refused under the same
     rules as every ranked BD-rate (points, overlap), then the variant has a reason instead of an interval."""
     column = "ms_ssim" if metric == "ms-ssim" else "psnr"
-    everyone = [anchor] + [v for v in variants if v.key != anchor.key]
+    everyone = [baseline] + [v for v in variants if v.key != baseline.key]
     names = shared_images((m.table for v in everyone for trials in v.seeds.values() for m in trials), column)
     if len(names) < MIN_IMAGES or not set(names) <= set(shared_images(
             (m.table for v in everyone for t in v.seeds.values() for m in t), "bpp")):
@@ -159,20 +159,20 @@ def bd_rate_intervals(variants: Sequence[Variant], anchor: Variant, metric: str 
     rng = bootstrap.rng()
     indices = rng.integers(0, len(names), size=(bootstrap.resamples, len(names)))  # shared by every curve
     curves = {v.label: _curve_means(v, names, indices, rng, metric, bootstrap.resamples) for v in everyone}
-    result = BDIntervals(anchor.label, metric, method, len(names), bootstrap,
+    result = BDIntervals(baseline.label, metric, method, len(names), bootstrap,
                          {v.label: v.seed_count for v in everyone}, {}, {})
-    samples: dict[str, np.ndarray] = {anchor.label: np.zeros(bootstrap.resamples)}
-    result.intervals[anchor.label] = Interval(0.0, 0.0, 0.0)
-    _, anchor_rates, anchor_quality = curves[anchor.label]
+    samples: dict[str, np.ndarray] = {baseline.label: np.zeros(bootstrap.resamples)}
+    result.intervals[baseline.label] = Interval(0.0, 0.0, 0.0)
+    _, baseline_rates, baseline_quality = curves[baseline.label]
     for variant in everyone[1:]:
         _, rates, quality = curves[variant.label]
         try:
-            estimate = bd_rate_points(anchor_rates[0], anchor_quality[0], rates[0], quality[0], method,
+            estimate = bd_rate_points(baseline_rates[0], baseline_quality[0], rates[0], quality[0], method,
                                       min_points, min_shorter_overlap)
         except CurveError as error:
             result.reasons[variant.label] = str(error)
             continue
-        values = np.array([_bd_or_nan(anchor_rates[b], anchor_quality[b], rates[b], quality[b], method)
+        values = np.array([_bd_or_nan(baseline_rates[b], baseline_quality[b], rates[b], quality[b], method)
                            for b in range(1, bootstrap.resamples + 1)])
         kept = values[np.isfinite(values)]
         if kept.size < bootstrap.resamples / 2:
@@ -203,10 +203,10 @@ def _bd_or_nan(rate_a: np.ndarray, quality_a: np.ndarray, rate_t: np.ndarray, qu
         return math.nan
 
 
-def family_intervals(families: Sequence["Family"], anchor: "Family", labels: Mapping[str, str],
+def family_intervals(families: Sequence["Family"], baseline: "Family", labels: Mapping[str, str],
                      tables: Mapping[str, Optional[PerImage]], metric: str = "psnr", method: str = "pchip",
                      bootstrap: Bootstrap = Bootstrap()) -> tuple[Optional[BDIntervals], dict[str, str]]:
-    """:func:`bd_rate_intervals` of a search's rate families (``search.analysis.families``) against its anchor
+    """:func:`bd_rate_intervals` of a search's rate families (``search.analysis.families``) against its baseline
     family, seed repeats folded; ``tables``: trial id -> its final per-image results.
 
     Returns the intervals (None when no trial has per-image results) and, per family key, the label of the
@@ -221,10 +221,10 @@ def family_intervals(families: Sequence["Family"], anchor: "Family", labels: Map
                 members.append((label, trial.params, key, Measured(trial.trial_id, trial.lmbda, table)))
         folded_label[family.key] = label
     variants = fold_seeds(members)
-    anchor_variant = next((v for v in variants if v.key == seedless_key(anchor.params)), None)
-    if anchor_variant is None:
+    baseline_variant = next((v for v in variants if v.key == seedless_key(baseline.params)), None)
+    if baseline_variant is None:
         return None, folded_label
-    result = bd_rate_intervals([v for v in variants if v is not anchor_variant], anchor_variant, metric, method,
+    result = bd_rate_intervals([v for v in variants if v is not baseline_variant], baseline_variant, metric, method,
                                bootstrap)
     if result is not None:
         for label in set(folded_label.values()) - set(result.intervals) - set(result.reasons):

@@ -18,7 +18,7 @@ from search.analysis.bdrate import MIN_SHORTER_OVERLAP, bd_rate
 from search.analysis.bunching import family_warnings
 from search.analysis.curves import RATE_LIKELIHOOD, CurveError, RDCurve, load_curve, shipped_anchor
 from search.analysis.families import (
-    anchor_family,
+    baseline_family,
     other_images,
     Family,
     FamilyRank,
@@ -77,9 +77,9 @@ class TrialRecord:
     params: dict[str, str]
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
     family_name: Optional[str] = None  # the lic_search.family_name tag (readable; absent on older runs)
-    family: Optional[str] = None  # the lic_search.family tag (a ladder's fine-tunes: their anchor's family)
+    family: Optional[str] = None  # the lic_search.family tag (a ladder's fine-tunes: their start point's family)
     variant: Optional[str] = None  # the lic_search.variant tag: its variant label in a labelled space
-    ladder: Optional[str] = None  # the lic_search.ladder tag: anchor / fine_tune in a ladder search
+    ladder: Optional[str] = None  # the lic_search.ladder tag: start / fine_tune in a ladder search
     lof: dict[str, float] = field(default_factory=dict)  # lof/<setting>/* metrics of `eval --search` (LOF sweep)
     per_image: Optional[PerImage] = None  # its last evaluation, image by image (None: recorded before they were kept)
 
@@ -115,7 +115,7 @@ class SearchRecord:
     trials: list[TrialRecord]
     stratify_by: tuple[str, ...] = DEFAULT_STRATIFY_BY
     selection: str = ""  # which search was read (SearchSelection.describe)
-    anchor: Optional[str] = None  # search.anchor's label, recorded on the parent run
+    baseline: Optional[str] = None  # search.baseline's label, recorded on the parent run
     variants: tuple[str, ...] = ()  # the space's variant labels in file order (the table's order)
 
 
@@ -158,7 +158,7 @@ def load_search(experiment: str, tracking_uri: Optional[str] = None, selection=N
             progress.update()
     trials.sort(key=lambda t: t.trial_id)
     return SearchRecord(experiment, uri, selection.parent_run_id, trials, selection.stratify_by,
-                        selection.describe(), selection.anchor, selection.variants)
+                        selection.describe(), selection.baseline, selection.variants)
 
 
 # ------------------------------------------------------------------------------------ computing
@@ -177,13 +177,14 @@ class ReportContent:
     """Everything a report says, computed once: JSON-ready rows plus the objects the plots draw."""
 
     search: SearchRecord
-    anchors: list[RDCurve]
+    references: list[RDCurve]  # BD-rate reference curves: the baseline family's first when there is one, then
+    # the published anchors (VTM, --anchor files)
     method: str
     include_stopped: bool
     metric: str
     mode: str
     generated: str
-    ordered: list[Family]  # families: the space's variant order (anchor first), else best BD-rate first
+    ordered: list[Family]  # families: the space's variant order (baseline first), else best BD-rate first
     labels: dict[str, str]  # family key -> its variant label, else F1, F2, ...
     varying: list[str]  # params that tell the families apart (AuxT has its own column)
     with_ms_ssim: bool
@@ -197,14 +198,14 @@ class ReportContent:
     trials: list[dict] = field(default_factory=list)
     schedules: list[dict] = field(default_factory=list)  # per trial with a train/lr history: lr (and crop) vs step
     lof: list[dict] = field(default_factory=list)  # per LOF setting: gain over lof0 and encode-time ratio
-    anchor_family: Optional[str] = None  # label of the family every BD-rate is first measured against
-    intervals: Optional[dict] = None  # BDIntervals.to_dict() of the variants against the anchor family
+    baseline_family: Optional[str] = None  # label of the family every BD-rate is first measured against
+    intervals: Optional[dict] = None  # BDIntervals.to_dict() of the variants against the baseline family
     bootstrap: Bootstrap = field(default_factory=Bootstrap)  # how every interval of the report is computed
-    anchor_how: str = ""  # how it was chosen (search.anchor, the AuxT-off family) or why there is none
+    baseline_how: str = ""  # how it was chosen (search.baseline, the AuxT-off family) or why there is none
 
     @property
-    def anchor_names(self) -> list[str]:
-        return [a.name for a in self.anchors]
+    def reference_names(self) -> list[str]:
+        return [r.name for r in self.references]
 
     @property
     def stratify_by(self) -> tuple[str, ...]:
@@ -220,7 +221,8 @@ class ReportContent:
         return {"experiment": search.experiment, "tracking_uri": search.tracking_uri,
                 "parent_run_id": search.parent_run_id, "generated": self.generated, "method": self.method,
                 "stratify_by": list(self.stratify_by), "metric": self.metric, "mode": self.mode,
-                "anchors": self.anchor_names, "anchor_family": self.anchor_family, "anchor_how": self.anchor_how,
+                "references": self.reference_names, "baseline_family": self.baseline_family,
+                "baseline_how": self.baseline_how,
                 "intervals": self.intervals, "bootstrap": self.bootstrap.to_dict(),
                 "bootstrap_text": self.bootstrap.describe(),
                 "best_per_rate_point": self.best, "families": self.families,
@@ -241,19 +243,19 @@ def _labelled_curve(family: Family, label: str) -> RDCurve:
     return curve
 
 
-def _bd(curve: RDCurve, anchor: RDCurve, metric: str, method: str) -> tuple[Optional[float], Optional[str]]:
-    """BD-rate of ``curve`` against ``anchor``, or None and the short reason it has none.
+def _bd(curve: RDCurve, reference: RDCurve, metric: str, method: str) -> tuple[Optional[float], Optional[str]]:
+    """BD-rate of ``curve`` against ``reference``, or None and the short reason it has none.
 
     Two families of the search are compared as they are (same rate estimate, same eval images);
     a published anchor only on its own images ("not comparable" otherwise). Both under the overlap rule.
     That family curves are training-time likelihood rates is said once, above the table."""
     try:
-        other = other_images(curve, anchor) if anchor.rate != RATE_LIKELIHOOD else None
+        other = other_images(curve, reference) if reference.rate != RATE_LIKELIHOOD else None
         if other:
             return None, other
-        return bd_rate(curve, anchor, metric, method, min_shorter_overlap=MIN_SHORTER_OVERLAP).bd_rate, None
+        return bd_rate(curve, reference, metric, method, min_shorter_overlap=MIN_SHORTER_OVERLAP).bd_rate, None
     except CurveError as error:
-        return None, short_reason(str(error), curve, anchor)
+        return None, short_reason(str(error), curve, reference)
 
 
 def family_labels(families: Sequence[Family]) -> dict[str, str]:
@@ -283,20 +285,22 @@ def family_names(families: Sequence[Family], trials: Sequence[TrialRecord]) -> d
     return names
 
 
-def _family_row(entry: FamilyRank, label: str, curve: RDCurve, anchors: Sequence[RDCurve], with_ms_ssim: bool,
+def _family_row(entry: FamilyRank, label: str, curve: RDCurve, references: Sequence[RDCurve], with_ms_ssim: bool,
                 differ: dict[str, str], method: str, name: str) -> dict:
     family = entry.family
     bd: dict[str, Optional[float]] = {}
     reasons: list[str] = []
-    for anchor in anchors:
-        if family.is_curve(anchor):
-            continue  # never against itself: its cells read "anchor"
-        bd[f"{anchor.name} psnr"], reason = _bd(curve, anchor, "psnr", method)
+    for reference in references:
+        if family.is_curve(reference):
+            continue  # never against itself: its cells read "baseline"
+        bd[f"{reference.name} psnr"], reason = _bd(curve, reference, "psnr", method)
         reasons += [reason] if reason else []
-        if with_ms_ssim and curve.ms_ssim is not None and anchor is anchors[0] and anchor.ms_ssim is not None:
-            bd[f"{anchor.name} ms-ssim"], reason = _bd(curve, anchor, "ms-ssim", method)
+        if with_ms_ssim and curve.ms_ssim is not None and reference is references[0] \
+                and reference.ms_ssim is not None:
+            bd[f"{reference.name} ms-ssim"], reason = _bd(curve, reference, "ms-ssim", method)
             reasons += [reason] if reason else []
-    return {"label": label, "key": family.key, "name": name, "variant": family.variant, "is_anchor": entry.is_anchor,
+    return {"label": label, "key": family.key, "name": name, "variant": family.variant,
+            "is_baseline": entry.is_baseline,
             "auxt": family.auxt, "points": len(curve),
             "images": curve.image_set.describe() if curve.image_set else None,
             "lambdas": [l for l in family.lambdas if l is not None], "trials": [t.trial_id for t in family.trials],
@@ -304,7 +308,7 @@ def _family_row(entry: FamilyRank, label: str, curve: RDCurve, anchors: Sequence
             "curve": curve.to_dict()["results"] if len(curve) else None, "notes": list(dict.fromkeys(reasons))}
 
 
-NO_ANCHOR = "no anchor variant in the search: intervals are measured against it"
+NO_BASELINE = "no baseline variant in the search: intervals are measured against it"
 
 
 def interval_fields(stats: Optional[BDIntervals], label: str, missing: str = "no per-image results") -> dict[str, Any]:
@@ -331,9 +335,9 @@ def _pair_rows(with_auxt: Family, without: Family, labels: dict[str, str], metho
         notes += [reason] if reason else []
     pair = {**names, "bd_rate": bd, "fraction": speed.fraction, "speedup": speed.speedup, "bound": speed.bound,
             "notes": list(dict.fromkeys(notes))}
-    rows = [{**names, "lmbda": lmbda, "auxt_final_loss": r.test_final_loss, "no_auxt_final_loss": r.anchor_final_loss,
-             "auxt_iterations_to_no_auxt_final": r.test_reaches_anchor_final, "no_auxt_iterations": r.anchor_iterations,
-             "no_auxt_iterations_to_auxt_final": r.anchor_reaches_test_final, "fraction": r.fraction,
+    rows = [{**names, "lmbda": lmbda, "auxt_final_loss": r.test_final_loss, "no_auxt_final_loss": r.reference_final_loss,
+             "auxt_iterations_to_no_auxt_final": r.test_reaches_reference_final, "no_auxt_iterations": r.reference_iterations,
+             "no_auxt_iterations_to_auxt_final": r.reference_reaches_test_final, "fraction": r.fraction,
              "speedup": r.speedup, "bound": r.reached_at_first_eval} for lmbda, r in speed.per_lambda.items()]
     if speed.per_lambda:
         rows.append({**names, "lmbda": None, "fraction": speed.fraction, "speedup": speed.speedup,
@@ -377,37 +381,39 @@ def best_per_rate_point(trials: Sequence[TrialRecord], stratify_by: Sequence[str
 
 def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), include_stopped: bool = False,
                    method: str = "pchip", metric: str = M.EVAL_RD_LOSS, mode: Optional[str] = None) -> ReportContent:
-    """Every number of the report: families and BD-rates, AuxT pairs and speed, best per rate point, trials."""
-    anchors = list(anchors) or [load_curve(shipped_anchor())]
+    """Every number of the report: families and BD-rates, AuxT pairs and speed, best per rate point, trials.
+
+    ``anchors``: the published reference curves (default: VTM on Kodak), after the baseline family's."""
+    references = list(anchors) or [load_curve(shipped_anchor())]
     statuses = _family_statuses(include_stopped)
     used = [t for t in search.trials if t.status in statuses]
     families = group_families(t.point() for t in used)
-    own_anchor, anchor_how = anchor_family(families, search.anchor)
-    if own_anchor is not None:  # Figure 8: rate savings against the search's own anchor first, VTM second
-        anchors = [_labelled_curve(own_anchor, "anchor")] + anchors
-    ranking = rank_families(families, anchors[0], "psnr", method)
+    baseline, baseline_how = baseline_family(families, search.baseline)
+    if baseline is not None:  # Figure 8: rate savings against the search's own baseline first, VTM second
+        references = [_labelled_curve(baseline, "baseline")] + references
+    ranking = rank_families(families, references[0], "psnr", method)
     order = {label: i for i, label in enumerate(search.variants)}
-    if order:  # the space's order (the paper's table), the anchor first
-        ranking.sort(key=lambda e: (not e.is_anchor, order.get(e.family.variant or "", len(order))))
+    if order:  # the space's order (the paper's table), the baseline first
+        ranking.sort(key=lambda e: (not e.is_baseline, order.get(e.family.variant or "", len(order))))
     ordered = [entry.family for entry in ranking]
     labels = family_labels(ordered)
-    if own_anchor is not None:
-        anchors[0].name = anchors[0].source = labels[own_anchor.key]
+    if baseline is not None:
+        references[0].name = references[0].source = labels[baseline.key]
     differ = distinguishing_params(ordered)
     names = family_names(ordered, used)
     counts: dict[str, int] = {}
     for trial in search.trials:
         counts[trial.status or "unknown"] = counts.get(trial.status or "unknown", 0) + 1
     content = ReportContent(
-        search=search, anchors=anchors, method=method, include_stopped=include_stopped, metric=metric,
+        search=search, references=references, method=method, include_stopped=include_stopped, metric=metric,
         mode=mode or default_mode(metric),
         generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         ordered=ordered, labels=labels,
         varying=sorted({k for params in differ.values() for k in params} - {AUXT_ENABLED_KEY}),
         with_ms_ssim=any(f.curve().ms_ssim is not None for f in ordered), curves={}, used=len(used), counts=counts,
-        anchor_family=labels[own_anchor.key] if own_anchor is not None else None, anchor_how=anchor_how)
-    stats, folded = (family_intervals(ordered, own_anchor, labels, {t.trial_id: t.per_image for t in used},
-                                      "psnr", method, content.bootstrap) if own_anchor is not None else (None, {}))
+        baseline_family=labels[baseline.key] if baseline is not None else None, baseline_how=baseline_how)
+    stats, folded = (family_intervals(ordered, baseline, labels, {t.trial_id: t.per_image for t in used},
+                                      "psnr", method, content.bootstrap) if baseline is not None else (None, {}))
     content.intervals = stats.to_dict() if stats is not None else None
     bunched = family_warnings(ordered, labels, {t.trial_id: t.ladder for t in used})
     for entry in ranking:
@@ -415,10 +421,10 @@ def compute_report(search: SearchRecord, anchors: Sequence[RDCurve] = (), includ
         curve = _labelled_curve(entry.family, label)
         if len(curve):
             content.curves[label] = entry.family.curve(name=f"{search.experiment} {label}")
-        content.families.append(_family_row(entry, label, curve, anchors, content.with_ms_ssim,
+        content.families.append(_family_row(entry, label, curve, references, content.with_ms_ssim,
                                             differ[entry.family.key], method, names[entry.family.key])
                                 | interval_fields(stats, folded.get(entry.family.key, label),
-                                                  NO_ANCHOR if own_anchor is None else "no per-image results"))
+                                                  NO_BASELINE if baseline is None else "no per-image results"))
         content.families[-1]["bunched"] = bunched.get(entry.family.key)
     for with_auxt, without in auxt_pairs(ordered):
         pair, rows = _pair_rows(with_auxt, without, labels, method)
@@ -489,10 +495,10 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
                              include_stopped: bool = False, selection=None) -> list[dict[str, Any]]:
     """Rate families of one search ranked by BD-rate (for ``lic-search best --by family``).
 
-    Against ``anchor_file``, else the search's own anchor family (``search.anchor``, or its one AuxT-off
-    family), else VTM on Kodak. One JSON-ready row per family: the anchor first (``is_anchor``, no rank),
-    then best first; families without a BD-rate (fewer than 4 points, too little overlap with the
-    anchor) come last with ``rank`` and ``bd_rate`` None and a ``reason``.
+    Against the published ``anchor_file``, else the search's own baseline family (``search.baseline``, or its
+    one AuxT-off family), else VTM on Kodak. One JSON-ready row per family: the baseline first (``is_baseline``,
+    no rank), then best first; families without a BD-rate (fewer than 4 points, too little overlap with the
+    reference, named in ``reference``) come last with ``rank`` and ``bd_rate`` None and a ``reason``.
     ``family`` is the family's id (the ``lic_search.family`` hash), ``family_name`` its readable name.
     """
     search = load_search(experiment, tracking_uri, selection)
@@ -500,16 +506,16 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
     used = [t for t in search.trials if t.status in statuses]
     run_of = {t.trial_id: t.run_id for t in used}
     families = group_families(t.point() for t in used)
-    own_anchor, _ = anchor_family(families, search.anchor) if anchor_file is None else (None, "")
+    baseline, _ = baseline_family(families, search.baseline) if anchor_file is None else (None, "")
     labels = family_labels(families)
-    if own_anchor is not None:  # the search's own anchor variant, as Figure 8 measures rate savings
-        anchor = _labelled_curve(own_anchor, labels[own_anchor.key])
+    if baseline is not None:  # the search's own baseline variant, as Figure 8 measures rate savings
+        reference = _labelled_curve(baseline, labels[baseline.key])
     else:
-        anchor = load_curve(anchor_file if anchor_file is not None else shipped_anchor())
-    ranking = rank_families(families, anchor, metric, method, labels=labels)
+        reference = load_curve(anchor_file if anchor_file is not None else shipped_anchor())
+    ranking = rank_families(families, reference, metric, method, labels=labels)
     bootstrap = Bootstrap()
-    stats, folded = (family_intervals(families, own_anchor, labels, {t.trial_id: t.per_image for t in used}, metric,
-                                      method, bootstrap) if own_anchor is not None else (None, {}))
+    stats, folded = (family_intervals(families, baseline, labels, {t.trial_id: t.per_image for t in used}, metric,
+                                      method, bootstrap) if baseline is not None else (None, {}))
     differ = distinguishing_params([entry.family for entry in ranking])
     names = family_names([entry.family for entry in ranking], used)
     bunched = family_warnings(families, labels, {t.trial_id: t.ladder for t in used})
@@ -518,9 +524,9 @@ def rank_experiment_families(experiment: str, tracking_uri: Optional[str] = None
              "resolution": stats.resolution if stats is not None else None,
              "resolution_text": stats.resolution_sentence() if stats is not None else None,
              **interval_fields(stats, folded.get(entry.family.key, labels[entry.family.key]),
-                               NO_ANCHOR if own_anchor is None else "no per-image results"),
-             "variant": entry.family.variant, "is_anchor": entry.is_anchor, "auxt": entry.family.auxt,
-             "bd_rate": entry.bd_rate, "anchor": anchor.name, "metric": metric, "method": method,
+                               NO_BASELINE if baseline is None else "no per-image results"),
+             "variant": entry.family.variant, "is_baseline": entry.is_baseline, "auxt": entry.family.auxt,
+             "bd_rate": entry.bd_rate, "reference": reference.name, "metric": metric, "method": method,
              "reason": entry.reason, "points": len(entry.family.curve()),
              "lambdas": [l for l in entry.family.lambdas if l is not None],
              "trials": [t.trial_id for t in entry.family.trials],

@@ -102,7 +102,7 @@ def _fit(ax, xs: Sequence[float], ys: Sequence[float], margin: float = 0.08) -> 
         setter(low - pad, high + pad)
 
 
-def _plot_rd(path: Path, labelled: Sequence[tuple[str, Family]], anchors: Sequence[RDCurve], metric: str,
+def _plot_rd(path: Path, labelled: Sequence[tuple[str, Family]], references: Sequence[RDCurve], metric: str,
              colours: dict[str, Any]) -> Optional[dict[str, str]]:
     curves = [(label, f, f.curve()) for label, f in labelled]
     curves = [(label, f, c) for label, f, c in curves if len(c) and (metric == "psnr" or c.ms_ssim is not None)]
@@ -117,9 +117,9 @@ def _plot_rd(path: Path, labelled: Sequence[tuple[str, Family]], anchors: Sequen
         ys += quality
         ax.plot(curve.bpp, quality, color=colours[label], marker="o", linestyle=STYLE[family.auxt],
                 label=label)
-    for anchor in anchors:
+    for anchor in references:
         if anchor.rate == RATE_LIKELIHOOD:
-            continue  # the search's own anchor family, drawn above
+            continue  # the search's own baseline family, drawn above; the rest are published anchors
         try:
             values = anchor.values(metric)
         except CurveError:
@@ -138,10 +138,10 @@ def _plot_rd(path: Path, labelled: Sequence[tuple[str, Family]], anchors: Sequen
 
 
 def _plot_savings(path: Path, intervals: Optional[dict], colours: dict[str, Any]) -> Optional[dict[str, str]]:
-    """Each variant's rate saving against the anchor with its 95 % interval as an error bar, letter groups
+    """Each variant's rate saving against the baseline with its 95 % interval as an error bar, letter groups
     beside the bars (variants sharing a letter cannot be told apart)."""
     rows = [(label, row) for label, row in (intervals or {}).get("variants", {}).items()
-            if label != intervals["anchor"]]
+            if label != intervals["baseline"]]
     if not rows:
         return None
     figure, (ax,) = _figure(height=1.2 + 0.45 * len(rows))
@@ -154,7 +154,7 @@ def _plot_savings(path: Path, intervals: Optional[dict], colours: dict[str, Any]
     ax.axvline(0.0, color="0.3", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [label for label, _ in rows])
     ax.invert_yaxis()
-    ax.set_xlabel(f"BD-rate vs {intervals['anchor']} (%, {intervals['metric']}; negative = fewer bits)")
+    ax.set_xlabel(f"BD-rate vs {intervals['baseline']} (%, {intervals['metric']}; negative = fewer bits)")
     ax.set_title(f"Rate savings, {intervals['bootstrap']['level']:.0%} intervals "
                  f"({intervals['images']} images)", fontsize="medium")
     ax.grid(True, axis="x", alpha=0.3)
@@ -269,30 +269,30 @@ def _percent(value: Optional[float]) -> str:
 
 
 def _family_table(content: "ReportContent") -> str:
-    anchors = content.anchor_names
+    references = content.reference_names
     header = ["variant" if content.search.variants else "family", "rank", "name", "AuxT", "points", "λ",
-              *(run_names.label(k, content.varying) for k in content.varying), f"BD-rate vs {anchors[0]} (PSNR)"]
+              *(run_names.label(k, content.varying) for k in content.varying), f"BD-rate vs {references[0]} (PSNR)"]
     if content.with_ms_ssim:
-        header.append(f"BD-rate vs {anchors[0]} (MS-SSIM)")
-    header += [f"BD-rate vs {a} (PSNR)" for a in anchors[1:]]
+        header.append(f"BD-rate vs {references[0]} (MS-SSIM)")
+    header += [f"BD-rate vs {r} (PSNR)" for r in references[1:]]
     uncertain = content.intervals is not None
     if uncertain:
-        header += [f"rate saving vs {content.anchor_family} [95 % interval]", "group", "tied with", "seeds"]
+        header += [f"rate saving vs {content.baseline_family} [95 % interval]", "group", "tied with", "seeds"]
     rows = []
     for family in content.families:
         def cell(key: str) -> str:
-            if family["is_anchor"] and key.startswith(f"{anchors[0]} "):
-                return "anchor"
+            if family["is_baseline"] and key.startswith(f"{references[0]} "):
+                return "baseline"
             return _percent(family["bd_rate"][key]) if key in family["bd_rate"] else "-"
 
-        cells = [cell(f"{anchors[0]} psnr")] + ([cell(f"{anchors[0]} ms-ssim")] if content.with_ms_ssim else [])
-        cells += [cell(f"{a} psnr") for a in anchors[1:]]
+        cells = [cell(f"{references[0]} psnr")] + ([cell(f"{references[0]} ms-ssim")] if content.with_ms_ssim else [])
+        cells += [cell(f"{r} psnr") for r in references[1:]]
         if uncertain:
-            saving = ("anchor" if family["is_anchor"] else interval_text(family["interval"], unit=" %", digits=2)
+            saving = ("baseline" if family["is_baseline"] else interval_text(family["interval"], unit=" %", digits=2)
                       if family["interval"] else f"n/a ({family['interval_note']})")
             cells += [saving, family["group"] or "-", ", ".join(family["tied_with"]) or "-",
                       str(family["seeds"] or "-")]
-        rank = "anchor" if family["is_anchor"] else str(family["rank"]) if family["rank"] is not None else "-"
+        rank = "baseline" if family["is_baseline"] else str(family["rank"]) if family["rank"] is not None else "-"
         rows.append([family["label"], rank, family["name"], "yes" if family["auxt"] else "no", str(family["points"]),
                      ", ".join(f"{l:g}" for l in family["lambdas"]) or "-",
                      *[family["params"].get(k, "-") for k in content.varying], *cells, "; ".join(family["notes"])])
@@ -385,18 +385,20 @@ def _trial_table(content: "ReportContent") -> str:
 
 
 # ------------------------------------------------------------------------------------ render
-def _anchor_intro(content: "ReportContent") -> list[str]:
-    """Which family is the anchor and why, and which images the curves come from (Figure 8's setting)."""
+def _reference_intro(content: "ReportContent") -> list[str]:
+    """Which family is the baseline and why, and which images the curves come from (Figure 8's setting)."""
     images = sorted({f["images"] for f in content.families if f.get("images")})
     source = ("Curves are training-time evaluations (`eval/bpp`, a likelihood estimate) on "
               + ("; ".join(images) if images else "the trials' eval images (folder not readable here)")
               + ": comparable with each other, not with published curves measured on other images "
               "(those columns say \"not comparable\"); `lic-search eval` measures real bitstreams on Kodak.")
-    if content.anchor_family:
-        return [f"Each variant's BD-rate against the search's anchor **{content.anchor_family}** "
-                f"({content.anchor_how}), as the AuxT paper's Figure 8 reports rate savings; "
-                f"{', '.join(content.anchor_names[1:]) or 'no published anchor'} as a second column. " + source, ""]
-    return [f"No anchor family ({content.anchor_how}): BD-rates against {content.anchor_names[0]}. " + source, ""]
+    if content.baseline_family:
+        return [f"Each variant's BD-rate against the search's baseline **{content.baseline_family}** "
+                f"({content.baseline_how}), as the AuxT paper's Figure 8 reports rate savings; "
+                f"{', '.join(content.reference_names[1:]) or 'no published anchor'} as a second column. " + source,
+                ""]
+    return [f"No baseline family ({content.baseline_how}): BD-rates against the published anchor "
+            f"{content.reference_names[0]}. " + source, ""]
 
 
 def _uncertainty_lines(content: "ReportContent", plots: dict[str, Optional[dict[str, str]]]) -> list[str]:
@@ -404,7 +406,7 @@ def _uncertainty_lines(content: "ReportContent", plots: dict[str, Optional[dict[
     intervals = content.intervals
     if not intervals:
         return []
-    lines = ["Rate saving: the BD-rate of each variant's mean curve against the anchor's, seed repeats folded into "
+    lines = ["Rate saving: the BD-rate of each variant's mean curve against the baseline's, seed repeats folded into "
              "one variant (`seeds`), with its 95 % interval; `group`: a compact letter display, variants sharing a "
              "letter cannot be told apart (the interval of their difference contains 0), `tied with` names them. "
              + (f"**{intervals['resolution_text'][0].upper() + intervals['resolution_text'][1:]}.**"
@@ -424,7 +426,7 @@ def _plots(content: "ReportContent", out: Path) -> dict[str, Optional[dict[str, 
     labelled = [(content.labels[f.key], f) for f in content.ordered]
     colours = family_colours([label for label, _ in labelled])
     auxt = {label: family.auxt for label, family in labelled}
-    plots = {name: _plot_rd(out / name, labelled, content.anchors, metric, colours)
+    plots = {name: _plot_rd(out / name, labelled, content.references, metric, colours)
              for name, metric in ((PLOT_RD_PSNR, "psnr"), (PLOT_RD_MS_SSIM, "ms-ssim"))}
     trials, family_of = content.search.trials, {t["trial_id"]: t["recipe"] for t in content.trials}
     plots[PLOT_CONVERGENCE] = _plot_convergence(out / PLOT_CONVERGENCE, trials, family_of, colours, auxt)
@@ -438,7 +440,7 @@ def _markdown(content: "ReportContent", plots: dict[str, Optional[dict[str, str]
     search = content.search
     used_statuses = "completed" + (" and stopped" if content.include_stopped else "")
     excluded = len(search.trials) - content.used
-    method, anchor = content.method, content.anchor_names[0]
+    method, reference = content.method, content.reference_names[0]
     strata = ", ".join(f"`{k}`" for k in content.stratify_by) or "nothing (every trial against every other)"
     lines = [
         f"# Search report: {search.experiment}",
@@ -461,14 +463,14 @@ def _markdown(content: "ReportContent", plots: dict[str, Optional[dict[str, str]
         "whose interval contains 0 is tied with the best: the images cannot tell them apart. Every interval of "
         f"this report: {content.bootstrap.describe()}.",
         "",
-        "## Rate savings against the anchor" if content.anchor_family else "## Rate families and BD-rate",
+        "## Rate savings against the baseline" if content.baseline_family else "## Rate families and BD-rate",
         "",
-        *_anchor_intro(content),
+        *_reference_intro(content),
         "A family is one training recipe at several R-D trade-offs λ (trials whose configs differ only in "
         "`loss.lmbda`); its final eval points form one R-D curve. BD-rate: average bitrate difference at equal "
-        f"quality against the anchor ({method} interpolation; negative = fewer bits), given only where the two "
+        f"quality against the reference ({method} interpolation; negative = fewer bits), given only where the two "
         f"quality ranges share at least {MIN_SHORTER_OVERLAP:.0%} of the shorter one (else n/a, with the overlap). "
-        f"Ranked by BD-rate against {anchor} (PSNR); curves need at least 4 points; a family is never ranked "
+        f"Ranked by BD-rate against {reference} (PSNR); curves need at least 4 points; a family is never ranked "
         f"against itself. Each family's curve is in `curves/<family>.json` (CompressAI results format: "
         "`lic-search bd-rate curves/<family>.json`).",
         "",
@@ -494,7 +496,7 @@ def _markdown(content: "ReportContent", plots: dict[str, Optional[dict[str, str]
     if content.auxt_pairs:
         speed_rows = _speed_rows(content)
         lines += [
-            "BD-rate of each AuxT family against its no-AuxT counterpart (its own anchor: meaningful even when "
+            "BD-rate of each AuxT family against its no-AuxT counterpart (its own reference: meaningful even when "
             "short runs are far from VTM), and the speed-up summarised over λ:",
             "",
             _pair_table(content),

@@ -45,11 +45,13 @@ def register(subparsers) -> None:
                              "and mode, or the Pareto objectives whose front number 'rank' then is)")
     parser.add_argument("--by", choices=("trial", "family"), default="trial",
                         help="rank single trials within each rate point by --metric, or rate families (trials "
-                             "differing only in the R-D lambda) by BD-rate against --anchor; families are shown by "
+                             "differing only in the R-D lambda) by BD-rate against the search's baseline variant "
+                             "or a published --anchor curve; families are shown by "
                              "their readable name, --json also has their id under 'family' (default: %(default)s)")
     parser.add_argument("--anchor", type=Path, default=None,
-                        help="with --by family: anchor curve in CompressAI's results format (default: the search's "
-                             "anchor variant, search.anchor or its one AuxT-off family; else VTM on Kodak)")
+                        help="with --by family: a published anchor curve (CompressAI's results format) to rank "
+                             "against instead of the search's baseline variant (search.baseline, or its one "
+                             "AuxT-off family; without either: VTM on Kodak)")
     parser.add_argument("--export", type=Path, default=None, metavar="BEST.yaml",
                         help="write a space file that re-runs the best trial of every rate point (with --by "
                              "family: every trial of the best family) at full budget")
@@ -91,8 +93,8 @@ def _best_families(args, selection) -> int:
         ranked = [row for row in rows if row["rank"] == 1]
         if not ranked:
             raise LicSearchError("--export --by family: no family has a BD-rate (each needs at least 4 rate "
-                                 "points overlapping the anchor); see the reasons with lic-search best --by family")
-        saving = (f", rate saving {interval_text(ranked[0]['interval'])} vs {ranked[0]['anchor']}"
+                                 "points overlapping the reference curve); see the reasons with lic-search best --by family")
+        saving = (f", rate saving {interval_text(ranked[0]['interval'])} vs {ranked[0]['reference']}"
                   if ranked[0].get("interval") else "")
         _export(args, selection, ranked[0]["run_ids"],
                 f"every rate point of the best family {ranked[0]['family_name']}{saving}")
@@ -102,18 +104,18 @@ def _best_families(args, selection) -> int:
     if not rows:
         print("no rate families (no completed trials)")
         return 0
-    uncertain = any(row.get("interval") and not row["is_anchor"] for row in rows)
-    header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['anchor']}",
+    uncertain = any(row.get("interval") and not row["is_baseline"] for row in rows)
+    header = ["rank", "family", "AuxT", f"BD-rate vs {rows[0]['reference']}",
               *(["rate saving [95 %]", "group", "tied with", "seeds"] if uncertain else []), "points", "λ",
               "differs in", "why no BD-rate"]
-    lines = [["anchor" if row["is_anchor"] else str(row["rank"]) if row["rank"] is not None else "-",
+    lines = [["baseline" if row["is_baseline"] else str(row["rank"]) if row["rank"] is not None else "-",
               row["variant"] or row["family_name"], "yes" if row["auxt"] else "no",
-              "-" if row["is_anchor"] else "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%",
+              "-" if row["is_baseline"] else "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}%",
               *(_uncertainty_cells(row) if uncertain else []),
               str(row["points"]),
               ", ".join(f"{v:g}" for v in row["lambdas"]) or "-",
               ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "-",
-              "" if row["is_anchor"] else row["reason"] or ""]
+              "" if row["is_baseline"] else row["reason"] or ""]
              for row in rows]
     _print_table(header, lines)
     if uncertain:
@@ -132,7 +134,7 @@ def _best_families(args, selection) -> int:
 
 def _uncertainty_cells(row: dict) -> list[str]:
     """``-3.1 % [-4.0, -2.2]``, the letter group, the variants it cannot be told apart from, its seeds."""
-    saving = ("anchor" if row["is_anchor"] else interval_text(row["interval"]) if row["interval"]
+    saving = ("baseline" if row["is_baseline"] else interval_text(row["interval"]) if row["interval"]
               else "n/a")
     return [saving, row.get("group") or "-", ", ".join(row.get("tied_with") or []) or "-", str(row.get("seeds") or "-")]
 

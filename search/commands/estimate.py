@@ -57,25 +57,26 @@ def _stage_share(trial, step) -> float:
 
 
 def _print_ladder(ladder, seconds, scratch, file, gpus: int, unit: str) -> None:
-    """The ladder's cost (anchors, then fine-tunes, each phase at its own concurrency) beside the from-scratch grid."""
+    """The ladder's cost (start points, then fine-tunes, each phase at its own concurrency) beside the from-scratch grid."""
     from search.analysis.estimate import estimate
 
-    anchors, tuned = ladder
+    starts, tuned = ladder
     resources = file.resources
     phases = [estimate(trials, seconds, file.scheduler, gpus=gpus, gpus_per_trial=resources.gpus_per_trial,
-                       max_concurrent=file.search.max_concurrent) for trials in (anchors, tuned) if trials]
+                       max_concurrent=file.search.max_concurrent) for trials in (starts, tuned) if trials]
     iterations = sum(p.grid_iterations for p in phases)
     hours = sum(p.grid_hours for p in phases)
     wall = sum(p.grid_wall_hours for p in phases)
     fine = phases[1].grid_iterations if len(phases) > 1 else 0
-    print(f"\nladder ({len(anchors)} anchor(s) from scratch, then {len(tuned)} rate point(s) fine-tuned from them; "
-          f"every anchor finishing its budget): {phases[0].grid_iterations:,} + {fine:,} = {iterations:,} iterations, "
+    print(f"\nladder ({len(starts)} start point(s) from scratch, then {len(tuned)} rate point(s) fine-tuned from "
+          f"them; every start point finishing its budget): {phases[0].grid_iterations:,} + {fine:,} = "
+          f"{iterations:,} iterations, "
           f"{_hours(hours).replace(' h', ' ' + unit, 1)}, wall {_hours(wall)}")
-    print(f"from scratch (the same {len(anchors) + len(tuned)} trials, no ladder): {scratch.grid_iterations:,} "
+    print(f"from scratch (the same {len(starts) + len(tuned)} trials, no ladder): {scratch.grid_iterations:,} "
           f"iterations, {_hours(scratch.grid_hours).replace(' h', ' ' + unit, 1)}, wall "
           f"{_hours(scratch.grid_wall_hours)}; the ladder is {iterations / max(scratch.grid_iterations, 1):.0%} of it")
     if file.scheduler.type == "asha":
-        print("  under ASHA only the anchors that finish their budget are fine-tuned: the ladder costs at most this")
+        print("  under ASHA only the start points that finish their budget are fine-tuned: the ladder costs at most this")
     if file.ladder.settle is not None:
         print(f"  fine-tunes priced at their cap (ladder.fine_tune schedule.iterations): the settle rule "
               f"(ladder.settle: {file.ladder.settle.tolerance:g}% over {file.ladder.settle.evaluations} evaluations) "

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="output folder (default: reports/<experiment>)")
     parser.add_argument("--anchor", type=Path, action="append", default=[], metavar="ANCHOR.json",
-                        help="extra anchor curve in CompressAI results format (repeatable); "
+                        help="extra published anchor curve in CompressAI results format (repeatable); "
                              "VTM on Kodak is always included")
     parser.add_argument("--method", choices=METHODS, default="pchip", help="BD-rate interpolation (default: pchip)")
     parser.add_argument("--include-stopped", action="store_true",
@@ -53,17 +53,17 @@ def best_line(best: dict, metric: str) -> str:
 
 
 def savings_lines(data: dict) -> list[str]:
-    """Each variant's rate saving against the anchor with its interval and letter group, then the resolution."""
+    """Each variant's rate saving against the baseline with its interval and letter group, then the resolution."""
     intervals = data.get("intervals")
     if not intervals:
         return []
     from search.bootstrap import interval_text
 
-    lines = [f"rate saving against {intervals['anchor']} (BD-rate, {intervals['metric']}; same letter = not told "
+    lines = [f"rate saving against {intervals['baseline']} (BD-rate, {intervals['metric']}; same letter = not told "
              "apart):"]
     for label, row in intervals["variants"].items():
-        if label == intervals["anchor"]:
-            lines.append(f"  {label}: the anchor (group {row['group']}, {row['seeds']} seed(s))")
+        if label == intervals["baseline"]:
+            lines.append(f"  {label}: the baseline (group {row['group']}, {row['seeds']} seed(s))")
             continue
         tied = f", tied with {', '.join(row['tied_with'])}" if row["tied_with"] else ""
         lines.append(f"  {label}: {interval_text(row)} (group {row['group']}, {row['seeds']} seed(s){tied})")
@@ -102,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if ranked:
         best = min(ranked, key=lambda f: f["rank"])
-        value = best["bd_rate"].get(f"{report.data['anchors'][0]} psnr")
-        print(f"best family: {best['label']} (BD-rate {value:+.2f}% vs {report.data['anchors'][0]})")
+        value = best["bd_rate"].get(f"{report.data['references'][0]} psnr")
+        print(f"best family: {best['label']} (BD-rate {value:+.2f}% vs {report.data['references'][0]})")
     summaries = [s for s in report.data["speed"] if s["lmbda"] is None and s["speedup"] is not None]
     for summary in summaries:
         bound = " (a lower bound: reached at the first evaluation)" if summary["bound"] else ""

@@ -129,7 +129,7 @@ def describe_spec(spec: SearchSpec) -> str:
     lines.append(f"grid: {' x '.join(grids) if grids else 'none'} = {spec.grid_size()} point(s)")
     for site in spec.variants.sites:
         lines.append(f"variants at {kp.dotted(site.keys, '')}: " + ", ".join(v.label for v in site.variants)
-                     + (f" (anchor: {spec.anchor_label()})" if spec.anchor_label() else ""))
+                     + (f" (baseline: {spec.baseline_label()})" if spec.baseline_label() else ""))
     lines.append(f"trials: {spec.grid_size()} grid point(s) x {file.search.num_samples} sample(s) = "
                  f"{spec.trial_count()}")
     budgets = sorted({(c["schedule"]["iterations"], tuple(c["schedule"].get("milestones", ())))
@@ -141,10 +141,10 @@ def describe_spec(spec: SearchSpec) -> str:
     lines.append(f"iteration budget: {spec.budget()} (max); per trial: {'; '.join(shown)}")
     lines.extend(describe_setup(file.search, file.scheduler, spec.budget(), spec.trial))
     if file.ladder is not None:
-        anchor = ", ".join(f"{k}={show(v)}" for k, v in file.ladder.anchor.items())
+        start = ", ".join(f"{k}={show(v)}" for k, v in file.ladder.start.items())
         tuned = ", ".join(f"{k}={show(v)}" for k, v in file.ladder.fine_tune.items()) or "nothing changed"
-        lines.append(f"ladder: per rate family, {anchor} from scratch first; every other rate point then fine-tuned "
-                     f"from its final weights with {tuned}")
+        lines.append(f"ladder: per rate family, the start point {start} from scratch first; every other rate point "
+                     f"then fine-tuned from its final weights with {tuned}")
         settle = file.ladder.settle
         if settle is not None:
             lines.append(f"ladder settle: a fine-tune ends once eval/bpp and eval/rd_loss of its last "

@@ -34,10 +34,11 @@ class SettleConfig(_Strict):
 
 
 class LadderConfig(_Strict):
-    """A rate ladder: each rate family's anchor rate point first, the others fine-tuned from its weights."""
+    """A rate ladder: each rate family's start point first, the other rate points fine-tuned from its weights."""
 
-    anchor: dict[str, Any] = Field(..., min_length=1, description="The rate point trained from scratch, per rate "
-                                   "family: every rate key that varies with its value, e.g. {loss.lmbda: 0.0483}.")
+    start: dict[str, Any] = Field(..., min_length=1, description="The start point: the rate point trained from "
+                                  "scratch, per rate family: every rate key that varies with its value, e.g. "
+                                  "{loss.lmbda: 0.0483}.")
     fine_tune: dict[str, Any] = Field(default_factory=dict, description="Dotted trial keys set for every other "
                                       "rate point, e.g. {schedule.iterations: 200000, schedule.lr: 5.0e-5}.")
     settle: Optional[SettleConfig] = Field(None, description="End each fine-tune once its rate has settled "
@@ -55,8 +56,9 @@ class SpaceFile(_Strict):
                                           description="Search algorithm settings.")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="Trial scheduler settings.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Per-trial resources.")
-    ladder: Optional[LadderConfig] = Field(None, description="Train the rate points as a ladder: anchors from "
-                                           "scratch, every other rate point fine-tuned from its family's anchor.")
+    ladder: Optional[LadderConfig] = Field(None, description="Train the rate points as a ladder: start points "
+                                           "from scratch, every other rate point fine-tuned from its family's "
+                                           "start point.")
 
     @field_validator("name")
     @classmethod

@@ -2,12 +2,12 @@
 
 A *rate family* is the set of trials equal but for their rate point (the stratify keys that
 vary: ``loss.lmbda`` and, when it varies, ``loss.distortion`` or an ASHA budget key). In a
-ladder, each family's *anchor* rate point is trained first, as the space says; every other
-rate point of the family then starts from the anchor's final weights (``model.init_from``)
+ladder, each family's *start point* (``ladder.start``) is trained first, as the space says; every
+other rate point of the family then starts from the start point's final weights (``model.init_from``)
 with the ``fine_tune`` overrides (a shorter budget, a lower learning rate). CompressAI
 trained its zoo this way (highest quality first, then fine-tuned down; CompressAI #310).
 
-This module is the arithmetic of a ladder, without Ray: which keys are rate keys, the anchor
+This module is the arithmetic of a ladder, without Ray: which keys are rate keys, the start-point
 and fine-tune sub-spaces, and the fine-tune config of one rate point of one family. The
 phases themselves run in :mod:`search.tuning.ladder`.
 """
@@ -42,11 +42,11 @@ def rate_keys(spec: SearchSpec) -> list[str]:
 
 
 def rate_points(spec: SearchSpec) -> list[dict[str, Any]]:
-    """Every rate point of a family, the anchor first: {dotted rate key: value}."""
+    """Every rate point of a family, the start point first: {dotted rate key: value}."""
     keys = rate_keys(spec)
     points = [dict(zip(keys, values)) for values in itertools.product(*(_grid_values(spec, k) for k in keys))]
-    anchor = _ladder(spec).anchor
-    return sorted(points, key=lambda point: point != anchor)
+    start = _ladder(spec).start
+    return sorted(points, key=lambda point: point != start)
 
 
 def _ladder(spec: SearchSpec) -> LadderConfig:
@@ -62,10 +62,10 @@ def _derived(spec: SearchSpec, trial: dict) -> SearchSpec:
     return SearchSpec(spec.path, file, spec.variants, trial)
 
 
-def anchor_spec(spec: SearchSpec) -> SearchSpec:
-    """The first phase: the space with each rate key fixed at the anchor's value."""
+def start_spec(spec: SearchSpec) -> SearchSpec:
+    """The first phase: the space with each rate key fixed at the start point's value."""
     trial = copy.deepcopy(spec.trial)  # without the variants' labels
-    for key, value in _ladder(spec).anchor.items():
+    for key, value in _ladder(spec).start.items():
         kp.set_path(trial, key, value)
     return _derived(spec, trial)
 
@@ -74,12 +74,12 @@ def fine_tune_spec(spec: SearchSpec) -> SearchSpec:
     """The second phase as a space: the other rate points with the ``fine_tune`` overrides.
 
     Its trials stand for the fine-tuned trials of the families (what the scheduler of the phase,
-    ``estimate`` and validation need); the phase itself trains the anchors' exact configs."""
+    ``estimate`` and validation need); the phase itself trains the start points' exact configs."""
     ladder = _ladder(spec)
     trial = copy.deepcopy(spec.trial)  # without the variants' labels
     for key in rate_keys(spec):
-        others = [value for value in _grid_values(spec, key) if value != ladder.anchor[key]]
-        kp.set_path(trial, key, {"grid": others} if len(others) > 1 else others[0] if others else ladder.anchor[key])
+        others = [value for value in _grid_values(spec, key) if value != ladder.start[key]]
+        kp.set_path(trial, key, {"grid": others} if len(others) > 1 else others[0] if others else ladder.start[key])
     for key, value in ladder.fine_tune.items():
         kp.set_path(trial, key, copy.deepcopy(value))
     derived = _derived(spec, trial)
@@ -88,15 +88,15 @@ def fine_tune_spec(spec: SearchSpec) -> SearchSpec:
     return derived
 
 
-def fine_tune_configs(spec: SearchSpec, anchor_config: dict, checkpoint: str) -> Iterator[dict]:
-    """Each other rate point of the anchor's family: its config, starting from ``checkpoint``."""
+def fine_tune_configs(spec: SearchSpec, start_config: dict, checkpoint: str) -> Iterator[dict]:
+    """Each other rate point of the start point's family: its config, starting from ``checkpoint``."""
     ladder = _ladder(spec)
     for point in rate_points(spec)[1:]:
-        config = copy.deepcopy(anchor_config)
+        config = copy.deepcopy(start_config)
         for key, value in {**point, **ladder.fine_tune}.items():
             kp.set_path(config, key, copy.deepcopy(value))
         kp.set_path(config, INIT_FROM, checkpoint)
-        config["model"].pop("init_from_partial", None)  # the anchor's own architecture: every key matches
+        config["model"].pop("init_from_partial", None)  # the start point's own architecture: every key matches
         yield config
 
 
@@ -110,25 +110,25 @@ def check_ladder(file: str, spec: SearchSpec) -> None:
                          f"{spec.file.scheduler.type!r} (PBT already starts trials from other trials' weights)")
     keys = rate_keys(spec)
     if not keys:
-        raise SpaceError(file, "ladder.anchor", "a ladder needs several rate points, but no rate key varies: make "
+        raise SpaceError(file, "ladder.start", "a ladder needs several rate points, but no rate key varies: make "
                          f"one of {', '.join('trial.' + k for k in spec.stratify_by())} a grid")
-    if set(ladder.anchor) != set(keys):
-        raise SpaceError(file, "ladder.anchor", f"must give a value for each rate key that varies "
-                         f"({', '.join(keys)}) and nothing else, got {', '.join(ladder.anchor)}")
+    if set(ladder.start) != set(keys):
+        raise SpaceError(file, "ladder.start", f"must give a value for each rate key that varies "
+                         f"({', '.join(keys)}) and nothing else, got {', '.join(ladder.start)}")
     for key in keys:
         values = _grid_values(spec, key)
         if not values:
             raise SpaceError(file, f"trial.{key}", "in a ladder the rate points are a grid (each family trains "
                              f"every one of them), got {show(kp.get_path(spec.file.trial, key))}")
-        if ladder.anchor[key] not in values:
-            raise SpaceError(file, f"ladder.anchor.{key}", f"must be one of the grid values {show(values)}, got "
-                             f"{show(ladder.anchor[key])}")
+        if ladder.start[key] not in values:
+            raise SpaceError(file, f"ladder.start.{key}", f"must be one of the grid values {show(values)}, got "
+                             f"{show(ladder.start[key])}")
     for key, value in ladder.fine_tune.items():
         where = f"ladder.fine_tune.{key}"
         if not trial_key_exists(key):
             raise SpaceError(file, where, "not a trial key (dotted, e.g. schedule.iterations or schedule.lr)")
         if key in keys or key.startswith("model."):
-            raise SpaceError(file, where, "a fine-tune keeps the anchor's rate family and model: it may set "
+            raise SpaceError(file, where, "a fine-tune keeps the start point's rate family and model: it may set "
                              "schedule, data, loss (not the rate keys) and performance keys")
         if kp.primitive(value) is not None or isinstance(value, dict):
             raise SpaceError(file, where, f"takes a plain value, got {show(value)}")
@@ -164,4 +164,4 @@ def _check_fine_tune_phase(file: str, spec: SearchSpec) -> None:
                          f"whose budget is {phase.budget()} iterations: see ladder.fine_tune)") from None
 
 
-__all__ = ["rate_keys", "rate_points", "anchor_spec", "fine_tune_spec", "fine_tune_configs", "check_ladder"]
+__all__ = ["rate_keys", "rate_points", "start_spec", "fine_tune_spec", "fine_tune_configs", "check_ladder"]

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from search.errors import SpaceError
 from search.space import keypath as kp
 from search.space.files import SpaceFile
+from search.space.renamed import refuse_renamed, upgrade_renamed
 from search.space.spec import SearchSpec
 from search.space.variants import split_labels
 from search.space.validate import check_spec, check_structure, pydantic_error
@@ -109,13 +110,19 @@ def resolve_paths(file: str, trial: dict, base: Path) -> None:
 
 
 
-def load_space(path: str | Path, check_data: bool = True) -> SearchSpec:
-    """Read, validate and resolve a space file; raise :class:`SpaceError` on any problem."""
+def load_space(path: str | Path, check_data: bool = True, stored: bool = False) -> SearchSpec:
+    """Read, validate and resolve a space file; raise :class:`SpaceError` on any problem.
+
+    ``stored``: the file is a search's own stored copy, whose renamed keys (written before the
+    rename) are read under their new names instead of refused (:mod:`search.space.renamed`)."""
     path = Path(path)
     file = str(path)
     if not path.is_file():
         raise SpaceError(file, "", "file not found")
     raw = load_yaml(file, path.read_text())
+    if stored:
+        upgrade_renamed(raw)
+    refuse_renamed(file, raw)
     if not isinstance(raw, dict):
         raise SpaceError(file, "", "a space file is a mapping with keys " + ", ".join(SpaceFile.model_fields)
                          + f"; got {type(raw).__name__}")
@@ -143,4 +150,4 @@ def load_stored_space(store, file: str) -> SearchSpec:
     with tempfile.TemporaryDirectory() as folder:
         local = Path(folder) / Path(file).name
         local.write_text(store.read_text(file))
-        return load_space(local, check_data=False)
+        return load_space(local, check_data=False, stored=True)

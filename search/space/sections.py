@@ -123,8 +123,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AnchorConfig(_Strict):
-    """The variant every other variant's rate saving is measured against (Figure 8's anchor)."""
+class BaselineConfig(_Strict):
+    """The baseline variant: every other variant's rate saving is measured against it (Figure 8's reference)."""
 
     label: str = Field(..., min_length=1, description="The `label:` of a grid/choice variant of this space.")
 
@@ -167,9 +167,9 @@ class SearchAlgorithmConfig(_Strict):
         None, description="Optuna storage of the studies: a database URL (sqlite:///..., postgresql://...) or a "
         "journal file path; null = optuna_journal.log in the experiment folder (`lic-search ui --optuna` shows it).",
     )
-    anchor: Optional[AnchorConfig] = Field(
-        None, description="The variant `report` and `best --by family` measure BD-rates against, by its label "
-        "(e.g. {label: anchor}); null = the AuxT-off family when there is exactly one.",
+    baseline: Optional[BaselineConfig] = Field(
+        None, description="The baseline variant `report` and `best --by family` measure BD-rates against, by its "
+        "label (e.g. {label: baseline}); null = the AuxT-off family when there is exactly one.",
     )
     stratify_by: list[str] = Field(
         default_factory=lambda: list(DEFAULT_STRATIFY_BY),

@@ -121,9 +121,9 @@ class SearchSpec:
         ``schedule.iterations``/``milestones`` under ASHA where they vary)."""
         return stratify_keys(self.file.search, self.file.scheduler, self.trial)
 
-    def anchor_label(self) -> Optional[str]:
-        """The label of the variant rate savings are measured against (``search.anchor``), if set."""
-        return self.file.search.anchor.label if self.file.search.anchor is not None else None
+    def baseline_label(self) -> Optional[str]:
+        """The label of the baseline variant rate savings are measured against (``search.baseline``), if set."""
+        return self.file.search.baseline.label if self.file.search.baseline is not None else None
 
     def describe(self) -> str:
         """What `lic-search validate` prints: resolved template, counts, budget and settings."""

@@ -291,13 +291,13 @@ def _check_search(file: str, spec: SearchSpec, trials: list[TrialConfig]) -> Non
 
 
 def _check_variants(file: str, spec: SearchSpec) -> None:
-    """``search.anchor`` names a label of the space; no two labels of a site build the same model
+    """``search.baseline`` names a label of the space; no two labels of a site build the same model
     (a knob that does nothing, like A3's scaling, does not tell variants apart)."""
-    anchor = spec.file.search.anchor
+    baseline = spec.file.search.baseline
     labels = spec.variants.labels()
-    if anchor is not None and anchor.label not in labels:
+    if baseline is not None and baseline.label not in labels:
         allowed = ", ".join(repr(label) for label in labels) or "none: no grid/choice value has a `label`"
-        raise SpaceError(file, "search.anchor.label", f"{anchor.label!r} is not a variant label of this space; "
+        raise SpaceError(file, "search.baseline.label", f"{baseline.label!r} is not a variant label of this space; "
                          f"labels: {allowed}")
     base = next(spec.configs())
     for site in spec.variants.sites:

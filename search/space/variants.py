@@ -1,11 +1,11 @@
 """Named variants: ``label:`` on the mappings of a ``grid``/``choice``.
 
-An ablation is read by its variants' names (the paper's "A1", "full WLS", "anchor"), not by
+An ablation is read by its variants' names (the paper's "A1", "full WLS", "baseline"), not by
 the knobs that tell them apart. A mapping in a grid or choice may carry ``label:``::
 
     auxt:
       grid:
-        - {label: anchor, enabled: false}
+        - {label: baseline, enabled: false}
         - {label: "A1 unconstrained", enabled: true, projection: unconstrained}
 
 The label is taken out of the template when the space is loaded, so it never reaches Ray,
@@ -161,7 +161,7 @@ def _reject_stray_labels(file: str, node: Any, keys: kp.Keys) -> None:
     if isinstance(node, dict):
         if LABEL_KEY in node:
             raise SpaceError(file, kp.dotted(keys + (LABEL_KEY,)), "`label` names a variant: it goes on a mapping "
-                             "inside a grid or choice (e.g. `auxt: {grid: [{label: anchor, enabled: false}, ...]}`)")
+                             "inside a grid or choice (e.g. `auxt: {grid: [{label: baseline, enabled: false}, ...]}`)")
         for key, value in node.items():
             _reject_stray_labels(file, value, keys + (key,))
 

@@ -22,7 +22,10 @@ TAG_PREEMPTED = "lic_search.preempted"  # the latest SIGTERM checkpoint: "iterat
 TAG_FAMILY = "lic_search.family"  # hash of the config without the R-D λ (rate family)
 TAG_FAMILY_NAME = "lic_search.family_name"  # readable: the family's shared distinguishing params
 TAG_VARIANT = "lic_search.variant"  # trial run: its variant label (`label:` in the space), when labelled
-TAG_ANCHOR = "lic_search.anchor"  # parent run: the label of the variant BD-rates are measured against
+TAG_BASELINE = "lic_search.baseline"  # parent run: the label of the baseline variant BD-rates are measured against
+# Compatibility: searches started before ``search.anchor`` became ``search.baseline`` tagged their parent run
+# with this name; readers accept it where the new tag is absent, nothing writes it.
+TAG_BASELINE_OLD = "lic_search.anchor"
 TAG_VARIANTS = "lic_search.variants"  # parent run: JSON list of the space's variant labels, in file order
 TAG_RATE_POINT = "lic_search.rate_point"  # trial run: its rate point (``λ=0.013, distortion=mse``), to group by
 TAG_BEST_PREFIX = "lic_search.best."  # parent run: per rate point, the best trial (name, run id, score)
@@ -40,11 +43,14 @@ METRIC_LOF_PREFIX = "lof/"  # trial run: `lof/<setting>/<bpp|psnr|rd_loss|encode
 TAG_LOF_DATA = "lic_search.lof.data"  # trial run: the image folder the LOF sweep evaluated on
 TAG_LOF_CHECKPOINT = "lic_search.lof.checkpoint"  # trial run: the checkpoint the LOF sweep loaded
 TAG_LOF_SETTINGS = "lic_search.lof.settings"  # trial run: JSON {setting: {iterations, lr, latents, proxy}}
-TAG_INIT_FROM = "lic_search.init_from"  # trial run: JSON {checkpoint, anchor_trial, anchor_run} of a warm start
+TAG_INIT_FROM = "lic_search.init_from"  # trial run: JSON {checkpoint, start_trial, start_run} of a warm start
 TAG_INIT_KEPT = "lic_search.init_from.kept_keys"  # trial run: keys left at initialisation (init_from_partial)
-TAG_LADDER = "lic_search.ladder"  # trial run of a ladder search: "anchor" | "fine_tune"
-TAG_LADDER_CHILDREN = "lic_search.ladder.children"  # anchor run: JSON list of its fine-tuned trials' trial ids
-LADDER_ANCHOR = "anchor"
+TAG_LADDER = "lic_search.ladder"  # trial run of a ladder search: "start" | "fine_tune"
+TAG_LADDER_CHILDREN = "lic_search.ladder.children"  # start-point run: JSON list of its fine-tuned trials' trial ids
+LADDER_START = "start"
+# Compatibility: ladder searches started before ``ladder.anchor`` became ``ladder.start`` tagged their
+# start-point runs "anchor"; readers take either as a start point (a resumed search can hold both).
+LADDER_STARTS = (LADDER_START, "anchor")
 LADDER_FINE_TUNE = "fine_tune"
 
 ARTIFACT_TRIAL_CONFIG = "trial_config.yaml"

@@ -44,7 +44,7 @@ class SearchSelection:
     stratify_by: tuple[str, ...]
     searches: int  # parent runs of this name in the store
     everything: bool = False  # --all: every trial run of the experiment, with or without a parent
-    anchor: Optional[str] = None  # the anchor variant's label the searches recorded (one, or None)
+    baseline: Optional[str] = None  # the baseline variant's label the searches recorded (one, or None)
     variants: tuple[str, ...] = ()  # the variant labels in the space's order (the first search's)
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of a multi-objective search (the first's)
 
@@ -96,9 +96,10 @@ def _stratify_by(parents: Sequence) -> tuple[str, ...]:
     return tuple(keys) if parents else DEFAULT_STRATIFY_BY
 
 
-def _anchor(parents: Sequence) -> Optional[str]:
-    """The anchor label the searches recorded, when they agree on one (``search.anchor``)."""
-    labels = {run.data.tags.get(T.TAG_ANCHOR) for run in parents}
+def _baseline(parents: Sequence) -> Optional[str]:
+    """The baseline label the searches recorded, when they agree on one (``search.baseline``; a search
+    started before the rename recorded it under the old tag)."""
+    labels = {run.data.tags.get(T.TAG_BASELINE, run.data.tags.get(T.TAG_BASELINE_OLD)) for run in parents}
     return labels.pop() if len(labels) == 1 else None
 
 
@@ -128,7 +129,7 @@ def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: O
                          order_by=["attributes.start_time DESC"])
     if all_searches:
         return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in parents),
-                               _stratify_by(parents), len(parents), everything=True, anchor=_anchor(parents),
+                               _stratify_by(parents), len(parents), everything=True, baseline=_baseline(parents),
                                variants=_variants(parents), objectives=_objectives(parents))
     if run_id is not None:
         chosen = [p for p in parents if p.info.run_id == run_id]
@@ -139,7 +140,7 @@ def select_search(experiment: str, tracking_uri: Optional[str] = None, run_id: O
     else:
         chosen = parents[:1]
     return SearchSelection(experiment, found.experiment_id, uri, tuple(p.info.run_id for p in chosen),
-                           _stratify_by(chosen), len(parents), anchor=_anchor(chosen), variants=_variants(chosen),
+                           _stratify_by(chosen), len(parents), baseline=_baseline(chosen), variants=_variants(chosen),
                            objectives=_objectives(chosen))
 
 
@@ -322,21 +323,21 @@ def ladder_template(configs: Sequence[dict], roles: Sequence[Optional[str]],
                     stratify_by: Sequence[str] = DEFAULT_STRATIFY_BY) -> Optional[tuple[dict, dict]]:
     """(trial template, ladder section) that re-runs a ladder search's winners as a ladder, or None.
 
-    The recipe is the anchor winner's (one anchor among ``configs``); the rate points are the
+    The recipe is the start-point winner's (one start point among ``configs``); the rate points are the
     winners' values at the stratify keys that differ; ``fine_tune`` is what the fine-tuned winners
-    set differently from the anchor (their budget and learning rate), ``init_from`` aside."""
+    set differently from the start point (their budget and learning rate), ``init_from`` aside."""
     from trainables.config import flatten
 
-    anchors = [c for c, role in zip(configs, roles) if role == T.LADDER_ANCHOR]
+    starts = [c for c, role in zip(configs, roles) if role in T.LADDER_STARTS]
     tuned = [flatten(c) for c, role in zip(configs, roles) if role == T.LADDER_FINE_TUNE]
-    if len(anchors) != 1 or not tuned:
+    if len(starts) != 1 or not tuned:
         return None
-    anchor = flatten(anchors[0])
+    start = flatten(starts[0])
     flats = [flatten(c) for c in configs]
     rates = [k for k in stratify_by if len({json.dumps(f.get(k)) for f in flats}) > 1]
     fine_tune = {k: v for k, v in tuned[0].items()
-                 if k not in rates and not k.startswith("model.init_from") and anchor.get(k) != v}
-    template = json.loads(json.dumps(anchors[0]))
+                 if k not in rates and not k.startswith("model.init_from") and start.get(k) != v}
+    template = json.loads(json.dumps(starts[0]))
     template.get("model", {}).pop("init_from", None)
     template.get("model", {}).pop("init_from_partial", None)
     for key in rates:
@@ -346,7 +347,7 @@ def ladder_template(configs: Sequence[dict], roles: Sequence[Optional[str]],
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = {"grid": values}
-    return template, {"anchor": {k: anchor.get(k) for k in rates}, "fine_tune": fine_tune}
+    return template, {"start": {k: start.get(k) for k in rates}, "fine_tune": fine_tune}
 
 
 def export_space(experiment: str, run_ids: Sequence[str], target: Path, tracking_uri: Optional[str] = None,
@@ -391,7 +392,7 @@ def export_space(experiment: str, run_ids: Sequence[str], target: Path, tracking
             "search": {"algorithm": "random", "num_samples": 1},
             "scheduler": {"type": "fifo"},
         }
-        if ladder is not None:  # a ladder search is re-run as a ladder: its anchor first, the rest fine-tuned
+        if ladder is not None:  # a ladder search is re-run as a ladder: its start point first, the rest fine-tuned
             space["ladder"] = ladder[1]
         path.write_text(yaml.safe_dump(space, sort_keys=False))
         written.append(path)

@@ -118,7 +118,7 @@ _RAY_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_")  # in Ray's
 
 
 def init_source(path: Any) -> str:
-    """Where a trial's weights started: ``scratch``, the anchor trial id of a ladder checkpoint, or the file name."""
+    """Where a trial's weights started: ``scratch``, the start-point trial id of a ladder checkpoint, or the file name."""
     if path in (None, "", "None"):
         return "scratch"
     text = str(path)

@@ -36,10 +36,10 @@ def reachable(tracking_uri: str, offline: bool, notify: Callable[[str], None] = 
         return False
 
 
-def search_tags(experiment_dir: str, stratify_by: list[str], anchor: Optional[str] = None,
+def search_tags(experiment_dir: str, stratify_by: list[str], baseline: Optional[str] = None,
                 variants: Sequence[str] = (), objectives: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
     """The parent run's tags: role, experiment folder, rate-point keys, the variant labels (file order:
-    the report's table order), the anchor variant's label and a multi-objective search's (metric, mode)s."""
+    the report's table order), the baseline variant's label and a multi-objective search's (metric, mode)s."""
     import json
 
     tags = {T.TAG_ROLE: T.ROLE_SEARCH, T.TAG_SEARCH_DIR: str(experiment_dir),
@@ -48,18 +48,18 @@ def search_tags(experiment_dir: str, stratify_by: list[str], anchor: Optional[st
         tags[T.TAG_VARIANTS] = json.dumps(list(variants))
     if objectives:
         tags[T.TAG_OBJECTIVES] = json.dumps([list(pair) for pair in objectives])
-    return {**tags, T.TAG_ANCHOR: anchor} if anchor else tags
+    return {**tags, T.TAG_BASELINE: baseline} if baseline else tags
 
 
 def journal_search_run(store: ExperimentStore, name: str, space_text: str, stratify_by: list[str],
-                       anchor: Optional[str] = None, variants: Sequence[str] = (),
+                       baseline: Optional[str] = None, variants: Sequence[str] = (),
                        objectives: Sequence[tuple[str, str]] = ()) -> None:
     """The parent run of a search, created by the sender (now when online, else when the server answers);
-    ``anchor``, ``variants`` and ``objectives``: see :func:`search_tags`."""
+    ``baseline``, ``variants`` and ``objectives``: see :func:`search_tags`."""
     journal = J.Journal(store)
     journal.create()
     journal.append(J.CREATE_SEARCH, None, run_name=name,
-                   tags=search_tags(store.location, stratify_by, anchor, variants, objectives),
+                   tags=search_tags(store.location, stratify_by, baseline, variants, objectives),
                    text=space_text, artifact=T.ARTIFACT_SPACE)
 
 

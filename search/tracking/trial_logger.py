@@ -122,7 +122,7 @@ class MlflowTrialLogger(tune.Callback):
         self.run_params = dict(run_params or {})
         self._client = None
         self.ladder_role: Optional[str] = None  # set by a ladder search per phase (tag lic_search.ladder)
-        self.ladder_plan = None  # the fine-tune phase's LadderPlan: which anchor a warm start comes from
+        self.ladder_plan = None  # the fine-tune phase's LadderPlan: which start point a warm start comes from
         self.stop_reasons: dict[str, str] = {}  # trial id -> why a stopper (the ladder's settle rule) ended it
         self._attach(journal, sender, recover_from_mlflow)
         self._reset()
@@ -249,12 +249,12 @@ class MlflowTrialLogger(tune.Callback):
         origin = self.ladder_plan.origin(init_from) if init_from and self.ladder_plan else None
         if init_from:
             tags[T.TAG_INIT_FROM] = json.dumps({"checkpoint": init_from} | ({
-                "anchor_trial": origin.anchor_trial,
-                "anchor_run": origin.anchor_run or self._runs.get(origin.anchor_trial)} if origin else {}))
-        if origin:  # a ladder's fine-tuned rate point belongs to its anchor's family
+                "start_trial": origin.start_trial,
+                "start_run": origin.start_run or self._runs.get(origin.start_trial)} if origin else {}))
+        if origin:  # a ladder's fine-tuned rate point belongs to its start point's family
             tags[T.TAG_FAMILY], tags[T.TAG_FAMILY_NAME] = origin.family, origin.name
             run_name += f"{run_names.SEPARATOR}fine-tuned"
-            self._link_child(origin.anchor_trial, trial.trial_id)
+            self._link_child(origin.start_trial, trial.trial_id)
         params = _param_strings(config)
         self._journal.append(J.CREATE_RUN, trial.trial_id, run_name=run_name,
                              tags=tags, params=params | self.run_params,
@@ -263,13 +263,13 @@ class MlflowTrialLogger(tune.Callback):
         self._branches[trial.trial_id] = Branch(signature=_signature(params))
         self._last_step[trial.trial_id] = 0
 
-    def _link_child(self, anchor: str, child: str) -> None:
-        """Add a fine-tuned trial to its anchor run's ``lic_search.ladder.children`` (trial ids, in order)."""
+    def _link_child(self, start: str, child: str) -> None:
+        """Add a fine-tuned trial to its start-point run's ``lic_search.ladder.children`` (trial ids, in order)."""
         children: list[str] = []
-        for record in self._journal.trial_records(anchor):
+        for record in self._journal.trial_records(start):
             children = json.loads((record.get("tags") or {}).get(T.TAG_LADDER_CHILDREN, json.dumps(children)))
         if child not in children:
-            self._journal.append(J.BATCH, anchor, tags={T.TAG_LADDER_CHILDREN: json.dumps(children + [child])})
+            self._journal.append(J.BATCH, start, tags={T.TAG_LADDER_CHILDREN: json.dumps(children + [child])})
 
     # ------------------------------------------------------------ PBT branches
     def _follow_branch(self, trial) -> None:

@@ -1,17 +1,17 @@
-"""A ladder search as two Tune phases in one search: the anchors, then the fine-tunes from them.
+"""A ladder search as two Tune phases in one search: the start points, then the fine-tunes from them.
 
 Why two phases and not one Tuner with dependent trials: a fine-tuned trial's config is only
-known once its anchor has ended (whether it finished, where its final checkpoint is, and,
-for sampled keys or Optuna, which values its family drew). One Tuner would need a search
-algorithm that holds trials back until their anchor ends, wrapping both of ours and learning
+known once its family's start point has ended (whether it finished, where its final checkpoint
+is, and, for sampled keys or Optuna, which values its family drew). One Tuner would need a search
+algorithm that holds trials back until their start point ends, wrapping both of ours and learning
 checkpoints from a callback, with its state pickled by Ray mid-search. Two phases keep every
-piece as it is: the anchor phase is the space's own search with the rate keys fixed at the
-anchor (ASHA, Optuna, strata unchanged: anchors compete among themselves); the fine-tune
+piece as it is: the start phase is the space's own search with the rate keys fixed at the
+start point (ASHA, Optuna, strata unchanged: start points compete among themselves); the fine-tune
 phase is a second Tuner, in ``<experiment>/fine_tune``, over the explicit fine-tune configs
 (Ray's ``BasicVariantGenerator`` with ``points_to_evaluate``), ASHA keeping each rate point
 its own stratum. Between them, ``ladder.json`` (:mod:`search.experiment.ladder_plan`) is the
-phase marker that makes resume exact: no anchor runs twice. The cost: the fine-tunes wait
-for the slowest anchor.
+phase marker that makes resume exact: no start point runs twice. The cost: the fine-tunes wait
+for the slowest start point.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from search.experiment.atomic import write_local_text
 from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderFamily, LadderPlan
 from search.experiment.store import ExperimentStore
 from search.space import SearchSpec
-from search.space.ladder import anchor_spec, fine_tune_configs, fine_tune_spec
+from search.space.ladder import fine_tune_configs, fine_tune_spec, start_spec
 from search.space.strata import family_key
 from search.tracking import run_names
 from search.tuning.settle import SettleStopper
@@ -36,8 +36,8 @@ from trainables import metrics as M
 from trainables.training.warm_start import newest_verified
 
 
-def anchor_outcome(result: Any, budget: int) -> tuple[Optional[str], str]:
-    """(final checkpoint path, "") of an anchor that finished its budget, else (None, why not)."""
+def start_outcome(result: Any, budget: int) -> tuple[Optional[str], str]:
+    """(final checkpoint path, "") of a start point that finished its budget, else (None, why not)."""
     metrics = result.metrics or {}
     reached = int(metrics.get(M.ITERATIONS, 0) or 0)
     if result.error is not None:
@@ -52,23 +52,24 @@ def anchor_outcome(result: Any, budget: int) -> tuple[Optional[str], str]:
 
 
 def plan(spec: SearchSpec, results: Iterable[Any], run_ids: dict[str, str], store: ExperimentStore) -> LadderPlan:
-    """The fine-tune phase from the anchor phase's results: per family, its anchor's checkpoint or why not.
+    """The fine-tune phase from the start phase's results: per family, its start point's checkpoint or why not.
 
     Checkpoints are named as any node opens them: a path, or on object storage a URI (``s3://...``, what
-    ``model.init_from`` of the fine-tunes then holds: the trial copies it). A final checkpoint whose files no longer match their checksums is passed over for the anchor's newest
-    one that does (named in ``ladder.json`` and on the console)."""
+    ``model.init_from`` of the fine-tunes then holds: the trial copies it). A final checkpoint whose files no
+    longer match their checksums is passed over for the start point's newest one that does (named in ``ladder.json`` and on the console)."""
     keys = run_names.column_keys(spec.configs())
     ladder = LadderPlan()
     for result in sorted(results, key=lambda r: str((r.metrics or {}).get("trial_id", ""))):
         config = result.config or {}
         trial_id = str((result.metrics or {}).get("trial_id", "")) or str(result.path).rsplit("/", 1)[-1]
         budget = int(config.get("schedule", {}).get("iterations", 0))
-        checkpoint, reason = anchor_outcome(result, budget)
+        checkpoint, reason = start_outcome(result, budget)
         damaged: list[str] = []
-        if checkpoint:  # the newest checkpoint of the anchor whose files still match their checksums
+        if checkpoint:  # the newest checkpoint of the start point whose files still match their checksums
             checkpoint, damaged = newest_verified(result.checkpoint, trial_id)
             checkpoint = store.location_of(checkpoint) if checkpoint else None
-            damaged = [store.location_of(d) for d in damaged]  # "path: problem": the path first            reason = "" if checkpoint else "left no checkpoint that matches its checksums"
+            damaged = [store.location_of(d) for d in damaged]  # "path: problem": the path first
+            reason = "" if checkpoint else "left no checkpoint that matches its checksums"
         ladder.families.append(LadderFamily(trial_id, run_names.family_name(config, keys), family_key(config),
                                             checkpoint, reason, run_ids.get(trial_id), damaged))
         if checkpoint:
@@ -128,5 +129,5 @@ def phase_store(store: ExperimentStore) -> ExperimentStore:
     return ExperimentStore(f"{store.location}/{FINE_TUNE_FOLDER}")
 
 
-__all__ = ["anchor_outcome", "plan", "phase_store", "settle_stopper", "search_algorithm", "ExplicitConfigs", "anchor_spec",
+__all__ = ["start_outcome", "plan", "phase_store", "settle_stopper", "search_algorithm", "ExplicitConfigs", "start_spec",
            "fine_tune_spec"]

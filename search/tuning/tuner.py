@@ -22,8 +22,9 @@ from search.experiment.store import ExperimentStore
 from search.experiment.train_index import prepare_train_indexes
 from search.monitor import console
 from search.space import SearchSpec, load_space
-from search.space.load import load_stored_space
 from search.space.keypath import first_difference
+from search.space.load import load_stored_space
+from search.space.renamed import upgrade_renamed
 from search.tracking import client as tracking
 from search.tracking import names as T
 from search.tracking import run_names
@@ -225,28 +226,28 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
 
 
 def _run_ladder(spec: SearchSpec, store: ExperimentStore, restore: bool, recorder, stop) -> list:
-    """The anchor phase (unless ``ladder.json`` says it ended), then the fine-tune phase; all results."""
+    """The start phase (unless ``ladder.json`` says it ended), then the fine-tune phase; all results."""
     from ray import tune
 
     plan = LadderPlan.load(store)
-    anchors = Phase(ladder.anchor_spec(spec), store)
+    starts = Phase(ladder.start_spec(spec), store)
     results: list = []
     if plan is None:
-        recorder.logger.ladder_role = T.LADDER_ANCHOR
-        results = list(_tuner(spec, store, anchors, restore, [recorder.logger, stop,
-                                                               *console.callbacks(anchors.spec, store)]).fit())
+        recorder.logger.ladder_role = T.LADDER_START
+        results = list(_tuner(spec, store, starts, restore, [recorder.logger, stop,
+                                                              *console.callbacks(starts.spec, store)]).fit())
         if stop.requested:
             return results
         plan = ladder.plan(spec, results, recorder.logger.run_ids(), store)
         plan.save(store)
         restore = False  # the fine-tune phase starts now
     else:
-        results = list(_phase_results(anchors))
+        results = list(_phase_results(starts))
     fine_tunes = Phase(ladder.fine_tune_spec(spec), ladder.phase_store(store), plan.configs,
                        ladder.settle_stopper(spec))
     started = restore and tune.Tuner.can_restore(fine_tunes.store.location)
     print(f"ladder: {sum(bool(f.checkpoint) for f in plan.families)} of {len(plan.families)} rate families "
-          f"fine-tune {len(plan.configs)} trials from their anchors", *plan.lines(), sep="\n")
+          f"fine-tune {len(plan.configs)} trials from their start points", *plan.lines(), sep="\n")
     if not plan.configs:
         return results
     recorder.logger.ladder_role = T.LADDER_FINE_TUNE
@@ -312,6 +313,7 @@ def check_same_space(spec: SearchSpec, space_path: Path, store: ExperimentStore)
     """Refuse to continue a stored search with another space: name the first key that differs."""
     state = SearchState.load(store)
     stored = yaml.safe_load(store.read_text(state.space_file)) or {}
+    upgrade_renamed(stored)  # a copy stored before search.anchor/ladder.anchor were renamed matches the new names
     differs = first_difference(stored, yaml.safe_load(space_text(spec)))
     if differs is not None:
         raise LicSearchError(f"{space_path}: {differs}: differs from the space of the search stored in {store} "
@@ -341,7 +343,7 @@ def _prepare_search(spec: SearchSpec, space_path: Path, storage_path: str | Path
     # The parent run goes through the journal like every MLflow record: online it is shipped now (its id
     # lands in the state file); --tracking-offline leaves it to the sender, when the server answers.
     search = spec.file.search
-    tracking_session.journal_search_run(store, spec.name, text, spec.stratify_by(), spec.anchor_label(),
+    tracking_session.journal_search_run(store, spec.name, text, spec.stratify_by(), spec.baseline_label(),
                                         spec.variants.labels(),
                                         list(zip(search.objectives or [], search.objective_modes())))
     if online:

@@ -18,7 +18,7 @@ Assumed here:
    tile, coarsest lattice first: rank = Σ_l r_l · 4^(L-1-l), where r_l ∈ {0, 1, 2, 3} is the
    2x2 phase ((0,0), (1,1), (0,1), (1,0)) of the position's bits at level l (finest level most
    significant). The 16 ranks are cut into ``steps`` equal consecutive groups. So ``steps: 2``
-   is the checkerboard (anchors, then the rest; He et al. 2021), ``4`` the four stride-2
+   is the checkerboard (half the positions, then the other half; He et al. 2021), ``4`` the four stride-2
    phases (coarse lattice, its diagonal, then the two remaining phases), ``8`` and ``16``
    refine the coarse lattice further, ``1`` is mbt2018-mean's parallel hyperprior decoding.
    The number of sequential decoding steps is ``steps`` for every image size (the O(1) of

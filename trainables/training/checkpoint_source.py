@@ -1,7 +1,7 @@
 """A checkpoint named by a path or a URI (``s3://``, ``gs://``, ``file://``...), read through pyarrow's filesystems.
 
-Why: a ladder on ``--storage-path s3://...`` hands its fine-tunes the anchor's checkpoint as a URI, and a
-trial may run on a node that shares no folder with the anchor's. One code path serves both: a local path is
+Why: a ladder on ``--storage-path s3://...`` hands its fine-tunes the start point's checkpoint as a URI, and a
+trial may run on a node that shares no folder with the start point's. One code path serves both: a local path is
 read where it is (nothing copied), a remote checkpoint is copied into a temporary folder first, and either
 way the same checksums decide whether it is whole. A trial's ``checkpoint_N`` folder also names its
 fallbacks: the same trial's older ``checkpoint_k`` folders (k < N), newest first.

@@ -12,10 +12,10 @@ file is read with ``torch.load(weights_only=True)`` (no code runs) and may be
 
 A checkpoint folder of this tool is verified against the checksums recorded when it was written
 (:data:`~trainables.training.checkpoint.MANIFEST_FILE`): a file changed since is refused, naming
-it and what differs. A ladder's fine-tunes start from the anchor's newest checkpoint that verifies
-(:func:`newest_verified`); should it fail by the time a fine-tune loads it, the anchor's newest older
+it and what differs. A ladder's fine-tunes start from the start point's newest checkpoint that verifies
+(:func:`newest_verified`); should it fail by the time a fine-tune loads it, the start point's newest older
 ``checkpoint_k`` that verifies is loaded instead. ``init_from`` may be a URI (``s3://...``, a ladder's
-anchor on object storage): it is copied through pyarrow first (:mod:`trainables.training.checkpoint_source`).
+start point on object storage): it is copied through pyarrow first (:mod:`trainables.training.checkpoint_source`).
 
 Keys must match the trial's model exactly. The one exception, when asked
 (``init_from_partial``), is AuxT added to a model trained without it: AuxT wraps ``g_a``/``g_s``
@@ -102,7 +102,7 @@ def _shown(source: CheckpointSource, local: Path) -> str:
 def read_source(location: str | Path) -> tuple[str, dict[str, torch.Tensor], Optional[dict]]:
     """(file loaded, weights under this tool's key names, saved trial config or None) of ``location``: a path or
     a URI (copied from remote storage first). A trial's ``checkpoint_N`` that fails its checksums or cannot be
-    read is passed over for the trial's newest older one that loads (as a ladder's plan picks the anchor's)."""
+    read is passed over for the trial's newest older one that loads (as a ladder's plan picks the start point's)."""
     failures: list[WarmStartError] = []
     for candidate in CheckpointSource(str(location)).with_older():
         try:
