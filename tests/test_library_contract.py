@@ -13,10 +13,13 @@ Ray, all through search/experiment/ray_internals.py:
   4. ``ray._private.worker._global_node``: the pids and session folder of the local instance the driver started.
   5. ``experiment_state-*.json`` (``TuneController.CKPT_FILE_TMPL``) and its trial records: status and resume.
   6. the logger ``ray._private.authentication.authentication_token_setup``: quietened on the default console.
-Ray, in the trial (trainables/training/preemption.py, which may not import search):
-  7. ``train_func.__mixins__``: Ray's function trainable mixes in the SIGTERM checkpoint hook.
+  7. ``Trial.temporary_state.ray_actor``, ``ActorHandle._actor_id``, ``ray._private.state.actors`` (``Pid``,
+     ``Address.NodeID``): the job-end stop SIGTERMs each running trial's process on its node (search/tuning/interrupt.py).
+Ray, in the trial (trainables, which may not import search):
+  8. ``train_func.__mixins__``: Ray's function trainable mixes in the SIGTERM checkpoint hook.
+  9. ``WorkerCallback`` (``ray.train.v2._internal.execution.callback``): each data-parallel worker installs that hook.
 MLflow (search/tracking/view.py):
-  8. the UI's saved-view tag ``mlflow.sharedViewState.<key>``: checked in headless Chromium by
+  10. the UI's saved-view tag ``mlflow.sharedViewState.<key>``: checked in headless Chromium by
      tests/test_mlflow_view.py::test_the_printed_url_opens_the_runs_table_in_headless_chromium.
 Optuna: none (the searcher uses ask-and-tell and the public ``BaseStorage`` methods).
 """
