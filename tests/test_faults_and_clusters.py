@@ -78,8 +78,13 @@ def kill_orphaned_ray(before: set[int]) -> None:
     starting driver is gone: a live driver's instance (another test running beside this one) is left alone."""
     for pid in ray_daemons() - before:
         starter = _session_starter(pid)
-        if starter is not None and psutil.pid_exists(starter):
-            continue
+        if starter is None or not psutil.pid_exists(starter):
+            kill_processes([pid])
+
+
+def kill_processes(pids) -> None:
+    """SIGKILL each of these processes that still exists."""
+    for pid in pids:
         try:
             psutil.Process(pid).kill()
         except psutil.NoSuchProcess:

@@ -18,7 +18,7 @@ from search.tracking import names as T
 from search.tracking.client import client_for
 from tests.conftest import SAMPLES
 from tests.test_data_index import BROKEN, imagenet_tree
-from tests.test_faults_and_clusters import LIC_SEARCH, free_port, kill_session, start, trial_runs, wait_for
+from tests.test_faults_and_clusters import LIC_SEARCH, free_port, kill_processes, kill_session, start, trial_runs, wait_for
 from tests.test_search_e2e import write_space
 from trainables import metrics as M
 
@@ -85,11 +85,7 @@ def test_a_search_in_s3_survives_a_driver_sigkill_and_is_read_back_from_another_
         assert "continuing it" in second.stdout
     finally:
         kill_session(driver)
-        for pid in instance:  # only the processes of the killed driver's own Ray instance
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
+        kill_processes(instance)  # only the processes of the killed driver's own Ray instance
     keys = objects("results/s3search/")
     assert "results/s3search/lic_search.json" in keys and "results/s3search/space.yaml" in keys
     assert any(k.startswith("results/s3search/skipped_images/") for k in keys)
@@ -200,11 +196,7 @@ def test_a_ladder_in_s3_fine_tunes_from_the_start_checkpoint_in_the_bucket(tmp_p
         assert "continuing it" in done.stdout and "ladder: 1 of 1 rate families fine-tune 1 trials" in done.stdout
     finally:
         kill_session(driver)
-        for pid in instance:  # only the processes of the killed driver's own Ray instance
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
+        kill_processes(instance)  # only the processes of the killed driver's own Ray instance
 
     keys = objects("results/s3ladder/")
     assert "results/s3ladder/ladder.json" in keys
