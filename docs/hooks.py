@@ -94,8 +94,13 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
     from search.cli import build_parser
 
     parser = build_parser()
+    return {"": parser, **dict(_subparsers(parser).choices)}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The parser's one subcommand action (argparse keeps it among its private ``_actions``)."""
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return {"": parser, **dict(action.choices)}
+    return action
 
 
 def cli_page() -> str:
@@ -126,8 +131,7 @@ def cli_page() -> str:
 
 
 def _command_help(parser: argparse.ArgumentParser, name: str) -> str:
-    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    for choice in action._choices_actions:
+    for choice in _subparsers(parser)._choices_actions:
         if choice.dest == name:
             return html.escape(choice.help or "").replace("|", "\\|")
     return ""
