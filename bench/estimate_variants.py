@@ -5,7 +5,8 @@ Target (issue 31): `lic-search estimate spaces/smoke/ablation_llic.yaml` times e
 variant's training step on the same machine. The direct timing does not use the engine's own
 ``train/iters_per_s`` (what estimate reads): it trains the variant's unstaged config with the real engine
 and reads the wall clock between consecutive steps through the engine's ``checkpoint_due`` hook, after
-``--warmup`` steps. Two comparisons:
+``--warmup`` steps, and takes their mean: a trial pays the sum of its steps, so the mean is what the
+estimate must predict (a median drops the slow steps and reads low). Two comparisons:
 
 * the command itself, `lic-search estimate` in a child process, against direct timings taken before and
   after it (averaged): on an idle machine this is the check;
@@ -13,7 +14,7 @@ and reads the wall clock between consecutive steps through the engine's ``checkp
   (:func:`search.analysis.step_timing.step_cost`, in this process) alternated with the direct timing of that
   configuration for ``--rounds`` rounds, medians compared: both see the same load.
 
-    python bench/estimate_variants.py [--space spaces/smoke/ablation_llic.yaml] [--steps 30] [--warmup 10]
+    python bench/estimate_variants.py [--space spaces/smoke/ablation_llic.yaml] [--steps 60] [--warmup 10] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ TARGET = 0.15
 
 
 def direct_seconds(config: dict, steps: int, warmup: int) -> float:
-    """Median wall seconds between consecutive training steps of ``config`` (after ``warmup`` steps)."""
+    """Mean wall seconds between consecutive training steps of ``config`` (after ``warmup`` steps)."""
     plain = {**config, "schedule": {**config["schedule"], "iterations": warmup + steps + 1,
                                     "eval_every": warmup + steps + 1, "warmup": 0}}
     trainer = Trainer(TrialConfig.model_validate(plain), device=torch.device("cpu"))
@@ -54,7 +55,7 @@ def direct_seconds(config: dict, steps: int, warmup: int) -> float:
     for _ in trainer.train(checkpoint_due=due):
         pass
     gaps = [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
-    return statistics.median(gaps)
+    return statistics.fmean(gaps)
 
 
 def estimated_seconds(space: Path, steps: int, warmup: int) -> dict[str, float]:
@@ -73,9 +74,9 @@ def estimated_seconds(space: Path, steps: int, warmup: int) -> dict[str, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", type=Path, default=REPO / "spaces" / "smoke" / "ablation_llic.yaml")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     spec = load_space(args.space)
     torch.set_num_threads(max(1, int(spec.file.resources.cpus_per_trial)))
