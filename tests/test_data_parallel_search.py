@@ -189,15 +189,17 @@ def _train_workers(root_pid: int) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", ["worker", "coordinator"])
+@pytest.mark.parametrize("victim", ["worker", "coordinator", "driver"])
 def test_sigterm_to_a_worker_or_the_coordinator_checkpoints_and_resumes_there_without_a_failure(tmp_path: Path,
                                                                                               victim: str):
     """A 2-worker gloo trial (``max_failures: 0``) gets SIGTERM in one worker, or in its coordinator: every rank
     stops at the next iteration after rank 0 checkpointed there, the attempt is a preemption (num_failures 0), the
     next one starts at exactly that iteration, the clock checkpointed between evaluations, and the MLflow history
-    has each evaluation once."""
+    has each evaluation once. ``driver``: a job's end (SIGTERM to the driver) passes SIGTERM on to the coordinator
+    the same way; the driver exits 75 and ``resume`` continues from that iteration."""
     import signal
 
+    from search.commands._shared import EXIT_REQUEUE
     from search.tracking.client import client_for
     from tests.test_faults_and_clusters import LIC_SEARCH, kill_session, start, trial_processes, wait_for
 
@@ -211,15 +213,25 @@ def test_sigterm_to_a_worker_or_the_coordinator_checkpoints_and_resumes_there_wi
         def past_first_evaluation():
             for result_file in (results / "dp").glob("*/result.json"):
                 if '"iterations": 8,' in result_file.read_text():
+                    if victim == "driver":
+                        return driver
                     found = _train_workers(driver.pid) if victim == "worker" else trial_processes(driver.pid)
                     return found[-1] if found else None
             return None
 
         wait_for(past_first_evaluation, 400, "the trial past its first evaluation", interval=0.1).send_signal(
             signal.SIGTERM)
-        assert driver.wait(timeout=500) == 0, log.read_text()[-3000:]
+        assert driver.wait(timeout=500) == (EXIT_REQUEUE if victim == "driver" else 0), log.read_text()[-3000:]
     finally:
         kill_session(driver)
+    if victim == "driver":
+        resumed = tmp_path / "resume.log"
+        again = start(LIC_SEARCH + ["resume", str(results / "dp")], resumed)
+        try:
+            assert again.wait(timeout=500) == 0, resumed.read_text()[-3000:]
+        finally:
+            kill_session(again)
+        log.write_text(log.read_text() + resumed.read_text())
     (result_file,) = (results / "dp").glob("*/result.json")
     lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
     first = next(i for i, r in enumerate(lines) if M.RESTORED_AT in r)

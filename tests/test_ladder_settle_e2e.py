@@ -68,3 +68,11 @@ def test_settled_fine_tune_records_why_and_its_bunched_family_is_warned_about(tm
     client = client_for(uri)
     steps = [m.step for m in client.get_metric_history(fine.info.run_id, M.EVAL_BPP)]
     assert steps == [10, 20]  # it ended at the evaluation that settled it
+
+    # The phase folder keeps why it settled, so `status` (and the live view) call it completed, as MLflow does,
+    # not "stopped" as a trial a scheduler ended before its budget.
+    experiment = tmp_path / "results" / "settle"
+    assert json.loads((experiment / "fine_tune" / "settled.json").read_text()) == {fine_id: why}
+    status = json.loads(_cli("status", str(experiment), "--json"))
+    states = {t["trial_id"]: t["state"] for t in status["trials"]}
+    assert states[fine_id] == "completed" and set(states.values()) == {"completed"}, states

@@ -10,16 +10,14 @@ Ray, all through search/experiment/ray_internals.py:
   2. ``StorageContext`` (``ray.train._internal.storage``) members ``storage_filesystem``, ``experiment_fs_path``,
      ``experiment_driver_staging_path``, ``syncer.wait()``: the experiment folder of a trial / the driver.
   3. ``Tuner._local_tuner.get_run_config()``: resume swaps the restored callbacks for this driver's.
-  4. ``ray._private.worker._global_node``: the pids and session folder of the local instance the driver started.
-  5. ``experiment_state-*.json`` (``TuneController.CKPT_FILE_TMPL``) and its trial records: status and resume.
-  6. the logger ``ray._private.authentication.authentication_token_setup``: quietened on the default console.
-  7. ``Trial.temporary_state.ray_actor``, ``ActorHandle._actor_id``, ``ray._private.state.actors`` (``Pid``,
-     ``Address.NodeID``): the job-end stop SIGTERMs each running trial's process on its node (search/tuning/interrupt.py).
+  4. ``experiment_state-*.json`` (``TuneController.CKPT_FILE_TMPL``) and its trial records: status and resume.
+  5. the logger ``ray._private.authentication.authentication_token_setup``: quietened on the default console.
 Ray, in the trial (trainables, which may not import search):
-  8. ``train_func.__mixins__``: Ray's function trainable mixes in the SIGTERM checkpoint hook.
-  9. ``WorkerCallback`` (``ray.train.v2._internal.execution.callback``): each data-parallel worker installs that hook.
+  6. ``train_func.__mixins__``: Ray's function trainable mixes in the SIGTERM checkpoint hook (which also registers
+     the trial's process for the job-end stop: trainables/training/trial_processes.py, public Ray API only).
+  7. ``WorkerCallback`` (``ray.train.v2._internal.execution.callback``): each data-parallel worker installs that hook.
 MLflow (search/tracking/view.py):
-  10. the UI's saved-view tag ``mlflow.sharedViewState.<key>``: checked in headless Chromium by
+  8. the UI's saved-view tag ``mlflow.sharedViewState.<key>``: checked in headless Chromium by
      tests/test_mlflow_view.py::test_the_printed_url_opens_the_runs_table_in_headless_chromium.
 Optuna: none (the searcher uses ask-and-tell and the public ``BaseStorage`` methods).
 """
@@ -65,7 +63,7 @@ def _tiny_trainable(config: dict) -> None:
 
 @pytest.mark.slow
 def test_state_saves_wait_for_uploads_and_the_final_save_is_checked(tmp_path: Path, ray_cluster, monkeypatch):
-    """Members 1, 2, 3 and 5 in one small real search: Tune saves through the wrapped
+    """Members 1, 2, 3 and 4 in one small real search: Tune saves through the wrapped
     sync_up_experiment_state (each save waits for the previous upload; the last one, forced and waited, is read
     back), the StorageContext names the experiment folder and its staging folder, Ray's experiment-state file holds
     the trial records ``status`` reads, and a restored Tuner exposes the RunConfig whose callbacks resume swaps."""
@@ -114,23 +112,27 @@ def test_state_saves_wait_for_uploads_and_the_final_save_is_checked(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_the_global_node_knows_the_local_instance_processes(ray_cluster):
-    """Member 4: ray_session records a local instance's process ids and session folder from it."""
+def test_a_local_instance_is_recorded_from_what_ray_init_returned(ray_cluster):
+    """Public Ray API, relied on by search/experiment/ray_session.py (which ends a killed driver's instance):
+    ``ray.init().address_info`` names the session folder and GCS address, and the instance's head processes (GCS
+    and raylet among them) are the starting process's children that name that folder on their command line."""
     import psutil
+    import ray
 
-    from search.experiment import ray_internals
+    from search.experiment import ray_session
 
-    with member("ray._private.worker._global_node (Node.all_processes, get_session_dir_path, gcs_address)"):
-        node = ray_internals.global_node()
-        assert node is not None, "no node after ray.init in this process"
-        pids = [info.process.pid for infos in node.all_processes.values() for info in infos]
-        assert pids and all(psutil.pid_exists(pid) for pid in pids), pids
-        assert os.path.isdir(node.get_session_dir_path())
-        assert re.fullmatch(r"[\w.\-]+:\d+", node.gcs_address), node.gcs_address
+    with member("ray.init().address_info['session_dir'/'gcs_address'], the daemons' command lines"):
+        info = ray.init(address="local", ignore_reinit_error=True).address_info
+        session = ray_session.current_local_session(info)
+        assert session is not None and os.path.isdir(session.session_dir), info
+        assert re.fullmatch(r"[\w.\-]+:\d+", session.gcs_address), session.gcs_address
+        names = {psutil.Process(pid).name() for pid, _ in session.processes}
+        assert {"gcs_server", "raylet"} <= names, names
+        assert len(ray_session.members(session)) > len(session.processes)  # the workers descend from the raylet
 
 
 def test_the_token_notice_logger_is_the_module_ray_logs_it_from():
-    """Member 6: the default console quietens this logger; Ray must still log the notice through it."""
+    """Member 5: the default console quietens this logger; Ray must still log the notice through it."""
     from search.experiment.ray_internals import AUTH_TOKEN_LOGGER
 
     with member(f"logger {AUTH_TOKEN_LOGGER}"):
@@ -140,7 +142,7 @@ def test_the_token_notice_logger_is_the_module_ray_logs_it_from():
 
 
 def test_function_trainables_mix_in_the_preemption_hook():
-    """Member 7: Ray's function trainable class takes ``train_func.__mixins__`` (also through
+    """Member 6: Ray's function trainable class takes ``train_func.__mixins__`` (also through
     ``tune.with_parameters``), so each trial installs its SIGTERM checkpoint handler in ``setup``."""
     from ray import tune
     from ray.tune.registry import get_trainable_cls, register_trainable
@@ -256,7 +258,7 @@ def _sigterm_probe(config: dict) -> None:
 
 @pytest.mark.slow
 def test_train_worker_callbacks_in_the_run_config_reach_the_workers_main_thread(ray_cluster, tmp_path):
-    """Data-parallel trials install their SIGTERM handler through a Ray Train ``WorkerCallback`` (a DeveloperAPI)
+    """Member 7: data-parallel trials install their SIGTERM handler through a Ray Train ``WorkerCallback`` (a DeveloperAPI)
     passed in ``RunConfig.callbacks``: by behaviour, a worker of a real Train run has the handler installed (which
     only the actor's main thread can do) before its loop starts, and a SIGTERM to it becomes a stop request."""
     from ray import train
@@ -287,27 +289,33 @@ def _reports_its_process(config: dict) -> None:
 
 @pytest.mark.slow
 def test_the_job_end_stop_finds_each_running_trials_process_and_tune_stops_on_sigusr1(ray_cluster, tmp_path):
-    """search/tuning/interrupt.py, by behaviour: while a trial runs, ``ray_internals.running_trial_process`` (the
-    trial's actor handle, ``Trial.temporary_state.ray_actor``, and GCS's actor table ``ray._private.state.actors``:
-    ``Pid``, ``Address.NodeID``) names the process and node the trial itself reports; Tune's own SIGUSR1 handler,
-    installed inside ``fit``, stops the run and saves its state; ``Callback.on_trial_recover`` exists (a
-    preempted attempt ends through it)."""
+    """search/tuning/interrupt.py, with public Ray API only: a trial with the preemption mixin (member 6) registers
+    the process and node it reports in the driver's registry (trainables/training/trial_processes.py); Tune's own
+    SIGUSR1 handler, installed inside ``fit``, stops the run and saves its state; ``Callback.on_trial_recover``
+    exists (a preempted attempt ends through it)."""
     import signal
 
     from ray import tune
 
-    from search.experiment import ray_internals
+    from trainables.training import trial_processes
+    from trainables.training.preemption import PreemptibleTrainable
 
+    registry = trial_processes.start_registry()
     seen: list[tuple] = []
 
     class Look(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            seen.append((ray_internals.running_trial_process(trial), (result["node"], result["pid"])))
+            found = trial_processes.lookup(registry, [trial.trial_id]).get(trial.trial_id)
+            seen.append(((found.node_id, found.pid) if found else None, (result["node"], result["pid"])))
             if len(seen) == 2:  # what interrupt.GracefulStop does when it stops Tune
                 os.kill(os.getpid(), signal.SIGUSR1)
 
-    with member("Trial.temporary_state.ray_actor, ray._private.state.actors, Tune's SIGUSR1 stop"):
-        tuner = tune.Tuner(_reports_its_process, param_space={},
+    def reports_its_process(config: dict) -> None:
+        _reports_its_process(config)
+
+    reports_its_process.__mixins__ = (PreemptibleTrainable,)
+    with member("Tune's SIGUSR1 stop, train_func.__mixins__"):
+        tuner = tune.Tuner(reports_its_process, param_space={},
                            run_config=tune.RunConfig(name="job-end", storage_path=str(tmp_path), callbacks=[Look()]))
         results = tuner.fit()
         assert seen and all(found == reported for found, reported in seen), seen

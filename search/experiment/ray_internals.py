@@ -9,7 +9,7 @@ one Ray hook inside the trial: trainables/training/preemption.py, which may not 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 #: Ray Tune's experiment-state files (``TuneController.CKPT_FILE_TMPL``): ``status`` and ``resume`` read the
 #: trials' statuses in them. Public replacement: ``ExperimentAnalysis``/``ResultGrid`` give the trials but
@@ -17,19 +17,9 @@ from typing import Any, Optional
 EXPERIMENT_STATE_PATTERN = "experiment_state-*.json"
 
 #: The logger of Ray's token-authentication notice, quietened by the default console. Public replacement:
-#: a ``ray.init`` option to silence it (there is only ``logging_level``, which would hide Ray's warnings too).
+#: a ``ray.init`` option to silence it (there is only ``logging_level``, which would hide Ray's warnings too;
+#: setting ``RAY_AUTH_MODE=token`` once Ray is imported leaves its cached config at "disabled": no token is sent).
 AUTH_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-def global_node() -> Optional[Any]:
-    """The Ray node this process started with ``ray.init(address="local")`` (``ray._private.worker._global_node``:
-    its processes, session folder and GCS address), so that a killed driver's instance can be ended later.
-    Public replacement: ``ray.init``'s context exposes the session folder and GCS address, but not the pids of
-    the instance's processes."""
-    import ray
-
-    return getattr(ray._private.worker, "_global_node", None)
-
 
 def experiment_location(storage: Any) -> tuple[Any, str]:
     """(pyarrow filesystem, path) of a trial's or the driver's experiment folder, from Ray's
@@ -71,22 +61,5 @@ def restored_run_config(tuner: Any) -> Any:
     return tuner._local_tuner.get_run_config()
 
 
-def running_trial_process(trial: Any) -> Optional[tuple[str, int]]:
-    """(node id, pid) of a running Tune trial's actor process, None when it has none. Reads the trial's actor
-    handle (``Trial.temporary_state.ray_actor``) and GCS's actor table (``ray._private.state.actors``: ``Pid``,
-    ``Address.NodeID``), so the job-end stop can SIGTERM each trial on its own node at once. Public replacement:
-    ``ray.util.state.get_actor`` gives both but needs the dashboard's API server, which searches start without."""
-    import ray
-
-    actor = trial.temporary_state.ray_actor if trial.status == "RUNNING" else None
-    if actor is None:
-        return None
-    info = ray._private.state.actors(actor._actor_id.hex())
-    if not info or not info.get("Pid"):
-        return None
-    return info["Address"]["NodeID"], int(info["Pid"])
-
-
-__all__ = ["EXPERIMENT_STATE_PATTERN", "AUTH_TOKEN_LOGGER", "global_node", "experiment_location", "staging_folder",
-           "wait_for_upload", "experiment_checkpoint_manager", "manager_storage", "restored_run_config",
-           "running_trial_process"]
+__all__ = ["EXPERIMENT_STATE_PATTERN", "AUTH_TOKEN_LOGGER", "experiment_location", "staging_folder", "wait_for_upload",
+           "experiment_checkpoint_manager", "manager_storage", "restored_run_config"]

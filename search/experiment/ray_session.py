@@ -5,7 +5,8 @@ When the driver starts a local instance it writes ``ray_session.json`` in the ex
 host, driver pid and start time, Ray's session folder, GCS address and the head processes (pid
 and start time). A process belongs to that instance when it is one of those processes (same
 pid *and* start time), descends from one, or holds a file open in the session folder (every Ray
-process of an instance keeps its logs there). Processes are never picked by name.
+process of an instance keeps its logs there). Processes are never picked by name. The head processes are
+the driver's children that work in the session folder ``ray.init()`` returned (public Ray API only).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from search.experiment import ray_internals
 from search.experiment.drivers import running_process
 from search.experiment.store import ExperimentStore, is_uri
 
@@ -38,24 +38,38 @@ class RaySession:
         return running_process(self.driver_pid, self.driver_started) is not None
 
 
-def current_local_session() -> Optional[RaySession]:
-    """The instance this process started with ``ray.init(address="local")``, or None."""
+def current_local_session(address_info: dict) -> Optional[RaySession]:
+    """The instance this process started with ``ray.init(address="local")``, from what that call returned
+    (``ray.init().address_info``: its session folder and GCS address): its head processes are this process's
+    children that work in that session folder."""
     import psutil
-    import ray
 
-    node = ray_internals.global_node()
-    if node is None or not ray.is_initialized():
+    session_dir = address_info.get("session_dir")
+    if not session_dir:
         return None
+    me = psutil.Process()
     processes = []
-    for infos in node.all_processes.values():
-        for info in infos:
+    for child in me.children():
+        if _in_session(child, session_dir):
             try:
-                processes.append([info.process.pid, psutil.Process(info.process.pid).create_time()])
+                processes.append([child.pid, child.create_time()])
             except psutil.Error:
                 pass
-    me = psutil.Process()
-    return RaySession(socket.gethostname(), me.pid, me.create_time(), node.get_session_dir_path(),
-                      node.gcs_address, processes)
+    return RaySession(socket.gethostname(), me.pid, me.create_time(), session_dir,
+                      str(address_info.get("gcs_address") or ""), processes)
+
+
+def _in_session(process, session_dir: str) -> bool:
+    """Whether ``process`` works in the Ray session folder: names it on its command line (Ray's daemons get their
+    log and session folders as arguments) or holds a file open in it."""
+    import psutil
+
+    prefix = session_dir.rstrip("/") + "/"
+    try:
+        return (any(prefix in part or part.endswith(session_dir) for part in process.cmdline())
+                or any(f.path.startswith(prefix) for f in process.open_files()))
+    except psutil.Error:
+        return False
 
 
 def record(store: ExperimentStore, session: RaySession) -> None:

@@ -161,10 +161,14 @@ def ray_verbosity() -> int:
     return 1 if _settings["verbose"] else 0
 
 
-def callbacks(spec: SearchSpec, store: ExperimentStore, configs: Optional[list[dict]] = None) -> list:
+def callbacks(spec: SearchSpec, store: ExperimentStore, configs: Optional[list[dict]] = None,
+              settled: Optional[dict[str, str]] = None) -> list:
     """The callbacks the Tuner gets from this module: the live view, or (``--verbose``) only the driver record.
-    ``configs``: the explicit trials of a ladder's fine-tune phase (default: the space's)."""
-    return [LiveConsole(spec, store, show=not _settings["verbose"], configs=configs)]
+    ``configs``: the explicit trials of a ladder's fine-tune phase (default: the space's); ``settled``: its settle
+    rule's record of the trials whose rate settled (``SettleStopper.reasons``, filled as they do)."""
+    console = LiveConsole(spec, store, show=not _settings["verbose"], configs=configs)
+    console.settled = settled if settled is not None else {}
+    return [console]
 
 
 class LiveConsole(tune.Callback):
@@ -186,6 +190,7 @@ class LiveConsole(tune.Callback):
             self.keys.append(run_names.INIT_FROM_KEY)
         self.variants = spec.variants
         self.show = show
+        self.settled: dict[str, str] = {}  # a ladder fine-tune phase's trials whose rate settled (see callbacks)
         self._stream = stream
         self._reset()
 
@@ -204,6 +209,7 @@ class LiveConsole(tune.Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("settled", {})  # pickled before the settle rule
         self._stream = None
         self._reset()
 
@@ -223,7 +229,7 @@ class LiveConsole(tune.Callback):
             budget = progress.budget_of(trial.config)
             scored = self._scored.get(trial.trial_id, {}) if M.is_notice(result) else result
             views.append(progress.TrialView(
-                trial.trial_id, progress.trial_state(trial.status, result, budget),
+                trial.trial_id, progress.trial_state(trial.status, result, budget, trial.trial_id in self.settled),
                 int(result.get("iterations", 0) or 0), budget, trial.config, progress.numeric(scored),
                 float(result.get("time_total_s", 0.0) or 0.0), table_of(scored)))
         return progress.SearchView(self.name, self.store_location, views, self.expected,
@@ -311,7 +317,7 @@ class LiveConsole(tune.Callback):
         self._reported.add(trial.trial_id)
         result = trial.last_result or {}
         budget = progress.budget_of(trial.config)
-        state = progress.trial_state("TERMINATED", result, budget)
+        state = progress.trial_state("TERMINATED", result, budget, trial.trial_id in self.settled)
         done = len(self._reported)
         m = result
         scores = (f"rd_loss {progress._num(m.get('eval/rd_loss'))}, bpp {progress._num(m.get('eval/bpp'))}, "

@@ -37,15 +37,16 @@ class TrialView:
     per_image: Optional[PerImage] = None  # the scored evaluation's per-image results (ties at a rate point)
 
 
-def trial_state(ray_status: str, result: Optional[dict], budget: int) -> str:
+def trial_state(ray_status: str, result: Optional[dict], budget: int, settled: bool = False) -> str:
     """Ray's status in our words: a TERMINATED trial completed its budget, was stopped early by the
-    scheduler, or diverged (a terminal, errored result)."""
+    scheduler, or diverged (a terminal, errored result). ``settled``: a ladder fine-tune that ended because its
+    rate settled (``ladder.settle``), for which the budget was only a cap: completed."""
     if ray_status != "TERMINATED":
         return RAY_STATES.get(ray_status, ray_status.lower())
     result = result or {}
     if result.get(M.DIVERGED):
         return "errored"
-    return "stopped" if int(result.get(M.ITERATIONS, 0) or 0) < budget else "completed"
+    return "stopped" if int(result.get(M.ITERATIONS, 0) or 0) < budget and not settled else "completed"
 
 
 def budget_of(config: dict) -> int:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from search.bootstrap import table_of
 from search.errors import LicSearchError
-from search.experiment import ray_state, skipped
+from search.experiment import ray_state, settled, skipped
 from search.experiment.drivers import Driver, read_driver
 from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderPlan
 from search.experiment.state import STATE_FILE, SearchState
@@ -114,12 +114,15 @@ def load(store: ExperimentStore) -> tuple[progress.SearchView, Optional[Driver],
     spec = load_stored_space(store, state.space_file)
     trials = []
     phases = [store, store.child(FINE_TUNE_FOLDER)]  # a ladder's fine-tune phase is its own Ray experiment
+    settled_trials = settled.load(phases[1])  # fine-tunes whose rate settled before their cap
     for phase, record in [(phase, record) for phase in phases for record in ray_state.trial_records(phase)]:
         config = record.get("config") or {}
         result = _last_result(phase, record.get("relative_logdir", ""))
         budget = progress.budget_of(config)
+        ours = progress.trial_state(record.get("status", "PENDING"), result, budget,
+                                    settled=phase is phases[1] and record["trial_id"] in settled_trials)
         trials.append(progress.TrialView(
-            trial_id=record["trial_id"], state=progress.trial_state(record.get("status", "PENDING"), result, budget),
+            trial_id=record["trial_id"], state=ours,
             iteration=int(result.get("iterations", 0) or 0), budget=budget, config=config,
             metrics=progress.numeric(result), seconds=float(result.get("time_total_s", 0.0) or 0.0),
             per_image=table_of(result)))

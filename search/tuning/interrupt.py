@@ -9,7 +9,8 @@ state and returns from ``fit``). A second Ctrl-C raises it at once. Trials are l
 so ``lic-search resume`` continues them from those checkpoints.
 
 A job's end cannot wait for the next evaluation: the driver passes SIGTERM on to every running
-trial's process (found in Ray's actor table, signalled on its own node), whose SIGTERM protocol
+trial's process (each trial registers it at setup: ``trainables/training/trial_processes.py``; signalled on
+its own node), whose SIGTERM protocol
 (``trainables/training/preemption.py``) checkpoints at the next iteration and ends the attempt;
 once every trial has, Tune stops as above. Tune takes SIGUSR1 for itself inside ``fit``: the
 callback takes it back at Tune's first step and calls Tune's handler itself to stop. If a trial
@@ -26,8 +27,8 @@ from typing import Callable, Optional
 
 from ray import tune
 
-from search.experiment import ray_internals
 from trainables import metrics as M
+from trainables.training import trial_processes
 
 
 #: The signals a batch system sends before the end of a job (Slurm: ``--signal``, ``scancel``, the time limit).
@@ -68,8 +69,7 @@ def catch_job_end_again() -> None:
 
 
 class GracefulStop(tune.Callback):
-    def __init__(self, notify: Callable[[str], None] = print, preempt_trials: bool = True):
-        self.preempt_trials = preempt_trials  # False: trials without the SIGTERM protocol (data-parallel coordinators)
+    def __init__(self, notify: Callable[[str], None] = print):
         self.requested = False  # Ctrl-C once, or a job-end signal
         self.stopped_now = False  # Ctrl-C twice, a second job-end signal, or the deadline passed
         self.stopped_by: Optional[str] = None  # "Ctrl-C" or the job-end signal's name
@@ -84,12 +84,13 @@ class GracefulStop(tune.Callback):
         self._deadline: Optional[float] = None  # a job-end signal: stop at once after this (time.monotonic)
         self._preempt_pending = False  # a job-end signal: running trials get SIGTERM at Tune's next step
         self._tune_handler = None  # Tune's own SIGUSR1 handler (its stop), taken over inside fit
+        self._registry = None  # where the trials register their processes (started at Tune's setup)
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with its state: nothing of this run belongs there
-        return {"preempt_trials": self.preempt_trials, "requested": False, "stopped_now": False, "stopped_by": None,
+        return {"requested": False, "stopped_now": False, "stopped_by": None,
                 "_notify": print, "_waiting": None,
                 "_signalled": False, "_previous": {}, "_reported": set(), "_awaiting_notice": set(), "_deadline": None,
-                "_preempt_pending": False, "_tune_handler": None}
+                "_preempt_pending": False, "_tune_handler": None, "_registry": None}
 
     # --------------------------------------------------------------- signals
     def install(self) -> bool:
@@ -127,10 +128,9 @@ class GracefulStop(tune.Callback):
             return
         self.requested, self.stopped_by = True, name
         self._deadline = time.monotonic() + JOB_END_DEADLINE_S
-        self._preempt_pending = self.preempt_trials
-        when = "at its next iteration" if self.preempt_trials else "at its next report"
-        self._notify(f"\nlic-search: got {name}: every running trial checkpoints {when}, then the search stops "
-                     f"(at most {JOB_END_DEADLINE_S:.0f} s) to be continued by the next job.")
+        self._preempt_pending = True
+        self._notify(f"\nlic-search: got {name}: every running trial checkpoints at its next iteration, then the "
+                     f"search stops (at most {JOB_END_DEADLINE_S:.0f} s) to be continued by the next job.")
 
     def _take_sigusr1(self) -> None:
         """Inside ``fit`` (Tune's main-thread loop): SIGUSR1 is a job-end signal; Tune's handler is our stop."""
@@ -146,11 +146,14 @@ class GracefulStop(tune.Callback):
                 os.kill(os.getpid(), signal.SIGUSR1)
 
     # ------------------------------------------------------------ callback
+    def setup(self, **info):
+        self._registry = trial_processes.start_registry()  # before any trial starts: each registers at its setup
+
     def on_step_begin(self, iteration, trials, **info):
         self._take_sigusr1()
         if self._preempt_pending:
             self._preempt_pending = False
-            self._awaiting_notice = preempt_running_trials(trials, self._notify)
+            self._awaiting_notice = preempt_running_trials(trials, self._registry, self._notify)
         if self._deadline is not None and time.monotonic() > self._deadline and not self._signalled:
             self.stopped_now = True
             self._notify("lic-search: trials still without a checkpoint at the deadline: stopping now.")
@@ -197,44 +200,35 @@ class GracefulStop(tune.Callback):
         self._done_with(trial)
 
 
-def preempt_running_trials(trials, notify: Callable[[str], None] = print) -> set[str]:
+def preempt_running_trials(trials, registry, notify: Callable[[str], None] = print) -> set[str]:
     """SIGTERM to every running trial's process, on its node: each checkpoints at its next iteration (the
-    trials' preemption protocol) and ends its attempt. Returns the ids of the trials signalled."""
+    trials' preemption protocol) and ends its attempt. Returns the ids of the trials signalled (a trial still
+    starting, not yet registered, is not: Tune's stop ends it before it has trained anything to lose)."""
     import ray
 
-    targets: dict[str, list[int]] = {}
-    signalled = set()
-    for trial in trials:
-        process = ray_internals.running_trial_process(trial)
-        if process is not None:
-            targets.setdefault(process[0], []).append(process[1])
-            signalled.add(trial.trial_id)
-    here = ray.get_runtime_context().get_node_id()
-    pending = []
-    for node, pids in targets.items():
-        if node == here:
-            _terminate(pids)
-        else:
-            pending.append(_remote_terminate(node, pids))
+    running = [trial.trial_id for trial in trials if trial.status == "RUNNING"]
     try:
-        ray.get(pending, timeout=30)
-    except Exception as error:  # noqa: BLE001 - a node gone: its trials restart from their last checkpoints
-        notify(f"lic-search: could not signal the trials on every node ({type(error).__name__}: {error})")
-    return signalled
-
-
-def _terminate(pids: list[int]) -> None:
-    for pid in pids:
+        processes = trial_processes.lookup(registry, running) if registry is not None and running else {}
+    except Exception as error:  # noqa: BLE001 - said; Tune's stop at the deadline still ends the search
+        notify(f"lic-search: could not find the running trials' processes ({type(error).__name__}: {error})")
+        processes = {}
+    trial_of = {(process.node_id, process.pid): trial_id for trial_id, process in processes.items()}
+    by_node: dict[str, list[trial_processes.TrialProcess]] = {}
+    for process in processes.values():
+        by_node.setdefault(process.node_id, []).append(process)
+    here = ray.get_runtime_context().get_node_id()
+    sent: dict[str, list[int]] = {}
+    pending = {}
+    for node, on_node in by_node.items():
+        if node == here:
+            sent[node] = trial_processes.terminate(on_node)
+        else:
+            pending[node] = trial_processes.terminate_on_node(node, on_node)
+    if pending:
+        ray.wait(list(pending.values()), num_returns=len(pending), timeout=30)  # all nodes at once, 30 s at most
+    for node, task in pending.items():
         try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:  # the attempt just ended
-            pass
-
-
-def _remote_terminate(node: str, pids: list[int]):
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    task = ray.remote(num_cpus=0)(_terminate).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-    return task.remote(pids)
+            sent[node] = ray.get(task, timeout=0)
+        except Exception as error:  # noqa: BLE001 - a node gone: its trials restart from their last checkpoints
+            notify(f"lic-search: could not signal the trials on node {node[:8]} ({type(error).__name__})")
+    return {trial_of[(node, pid)] for node, pids in sent.items() for pid in pids}

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Optional
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from search.experiment.atomic import write_local_text
+from search.experiment import settled
 from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderFamily, LadderPlan
 from search.experiment.store import ExperimentStore
 from search.space import SearchSpec
@@ -118,10 +119,15 @@ def search_algorithm(spec: SearchSpec, configs: list[dict], cap: Optional[int] =
     return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
 
 
-def settle_stopper(spec: SearchSpec) -> Optional[SettleStopper]:
-    """The fine-tune phase's settle rule (``ladder.settle``) as a Tune stopper; None: fixed-length fine-tunes."""
+def settle_stopper(spec: SearchSpec, phase: ExperimentStore) -> Optional[SettleStopper]:
+    """The fine-tune phase's settle rule (``ladder.settle``) as a Tune stopper; None: fixed-length fine-tunes.
+    Why each trial settled is kept in ``phase``'s folder (:mod:`search.experiment.settled`), earlier drivers' too."""
     settle = spec.file.ladder.settle if spec.file.ladder is not None else None
-    return SettleStopper(settle.tolerance, settle.evaluations) if settle is not None else None
+    if settle is None:
+        return None
+    stopper = SettleStopper(settle.tolerance, settle.evaluations, on_settle=lambda reasons: settled.save(phase, reasons))
+    stopper.reasons.update(settled.load(phase))
+    return stopper
 
 
 def phase_store(store: ExperimentStore) -> ExperimentStore:

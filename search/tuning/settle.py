@@ -13,7 +13,7 @@ interface and keeps why each trial stopped for the MLflow logger and the console
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from ray.tune.stopper import Stopper
 
@@ -45,10 +45,12 @@ class SettleStopper(Stopper):
     A resumed phase starts a fresh history: a restored trial needs ``evaluations`` more
     evaluations before it can settle (never fewer, so it never stops earlier than it would have)."""
 
-    def __init__(self, tolerance: float, evaluations: int) -> None:
+    def __init__(self, tolerance: float, evaluations: int,
+                 on_settle: Optional[Callable[[dict[str, str]], None]] = None) -> None:
         self.tolerance, self.evaluations = tolerance, evaluations
         self.history: dict[str, list[dict]] = {}
         self.reasons: dict[str, str] = {}
+        self.on_settle = on_settle  # gets ``reasons`` after each trial settles (the phase folder keeps them)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         if M.is_notice(result) or M.EVAL_BPP not in result:
@@ -60,11 +62,16 @@ class SettleStopper(Stopper):
             return False
         if trial_id not in self.reasons:
             print(f"ladder: fine-tune {trial_id} {reason}", flush=True)
-        self.reasons[trial_id] = reason
+            self.reasons[trial_id] = reason
+            if self.on_settle is not None:
+                self.on_settle(self.reasons)
         return True
 
     def stop_all(self) -> bool:
         return False
+
+    def __getstate__(self) -> dict:  # Tune pickles the stopper with its state: the driver's writer stays here
+        return {**self.__dict__, "on_settle": None}
 
 
 __all__ = ["SETTLE_METRICS", "settled", "SettleStopper"]

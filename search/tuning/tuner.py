@@ -39,7 +39,7 @@ from search.tuning.searchers import (
     tuner_param_space,
 )
 
-_owned_ray = {"started": False}  # this process started the local Ray instance (and must end it)
+_owned_ray: dict = {"started": False, "address_info": {}}  # this process started the local Ray instance (and must end it)
 
 
 @dataclass
@@ -68,10 +68,11 @@ def _init_ray(address: Optional[str]) -> None:
             lambda record: record.levelno >= logging.ERROR)
     # address "local" starts a fresh single-node cluster even when `ray start` left one running
     # on this machine; joining an existing cluster is what --address is for.
-    ray.init(address=address or "local", log_to_driver=console.ray_verbosity() > 0, include_dashboard=False,
-             configure_logging=True, logging_level="WARNING")
+    context = ray.init(address=address or "local", log_to_driver=console.ray_verbosity() > 0,
+                       include_dashboard=False, configure_logging=True, logging_level="WARNING")
     catch_job_end_again()  # Ray's own SIGTERM handler would abort the driver
     _owned_ray["started"] = address is None
+    _owned_ray["address_info"] = dict(context.address_info)  # the session folder of the instance started here
 
 
 def _start_cluster(spec: SearchSpec, address: Optional[str], file: str) -> None:
@@ -197,14 +198,14 @@ def _run(spec: SearchSpec, store: ExperimentStore, state: SearchState, restore: 
     console.shorten_ray_logs()
     state_save.install()  # each experiment-state save waits for the previous upload; the last is checked
     if _owned_ray["started"]:
-        session = ray_session.current_local_session()
+        session = ray_session.current_local_session(_owned_ray["address_info"])
         if session is not None:
             ray_session.record(store, session)
     recorder = tracking_session.TrackingSession(store, state, variants=spec.variants,
                                                 name_keys=run_names.column_keys(spec.configs(), spec.variants),
                                                 stratify_by=spec.stratify_by(), flush_seconds=flush_seconds,
                                                 run_params=run_params(spec))
-    stop = GracefulStop(preempt_trials=spec.file.resources.workers_per_trial <= 1)  # data-parallel: no SIGTERM protocol
+    stop = GracefulStop()
     status = "FAILED"
     recorder.start()
     installed = stop.install()
@@ -243,8 +244,8 @@ def _run_ladder(spec: SearchSpec, store: ExperimentStore, restore: bool, recorde
         restore = False  # the fine-tune phase starts now
     else:
         results = list(_phase_results(starts))
-    fine_tunes = Phase(ladder.fine_tune_spec(spec), ladder.phase_store(store), plan.configs,
-                       ladder.settle_stopper(spec))
+    phase_store = ladder.phase_store(store)
+    fine_tunes = Phase(ladder.fine_tune_spec(spec), phase_store, plan.configs, ladder.settle_stopper(spec, phase_store))
     started = restore and tune.Tuner.can_restore(fine_tunes.store.location)
     print(f"ladder: {sum(bool(f.checkpoint) for f in plan.families)} of {len(plan.families)} rate families "
           f"fine-tune {len(plan.configs)} trials from their start points", *plan.lines(), sep="\n")
@@ -252,10 +253,10 @@ def _run_ladder(spec: SearchSpec, store: ExperimentStore, restore: bool, recorde
         return results
     recorder.logger.ladder_role = T.LADDER_FINE_TUNE
     recorder.logger.ladder_plan = plan
-    if fine_tunes.stopper is not None:
-        recorder.logger.stop_reasons = fine_tunes.stopper.reasons
+    reasons = fine_tunes.stopper.reasons if fine_tunes.stopper is not None else {}
+    recorder.logger.stop_reasons = reasons
     tuner = _tuner(spec, store, fine_tunes, started,
-                   [recorder.logger, stop, *console.callbacks(fine_tunes.spec, store, plan.configs)])
+                   [recorder.logger, stop, *console.callbacks(fine_tunes.spec, store, plan.configs, reasons)])
     return results + list(tuner.fit())
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 from ray.exceptions import RayActorError
 
 from trainables import metrics as M
+from trainables.training import trial_processes
 
 CLOCK = M.NOTICE_CHECKPOINT  # notice of a checkpoint taken on the clock, between evaluations
 PREEMPTED = M.NOTICE_PREEMPTED  # notice of the checkpoint taken after SIGTERM: the attempt ends after it
@@ -80,11 +81,14 @@ def install_sigterm_handler() -> bool:
 
 
 class PreemptibleTrainable:
-    """Mixin for Ray Tune's function trainable (``train_func.__mixins__``, kept by ``tune.with_parameters``)."""
+    """Mixin for Ray Tune's function trainable (``train_func.__mixins__``, kept by ``tune.with_parameters``).
+    Its setup also registers this process as the trial's with the driver, which signals it at a job's end
+    (:mod:`trainables.training.trial_processes`)."""
 
     def setup(self, config: dict) -> None:
         install_sigterm_handler()
         super().setup(config)  # type: ignore[misc]
+        trial_processes.register(self.trial_id)  # type: ignore[attr-defined]
 
 
 class CheckpointClock:
