@@ -43,6 +43,31 @@ def test_stopper_stops_a_settled_trial_records_why_and_ignores_notices(capsys):
     assert stopper.stop_all() is False
 
 
+
+def test_the_phase_folder_keeps_why_each_fine_tune_settled_across_drivers(tmp_path):
+    """What ``status`` and the live view read: ``settled.json`` in the fine-tune phase's folder, written when a
+    trial settles, kept by a resumed driver (whose stopper starts from it), never pickled with Tune's state."""
+    import pickle
+
+    from search.experiment import settled as settled_record
+    from search.experiment.store import ExperimentStore
+    from search.space import load_space
+    from search.tuning.ladder import phase_store, settle_stopper
+
+    spec = load_space(ladder_space(tmp_path, {"start": {"loss.lmbda": 0.0483}, "fine_tune": {"schedule.iterations": 30},
+                                              "settle": {"tolerance": 1.0, "evaluations": 2}}))
+    phase = phase_store(ExperimentStore(tmp_path / "results" / "ladder"))
+    assert settled_record.load(phase) == {}
+    first, second = _evals((0.40, 0.90), (0.401, 0.901))
+    stopper = settle_stopper(spec, phase)
+    assert stopper("t1", first) is False and stopper("t1", second) is True
+    why = "settled at iteration 20: eval/bpp and eval/rd_loss changed less than 1% over the last 2 evaluations"
+    assert settled_record.load(phase) == {"t1": why}
+    assert pickle.loads(pickle.dumps(stopper)).on_settle is None  # Tune pickles its stopper with the state
+    resumed = settle_stopper(spec, phase)  # a later driver: t1 stays settled, t2 settles beside it
+    assert resumed("t2", first) is False and resumed("t2", second) is True
+    assert settled_record.load(phase) == {"t1": why, "t2": why}
+
 SETTLE_BAD = {
     "tolerance_zero": ({"tolerance": 0}, "ladder.settle.tolerance", "must be a number > 0 and < 100, but got 0"),
     "one_evaluation": ({"tolerance": 2, "evaluations": 1}, "ladder.settle.evaluations",
