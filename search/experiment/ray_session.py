@@ -66,10 +66,15 @@ def _in_session(process, session_dir: str) -> bool:
 
     prefix = session_dir.rstrip("/") + "/"
     try:
-        return (any(prefix in part or part.endswith(session_dir) for part in process.cmdline())
-                or any(f.path.startswith(prefix) for f in process.open_files()))
+        return any(prefix in part or part.endswith(session_dir) for part in process.cmdline()) or _holds_file_in(
+            process, prefix)
     except psutil.Error:
         return False
+
+
+def _holds_file_in(process, prefix: str) -> bool:
+    """Whether ``process`` has a file open under ``prefix`` (raises psutil's errors)."""
+    return any(f.path.startswith(prefix) for f in process.open_files())
 
 
 def record(store: ExperimentStore, session: RaySession) -> None:
@@ -108,7 +113,7 @@ def members(session: RaySession) -> list:
         if process.pid in found or process.pid == os.getpid():
             continue
         try:
-            if any(f.path.startswith(prefix) for f in process.open_files()):
+            if _holds_file_in(process, prefix):
                 found[process.pid] = process
         except psutil.Error:
             continue

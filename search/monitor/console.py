@@ -166,16 +166,15 @@ def callbacks(spec: SearchSpec, store: ExperimentStore, configs: Optional[list[d
     """The callbacks the Tuner gets from this module: the live view, or (``--verbose``) only the driver record.
     ``configs``: the explicit trials of a ladder's fine-tune phase (default: the space's); ``settled``: its settle
     rule's record of the trials whose rate settled (``SettleStopper.reasons``, filled as they do)."""
-    console = LiveConsole(spec, store, show=not _settings["verbose"], configs=configs)
-    console.settled = settled if settled is not None else {}
-    return [console]
+    return [LiveConsole(spec, store, show=not _settings["verbose"], configs=configs, settled=settled)]
 
 
 class LiveConsole(tune.Callback):
     """Counts, running trials, best per rate point, elapsed, device-hours and ETA, as the search runs."""
 
     def __init__(self, spec: SearchSpec, store: ExperimentStore, show: bool = True,
-                 stream: Optional[TextIO] = None, configs: Optional[list[dict]] = None):
+                 stream: Optional[TextIO] = None, configs: Optional[list[dict]] = None,
+                 settled: Optional[dict[str, str]] = None):
         resources = spec.file.resources
         gpus = resources.gpus_per_trial > 0
         self.store_location = store.location
@@ -190,7 +189,7 @@ class LiveConsole(tune.Callback):
             self.keys.append(run_names.INIT_FROM_KEY)
         self.variants = spec.variants
         self.show = show
-        self.settled: dict[str, str] = {}  # a ladder fine-tune phase's trials whose rate settled (see callbacks)
+        self.settled = settled if settled is not None else {}  # a fine-tune phase's trials whose rate settled
         self._stream = stream
         self._reset()
 

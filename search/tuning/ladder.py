@@ -23,8 +23,8 @@ from typing import Any, Iterable, Optional
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from search.experiment.atomic import write_local_text
 from search.experiment import settled
+from search.experiment.atomic import write_local_text
 from search.experiment.ladder_plan import FINE_TUNE_FOLDER, LadderFamily, LadderPlan
 from search.experiment.store import ExperimentStore
 from search.space import SearchSpec

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 #: The registry's actor name, in the driver's job namespace (each search, and each resume, has its own).
 REGISTRY_NAME = "lic_search_trial_processes"
@@ -94,7 +94,7 @@ def terminate(processes: list[TrialProcess], signum: int = signal.SIGTERM) -> li
     return sent
 
 
-def terminate_on_node(node_id: str, processes: list[TrialProcess]) -> Optional[Any]:
+def terminate_on_node(node_id: str, processes: list[TrialProcess]) -> Any:
     """A task on ``node_id`` that sends SIGTERM to ``processes`` there (its ObjectRef)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
