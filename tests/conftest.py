@@ -34,6 +34,19 @@ def one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """Each test ends with the environment it started with: an in-process ``run`` sets Ray's and MLflow's
+    variables for a quiet console (:func:`search.monitor.console.configure`), which a later test's child
+    process (``lic-search run --verbose``) would otherwise inherit, depending on which tests shared this
+    process before it (the suite runs modules on two worker processes)."""
+    before = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(request):
     """A local 2-CPU Ray instance for the tests of one module (started unless one is running).

@@ -75,10 +75,12 @@ def _session_starter(pid: int) -> int | None:
 
 def kill_orphaned_ray(before: set[int]) -> None:
     """A driver killed with SIGKILL leaves its local Ray instance behind: clean it up. Only instances whose
-    starting driver is gone: a live driver's instance (another test running beside this one) is left alone."""
+    starting driver is gone: a live driver's instance (another test running beside this one) is left alone, and
+    so is any process that names no session folder (a ``ray start --include-dashboard=false`` of another test's
+    cluster matches :func:`ray_daemons` by name, but every daemon of a local instance names its session)."""
     for pid in ray_daemons() - before:
         starter = _session_starter(pid)
-        if starter is None or not psutil.pid_exists(starter):
+        if starter is not None and not psutil.pid_exists(starter):
             kill_processes([pid])
 
 
