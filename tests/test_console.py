@@ -231,19 +231,17 @@ def test_an_errored_trial_is_one_line_with_its_error_and_where_to_read_more(tmp_
                          f"lr=1e-3 (details: {tmp_path / 'a'})"]
 
 
-def test_the_quiet_console_keeps_optunas_new_study_lines_off(monkeypatch):
+def test_the_quiet_console_keeps_optunas_new_study_lines_off():
     """Every Optuna search creates a study per grid point; its "[I ...] A new study created" lines are noise.
 
-    Read as the records Optuna's logger lets through (its own handler keeps whichever stderr it first saw)."""
+    Read as the records Optuna's logger lets through (its own handler keeps whichever stderr it first saw).
+    The variables configure() sets are restored by conftest's ``restored_environment``; the logger levels here."""
     import logging
 
     import optuna
 
     from search.monitor import console
 
-    for name in ("RAY_AIR_NEW_OUTPUT", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S",
-                 "MLFLOW_LOGGING_LEVEL"):
-        monkeypatch.setenv(name, os.environ.get(name, ""))  # configure() sets them: restored afterwards
     levels = {name: logging.getLogger(name).level for name in ("mlflow", "ray.tune.execution.tune_controller")}
     verbosity = optuna.logging.get_verbosity()
 

@@ -192,7 +192,8 @@ def test_tracking_offline_starts_without_a_server_and_sync_creates_every_run_lat
         if left:  # status ships for at most SYNC_SECONDS (a loaded machine gets through fewer): sync ships the rest
             assert J.Journal(ExperimentStore(results / "offline")).pending == int(left.group(1))
             synced = subprocess.run(sync, capture_output=True, text=True, timeout=300)
-            assert synced.returncode == 0 and "up to date" not in synced.stdout, synced.stdout[-3000:] + synced.stderr
+            assert synced.returncode == 0 and "up to date" not in synced.stdout, \
+                synced.stdout[-3000:] + synced.stderr[-3000:]
         complete_histories(server.uri, "offline", list(range(eval_every, iterations + 1, eval_every)))
         synced = subprocess.run(sync, capture_output=True, text=True, timeout=300)
         assert synced.returncode == 0 and "up to date" in synced.stdout, synced.stdout[-3000:] + synced.stderr[-3000:]
