@@ -8,8 +8,10 @@ and reads the wall clock between consecutive steps through the engine's ``checkp
 ``--warmup`` steps, and takes their mean: a trial pays the sum of its steps, so the mean is what the
 estimate must predict (a median drops the slow steps and reads low). Two comparisons:
 
-* the command itself, `lic-search estimate` in a child process, against direct timings taken before and
-  after it (averaged): on an idle machine this is the check;
+* the command itself, `lic-search estimate --rounds R` in a child process, against direct timings taken
+  before it (in the command's order) and after it (in reverse), averaged: the command's mirrored rounds and
+  this mirrored bracket give every configuration the same mean moment, so a linear drift of the machine's
+  speed cancels out of the comparison; on an idle machine this is the check;
 * on a shared machine whose load drifts within minutes, the same timing estimate runs per step configuration
   (:func:`search.analysis.step_timing.step_cost`, in this process) alternated with the direct timing of that
   configuration for ``--rounds`` rounds, medians compared: both see the same load.
@@ -58,14 +60,14 @@ def direct_seconds(config: dict, steps: int, warmup: int) -> float:
     return statistics.fmean(gaps)
 
 
-def estimated_seconds(space: Path, steps: int, warmup: int) -> dict[str, float]:
+def estimated_seconds(space: Path, steps: int, warmup: int, rounds: int) -> dict[str, float]:
     """``{step label: s/iteration}`` as `lic-search estimate` prints them."""
     done = subprocess.run([sys.executable, "-m", "search.cli", "estimate", str(space), "--launch", "0",
-                           "--steps", str(steps), "--warmup", str(warmup)], capture_output=True, text=True,
-                          cwd=REPO, check=True)
+                           "--steps", str(steps), "--warmup", str(warmup), "--rounds", str(rounds)],
+                          capture_output=True, text=True, cwd=REPO, check=True)
     found = {}
     for line in done.stdout.splitlines():
-        match = re.match(r"\s+(.+): ([0-9.e+-]+) s/iteration,", line)
+        match = re.match(r"\s+(.+): ([0-9.e+-]+) s/iteration\b", line)
         if match:
             found[match.group(1)] = float(match.group(2))
     return found
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--space", type=Path, default=REPO / "spaces" / "smoke" / "ablation_llic.yaml")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="the command's --rounds, and the rounds of the alternated comparison")
     args = parser.parse_args(argv)
     spec = load_space(args.space)
     torch.set_num_threads(max(1, int(spec.file.resources.cpus_per_trial)))
@@ -85,9 +88,10 @@ def main(argv=None) -> int:
     for trial in plan_trials(spec, seed=spec.file.search.seed):
         for stage in trial.phases():
             first.setdefault(stage.step, stage.config)
-    before = {step: direct_seconds(config, args.steps, args.warmup) for step, config in first.items()}
-    estimated = estimated_seconds(args.space, args.steps, args.warmup)
-    after = {step: direct_seconds(config, args.steps, args.warmup) for step, config in first.items()}
+    order = sorted(first)  # the command's first round; the bracket after it runs in reverse
+    before = {step: direct_seconds(first[step], args.steps, args.warmup) for step in order}
+    estimated = estimated_seconds(args.space, args.steps, args.warmup, args.rounds)
+    after = {step: direct_seconds(first[step], args.steps, args.warmup) for step in reversed(order)}
     print(f"# estimate per variant: {args.space.name}\n")
     print(f"Command: `{command_line('bench/estimate_variants.py', argv)}`  ")
     print(f"Machine: {device_label(torch.device('cpu'))}; 1-minute load average {load_before:.1f} before, "

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from search.analysis.estimate import Stage, StepConfig, TrialPlan, asha_rungs, estimate, plan_trials
+from search.analysis.step_timing import timing_order
 from search.cli import main
 from search.space import load_space
 
@@ -257,7 +258,8 @@ def test_estimate_command_on_the_quickstart(capsys) -> None:
     assert re.search(r"rung 100: 9 trial\(s\) reach it, 5 go on", out)
     assert re.search(r"^wall time on .*: grid [\d.]+ h.*, ASHA [\d.]+ h", out, re.M)
     assert re.search(r"search launch and end: [\d.]+ s around the trials .*, [\d.]+ s for a fresh worker to import", out)
-    assert re.search(r"s/iteration, [\d.]+ s/evaluation with its checkpoint, [\d.]+ s start-up", out)
+    assert re.search(r"s/iteration \(rounds [\d.e+-]+/[\d.e+-]+\), [\d.]+ s/evaluation with its checkpoint, "
+                     r"[\d.]+ s start-up", out)
 
 
 def test_estimate_command_times_each_crop_schedule_stage(tmp_path: Path, capsys) -> None:
@@ -277,23 +279,40 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
     assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu", "--launch", "0"]) == 0
     shown = capsys.readouterr()
     out = shown.out
-    assert re.match(r"estimate: timing step configurations: 2/2 \[.*\] · 2/2: mbt2018-mean N=8 M=8 \(\d+ params\), "
-                    r"AuxT off, "
-                    r"batch \d, crop \d+", shown.err), shown.err
+    # two configurations, two mirrored rounds: the last timing is the first configuration's second round
+    assert re.match(r"estimate: timing step configurations: 4/4 \[.*\] · 4/4: mbt2018-mean N=8 M=8 \(\d+ params\), "
+                    r"AuxT off, batch \d, crop \d+, amp none \(round 2/2\)", shown.err), shown.err
     assert "estimate:" not in out  # progress goes to stderr only
     number = r"([\d.e+-]+)"
-    times = {int(crop): (int(batch), float(s), share, float(evaluation), float(startup))
-             for batch, crop, s, evaluation, startup, share in re.findall(
-                 rf"batch (\d+), crop (\d+), amp \w+: {number} s/iteration, {number} s/evaluation with its checkpoint, "
+    times = {int(crop): (int(batch), float(s), share, float(evaluation), float(startup), (float(r1), float(r2)))
+             for batch, crop, s, r1, r2, evaluation, startup, share in re.findall(
+                 rf"batch (\d+), crop (\d+), amp \w+: {number} s/iteration \(rounds {number}/{number}\), "
+                 rf"{number} s/evaluation with its checkpoint, "
                  rf"{number} s start-up \(1 trial\(s\), crop_schedule stage: (\d+%)", out)}
     assert times.keys() == {64, 128}, out
     assert (times[64][0], times[64][2], times[128][0], times[128][2]) == (2, "80%", 1, "20%")
     assert all(t[3] > 0 and t[4] > 0 for t in times.values())  # evaluations and start-up are measured
+    assert all(t[1] == pytest.approx(sum(t[5]) / 2, rel=2e-3) for t in times.values())  # the rounds' mean
     grid = re.search(r"^grid \(every trial its full budget\): 100 iterations, ([\d.e+-]+) CPU-hours", out, re.M)
     assert grid, out
     # the stages' steps, the first stage's start-up, the evaluation at 50 (crop 64) and at 100 (crop 128)
     expected = (80 * times[64][1] + 20 * times[128][1] + times[64][4] + times[64][3] + times[128][3]) / 3600
     assert float(grid.group(1)) == pytest.approx(expected, rel=1e-2)  # printed to 3-4 significant digits
+
+
+def test_configurations_are_timed_in_mirrored_rounds() -> None:
+    """A B C, C B A: each configuration's mean moment is the same, so a linear drift of the machine cancels."""
+    order = timing_order(["a", "b", "c"], 2)
+    assert order == [(0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a")]
+    moments = {key: sum(i for i, (_, k) in enumerate(order) if k == key) / 2 for key in "abc"}
+    assert set(moments.values()) == {2.5}
+    assert timing_order(["a", "b"], 3) == [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]
+    assert timing_order(["a", "b"], 1) == [(0, "a"), (0, "b")]
+
+
+def test_estimate_refuses_zero_rounds(capsys) -> None:
+    assert main(["estimate", str(REPO / "spaces" / "quickstart.yaml"), "--rounds", "0"]) == 2
+    assert "--steps, --warmup, --gpus and --rounds must be at least 1, got 30, 10, 1, 0" in capsys.readouterr().err
 
 
 def test_estimate_of_data_parallel_trials_divides_the_timed_step_and_says_it_is_assumed(tmp_path: Path, capsys):

@@ -152,7 +152,7 @@ def test_estimate_in_a_terminal_shows_the_bar_and_ctrl_c_ends_it_in_one_line(tmp
     os.close(slave)
     try:
         seen = _read(master, time.time() + 240, stop=lambda t: "estimate: timing step configurations:" in t
-                     and "1/2: " in t)
+                     and "1/4: " in t)
         assert "estimate: timing step configurations:   0%|" in seen, seen
         os.killpg(command.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
         rest = _read(master, time.time() + 60, stop=lambda t: "stopped by Ctrl-C" in t)
@@ -161,5 +161,5 @@ def test_estimate_in_a_terminal_shows_the_bar_and_ctrl_c_ends_it_in_one_line(tmp
         if command.poll() is None:
             os.killpg(command.pid, signal.SIGKILL)
     assert "Traceback" not in seen + rest
-    assert ("lic-search: stopped by Ctrl-C (estimate: timing step configurations at 0/2 configs; "
+    assert ("lic-search: stopped by Ctrl-C (estimate: timing step configurations at 0/4 timings; "
             "written: nothing)") in rest

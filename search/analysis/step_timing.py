@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
 
@@ -30,8 +30,8 @@ from search.errors import LicSearchError
 from trainables import metrics as M
 from trainables.config import TrialConfig
 
-__all__ = ["device_label", "TimedRun", "timed_run", "seconds_per_iteration", "step_cost", "launch_seconds",
-           "worker_import_seconds", "search_overhead_seconds", "probe_space"]
+__all__ = ["device_label", "TimedRun", "timed_run", "seconds_per_iteration", "step_cost", "timing_order",
+           "launch_seconds", "worker_import_seconds", "search_overhead_seconds", "probe_space"]
 
 
 def device_label(device: torch.device) -> str:
@@ -119,6 +119,24 @@ def step_cost(config: dict, steps: int = 30, warmup: int = 10, data: Optional[Pa
     with tempfile.TemporaryDirectory(prefix="lic-estimate-") as folder:
         checkpoint = min(_timed(lambda: save_checkpoint(trainer.state_dict(), Path(folder))) for _ in range(repeats))
     return StepCost(per_iteration, evaluation + checkpoint, startup)
+
+
+Key = TypeVar("Key")
+
+
+def timing_order(keys: Sequence[Key], rounds: int) -> list[tuple[int, Key]]:
+    """``(round, key)`` pairs in the order to time them: every key once per round, every other round reversed
+    (A B C, C B A, A B C, ...).
+
+    Why: a machine's speed drifts over the minutes an estimate takes (clock boost, thermal limits, other jobs on
+    the node). Timed one after another, the first configuration and the last see different machines (on an
+    idle 2-core CPU the estimates ran 1.24 -> 0.80 of direct timings from first to last). Mirrored rounds give
+    every key the same mean moment, so a linear drift cancels exactly for an even number of rounds.
+    """
+    order: list[tuple[int, Key]] = []
+    for index in range(rounds):
+        order.extend((index, key) for key in (keys if index % 2 == 0 else list(reversed(keys))))
+    return order
 
 
 def _timed(work: Callable[[], Any]) -> float:

@@ -21,9 +21,14 @@ def register(subparsers) -> None:
                     "under its ASHA schedule (from the rungs), and the wall time on --gpus GPUs.",
     )
     parser.add_argument("space", type=Path, help="search-space YAML file (see spaces/)")
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per configuration (default 30)")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="timed training steps per configuration, over all rounds (default 30)")
     parser.add_argument("--warmup", type=int, default=10,
                         help="untimed steps first; also the length of each timed interval (default 10)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="time the configurations in this many rounds, every other one in reverse order, the "
+                             "--steps split between them, and average: a machine whose speed drifts during the "
+                             "estimate weighs every configuration alike (default 2)")
     parser.add_argument("--gpus", type=int, default=1,
                         help="GPUs the search will have, for the wall time (default 1); trials per GPU come "
                              "from resources.gpus_per_trial")
@@ -93,7 +98,7 @@ def _run_probe(space: Path, storage_path: Path, tracking_uri: str) -> None:
 
 def _estimate(args) -> int:
     from search.analysis.estimate import estimate, plan_ladder, plan_trials
-    from search.analysis.step_timing import device_label, launch_seconds, step_cost
+    from search.analysis.step_timing import device_label, launch_seconds, step_cost, timed_run, timing_order
     from search.monitor import meter as meters
     from search.monitor.meter import Meter
     from search.space import load_space
@@ -101,9 +106,9 @@ def _estimate(args) -> int:
     from trainables.training.trainable import apply_resource_limits
 
     meters.configure(args.quiet)
-    if args.steps < 1 or args.warmup < 1 or args.gpus < 1:
-        raise LicSearchError(f"--steps, --warmup and --gpus must be at least 1, got {args.steps}, {args.warmup}, "
-                             f"{args.gpus}")
+    if min(args.steps, args.warmup, args.gpus, args.rounds) < 1:
+        raise LicSearchError(f"--steps, --warmup, --gpus and --rounds must be at least 1, got {args.steps}, "
+                             f"{args.warmup}, {args.gpus}, {args.rounds}")
     if args.data is not None and not args.data.is_dir():
         raise LicSearchError(f"--data: {args.data} is not a folder of images")
     spec = load_space(args.space, check_data=args.data is None)
@@ -122,11 +127,24 @@ def _estimate(args) -> int:
     for trial in [*trials, *ladder[0], *ladder[1]]:  # every stage of a data.crop_schedule is its own step config
         for stage in trial.phases():
             first.setdefault(stage.step, stage.config)
-    with Meter("estimate: timing step configurations", "config", len(first)) as meter:
-        for k, (step, config) in enumerate(sorted(first.items()), 1):
-            meter.on(f"{k}/{len(first)}: {step.label()}")
-            seconds[step] = step_cost(config, steps=args.steps, warmup=args.warmup, data=args.data, device=device)
+    order = timing_order(sorted(first), args.rounds)
+    per_round = max(1, -(-args.steps // args.rounds))
+    rounds: dict = {step: [] for step in first}  # s/iteration of each round
+    with Meter("estimate: timing step configurations", "timing", len(order)) as meter:
+        for k, (index, step) in enumerate(order, 1):
+            meter.on(f"{k}/{len(order)}: {step.label()}"
+                     + (f" (round {index + 1}/{args.rounds})" if args.rounds > 1 else ""))
+            if index == 0:  # evaluation and start-up once; the steps every round
+                seconds[step] = step_cost(first[step], steps=per_round, warmup=args.warmup, data=args.data,
+                                          device=device)
+                rounds[step].append(seconds[step].iteration)
+            else:
+                rounds[step].append(timed_run(first[step], steps=per_round, warmup=args.warmup, data=args.data,
+                                              device=device).seconds_per_iteration)
             meter.update()
+            if len(rounds[step]) < args.rounds:
+                continue
+            seconds[step] = replace(seconds[step], iteration=sum(rounds[step]) / len(rounds[step]))
             count = sum(1 for t in trials if any(s.step == step for s in t.phases()))
             staged = [t for t in trials if len(t.phases()) > 1 and any(s.step == step for s in t.phases())]
             share = ""
@@ -134,9 +152,12 @@ def _estimate(args) -> int:
                 fractions = sorted({_stage_share(t, step) for t in staged})
                 share = ", crop_schedule stage: " + "/".join(f"{f:.0%}" for f in fractions) + " of the budget"
             cost = seconds[step]
+            spread = ""
+            if len(rounds[step]) > 1:
+                spread = f" (rounds {'/'.join(f'{r:.3g}' for r in rounds[step])})"
             with meter.paused():
-                print(f"  {step.label()}: {cost.iteration:.4g} s/iteration, {cost.evaluation:.3g} s/evaluation with "
-                      f"its checkpoint, {cost.startup:.3g} s start-up ({count} trial(s){share})", flush=True)
+                print(f"  {step.label()}: {cost.iteration:.4g} s/iteration{spread}, {cost.evaluation:.3g} s/evaluation "
+                      f"with its checkpoint, {cost.startup:.3g} s start-up ({count} trial(s){share})", flush=True)
     if args.launch is None:
         with Meter("estimate: timing a one-trial search's launch and end", "search", 1) as meter:
             worker, around = launch_seconds(_run_probe)
