@@ -9,7 +9,7 @@ and reads the wall clock between consecutive steps through the engine's ``checkp
 estimate must predict (a median drops the slow steps and reads low). Two comparisons:
 
 * the command itself, `lic-search estimate --rounds R` in a child process, against direct timings taken
-  before it (in the command's order) and after it (in reverse), averaged: the command's mirrored rounds and
+  before it (in one order) and after it (in reverse), averaged: the command's mirrored rounds and
   this mirrored bracket give every configuration the same mean moment, so a linear drift of the machine's
   speed cancels out of the comparison; on an idle machine this is the check;
 * on a shared machine whose load drifts within minutes, the same timing estimate runs per step configuration
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     for trial in plan_trials(spec, seed=spec.file.search.seed):
         for stage in trial.phases():
             first.setdefault(stage.step, stage.config)
-    order = sorted(first)  # the command's first round; the bracket after it runs in reverse
+    order = sorted(first)  # the bracket after the command runs in reverse: every configuration's mean moment alike
     before = {step: direct_seconds(first[step], args.steps, args.warmup) for step in order}
     estimated = estimated_seconds(args.space, args.steps, args.warmup, args.rounds)
     after = {step: direct_seconds(first[step], args.steps, args.warmup) for step in reversed(order)}

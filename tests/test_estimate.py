@@ -301,12 +301,14 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 
 
 def test_configurations_are_timed_in_mirrored_rounds() -> None:
-    """A B C, C B A: each configuration's mean moment is the same, so a linear drift of the machine cancels."""
+    """C B A, A B C: each configuration's mean moment is the same, so a linear drift of the machine cancels; the
+    last round runs in order, so the configurations finish (and are printed) in order."""
     order = timing_order(["a", "b", "c"], 2)
-    assert order == [(0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a")]
+    assert order == [(0, "c"), (0, "b"), (0, "a"), (1, "a"), (1, "b"), (1, "c")]
     moments = {key: sum(i for i, (_, k) in enumerate(order) if k == key) / 2 for key in "abc"}
     assert set(moments.values()) == {2.5}
     assert timing_order(["a", "b"], 3) == [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]
+    assert timing_order(["a", "b"], 4)[-2:] == [(3, "a"), (3, "b")]
     assert timing_order(["a", "b"], 1) == [(0, "a"), (0, "b")]
 
 

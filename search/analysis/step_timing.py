@@ -125,8 +125,8 @@ Key = TypeVar("Key")
 
 
 def timing_order(keys: Sequence[Key], rounds: int) -> list[tuple[int, Key]]:
-    """``(round, key)`` pairs in the order to time them: every key once per round, every other round reversed
-    (A B C, C B A, A B C, ...).
+    """``(round, key)`` pairs in the order to time them: every key once per round, every other round reversed and
+    the last one in ``keys``' order (two rounds: C B A, then A B C), so the keys finish in order.
 
     Why: a machine's speed drifts over the minutes an estimate takes (clock boost, thermal limits, other jobs on
     the node). Timed one after another, the first configuration and the last see different machines (on an
@@ -135,7 +135,8 @@ def timing_order(keys: Sequence[Key], rounds: int) -> list[tuple[int, Key]]:
     """
     order: list[tuple[int, Key]] = []
     for index in range(rounds):
-        order.extend((index, key) for key in (keys if index % 2 == 0 else list(reversed(keys))))
+        forward = (rounds - 1 - index) % 2 == 0
+        order.extend((index, key) for key in (keys if forward else list(reversed(keys))))
     return order
 
 
