@@ -20,7 +20,8 @@ from search.tracking import journal as J
 from search.tracking import names as T
 from search.tracking.client import client_for
 from tests.conftest import tiny_trial
-from tests.test_faults_and_clusters import LIC_SEARCH, _healthy, free_port, kill_session, start, trial_runs, wait_for
+from tests.test_faults_and_clusters import (LIC_SEARCH, free_port, kill_session, start, trial_runs, wait_for,
+                                            wait_for_mlflow_server)
 from tests.test_search_e2e import write_space
 from trainables import metrics as M
 
@@ -48,7 +49,7 @@ class Server:
                               "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
                               "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
                              self.folder / f"server-{self.starts}.log")
-        wait_for(lambda: _healthy(self.uri), 120, "mlflow server")
+        wait_for_mlflow_server(self.uri, self.folder / f"server-{self.starts}.log")
 
     def stop(self) -> None:
         if self.process is not None:
