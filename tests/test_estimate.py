@@ -279,7 +279,7 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
     assert main(["estimate", str(space), "--steps", "2", "--warmup", "1", "--device", "cpu", "--launch", "0"]) == 0
     shown = capsys.readouterr()
     out = shown.out
-    # two configurations, two mirrored rounds: the last timing is the first configuration's second round
+    # two configurations, two mirrored rounds: the last timing is the last configuration's second round
     assert re.match(r"estimate: timing step configurations: 4/4 \[.*\] · 4/4: mbt2018-mean N=8 M=8 \(\d+ params\), "
                     r"AuxT off, batch \d, crop \d+, amp none \(round 2/2\)", shown.err), shown.err
     assert "estimate:" not in out  # progress goes to stderr only

@@ -222,15 +222,15 @@ def _healthy(uri: str) -> bool:
         return False
 
 
-# As long as `lic-search ui` waits (search.commands.ui.STARTUP_SECONDS): a fresh server imports MLflow and creates
-# its tables in seconds on an idle machine, but took over 90 s beside the other pytest worker's searches.
-MLFLOW_SERVER_START_S = 300.0
-
-
 def wait_for_mlflow_server(uri: str, log: Path) -> None:
-    """Until the `mlflow server` at ``uri`` answers /health; a timeout says what its log ``log`` ends with."""
+    """Until the `mlflow server` at ``uri`` answers /health; a timeout says what its log ``log`` ends with.
+
+    As long as `lic-search ui` waits for one: a fresh server imports MLflow and creates its tables in seconds on an
+    idle machine, but took over 90 s beside the other pytest worker's searches."""
+    from search.commands.ui import STARTUP_SECONDS
+
     try:
-        wait_for(lambda: _healthy(uri), MLFLOW_SERVER_START_S, "mlflow server")
+        wait_for(lambda: _healthy(uri), STARTUP_SECONDS, "mlflow server")
     except AssertionError as error:
         raise AssertionError(f"{error}; {log.name} ends: {log.read_text()[-2000:]}") from None
 

@@ -45,11 +45,11 @@ class Server:
 
     def start(self) -> None:
         self.starts += 1
+        log = self.folder / f"server-{self.starts}.log"
         self.process = start([MLFLOW_CLI, "server", "--host", "127.0.0.1", "--port", str(self.port),
                               "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-                              "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
-                             self.folder / f"server-{self.starts}.log")
-        wait_for_mlflow_server(self.uri, self.folder / f"server-{self.starts}.log")
+                              "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"], log)
+        wait_for_mlflow_server(self.uri, log)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -128,7 +128,7 @@ def _estimate(args) -> int:
         for stage in trial.phases():
             first.setdefault(stage.step, stage.config)
     order = timing_order(sorted(first), args.rounds)
-    per_round = max(1, -(-args.steps // args.rounds))
+    per_round = -(-args.steps // args.rounds)  # ceil: every round times at least one step
     rounds: dict = {step: [] for step in first}  # s/iteration of each round
     with Meter("estimate: timing step configurations", "timing", len(order)) as meter:
         for k, (index, step) in enumerate(order, 1):
